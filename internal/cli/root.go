@@ -1,0 +1,58 @@
+// Package cli holds cairn's command line: one file per verb.
+//
+// Each verb file registers its command constructor in init, so verbs stay
+// independent of one another and of this file.
+package cli
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+var verbs []func() *cobra.Command
+
+// register adds a top-level verb. Called from init in each verb's file.
+func register(newCmd func() *cobra.Command) { verbs = append(verbs, newCmd) }
+
+// NewRoot builds the root command with every registered verb.
+func NewRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "cairn",
+		Short:         "A Nix-compatible build daemon and store",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	for _, newCmd := range verbs {
+		root.AddCommand(newCmd())
+	}
+	return root
+}
+
+// Main runs cairn with args and returns the process exit status.
+func Main(args []string) int {
+	root := NewRoot()
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(os.Stderr, "error: %v\n", err)
+		return exitStatus(err)
+	}
+	return 0
+}
+
+// exitError carries a specific exit status out of a verb.
+type exitError struct {
+	status int
+	err    error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func exitStatus(err error) int {
+	if e, ok := err.(*exitError); ok {
+		return e.status
+	}
+	return 1
+}
