@@ -2,6 +2,7 @@
 package nixtest
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,12 +69,10 @@ func Output(stdin []byte, name string, args ...string) ([]byte, error) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return out, &exec.ExitError{ProcessState: cmdState(cmd), Stderr: []byte(stderr.String())}
+		return out, fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
 }
-
-func cmdState(cmd *exec.Cmd) *os.ProcessState { return cmd.ProcessState }
 
 // Env is the environment for reference tools: the caller's, minus anything that
 // would point Nix at a real store or daemon, with a private HOME-less config.
