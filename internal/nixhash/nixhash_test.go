@@ -52,13 +52,13 @@ func TestParseErrors(t *testing.T) {
 		{"", 0},
 		{"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 0}, // no algorithm
 		{"sha255:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 0},
-		{"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85", 0}, // short
+		{"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85", 0},  // short
 		{"sha256:g3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 0}, // bad hex
-		{"sha1:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73", 0},                // wrong length for sha1
-		{"sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c7e", 0},              // bad nix32
-		{"sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU", 0},                       // SRI without padding
-		{"sha256-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 0},  // SRI must be base64
-		{"sha1:143xibwh31h9bvxzalr0sjvbbvpa6ffs", SHA256},                               // prefix disagrees
+		{"sha1:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73", 0},               // wrong length for sha1
+		{"sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c7e", 0},             // bad nix32
+		{"sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU", 0},                      // SRI without padding
+		{"sha256-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 0}, // SRI must be base64
+		{"sha1:143xibwh31h9bvxzalr0sjvbbvpa6ffs", SHA256},                              // prefix disagrees
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
