@@ -24,6 +24,8 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.PersistentFlags().String("store", "", "the store URL (local, local?root=DIR, local?store=…&state=…&log=…); "+
+		"default: local if /nix is writable, else a chroot store under $XDG_DATA_HOME/cairn")
 	for _, newCmd := range verbs {
 		root.AddCommand(newCmd())
 	}
