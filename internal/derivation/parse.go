@@ -189,6 +189,8 @@ func (p *parser) derivation() (*Derivation, error) {
 	d := &Derivation{
 		Outputs:   make(map[string]Output),
 		InputDrvs: make(map[storepath.StorePath][]string),
+		InputSrcs: []storepath.StorePath{},
+		Args:      []string{},
 		Env:       make(map[string]string),
 	}
 	if err := p.lit("Derive("); err != nil {
@@ -242,7 +244,6 @@ func (p *parser) derivation() (*Derivation, error) {
 	if err := p.lit(","); err != nil {
 		return nil, err
 	}
-	d.Args = []string{}
 	err = p.list("args", p.lim.list, func() error {
 		s, err := p.str()
 		d.Args = append(d.Args, s)
