@@ -67,7 +67,9 @@ func (s *nixStore) resolver(t *testing.T) Resolver {
 	}
 }
 
-func drvName(p storepath.StorePath) string { return strings.TrimSuffix(p.Name(), storepath.DrvExtension) }
+func drvName(p storepath.StorePath) string {
+	return strings.TrimSuffix(p.Name(), storepath.DrvExtension)
+}
 
 // TestNixDifferential instantiates testdata/cases.nix with nix-instantiate 2.8 and
 // checks, for each derivation: the .drv Nix wrote parses and prints back

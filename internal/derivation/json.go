@@ -389,11 +389,8 @@ func (jo jsonOutput) output(storeDir storepath.StoreDir) (Output, error) {
 		}
 		o.Impure = true
 	case jo.Hash != "":
-		if strings.ContainsAny(jo.Hash, ":-") {
-			return Output{}, fmt.Errorf("%w: hash %q has a prefix", ErrInvalid, jo.Hash)
-		}
-		if o.Hash, err = nixhash.ParseAny(jo.Hash, o.HashAlgo); err != nil {
-			return Output{}, err
+		if o.Hash, err = parseDigest(jo.Hash, o.HashAlgo); err != nil {
+			return Output{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
 	case jo.Path != "":
 		return Output{}, fmt.Errorf("%w: floating content-addressed output with a path", ErrInvalid)

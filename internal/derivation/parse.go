@@ -1,6 +1,7 @@
 package derivation
 
 import (
+	"encoding/base64"
 	"fmt"
 	"sort"
 	"strings"
@@ -324,10 +325,7 @@ func (p *parser) output(d *Derivation) error {
 		if pathS == "" {
 			return p.errorf(slotAt[0], "output %q: fixed output has no path", name)
 		}
-		if strings.ContainsAny(hashS, ":-") {
-			return p.errorf(slotAt[2], "output %q: hash %q has a prefix", name, hashS)
-		}
-		if o.Hash, err = nixhash.ParseAny(hashS, o.HashAlgo); err != nil {
+		if o.Hash, err = parseDigest(hashS, o.HashAlgo); err != nil {
 			return p.errorf(slotAt[2], "output %q: %v", name, err)
 		}
 	}
@@ -397,4 +395,20 @@ func (p *parser) envEntry(d *Derivation) error {
 	}
 	d.Env[k] = v
 	return nil
+}
+
+// parseDigest parses the bare digest of a fixed output, in base16 (as Nix writes it),
+// nix32 or base64 (as Nix 2.8 also reads it).
+func parseDigest(s string, a nixhash.Algorithm) (nixhash.Hash, error) {
+	if strings.ContainsAny(s, ":-") {
+		return nixhash.Hash{}, fmt.Errorf("hash %q has a prefix", s)
+	}
+	// A base64 digest of a whole number of bytes ends in its padding; checking it
+	// here also keeps nixhash.ParseAny from decoding a digest longer than a's size.
+	if n := a.Size(); len(s) == base64.StdEncoding.EncodedLen(n) && len(s) != 2*n {
+		if pad := strings.Repeat("=", (3-n%3)%3); !strings.HasSuffix(s, pad) || strings.Count(s, "=") != len(pad) {
+			return nixhash.Hash{}, fmt.Errorf("hash %q: bad base64 padding", s)
+		}
+	}
+	return nixhash.ParseAny(s, a)
 }
