@@ -170,6 +170,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
+	if len(p) == 0 {
+		return 0, nil
+	}
 	if !w.inFile || int64(len(p)) > w.left {
 		n := 0
 		if w.inFile {
@@ -192,9 +195,15 @@ func (w *Writer) Write(p []byte) (int, error) {
 // destination use its own fast path (copy_file_range, splice) when it has one.
 // It fails with ErrWriteTooLong if src holds more than the header's Size.
 func (w *Writer) ReadFrom(src io.Reader) (int64, error) {
-	n, err := w.readFrom(src, w.left)
-	if err != nil {
-		return n, err
+	if w.err != nil {
+		return 0, w.err
+	}
+	var n int64
+	if w.inFile && w.left > 0 {
+		var err error
+		if n, err = w.readFrom(src, w.left); err != nil {
+			return n, err
+		}
 	}
 	var one [1]byte
 	if m, _ := io.ReadFull(src, one[:]); m > 0 {
