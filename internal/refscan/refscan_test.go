@@ -2,12 +2,14 @@ package refscan
 
 import (
 	"bytes"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
 
 	"cairn/internal/nixbase32"
+	"cairn/internal/storepath"
 )
 
 const (
@@ -281,4 +283,30 @@ func BenchmarkScanAlphabet(b *testing.B) {
 		data[i] = nixbase32.Alphabet[r.IntN(32)]
 	}
 	benchScan(b, data, 1000)
+}
+
+func TestNewForPaths(t *testing.T) {
+	var paths []storepath.StorePath
+	for _, s := range []string{
+		"/nix/store/" + hashA + "-hello-2.12",
+		"/nix/store/" + hashB + "-glibc-2.35",
+		"/nix/store/" + hashC + "-unused",
+		"/nix/store/" + hashA + "-hello-2.12", // duplicate
+	} {
+		p, err := storepath.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	s := NewForPaths(append(paths, storepath.StorePath{}))
+	// A reference to glibc split across writes, and hello's hash without its name.
+	io.WriteString(s, "RPATH=/nix/store/"+hashB[:10])
+	io.WriteString(s, hashB[10:]+"-glibc-2.35/lib:"+hashA)
+	got := s.FoundPaths()
+	want := []storepath.StorePath{paths[1], paths[0]}
+	storepath.SortPaths(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("FoundPaths() = %v, want %v", got, want)
+	}
 }
