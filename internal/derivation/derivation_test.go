@@ -572,3 +572,38 @@ func BenchmarkWriteJSON(b *testing.B) {
 		}
 	}
 }
+
+// FuzzParseJSON checks that whatever ParseJSON accepts marshals back to JSON that
+// parses to the same derivation, and that ParseJSON never panics.
+func FuzzParseJSON(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join(goldenDir, "*.drv"))
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		d, err := Parse(storepath.DefaultStoreDir, data, "seed")
+		if err != nil {
+			f.Fatal(err)
+		}
+		js, _ := d.MarshalJSON()
+		f.Add(js)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := ParseJSON(storepath.DefaultStoreDir, data, "fuzz")
+		if err != nil {
+			return
+		}
+		js, err := d.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d2, err := ParseJSON(storepath.DefaultStoreDir, js, "fuzz")
+		if err != nil {
+			t.Fatalf("ParseJSON(MarshalJSON): %v\n%s", err, js)
+		}
+		if !reflect.DeepEqual(d, d2) {
+			t.Fatalf("JSON round trip changed the derivation:\n%+v\n%+v", d, d2)
+		}
+	})
+}

@@ -140,18 +140,34 @@ func (p *parser) str() (string, error) {
 }
 
 func (p *parser) escapedStr(start int) (string, error) {
-	var b strings.Builder
-	for i := p.pos; i < len(p.data); i++ {
-		c := p.data[i]
-		switch c {
+	// First pass: find the closing quote and the length without escapes, so the
+	// result is allocated once and exactly.
+	n, end := 0, -1
+	for i := p.pos; i < len(p.data) && end < 0; i++ {
+		switch p.data[i] {
 		case '"':
-			p.pos = i + 1
-			return b.String(), nil
+			end = i
+			continue
 		case '\\':
 			i++
 			if i == len(p.data) {
 				return "", p.errorf(i-1, "backslash at end of input")
 			}
+		}
+		n++
+	}
+	if end < 0 {
+		return "", p.errorf(start, "unterminated string")
+	}
+	if n > p.lim.stringLen {
+		return "", p.errorf(start, "string longer than %d bytes", p.lim.stringLen)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for i := p.pos; i < end; i++ {
+		c := p.data[i]
+		if c == '\\' {
+			i++
 			switch c = p.data[i]; c {
 			case 'n':
 				c = '\n'
@@ -161,15 +177,10 @@ func (p *parser) escapedStr(start int) (string, error) {
 				c = '\t'
 			}
 		}
-		if b.Len() == p.lim.stringLen {
-			return "", p.errorf(start, "string longer than %d bytes", p.lim.stringLen)
-		}
-		if b.Cap() == 0 {
-			b.Grow(min(len(p.data)-p.pos, p.lim.stringLen))
-		}
 		b.WriteByte(c)
 	}
-	return "", p.errorf(start, "unterminated string")
+	p.pos = end + 1
+	return b.String(), nil
 }
 
 // path parses a quoted store path in the parser's store dir.
