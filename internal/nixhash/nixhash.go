@@ -42,6 +42,9 @@ const (
 // MaxSize is the largest digest size of any algorithm.
 const MaxSize = sha512.Size
 
+// base64DecodeRoom fits the decoding of any base64 string as long as the longest digest's.
+const base64DecodeRoom = (MaxSize + 2) / 3 * 3
+
 var algorithms = [...]struct {
 	name string
 	size int
@@ -254,7 +257,16 @@ func parse(s string, want Algorithm) (Hash, error) {
 }
 
 func decodeBase64(dst []byte, s string) error {
-	n, err := base64.StdEncoding.Decode(dst[:cap(dst)], []byte(s))
+	// Decode into room for whatever s holds: an unpadded string of the right length
+	// decodes to more bytes than the digest has.
+	var buf [base64DecodeRoom]byte
+	if base64.StdEncoding.DecodedLen(len(s)) > len(buf) {
+		return fmt.Errorf("%w: base64 digest %q is too long", ErrInvalid, s)
+	}
+	n, err := base64.StdEncoding.Decode(buf[:], []byte(s))
+	if err == nil && n == len(dst) {
+		copy(dst, buf[:n])
+	}
 	if err != nil || n != len(dst) {
 		return fmt.Errorf("%w: base64 digest %q", ErrInvalid, s)
 	}
