@@ -21,7 +21,7 @@
 // The Reader never reads past the closing ")" of the root node: a NAR may be
 // embedded in a longer stream, and [Reader.Offset] tells how long it was.
 //
-// [Dump] serialises a tree from disk byte-for-byte as `nix-store --dump` does;
+// [Copy] passes one archive through, checked. [Dump] serialises a tree from disk byte-for-byte as `nix-store --dump` does;
 // [Restore] recreates one (as `nix-store --restore` does) through directory file
 // descriptors without ever following a symlink. [ListText] and [ListJSON]
 // reproduce `nix nar ls` from Nix 2.8.

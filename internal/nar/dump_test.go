@@ -75,7 +75,7 @@ func TestDumpGoTreeMatchesNix(t *testing.T) {
 func TestDumpMatchesNix(t *testing.T) {
 	root := t.TempDir()
 	tree := filepath.Join(root, "tree")
-	makeTree(t, tree, true)
+	makeTree(t, tree, true, true)
 	for _, p := range []string{
 		"tree",
 		"tree/hello.txt",

@@ -196,8 +196,9 @@ func quoteBytes(b []byte) string {
 func sum(b []byte) [32]byte { return sha256.Sum256(b) }
 
 // makeTree builds a tree exercising what a NAR can hold, deterministically.
-// hostile adds names that are not valid UTF-8 or hold control characters.
-func makeTree(t testing.TB, root string, hostile bool) {
+// hostile adds names that are not valid UTF-8 or hold control characters; big
+// adds a file of a few megabytes.
+func makeTree(t testing.TB, root string, hostile, big bool) {
 	t.Helper()
 	must := func(err error) {
 		t.Helper()
@@ -246,10 +247,12 @@ func makeTree(t testing.TB, root string, hostile bool) {
 	}
 	must(os.MkdirAll(deep, 0o755))
 	write(strings.Repeat("d/", 40)+"bottom", "deep", 0o644)
-	// A file larger than every buffer involved, with a size that is not a multiple of 8.
-	big := make([]byte, 3<<20+5)
-	for i := range big {
-		big[i] = byte(i*7 + i>>11)
+	if big {
+		// Larger than every buffer involved, and not a multiple of 8.
+		data := make([]byte, 3<<20+5)
+		for i := range data {
+			data[i] = byte(i*7 + i>>11)
+		}
+		write("big.bin", string(data), 0o644)
 	}
-	write("big.bin", string(big), 0o644)
 }

@@ -383,3 +383,16 @@ func TestWriterReadFrom(t *testing.T) {
 		t.Fatalf("ReadFrom of too much: %v", err)
 	}
 }
+
+func TestCopy(t *testing.T) {
+	data := sample(t)
+	src := bytes.NewReader(append(append([]byte{}, data...), "next message"...))
+	var dst bytes.Buffer
+	n, err := Copy(&dst, src)
+	if err != nil || n != int64(len(data)) || !bytes.Equal(dst.Bytes(), data) || src.Len() != len("next message") {
+		t.Fatalf("Copy: n=%d err=%v, copied %d bytes, %d left", n, err, dst.Len(), src.Len())
+	}
+	if _, err := Copy(io.Discard, bytes.NewReader(entryNAR("b", "a"))); !errors.Is(err, ErrFormat) {
+		t.Fatalf("Copy of a bad archive: %v", err)
+	}
+}

@@ -435,7 +435,7 @@ func (r *Reader) formatErr(at int64, format string, args ...any) error {
 }
 
 // checkName reports why name cannot be a directory entry.
-func checkName(name []byte) error {
+func checkName[T string | []byte](name T) error {
 	switch {
 	case len(name) == 0:
 		return errors.New("empty entry name")
@@ -444,8 +444,8 @@ func checkName(name []byte) error {
 	case string(name) == "." || string(name) == "..":
 		return fmt.Errorf("invalid entry name %q", name)
 	}
-	for _, c := range name {
-		if c == '/' || c == 0 {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c == '/' || c == 0 {
 			return fmt.Errorf("invalid entry name %q", name)
 		}
 	}

@@ -16,7 +16,7 @@ import (
 // bytes, and the files have the modes nix-store --restore gives them.
 func TestRestoreNixDump(t *testing.T) {
 	root := t.TempDir()
-	makeTree(t, filepath.Join(root, "tree"), true)
+	makeTree(t, filepath.Join(root, "tree"), true, true)
 	nar := nixDump(t, filepath.Join(root, "tree"))
 
 	ours := filepath.Join(root, "ours")
@@ -42,7 +42,7 @@ func TestRestoreNixDump(t *testing.T) {
 // nix-store --restore of Cairn's dump gives a tree Cairn dumps identically.
 func TestNixRestoresOurDump(t *testing.T) {
 	root := t.TempDir()
-	makeTree(t, filepath.Join(root, "tree"), true)
+	makeTree(t, filepath.Join(root, "tree"), true, true)
 	nar := dump(t, filepath.Join(root, "tree"), DumpOptions{})
 	nixRestore(t, nar, filepath.Join(root, "restored"))
 	if got := dump(t, filepath.Join(root, "restored"), DumpOptions{}); !bytes.Equal(got, nar) {

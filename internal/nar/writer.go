@@ -34,7 +34,8 @@ type Writer struct {
 	left    int64 // contents bytes still owed by Write
 	padding int64
 
-	dirs []dirFrame
+	dirs    []dirFrame
+	scratch [8]byte
 }
 
 // NewWriter returns a Writer writing a NAR to w.
@@ -77,7 +78,7 @@ func (w *Writer) writeHeader(h *Header) error {
 	if i := strings.LastIndexByte(h.Path, '/'); i >= 0 {
 		parent, name = h.Path[:i], h.Path[i+1:]
 	}
-	if err := checkName([]byte(name)); err != nil {
+	if err := checkName(name); err != nil {
 		return fmt.Errorf("write nar header %q: %v", h.Path, err)
 	}
 	// Close directories until the parent is on top.
@@ -275,9 +276,8 @@ func (w *Writer) Flush() error {
 var zeros [8]byte
 
 func (w *Writer) u64(n uint64) {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], n)
-	w.w.Write(b[:])
+	binary.LittleEndian.PutUint64(w.scratch[:], n)
+	w.w.Write(w.scratch[:])
 }
 
 func (w *Writer) str(s string) {
