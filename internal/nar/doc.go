@@ -21,10 +21,10 @@
 // The Reader never reads past the closing ")" of the root node: a NAR may be
 // embedded in a longer stream, and [Reader.Offset] tells how long it was.
 //
-// [Copy] passes one archive through, checked. [Dump] serialises a tree from disk byte-for-byte as `nix-store --dump` does;
-// [Restore] recreates one (as `nix-store --restore` does) through directory file
-// descriptors without ever following a symlink. [ListText] and [ListJSON]
-// reproduce `nix nar ls` from Nix 2.8.
+// [Copy] passes one archive through, checked. [Dump] serialises a tree from disk
+// byte for byte as `nix-store --dump` does; [Restore] recreates one (as
+// `nix-store --restore` does) through directory file descriptors without ever
+// following a symlink. [ListText] and [ListJSON] reproduce `nix nar ls` of Nix 2.8.
 //
 // Limits, beyond those of the grammar: names are at most [MaxNameLen] bytes,
 // symlink targets at most [MaxTargetLen] bytes (and not empty, and without NUL),
