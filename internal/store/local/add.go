@@ -1,0 +1,755 @@
+package local
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"cairn/internal/nar"
+	"cairn/internal/nixhash"
+	"cairn/internal/refscan"
+	"cairn/internal/store"
+	"cairn/internal/storepath"
+)
+
+// Limits on what adding reads into memory.
+const (
+	// MaxTextSize bounds a text (AddCA with method Text) and a .drv file read to
+	// register its outputs.
+	MaxTextSize = 64 << 20
+	// copyBufferSize is the buffer for flat file contents and dump pipes.
+	copyBufferSize = 256 << 10
+)
+
+// A Batch adds several paths and registers them together: each Add… call
+// unpacks, checks and canonicalises one path into a temporary; Commit makes the
+// files durable, locks the paths, moves them into place and registers them all
+// in one SQLite transaction. A Batch is not safe for concurrent use; use one
+// per goroutine. Discard (or Commit) must be called to release temporaries.
+type Batch struct {
+	s      *Store
+	items  []*pending
+	byPath map[storepath.StorePath]*pending
+}
+
+// pending is a path unpacked into a temporary, waiting for Commit.
+type pending struct {
+	info       *store.PathInfo
+	temp       *tempDir
+	repair     bool
+	drvOutputs map[string]storepath.StorePath
+	id         int64 // ValidPaths.id once registered
+	skip       bool  // found valid at commit time
+}
+
+// NewBatch starts a batch of additions.
+func (s *Store) NewBatch() *Batch {
+	return &Batch{s: s, byPath: map[storepath.StorePath]*pending{}}
+}
+
+// Len returns how many paths wait for Commit.
+func (b *Batch) Len() int { return len(b.items) }
+
+// Discard drops every path not yet committed and removes its temporary.
+func (b *Batch) Discard() {
+	for _, it := range b.items {
+		it.temp.remove()
+	}
+	b.items = nil
+	clear(b.byPath)
+}
+
+// AddNar is store.NarAdder.AddNar, deferred to Commit.
+func (b *Batch) AddNar(ctx context.Context, info *store.PathInfo, r io.Reader, opts store.AddNarOptions) error {
+	return b.addNar(ctx, info, r, opts, nil)
+}
+
+// AddNarScanning is AddNar for a path whose references are not known yet (a
+// build output): the NAR is scanned in the same pass for the hash parts of
+// candidates, and info's References become the candidates found (Path itself
+// included, if it is a candidate and occurs). If info.NarHash is zero it is
+// computed instead of checked.
+func (b *Batch) AddNarScanning(ctx context.Context, info *store.PathInfo, r io.Reader, candidates []storepath.StorePath) error {
+	return b.addNar(ctx, info, r, store.AddNarOptions{}, candidates)
+}
+
+func (b *Batch) addNar(ctx context.Context, info *store.PathInfo, r io.Reader, opts store.AddNarOptions, scan []storepath.StorePath) error {
+	s := b.s
+	if err := s.checkInfo(info, scan != nil); err != nil {
+		return err
+	}
+	if !opts.Repair {
+		if _, dup := b.byPath[info.Path]; dup {
+			return drainNar(r, info.Path)
+		}
+		valid, err := s.IsValidPath(ctx, info.Path)
+		if err != nil {
+			return err
+		}
+		if valid {
+			return drainNar(r, info.Path)
+		}
+	}
+	var scanner *refscan.Scanner
+	if scan != nil {
+		hps := make([]string, len(scan))
+		for i, p := range scan {
+			hps[i] = p.HashPart()
+		}
+		var err error
+		if scanner, err = refscan.New(hps); err != nil {
+			return fmt.Errorf("add %s: %w", info.Path, err)
+		}
+	}
+	var extra nixhash.Algorithm
+	if info.CA.Method == nixhash.Recursive {
+		extra = info.CA.Hash.Algorithm()
+	}
+	t, err := s.newTemp()
+	if err != nil {
+		return fmt.Errorf("add %s: %w", info.Path, err)
+	}
+	it, err := b.ingestNar(t, info, r, extra, scanner, scan)
+	if err != nil {
+		t.remove()
+		return fmt.Errorf("add %s: %w", info.Path, err)
+	}
+	it.repair = opts.Repair
+	b.push(it)
+	return nil
+}
+
+// checkInfo validates the metadata AddNar is given.
+func (s *Store) checkInfo(info *store.PathInfo, hashOptional bool) error {
+	if err := s.checkPath(info.Path); err != nil {
+		return fmt.Errorf("add %s: %w", info.Path, err)
+	}
+	if info.NarHash.IsZero() && !hashOptional || !info.NarHash.IsZero() && info.NarHash.Algorithm() != nixhash.SHA256 {
+		return fmt.Errorf("add %s: %w: the NAR hash must be sha256", info.Path, store.ErrInvalid)
+	}
+	for _, r := range info.References {
+		if r.Dir() != s.dir {
+			return fmt.Errorf("add %s: %w: reference %s is not in %s", info.Path, store.ErrInvalid, r, s.dir)
+		}
+	}
+	if !info.Deriver.IsZero() && info.Deriver.Dir() != s.dir {
+		return fmt.Errorf("add %s: %w: deriver %s is not in %s", info.Path, store.ErrInvalid, info.Deriver, s.dir)
+	}
+	if !info.CA.IsZero() && !info.ContentAddressed() {
+		return fmt.Errorf("cannot add path '%s' to the Nix store because it claims to be content-addressed but isn't: %w",
+			info.Path, store.ErrHashMismatch)
+	}
+	return nil
+}
+
+// drainNar reads one NAR from r and discards it.
+func drainNar(r io.Reader, p storepath.StorePath) error {
+	nr := nar.NewReader(r)
+	for {
+		_, err := nr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("add %s: %w", p, err)
+		}
+		if _, err := io.Copy(io.Discard, nr); err != nil {
+			return fmt.Errorf("add %s: %w", p, err)
+		}
+	}
+}
+
+// narResult is what one pass over a NAR learns.
+type narResult struct {
+	narHash nixhash.Hash
+	narSize uint64
+	extra   nixhash.Hash // the NAR hashed with the extra algorithm, if any
+}
+
+// restoreNar unpacks the NAR read from r into t, hashing it with sha256 (and
+// extra, when not zero) and feeding scanner, all in the same pass.
+func restoreNar(t *tempDir, r io.Reader, extra nixhash.Algorithm, scanner *refscan.Scanner) (narResult, error) {
+	sha := nixhash.NewHasher(nixhash.SHA256)
+	ws := []io.Writer{sha}
+	var ex *nixhash.Hasher
+	if extra != 0 && extra != nixhash.SHA256 {
+		ex = nixhash.NewHasher(extra)
+		ws = append(ws, ex)
+	}
+	if scanner != nil {
+		ws = append(ws, scanner)
+	}
+	var w io.Writer = sha
+	if len(ws) > 1 {
+		w = io.MultiWriter(ws...)
+	}
+	if err := nar.Restore(io.TeeReader(r, w), t.contentPath(), nar.RestoreOptions{}); err != nil {
+		return narResult{}, err
+	}
+	res := narResult{narHash: sha.Sum(), narSize: uint64(sha.Size())}
+	switch {
+	case ex != nil:
+		res.extra = ex.Sum()
+	case extra == nixhash.SHA256:
+		res.extra = res.narHash
+	}
+	return res, nil
+}
+
+func (b *Batch) ingestNar(t *tempDir, info *store.PathInfo, r io.Reader, extra nixhash.Algorithm, scanner *refscan.Scanner, scan []storepath.StorePath) (*pending, error) {
+	res, err := restoreNar(t, r, extra, scanner)
+	if err != nil {
+		return nil, err
+	}
+	info = info.Clone()
+	if info.NarHash.IsZero() {
+		info.NarHash = res.narHash
+	} else if res.narHash != info.NarHash {
+		return nil, fmt.Errorf("hash mismatch importing path '%s';\n  specified: %s\n  got:       %s: %w",
+			info.Path, info.NarHash, res.narHash, store.ErrHashMismatch)
+	}
+	if info.NarSize == 0 {
+		info.NarSize = res.narSize
+	} else if res.narSize != info.NarSize {
+		return nil, fmt.Errorf("size mismatch importing path '%s';\n  specified: %d\n  got:       %d: %w",
+			info.Path, info.NarSize, res.narSize, store.ErrHashMismatch)
+	}
+	if scanner != nil {
+		info.References = info.References[:0]
+		for _, p := range scan {
+			if scanner.Has(p.HashPart()) {
+				info.References = append(info.References, p)
+			}
+		}
+	}
+	if !info.CA.IsZero() {
+		var got nixhash.Hash
+		switch info.CA.Method {
+		case nixhash.Recursive:
+			got = res.extra
+		case nixhash.Flat, nixhash.Text:
+			if got, err = hashFile(t, info.CA.Hash.Algorithm()); err != nil {
+				return nil, err
+			}
+		}
+		if got != info.CA.Hash {
+			return nil, fmt.Errorf("ca hash mismatch importing path '%s';\n  specified: %s\n  got:       %s: %w",
+				info.Path, info.CA.Hash, got, store.ErrHashMismatch)
+		}
+	}
+	return b.finish(t, info)
+}
+
+// hashFile hashes the contents of the regular file a temporary holds.
+func hashFile(t *tempDir, a nixhash.Algorithm) (nixhash.Hash, error) {
+	fd, err := openat(t.fd, tempContent, unix.O_RDONLY|unix.O_NOFOLLOW)
+	if err != nil {
+		return nixhash.Hash{}, &os.PathError{Op: "open", Path: t.contentPath(), Err: err}
+	}
+	f := os.NewFile(uintptr(fd), t.contentPath())
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nixhash.Hash{}, fmt.Errorf("%s: a flat or text content address needs a regular file: %w", t.contentPath(), store.ErrHashMismatch)
+	}
+	h := nixhash.NewHasher(a)
+	if _, err := io.Copy(h, f); err != nil {
+		return nixhash.Hash{}, err
+	}
+	return h.Sum(), nil
+}
+
+// finish canonicalises an unpacked path, reads a derivation's outputs, and
+// makes the pending entry.
+func (b *Batch) finish(t *tempDir, info *store.PathInfo) (*pending, error) {
+	if err := Canonicalise(t.fd, tempContent, true); err != nil {
+		return nil, err
+	}
+	storepath.SortPaths(info.References)
+	info.References = slices.Compact(info.References)
+	if len(info.Signatures) > 0 {
+		info.Signatures = slices.Clone(info.Signatures)
+		slices.Sort(info.Signatures)
+		info.Signatures = slices.Compact(info.Signatures)
+	}
+	if info.RegistrationTime.IsZero() {
+		info.RegistrationTime = time.Now()
+	}
+	it := &pending{info: info, temp: t}
+	if info.Path.IsDerivation() {
+		outs, err := b.s.readDrvOutputs(t, info.Path)
+		if err != nil {
+			return nil, err
+		}
+		it.drvOutputs = outs
+	}
+	return it, nil
+}
+
+func (b *Batch) push(it *pending) {
+	b.items = append(b.items, it)
+	b.byPath[it.info.Path] = it
+}
+
+// AddCA is store.CAAdder.AddCA, deferred to Commit. The returned info is final
+// unless Commit fails.
+func (b *Batch) AddCA(ctx context.Context, name string, method nixhash.Method, algo nixhash.Algorithm,
+	refs []storepath.StorePath, r io.Reader) (*store.PathInfo, error) {
+	return b.addCA(ctx, name, method, algo, refs, r, -1)
+}
+
+// addCA adds content; size is the length of flat content when known (-1 if not),
+// which lets flat files be hashed in one pass.
+func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, algo nixhash.Algorithm,
+	refs []storepath.StorePath, r io.Reader, size int64) (*store.PathInfo, error) {
+	s := b.s
+	fail := func(err error) (*store.PathInfo, error) {
+		return nil, fmt.Errorf("add %s to the store: %w", name, err)
+	}
+	if err := storepath.ValidateName(name); err != nil {
+		return fail(err)
+	}
+	if method == nixhash.Text {
+		if algo != nixhash.SHA256 {
+			return fail(fmt.Errorf("%w: text must be hashed with sha256", store.ErrInvalid))
+		}
+	} else if len(refs) > 0 && !(method == nixhash.Recursive && algo == nixhash.SHA256) {
+		return fail(fmt.Errorf("%w: only text and NAR-hashed sha256 paths may have references", store.ErrInvalid))
+	}
+	for _, ref := range refs {
+		if ref.Dir() != s.dir {
+			return fail(fmt.Errorf("%w: reference %s is not in %s", store.ErrInvalid, ref, s.dir))
+		}
+	}
+	t, err := s.newTemp()
+	if err != nil {
+		return fail(err)
+	}
+	info := &store.PathInfo{References: slices.Clone(refs)}
+	var caHash nixhash.Hash
+	switch method {
+	case nixhash.Recursive:
+		res, err := restoreNar(t, r, algo, nil)
+		if err != nil {
+			t.remove()
+			return fail(err)
+		}
+		info.NarHash, info.NarSize, caHash = res.narHash, res.narSize, res.extra
+	case nixhash.Flat, nixhash.Text:
+		if method == nixhash.Text {
+			r = &limitedReader{r: r, left: MaxTextSize}
+		}
+		caHash, info.NarHash, info.NarSize, err = writeFlat(t, r, size, algo)
+		if err != nil {
+			t.remove()
+			return fail(err)
+		}
+	default:
+		t.remove()
+		return fail(fmt.Errorf("%w: unknown ingestion method %v", store.ErrInvalid, method))
+	}
+	info.CA = nixhash.ContentAddress{Method: method, Hash: caHash}
+	if info.Path, err = s.dir.MakeFixedOutputPath(name, info.CA, refs, false); err != nil {
+		t.remove()
+		return fail(err)
+	}
+	if it, dup := b.byPath[info.Path]; dup {
+		t.remove()
+		return it.info.Clone(), nil
+	}
+	if existing, err := s.QueryPathInfo(ctx, info.Path); err == nil {
+		t.remove()
+		return existing, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		t.remove()
+		return fail(err)
+	}
+	it, err := b.finish(t, info)
+	if err != nil {
+		t.remove()
+		return fail(err)
+	}
+	b.push(it)
+	return info.Clone(), nil
+}
+
+// limitedReader fails once more than left bytes are read.
+type limitedReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	if l.left < 0 {
+		return n, fmt.Errorf("%w: text is longer than %d bytes", store.ErrInvalid, MaxTextSize)
+	}
+	return n, err
+}
+
+// writeFlat writes the bytes of r to the temporary as a regular file, and
+// returns their hash with algo and the sha256 and size of their NAR form. With a
+// known size it is one pass; otherwise the file is read back for the NAR hash.
+func writeFlat(t *tempDir, r io.Reader, size int64, algo nixhash.Algorithm) (content, narHash nixhash.Hash, narSize uint64, err error) {
+	fd, err := unix.Openat(t.fd, tempContent, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o666)
+	if err != nil {
+		return content, narHash, 0, &os.PathError{Op: "create", Path: t.contentPath(), Err: err}
+	}
+	f := os.NewFile(uintptr(fd), t.contentPath())
+	defer f.Close()
+	ch := nixhash.NewHasher(algo)
+	sha := nixhash.NewHasher(nixhash.SHA256)
+	buf := make([]byte, copyBufferSize)
+	if size >= 0 {
+		nw := nar.NewWriter(sha)
+		if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: size}); err != nil {
+			return content, narHash, 0, err
+		}
+		n, err := io.CopyBuffer(io.MultiWriter(f, ch, nw), io.LimitReader(r, size), buf)
+		if err != nil {
+			return content, narHash, 0, err
+		}
+		if n != size {
+			return content, narHash, 0, fmt.Errorf("%s: file changed size while reading", t.contentPath())
+		}
+		if err := nw.Close(); err != nil {
+			return content, narHash, 0, err
+		}
+		return ch.Sum(), sha.Sum(), uint64(sha.Size()), nil
+	}
+	n, err := io.CopyBuffer(io.MultiWriter(f, ch), r, buf)
+	if err != nil {
+		return content, narHash, 0, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return content, narHash, 0, err
+	}
+	nw := nar.NewWriter(sha)
+	if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: n}); err != nil {
+		return content, narHash, 0, err
+	}
+	if _, err := io.CopyBuffer(nw, f, buf); err != nil {
+		return content, narHash, 0, err
+	}
+	if err := nw.Close(); err != nil {
+		return content, narHash, 0, err
+	}
+	return ch.Sum(), sha.Sum(), uint64(sha.Size()), nil
+}
+
+// AddPath adds the file or tree at src as name filepath.Base(src), the way
+// `nix-store --add` (method Recursive, sha256) and `nix-store --add-fixed`
+// (Flat or Recursive, any algorithm) do. Symlinks are not followed below src;
+// src itself is followed only for Flat.
+func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, algo nixhash.Algorithm) (*store.PathInfo, error) {
+	name := filepath.Base(filepath.Clean(src))
+	switch method {
+	case nixhash.Flat:
+		f, err := os.Open(src)
+		if err != nil {
+			return nil, fmt.Errorf("add %s: %w", src, err)
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("add %s: %w", src, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("add %s: %w: flat hashing needs a regular file", src, store.ErrInvalid)
+		}
+		return b.addCA(ctx, name, method, algo, nil, f, fi.Size())
+	case nixhash.Recursive:
+		pr, pw := io.Pipe()
+		go func() {
+			pw.CloseWithError(nar.Dump(pw, src, nar.DumpOptions{}))
+		}()
+		info, err := b.addCA(ctx, name, method, algo, nil, bufio.NewReaderSize(pr, copyBufferSize), -1)
+		pr.CloseWithError(errors.New("add aborted"))
+		if err != nil {
+			return nil, err
+		}
+		return info, nil
+	}
+	return nil, fmt.Errorf("add %s: %w: method %v", src, store.ErrInvalid, method)
+}
+
+// Commit registers every path of the batch: one sync of the file system, the
+// paths locked (Nix's lock files), moved into the store dir, and registered in
+// one SQLite transaction. Paths that became valid meanwhile (another writer) are
+// dropped, not replaced. References must be valid or in the batch. On error
+// nothing is registered and the batch is discarded.
+func (b *Batch) Commit(ctx context.Context) error {
+	defer b.Discard()
+	if len(b.items) == 0 {
+		return nil
+	}
+	s := b.s
+	if !s.opts.NoFsync {
+		if err := unix.Syncfs(s.realFD); err != nil {
+			return fmt.Errorf("commit: sync %s: %w", s.cfg.RealStoreDir, err)
+		}
+	}
+	real := make([]string, len(b.items))
+	for i, it := range b.items {
+		real[i] = s.RealPath(it.info.Path)
+	}
+	locks, err := LockPaths(ctx, real)
+	if err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	ok := false
+	defer func() { locks.Unlock(ok) }()
+
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	err = retryBusy(ctx, func() error {
+		tx, err := s.wdb.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := b.register(ctx, tx); err != nil {
+			tx.Rollback()
+			return err
+		}
+		moved, err := b.moveIntoPlace()
+		if err != nil {
+			b.undo(moved)
+			tx.Rollback()
+			return err
+		}
+		if !s.opts.NoFsync {
+			if err := unix.Fsync(s.realFD); err != nil {
+				b.undo(moved)
+				tx.Rollback()
+				return fmt.Errorf("sync %s: %w", s.cfg.RealStoreDir, err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			b.undo(moved)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	ok = true
+	return nil
+}
+
+// register writes the batch's rows inside tx: paths first, then references
+// (which may point into the batch) and derivation outputs.
+func (b *Batch) register(ctx context.Context, tx *sql.Tx) error {
+	for _, it := range b.items {
+		it.skip, it.id = false, 0
+		var id int64
+		err := tx.QueryRowContext(ctx, sqlQueryPathID, it.info.Path.String()).Scan(&id)
+		switch {
+		case err == nil && !it.repair:
+			it.skip = true
+			continue
+		case err == nil:
+			it.id = id
+			if _, err := tx.ExecContext(ctx, sqlUpdatePathInfo, updateArgs(it.info)...); err != nil {
+				return fmt.Errorf("update %s: %w", it.info.Path, err)
+			}
+		case errors.Is(err, sql.ErrNoRows):
+			res, err := tx.ExecContext(ctx, sqlRegisterPath, registerArgs(it.info)...)
+			if err != nil {
+				return fmt.Errorf("register %s: %w", it.info.Path, err)
+			}
+			if it.id, err = res.LastInsertId(); err != nil {
+				return err
+			}
+		default:
+			return err
+		}
+	}
+	for _, it := range b.items {
+		if it.skip {
+			continue
+		}
+		for _, ref := range it.info.References {
+			var refID int64
+			if other, ok := b.byPath[ref]; ok && !other.skip {
+				refID = other.id
+			} else {
+				err := tx.QueryRowContext(ctx, sqlQueryPathID, ref.String()).Scan(&refID)
+				if errors.Is(err, sql.ErrNoRows) {
+					return fmt.Errorf("register %s: reference %w", it.info.Path, store.NotValid(ref))
+				}
+				if err != nil {
+					return err
+				}
+			}
+			if _, err := tx.ExecContext(ctx, sqlAddReference, it.id, refID); err != nil {
+				return fmt.Errorf("register %s: %w", it.info.Path, err)
+			}
+		}
+		for name, out := range it.drvOutputs {
+			if _, err := tx.ExecContext(ctx, sqlAddDrvOutput, it.id, name, out.String()); err != nil {
+				return fmt.Errorf("register %s: %w", it.info.Path, err)
+			}
+		}
+	}
+	return nil
+}
+
+func registerArgs(info *store.PathInfo) []any {
+	return []any{
+		info.Path.String(),
+		info.NarHash.Format(nixhash.Base16, true),
+		info.RegistrationTime.Unix(),
+		nullString(info.Deriver.String()),
+		nullSize(info.NarSize),
+		nullUltimate(info.Ultimate),
+		nullString(strings.Join(info.Signatures, " ")),
+		nullString(info.CA.String()),
+	}
+}
+
+func updateArgs(info *store.PathInfo) []any {
+	return []any{
+		nullSize(info.NarSize),
+		info.NarHash.Format(nixhash.Base16, true),
+		nullUltimate(info.Ultimate),
+		nullString(strings.Join(info.Signatures, " ")),
+		nullString(info.CA.String()),
+		info.Path.String(),
+	}
+}
+
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+func nullSize(n uint64) any {
+	if n == 0 {
+		return nil
+	}
+	return int64(n)
+}
+
+func nullUltimate(u bool) any {
+	if !u {
+		return nil
+	}
+	return 1
+}
+
+// moveIntoPlace renames each registered item's temporary over its store path.
+// Whatever is already there (an invalid leftover, or the old files of a repair)
+// is swapped into the temporary and goes away with it. It returns the items
+// moved so far, also on error.
+func (b *Batch) moveIntoPlace() ([]*pending, error) {
+	s := b.s
+	var moved []*pending
+	for _, it := range b.items {
+		if it.skip {
+			continue
+		}
+		base := it.info.Path.Base()
+		err := unix.Renameat2(it.temp.fd, tempContent, s.realFD, base, unix.RENAME_NOREPLACE)
+		if errors.Is(err, unix.EEXIST) {
+			// A directory being moved to another parent must be writable.
+			unix.Fchmodat(s.realFD, base, 0o755, 0)
+			err = unix.Renameat2(it.temp.fd, tempContent, s.realFD, base, unix.RENAME_EXCHANGE)
+			if errors.Is(err, unix.EINVAL) {
+				if err = removeTree(s.realFD, base); err == nil {
+					err = unix.Renameat(it.temp.fd, tempContent, s.realFD, base)
+				}
+			}
+		} else if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+			// No renameat2 on this file system: Nix's way, delete then rename.
+			if err = removeTree(s.realFD, base); err == nil {
+				err = unix.Renameat(it.temp.fd, tempContent, s.realFD, base)
+			}
+		}
+		if err != nil {
+			return moved, &os.PathError{Op: "move into place", Path: s.RealPath(it.info.Path), Err: err}
+		}
+		moved = append(moved, it)
+	}
+	for _, it := range moved {
+		if err := CanonicaliseRoot(s.realFD, it.info.Path.Base()); err != nil {
+			return moved, err
+		}
+	}
+	return moved, nil
+}
+
+// undo moves the items back into their temporaries, as far as it can; whatever
+// stays behind is an invalid path, which the next add of it replaces.
+func (b *Batch) undo(moved []*pending) {
+	s := b.s
+	for _, it := range moved {
+		base := it.info.Path.Base()
+		unix.Fchmodat(s.realFD, base, 0o755, 0)
+		removeTree(it.temp.fd, tempContent)
+		if unix.Renameat(s.realFD, base, it.temp.fd, tempContent) != nil {
+			removeTree(s.realFD, base)
+		}
+	}
+}
+
+// AddNar adds one path from its NAR (store.NarAdder).
+func (s *Store) AddNar(ctx context.Context, info *store.PathInfo, r io.Reader, opts store.AddNarOptions) error {
+	b := s.NewBatch()
+	defer b.Discard()
+	if err := b.AddNar(ctx, info, r, opts); err != nil {
+		return err
+	}
+	return b.Commit(ctx)
+}
+
+// AddCA adds content under its content-addressed path (store.CAAdder).
+func (s *Store) AddCA(ctx context.Context, name string, method nixhash.Method, algo nixhash.Algorithm,
+	refs []storepath.StorePath, r io.Reader) (*store.PathInfo, error) {
+	b := s.NewBatch()
+	defer b.Discard()
+	info, err := b.AddCA(ctx, name, method, algo, refs, r)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// AddText adds a text file with references, as builtins.toFile and .drv files are.
+func (s *Store) AddText(ctx context.Context, name, text string, refs []storepath.StorePath) (*store.PathInfo, error) {
+	return s.AddCA(ctx, name, nixhash.Text, nixhash.SHA256, refs, strings.NewReader(text))
+}
+
+// AddPaths adds the files or trees at srcs (see Batch.AddPath) and registers
+// them in one transaction, returning their infos in order.
+func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Method, algo nixhash.Algorithm) ([]*store.PathInfo, error) {
+	b := s.NewBatch()
+	defer b.Discard()
+	out := make([]*store.PathInfo, len(srcs))
+	for i, src := range srcs {
+		info, err := b.AddPath(ctx, src, method, algo)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = info
+	}
+	if err := b.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

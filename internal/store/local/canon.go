@@ -1,0 +1,212 @@
+package local
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Canonical metadata of every file in the store.
+const (
+	// StoreMtime is the modification time of every store file: one second into the epoch.
+	StoreMtime = 1
+	modeFile   = 0o444
+	modeExec   = 0o555
+)
+
+// ignoredXattrs are extended attributes canonicalisation leaves alone, as Nix's
+// default ignored-acls: the kernel or file system manages them.
+var ignoredXattrs = map[string]bool{
+	"security.selinux": true,
+	"system.nfs4_acl":  true,
+	"security.csm":     true,
+}
+
+// Canonicalise makes the tree at name inside the directory dirfd look like a store
+// path: regular files and directories mode 0444, or 0555 when the owner may
+// execute (which also clears setuid, setgid and sticky bits), modification time
+// StoreMtime, no extended attributes or ACLs, and owned by this process's
+// effective user. Symlinks keep their mode but get the time and owner. Only
+// regular files, directories and symlinks are allowed. Nothing is followed:
+// every call is relative to a directory descriptor.
+//
+// With keepRootWritable, a directory at the root keeps its mode (so it can still
+// be renamed into another directory); call CanonicaliseRoot after moving it.
+func Canonicalise(dirfd int, name string, keepRootWritable bool) error {
+	c := canon{uid: os.Geteuid(), gid: os.Getegid()}
+	return c.walk(dirfd, name, name, !keepRootWritable)
+}
+
+// CanonicaliseRoot finishes Canonicalise(…, true) for the root entry alone.
+func CanonicaliseRoot(dirfd int, name string) error {
+	c := canon{uid: os.Geteuid(), gid: os.Getegid()}
+	var st unix.Stat_t
+	if err := fstatat(dirfd, name, &st); err != nil {
+		return &os.PathError{Op: "canonicalise: stat", Path: name, Err: err}
+	}
+	return c.fix(dirfd, name, name, &st, true)
+}
+
+type canon struct {
+	uid, gid int
+	xbuf     []byte
+}
+
+func (c *canon) walk(dirfd int, name, disk string, setMode bool) error {
+	var st unix.Stat_t
+	if err := fstatat(dirfd, name, &st); err != nil {
+		return &os.PathError{Op: "canonicalise: stat", Path: disk, Err: err}
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+		if err != nil {
+			return &os.PathError{Op: "canonicalise: open", Path: disk, Err: err}
+		}
+		f := os.NewFile(uintptr(fd), disk)
+		names, err := f.Readdirnames(-1)
+		if err == nil {
+			for _, n := range names {
+				if err = c.walk(fd, n, disk+"/"+n, true); err != nil {
+					break
+				}
+			}
+		} else {
+			err = &os.PathError{Op: "canonicalise: read directory", Path: disk, Err: err}
+		}
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return c.fix(dirfd, name, disk, &st, setMode)
+}
+
+// fix canonicalises one entry whose lstat is st.
+func (c *canon) fix(dirfd int, name, disk string, st *unix.Stat_t, setMode bool) error {
+	typ := st.Mode & unix.S_IFMT
+	if typ != unix.S_IFREG && typ != unix.S_IFDIR && typ != unix.S_IFLNK {
+		return fmt.Errorf("canonicalise %s: file has an unsupported type", disk)
+	}
+	if err := c.stripXattrs(dirfd, name, disk); err != nil {
+		return err
+	}
+	if int(st.Uid) != c.uid {
+		if err := unix.Fchownat(dirfd, name, c.uid, c.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &os.PathError{Op: "canonicalise: chown", Path: disk, Err: err}
+		}
+	}
+	if typ != unix.S_IFLNK && setMode {
+		perm := st.Mode & 0o7777
+		if perm != modeFile && perm != modeExec {
+			want := uint32(modeFile)
+			if st.Mode&unix.S_IXUSR != 0 {
+				want = modeExec
+			}
+			if err := unix.Fchmodat(dirfd, name, want, 0); err != nil {
+				return &os.PathError{Op: "canonicalise: chmod", Path: disk, Err: err}
+			}
+		}
+	}
+	if st.Mtim.Sec != StoreMtime || st.Mtim.Nsec != 0 {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: StoreMtime}}
+		if err := unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &os.PathError{Op: "canonicalise: set time", Path: disk, Err: err}
+		}
+	}
+	return nil
+}
+
+// stripXattrs removes every extended attribute (ACLs included) but the ignored
+// ones. There is no *xattrat system call before Linux 6.13, so the entry is
+// named through its directory's /proc/self/fd link: only the last component is
+// resolved, and the l* calls do not follow it.
+func (c *canon) stripXattrs(dirfd int, name, disk string) error {
+	p := "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
+	if dirfd == unix.AT_FDCWD {
+		p = name
+	}
+	if c.xbuf == nil {
+		c.xbuf = make([]byte, 4096)
+	}
+	n, err := unix.Llistxattr(p, c.xbuf)
+	if errors.Is(err, unix.ERANGE) {
+		size, err2 := unix.Llistxattr(p, nil)
+		if err2 != nil {
+			return &os.PathError{Op: "canonicalise: list attributes", Path: disk, Err: err2}
+		}
+		c.xbuf = make([]byte, size+64)
+		n, err = unix.Llistxattr(p, c.xbuf)
+	}
+	if err != nil {
+		if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.ENODATA) {
+			return nil
+		}
+		return &os.PathError{Op: "canonicalise: list attributes", Path: disk, Err: err}
+	}
+	for _, a := range bytes.Split(c.xbuf[:n], []byte{0}) {
+		if len(a) == 0 || ignoredXattrs[string(a)] {
+			continue
+		}
+		if err := unix.Lremovexattr(p, string(a)); err != nil {
+			return &os.PathError{Op: "canonicalise: remove attribute " + string(a), Path: disk, Err: err}
+		}
+	}
+	return nil
+}
+
+func fstatat(dirfd int, name string, st *unix.Stat_t) error {
+	for {
+		err := unix.Fstatat(dirfd, name, st, unix.AT_SYMLINK_NOFOLLOW)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func openat(dirfd int, name string, flags int) (int, error) {
+	for {
+		fd, err := unix.Openat(dirfd, name, flags|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+// removeTree deletes the entry name in dirfd and everything below it, making
+// read-only directories writable first. It never follows symlinks. A missing
+// entry is not an error.
+func removeTree(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
+		return &os.PathError{Op: "remove", Path: name, Err: err}
+	}
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+	if err != nil {
+		return &os.PathError{Op: "remove: open", Path: name, Err: err}
+	}
+	unix.Fchmod(fd, 0o700)
+	f := os.NewFile(uintptr(fd), name)
+	names, err := f.Readdirnames(-1)
+	if err == nil {
+		for _, n := range names {
+			if err = removeTree(fd, n); err != nil {
+				break
+			}
+		}
+	}
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return &os.PathError{Op: "remove", Path: name, Err: err}
+	}
+	return nil
+}

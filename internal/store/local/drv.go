@@ -1,0 +1,43 @@
+package local
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"cairn/internal/derivation"
+	"cairn/internal/storepath"
+)
+
+// readDrvOutputs parses the derivation a temporary holds and returns its
+// statically known outputs (input-addressed and fixed), which registration puts
+// into DerivationOutputs. Floating and deferred outputs have no path yet.
+func (s *Store) readDrvOutputs(t *tempDir, p storepath.StorePath) (map[string]storepath.StorePath, error) {
+	fd, err := openat(t.fd, tempContent, unix.O_RDONLY|unix.O_NOFOLLOW)
+	if err != nil {
+		return nil, &os.PathError{Op: "open derivation", Path: t.contentPath(), Err: err}
+	}
+	f := os.NewFile(uintptr(fd), t.contentPath())
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxTextSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read derivation %s: %w", p, err)
+	}
+	if len(data) > MaxTextSize {
+		return nil, fmt.Errorf("read derivation %s: longer than %d bytes", p, MaxTextSize)
+	}
+	drv, err := derivation.Parse(s.dir, data, strings.TrimSuffix(p.Name(), storepath.DrvExtension))
+	if err != nil {
+		return nil, fmt.Errorf("register %s: %w", p, err)
+	}
+	outs := map[string]storepath.StorePath{}
+	for name, o := range drv.Outputs {
+		if !o.Path.IsZero() {
+			outs[name] = o.Path
+		}
+	}
+	return outs, nil
+}

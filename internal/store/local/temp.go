@@ -1,0 +1,128 @@
+package local
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"cairn/internal/nixbase32"
+)
+
+// Temporaries. Every path being added is first unpacked at
+//
+//	<real store dir>/.cairn-tmp/add-<random>/x
+//
+// and renamed into the store dir once it is complete, checked and canonical.
+// The add-<random> directory is flock'ed by its writer for as long as it is in
+// use; when a store is opened, every entry of .cairn-tmp that nobody holds a
+// lock on is a crashed writer's leftover and is removed. Keeping them in one
+// directory makes that cleanup cost nothing on a large store; being on the same
+// file system as the store makes the final rename atomic.
+const (
+	// TempDirName is the directory of temporaries inside the real store dir.
+	TempDirName = ".cairn-tmp"
+	// tempPrefix starts the name of each temporary.
+	tempPrefix = "add-"
+	// tempContent is the name of the entry inside a temporary that becomes the path.
+	tempContent = "x"
+)
+
+// openTemp creates and opens the temporaries directory and removes stale entries.
+func (s *Store) openTemp() error {
+	if err := unix.Mkdirat(s.realFD, TempDirName, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return &os.PathError{Op: "mkdir", Path: s.cfg.RealStoreDir + "/" + TempDirName, Err: err}
+	}
+	fd, err := openat(s.realFD, TempDirName, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: s.cfg.RealStoreDir + "/" + TempDirName, Err: err}
+	}
+	s.tmpFD = fd
+	return s.cleanTemps()
+}
+
+// cleanTemps removes every temporary no live writer holds.
+func (s *Store) cleanTemps() error {
+	dup, err := unix.Dup(s.tmpFD)
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(dup), s.cfg.RealStoreDir+"/"+TempDirName)
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		fd, err := openat(s.tmpFD, n, unix.O_RDONLY|unix.O_NOFOLLOW)
+		if err != nil {
+			continue
+		}
+		if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
+			removeTree(s.tmpFD, n)
+		}
+		unix.Close(fd)
+	}
+	return nil
+}
+
+// tempDir is one locked temporary.
+type tempDir struct {
+	s    *Store
+	name string // add-<random>
+	fd   int    // the directory, flock'ed
+}
+
+// newTemp creates a fresh locked temporary directory.
+func (s *Store) newTemp() (*tempDir, error) {
+	for {
+		var rnd [10]byte
+		rand.Read(rnd[:])
+		name := tempPrefix + nixbase32.EncodeToString(rnd[:])
+		if err := unix.Mkdirat(s.tmpFD, name, 0o700); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				continue
+			}
+			return nil, &os.PathError{Op: "create temporary", Path: s.tempPath(name), Err: err}
+		}
+		fd, err := openat(s.tmpFD, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+		if err != nil {
+			return nil, &os.PathError{Op: "open temporary", Path: s.tempPath(name), Err: err}
+		}
+		// A store being opened elsewhere may take and delete it before we lock
+		// it: then the lock fails, or the directory is gone (no links), and we
+		// try another name.
+		var st unix.Stat_t
+		if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) != nil || unix.Fstat(fd, &st) != nil || st.Nlink == 0 {
+			unix.Close(fd)
+			continue
+		}
+		// Drop a default ACL the store dir may pass down, so nothing restored
+		// below inherits one.
+		unix.Fremovexattr(fd, "system.posix_acl_default")
+		return &tempDir{s: s, name: name, fd: fd}, nil
+	}
+}
+
+func (s *Store) tempPath(name string) string {
+	return s.cfg.RealStoreDir + "/" + TempDirName + "/" + name
+}
+
+// contentPath is the on-disk path of the entry that becomes the store path.
+func (t *tempDir) contentPath() string { return t.s.tempPath(t.name) + "/" + tempContent }
+
+// remove deletes the temporary and everything in it, and releases its lock.
+func (t *tempDir) remove() error {
+	if t == nil || t.fd < 0 {
+		return nil
+	}
+	err := removeTree(t.s.tmpFD, t.name)
+	unix.Close(t.fd)
+	t.fd = -1
+	if err != nil {
+		return fmt.Errorf("remove temporary %s: %w", t.s.tempPath(t.name), err)
+	}
+	return nil
+}
