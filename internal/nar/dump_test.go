@@ -180,3 +180,38 @@ func treeModes(t *testing.T, root string) map[string]fs.FileMode {
 	}
 	return m
 }
+
+// Dump into a file or a pipe takes the kernel's copy paths (copy_file_range,
+// splice); the bytes must not change.
+func TestDumpToFileAndPipe(t *testing.T) {
+	tmp := t.TempDir()
+	tree := filepath.Join(tmp, "tree")
+	makeTree(t, tree, false, true)
+	want := dump(t, tree, DumpOptions{})
+
+	f, err := os.Create(filepath.Join(tmp, "out.nar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := Dump(f, tree, DumpOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(f.Name()); !bytes.Equal(got, want) {
+		t.Fatalf("dump into a file differs %s", firstDiff(got, want))
+	}
+
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- Dump(pw, tree, DumpOptions{}); pw.Close() }()
+	got, err := io.ReadAll(pr)
+	if err != nil || <-done != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("dump into a pipe differs %s", firstDiff(got, want))
+	}
+}

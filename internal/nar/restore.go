@@ -150,9 +150,8 @@ func (rs *restorer) create(dirfd int, name string, h *Header) error {
 		if err != nil {
 			return &os.PathError{Op: "restore nar: create", Path: disk, Err: err}
 		}
-		f := os.NewFile(uintptr(fd), disk)
-		err = rs.fill(f, fd, h)
-		if cerr := f.Close(); err == nil && cerr != nil {
+		err = rs.fill(fd, h)
+		if cerr := syscall.Close(fd); err == nil && cerr != nil {
 			err = cerr
 		}
 		if err != nil {
@@ -163,7 +162,7 @@ func (rs *restorer) create(dirfd int, name string, h *Header) error {
 	return fmt.Errorf("restore nar %s: unknown node type %v", disk, h.Type)
 }
 
-func (rs *restorer) fill(f *os.File, fd int, h *Header) error {
+func (rs *restorer) fill(fd int, h *Header) error {
 	if h.Executable {
 		var st syscall.Stat_t
 		if err := syscall.Fstat(fd, &st); err != nil {
@@ -176,7 +175,7 @@ func (rs *restorer) fill(f *os.File, fd int, h *Header) error {
 	for {
 		n, err := rs.r.Read(rs.buf)
 		if n > 0 {
-			if _, werr := f.Write(rs.buf[:n]); werr != nil {
+			if werr := writeAll(fd, rs.buf[:n]); werr != nil {
 				return werr
 			}
 		}
@@ -187,6 +186,24 @@ func (rs *restorer) fill(f *os.File, fd int, h *Header) error {
 			return err
 		}
 	}
+}
+
+// writeAll writes p to fd, a regular file, retrying short writes and EINTR.
+func writeAll(fd int, p []byte) error {
+	for len(p) > 0 {
+		n, err := syscall.Write(fd, p)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+		p = p[n:]
+	}
+	return nil
 }
 
 func mkdirat(dirfd int, name string, mode uint32) error {
