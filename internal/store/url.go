@@ -107,11 +107,11 @@ func parseURL(s string, getenv Getenv) (*Config, error) {
 		}
 		return filepath.Clean(v), nil
 	}
-	if c.Root, err = pathParam("root", "/"); err != nil {
-		return nil, err
-	}
-	if _, ok := params["root"]; !ok || params["root"] == "" {
-		c.Root = ""
+	if root := params["root"]; root != "" {
+		if !filepath.IsAbs(root) {
+			return nil, fmt.Errorf("%w: root %q is not an absolute path", ErrInvalid, root)
+		}
+		c.Root = filepath.Clean(root)
 	}
 	storeDefault := env("NIX_STORE_DIR", "NIX_STORE")
 	if storeDefault == "" {
@@ -217,6 +217,10 @@ func DefaultURL(getenv Getenv) (string, error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
+	return defaultURL(getenv, writable)
+}
+
+func defaultURL(getenv Getenv, writable func(string) bool) (string, error) {
 	if r := getenv("NIX_REMOTE"); r != "" {
 		return r, nil
 	}

@@ -304,13 +304,14 @@ func (b *Batch) push(it *pending) {
 // unless Commit fails.
 func (b *Batch) AddCA(ctx context.Context, name string, method nixhash.Method, algo nixhash.Algorithm,
 	refs []storepath.StorePath, r io.Reader) (*store.PathInfo, error) {
-	return b.addCA(ctx, name, method, algo, refs, r, -1)
+	return b.addCA(ctx, name, method, algo, refs, r, -1, false)
 }
 
 // addCA adds content; size is the length of flat content when known (-1 if not),
-// which lets flat files be hashed in one pass.
+// which lets flat files be hashed in one pass, and executable says whether a
+// flat file keeps its execute bits.
 func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, algo nixhash.Algorithm,
-	refs []storepath.StorePath, r io.Reader, size int64) (*store.PathInfo, error) {
+	refs []storepath.StorePath, r io.Reader, size int64, executable bool) (*store.PathInfo, error) {
 	s := b.s
 	fail := func(err error) (*store.PathInfo, error) {
 		return nil, fmt.Errorf("add %s to the store: %w", name, err)
@@ -348,7 +349,7 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 		if method == nixhash.Text {
 			r = &limitedReader{r: r, left: MaxTextSize}
 		}
-		caHash, info.NarHash, info.NarSize, err = writeFlat(t, r, size, algo)
+		caHash, info.NarHash, info.NarSize, err = writeFlat(t, r, size, executable, algo)
 		if err != nil {
 			t.remove()
 			return fail(err)
@@ -397,11 +398,16 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// writeFlat writes the bytes of r to the temporary as a regular file, and
-// returns their hash with algo and the sha256 and size of their NAR form. With a
-// known size it is one pass; otherwise the file is read back for the NAR hash.
-func writeFlat(t *tempDir, r io.Reader, size int64, algo nixhash.Algorithm) (content, narHash nixhash.Hash, narSize uint64, err error) {
-	fd, err := unix.Openat(t.fd, tempContent, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o666)
+// writeFlat writes the bytes of r to the temporary as a regular file
+// (executable or not), and returns their hash with algo and the sha256 and size
+// of their NAR form. With a known size it is one pass; otherwise the file is
+// read back for the NAR hash.
+func writeFlat(t *tempDir, r io.Reader, size int64, executable bool, algo nixhash.Algorithm) (content, narHash nixhash.Hash, narSize uint64, err error) {
+	mode := uint32(0o666)
+	if executable {
+		mode = 0o777
+	}
+	fd, err := unix.Openat(t.fd, tempContent, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
 		return content, narHash, 0, &os.PathError{Op: "create", Path: t.contentPath(), Err: err}
 	}
@@ -412,7 +418,7 @@ func writeFlat(t *tempDir, r io.Reader, size int64, algo nixhash.Algorithm) (con
 	buf := make([]byte, copyBufferSize)
 	if size >= 0 {
 		nw := nar.NewWriter(sha)
-		if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: size}); err != nil {
+		if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: size, Executable: executable}); err != nil {
 			return content, narHash, 0, err
 		}
 		n, err := io.CopyBuffer(io.MultiWriter(f, ch, nw), io.LimitReader(r, size), buf)
@@ -435,7 +441,7 @@ func writeFlat(t *tempDir, r io.Reader, size int64, algo nixhash.Algorithm) (con
 		return content, narHash, 0, err
 	}
 	nw := nar.NewWriter(sha)
-	if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: n}); err != nil {
+	if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: n, Executable: executable}); err != nil {
 		return content, narHash, 0, err
 	}
 	if _, err := io.CopyBuffer(nw, f, buf); err != nil {
@@ -449,31 +455,37 @@ func writeFlat(t *tempDir, r io.Reader, size int64, algo nixhash.Algorithm) (con
 
 // AddPath adds the file or tree at src as name filepath.Base(src), the way
 // `nix-store --add` (method Recursive, sha256) and `nix-store --add-fixed`
-// (Flat or Recursive, any algorithm) do. Symlinks are not followed below src;
-// src itself is followed only for Flat.
+// (Flat or Recursive, any algorithm) do. No symlink is followed, src included;
+// Flat needs a regular file, and keeps its execute bit as Nix does.
 func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, algo nixhash.Algorithm) (*store.PathInfo, error) {
 	name := filepath.Base(filepath.Clean(src))
 	switch method {
 	case nixhash.Flat:
-		f, err := os.Open(src)
+		// As nix-store --add-fixed: the file itself (not a symlink to one), its
+		// execute bit kept.
+		fd, err := openat(unix.AT_FDCWD, src, unix.O_RDONLY|unix.O_NOFOLLOW)
 		if err != nil {
-			return nil, fmt.Errorf("add %s: %w", src, err)
+			if errors.Is(err, unix.ELOOP) {
+				return nil, fmt.Errorf("add %s: %w: regular file expected", src, store.ErrInvalid)
+			}
+			return nil, &os.PathError{Op: "add", Path: src, Err: err}
 		}
+		f := os.NewFile(uintptr(fd), src)
 		defer f.Close()
 		fi, err := f.Stat()
 		if err != nil {
 			return nil, fmt.Errorf("add %s: %w", src, err)
 		}
 		if !fi.Mode().IsRegular() {
-			return nil, fmt.Errorf("add %s: %w: flat hashing needs a regular file", src, store.ErrInvalid)
+			return nil, fmt.Errorf("add %s: %w: regular file expected", src, store.ErrInvalid)
 		}
-		return b.addCA(ctx, name, method, algo, nil, f, fi.Size())
+		return b.addCA(ctx, name, method, algo, nil, f, fi.Size(), fi.Mode()&0o100 != 0)
 	case nixhash.Recursive:
 		pr, pw := io.Pipe()
 		go func() {
 			pw.CloseWithError(nar.Dump(pw, src, nar.DumpOptions{}))
 		}()
-		info, err := b.addCA(ctx, name, method, algo, nil, bufio.NewReaderSize(pr, copyBufferSize), -1)
+		info, err := b.addCA(ctx, name, method, algo, nil, bufio.NewReaderSize(pr, copyBufferSize), -1, false)
 		pr.CloseWithError(errors.New("add aborted"))
 		if err != nil {
 			return nil, err
@@ -752,4 +764,39 @@ func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Meth
 		return nil, err
 	}
 	return out, nil
+}
+
+// RegisterValidPaths records infos in the database in one transaction, for paths
+// whose files are already in place and canonical (a loaded database dump, a
+// build's outputs): new paths are added and valid ones updated (hash, size,
+// ultimate, signatures, ca; Nix keeps registration time and deriver). References
+// must be valid or among infos. A derivation's outputs are read from its file.
+// The caller holds whatever path locks it needs.
+func (s *Store) RegisterValidPaths(ctx context.Context, infos []*store.PathInfo) error {
+	b := s.NewBatch()
+	for _, info := range infos {
+		if err := s.checkInfo(info, false); err != nil {
+			return err
+		}
+		info = info.Clone()
+		storepath.SortPaths(info.References)
+		info.References = slices.Compact(info.References)
+		if info.RegistrationTime.IsZero() {
+			info.RegistrationTime = time.Now()
+		}
+		it := &pending{info: info, repair: true}
+		if info.Path.IsDerivation() {
+			outs, err := s.readDrvFile(s.RealPath(info.Path), info.Path)
+			if err != nil {
+				return err
+			}
+			it.drvOutputs = outs
+		}
+		b.push(it)
+	}
+	err := s.writeTx(ctx, func(tx *sql.Tx) error { return b.register(ctx, tx) })
+	if err != nil {
+		return fmt.Errorf("register valid paths: %w", err)
+	}
+	return nil
 }

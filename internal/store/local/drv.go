@@ -20,7 +20,19 @@ func (s *Store) readDrvOutputs(t *tempDir, p storepath.StorePath) (map[string]st
 	if err != nil {
 		return nil, &os.PathError{Op: "open derivation", Path: t.contentPath(), Err: err}
 	}
-	f := os.NewFile(uintptr(fd), t.contentPath())
+	return s.parseDrvOutputs(os.NewFile(uintptr(fd), t.contentPath()), p)
+}
+
+// readDrvFile is readDrvOutputs for a derivation already at its real path.
+func (s *Store) readDrvFile(real string, p storepath.StorePath) (map[string]storepath.StorePath, error) {
+	fd, err := openat(unix.AT_FDCWD, real, unix.O_RDONLY|unix.O_NOFOLLOW)
+	if err != nil {
+		return nil, &os.PathError{Op: "open derivation", Path: real, Err: err}
+	}
+	return s.parseDrvOutputs(os.NewFile(uintptr(fd), real), p)
+}
+
+func (s *Store) parseDrvOutputs(f *os.File, p storepath.StorePath) (map[string]storepath.StorePath, error) {
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, MaxTextSize+1))
 	if err != nil {

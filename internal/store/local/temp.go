@@ -88,6 +88,9 @@ func (s *Store) newTemp() (*tempDir, error) {
 			return nil, &os.PathError{Op: "create temporary", Path: s.tempPath(name), Err: err}
 		}
 		fd, err := openat(s.tmpFD, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+		if errors.Is(err, unix.ENOENT) {
+			continue // removed by a store being opened elsewhere
+		}
 		if err != nil {
 			return nil, &os.PathError{Op: "open temporary", Path: s.tempPath(name), Err: err}
 		}

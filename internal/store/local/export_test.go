@@ -1,0 +1,5 @@
+package local
+
+import "os/user"
+
+var userLookupGroup = user.LookupGroup
