@@ -60,8 +60,17 @@ func Run(t testing.TB, stdin []byte, name string, args ...string) string {
 // Output runs a reference tool and returns its stdout; a non-zero exit becomes an
 // error that carries stderr.
 func Output(stdin []byte, name string, args ...string) ([]byte, error) {
+	return output(stdin, nil, name, args...)
+}
+
+// OutputEnv is Output with extra environment entries, which win over Env's.
+func OutputEnv(extraEnv []string, name string, args ...string) ([]byte, error) {
+	return output(nil, extraEnv, name, args...)
+}
+
+func output(stdin []byte, extraEnv []string, name string, args ...string) ([]byte, error) {
 	cmd := exec.Command(name, args...)
-	cmd.Env = Env()
+	cmd.Env = append(Env(), extraEnv...)
 	if stdin != nil {
 		cmd.Stdin = strings.NewReader(string(stdin))
 	}

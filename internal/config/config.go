@@ -1,0 +1,364 @@
+// Package config reads Nix's configuration: nix.conf files, NIX_CONFIG and --option.
+//
+// Grammar of a configuration file (as Nix 2.8 reads it):
+//
+//	file    = { line "\n" }
+//	line    = [ setting | include ] [ "#" comment ]
+//	setting = name "=" { word }          value: the words joined by single spaces
+//	include = ( "include" | "!include" ) path      relative to the including file;
+//	                                               "!include" of a missing file is no error
+//
+// A name "extra-NAME" appends to NAME instead of replacing it. Every name that some Nix
+// version knows is accepted, also the client-side ones Cairn has no use for, so one
+// nix.conf serves both; a name no Nix knows is a warning in a file and an error on
+// the command line.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// ErrUnknown is wrapped by the error for a setting name no Nix version knows.
+var ErrUnknown = errors.New("unknown setting")
+
+type kind uint8
+
+const (
+	kindString kind = iota
+	kindBool
+	kindInt
+	kindMaxJobs // a count or "auto"
+	kindSandbox // true, false or relaxed
+)
+
+type knownSetting struct {
+	name    string
+	kind    kind
+	since   string
+	aliases []string
+}
+
+// byName maps every known name and alias to its setting.
+var byName = func() map[string]*knownSetting {
+	m := make(map[string]*knownSetting, 2*len(knownSettings))
+	for i := range knownSettings {
+		s := &knownSettings[i]
+		m[s.name] = s
+		for _, a := range s.aliases {
+			m[a] = s
+		}
+	}
+	for _, name := range legacySettings {
+		m[name] = &knownSetting{name: name}
+	}
+	return m
+}()
+
+// lookup resolves name, with or without the "extra-" prefix, to its setting.
+func lookup(name string) (s *knownSetting, extra bool) {
+	if s, ok := byName[name]; ok {
+		return s, false
+	}
+	if base, ok := strings.CutPrefix(name, "extra-"); ok {
+		if s, ok := byName[base]; ok {
+			return s, true
+		}
+	}
+	return nil, false
+}
+
+// Known reports whether some Nix version knows the setting name (an alias or an
+// "extra-" form included).
+func Known(name string) bool {
+	s, _ := lookup(name)
+	return s != nil
+}
+
+// Canonical returns the setting's own name for an alias; other names are returned as they are.
+func Canonical(name string) string {
+	if s, _ := lookup(name); s != nil {
+		return s.name
+	}
+	return name
+}
+
+// Settings holds configuration values by canonical setting name. The zero value is
+// not ready; use New.
+type Settings struct {
+	values map[string]string
+}
+
+// New returns Settings holding Nix 2.8's defaults for the settings Cairn reads.
+func New() *Settings {
+	s := &Settings{values: make(map[string]string, len(defaults))}
+	for name, v := range defaults {
+		s.values[name] = v
+	}
+	return s
+}
+
+// Set sets a setting; "extra-NAME" appends to NAME. An unknown name gives an error
+// wrapping ErrUnknown, a value of the wrong kind an error saying so.
+func (s *Settings) Set(name, value string) error {
+	k, extra := lookup(name)
+	if k == nil {
+		return fmt.Errorf("set %q: %w", name, ErrUnknown)
+	}
+	if err := k.check(value); err != nil {
+		return fmt.Errorf("set %q: %w", name, err)
+	}
+	if extra {
+		if old := s.values[k.name]; old != "" && value != "" {
+			value = old + " " + value
+		} else if value == "" {
+			value = old
+		}
+	}
+	s.values[k.name] = value
+	return nil
+}
+
+func (k *knownSetting) check(v string) error {
+	switch k.kind {
+	case kindBool:
+		if _, err := parseBool(v); err != nil {
+			return err
+		}
+	case kindInt:
+		if _, err := parseSize(v); err != nil {
+			return err
+		}
+	case kindMaxJobs:
+		if v != "auto" {
+			if _, err := strconv.ParseUint(v, 10, 32); err != nil {
+				return fmt.Errorf("%q is neither a number nor auto", v)
+			}
+		}
+	case kindSandbox:
+		if v != "relaxed" {
+			if _, err := parseBool(v); err != nil {
+				return fmt.Errorf("%q is not true, false or relaxed", v)
+			}
+		}
+	}
+	return nil
+}
+
+// parseBool accepts the spellings Nix accepts.
+func parseBool(v string) (bool, error) {
+	switch v {
+	case "true", "yes", "1":
+		return true, nil
+	case "false", "no", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not a Boolean", v)
+}
+
+// parseSize parses an integer with an optional K, M, G or T suffix (powers of 1024).
+func parseSize(v string) (int64, error) {
+	mult := int64(1)
+	if n := len(v); n > 0 {
+		switch v[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			v = v[:n-1]
+		}
+	}
+	if i, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if i > 0 && i > (1<<63-1)/mult {
+			return 1<<63 - 1, nil
+		}
+		return i * mult, nil
+	}
+	// Unsigned 64-bit values (max-free's default is 2^64-1) saturate.
+	if u, err := strconv.ParseUint(v, 10, 64); err == nil && u > 0 {
+		return 1<<63 - 1, nil
+	}
+	return 0, fmt.Errorf("%q is not an integer", v)
+}
+
+// Get returns a setting's value as text ("" if unset).
+func (s *Settings) Get(name string) string { return s.values[Canonical(name)] }
+
+// IsSet reports whether the setting has a value, from a default or from configuration.
+func (s *Settings) IsSet(name string) bool {
+	_, ok := s.values[Canonical(name)]
+	return ok
+}
+
+// Bool returns a Boolean setting; an unset or malformed one is false.
+func (s *Settings) Bool(name string) bool {
+	b, _ := parseBool(s.Get(name))
+	return b
+}
+
+// Int returns an integer setting; an unset or malformed one is 0.
+func (s *Settings) Int(name string) int64 {
+	i, _ := parseSize(s.Get(name))
+	return i
+}
+
+// Strings returns a list setting split on white space.
+func (s *Settings) Strings(name string) []string { return strings.Fields(s.Get(name)) }
+
+// Apply sets each name in overrides; used for --option and SetOptions.
+func (s *Settings) Apply(overrides map[string]string) error {
+	for name, value := range overrides {
+		if err := s.Set(name, value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxIncludeDepth stops include cycles.
+const maxIncludeDepth = 16
+
+// ApplyFile reads a configuration file and applies it. A missing file is no error.
+// Unknown settings are passed to warn, as Nix warns about them.
+func (s *Settings) ApplyFile(path string, warn func(string)) error {
+	return s.applyFile(path, warn, 0)
+}
+
+func (s *Settings) applyFile(path string, warn func(string), depth int) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read config %s: %w", path, err)
+	}
+	return s.apply(string(data), path, filepath.Dir(path), warn, depth)
+}
+
+// ApplyText applies configuration text such as NIX_CONFIG's; source names it in messages.
+func (s *Settings) ApplyText(text, source string, warn func(string)) error {
+	dir, _ := os.Getwd()
+	return s.apply(text, source, dir, warn, 0)
+}
+
+func (s *Settings) apply(text, source, dir string, warn func(string), depth int) error {
+	if depth > maxIncludeDepth {
+		return fmt.Errorf("read config %s: includes nested more than %d deep", source, maxIncludeDepth)
+	}
+	for n, line := range strings.Split(text, "\n") {
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		words := strings.Fields(line)
+		if len(words) == 0 {
+			continue
+		}
+		if len(words) < 2 {
+			return fmt.Errorf("read config %s line %d: illegal configuration line %q", source, n+1, line)
+		}
+		if words[0] == "include" || words[0] == "!include" {
+			if len(words) != 2 {
+				return fmt.Errorf("read config %s line %d: illegal configuration line %q", source, n+1, line)
+			}
+			p := words[1]
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(dir, p)
+			}
+			if _, err := os.Stat(p); err != nil {
+				if words[0] == "!include" && errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				return fmt.Errorf("read config %s line %d: file %q included from %q not found", source, n+1, p, source)
+			}
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return fmt.Errorf("read config %s: %w", p, err)
+			}
+			if err := s.apply(string(data), p, filepath.Dir(p), warn, depth+1); err != nil {
+				return err
+			}
+			continue
+		}
+		if words[1] != "=" {
+			return fmt.Errorf("read config %s line %d: illegal configuration line %q", source, n+1, line)
+		}
+		err := s.Set(words[0], strings.Join(words[2:], " "))
+		if errors.Is(err, ErrUnknown) {
+			if warn != nil {
+				warn(fmt.Sprintf("unknown setting '%s'", words[0]))
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read config %s line %d: %w", source, n+1, err)
+		}
+	}
+	return nil
+}
+
+// Env is how Load reads the environment; os.Getenv in production.
+type Env func(string) string
+
+// ConfDir returns NIX_CONF_DIR, or Nix's default /etc/nix.
+func ConfDir(env Env) string {
+	if d := env("NIX_CONF_DIR"); d != "" {
+		return d
+	}
+	return "/etc/nix"
+}
+
+// Load reads configuration the way Nix does: $NIX_CONF_DIR/nix.conf, then the user
+// files (NIX_USER_CONF_FILES, or nix/nix.conf in XDG_CONFIG_DIRS and XDG_CONFIG_HOME,
+// later files weaker), then NIX_CONFIG.
+func Load(env Env, warn func(string)) (*Settings, error) {
+	s := New()
+	if err := s.ApplyFile(filepath.Join(ConfDir(env), "nix.conf"), warn); err != nil {
+		return nil, err
+	}
+	files := userConfFiles(env)
+	for i := len(files) - 1; i >= 0; i-- {
+		if err := s.ApplyFile(files[i], warn); err != nil {
+			return nil, err
+		}
+	}
+	if text := env("NIX_CONFIG"); text != "" {
+		if err := s.ApplyText(text, "NIX_CONFIG", warn); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func userConfFiles(env Env) []string {
+	if v := env("NIX_USER_CONF_FILES"); v != "" {
+		return filepath.SplitList(v)
+	}
+	var dirs []string
+	home := env("XDG_CONFIG_HOME")
+	if home == "" && env("HOME") != "" {
+		home = filepath.Join(env("HOME"), ".config")
+	}
+	if home != "" {
+		dirs = append(dirs, home)
+	}
+	xdg := env("XDG_CONFIG_DIRS")
+	if xdg == "" {
+		xdg = "/etc/xdg"
+	}
+	dirs = append(dirs, filepath.SplitList(xdg)...)
+	files := make([]string, 0, len(dirs))
+	for _, d := range dirs {
+		files = append(files, filepath.Join(d, "nix", "nix.conf"))
+	}
+	return files
+}

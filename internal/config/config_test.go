@@ -1,0 +1,193 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"cairn/internal/testutil/nixtest"
+)
+
+func TestKnown(t *testing.T) {
+	for _, name := range []string{
+		"sandbox", "build-use-sandbox", "extra-sandbox-paths", "extra-extra-sandbox-paths"[6:],
+		"experimental-features", "flake-registry", "extra-experimental-features", "trusted-users",
+		"build-max-jobs", "use-case-hack", "ssh-auth-sock", "extra-substituters", "extra-trusted-public-keys",
+	} {
+		if !Known(name) {
+			t.Errorf("Known(%q) = false", name)
+		}
+	}
+	for _, name := range []string{"no-such-setting", "extra-", "extra-no-such", "sandboxx", ""} {
+		if Known(name) {
+			t.Errorf("Known(%q) = true", name)
+		}
+	}
+	if got := Canonical("build-max-jobs"); got != "max-jobs" {
+		t.Errorf("Canonical(build-max-jobs) = %q", got)
+	}
+}
+
+func TestSet(t *testing.T) {
+	s := New()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.Set("build-max-jobs", "4"))
+	if s.Int("max-jobs") != 4 {
+		t.Errorf("max-jobs = %q after setting its alias", s.Get("max-jobs"))
+	}
+	must(s.Set("sandbox-paths", "/bin/sh=/bin/busybox"))
+	must(s.Set("extra-substituters", "file:///cache"))
+	if got := s.Strings("substituters"); len(got) != 2 || got[1] != "file:///cache" {
+		t.Errorf("substituters = %q", got)
+	}
+	// extra-sandbox-paths is a setting of its own in Nix (the builder merges the two),
+	// so it does not append to sandbox-paths.
+	must(s.Set("build-extra-chroot-dirs", "/etc/x?"))
+	if got := s.Strings("sandbox-paths"); len(got) != 1 || s.Get("extra-sandbox-paths") != "/etc/x?" {
+		t.Errorf("sandbox-paths = %q, extra-sandbox-paths = %q", got, s.Get("extra-sandbox-paths"))
+	}
+	must(s.Set("sandbox", "relaxed"))
+	must(s.Set("keep-failed", "yes"))
+	if !s.Bool("keep-failed") {
+		t.Error("keep-failed = yes is not true")
+	}
+	must(s.Set("min-free", "1G"))
+	if s.Int("min-free") != 1<<30 {
+		t.Errorf("min-free = %d", s.Int("min-free"))
+	}
+	for _, bad := range [][2]string{{"keep-failed", "maybe"}, {"max-jobs", "lots"}, {"sandbox", "sometimes"}, {"cores", "x"}} {
+		if err := s.Set(bad[0], bad[1]); err == nil || errors.Is(err, ErrUnknown) {
+			t.Errorf("Set(%q, %q) = %v, want a value error", bad[0], bad[1], err)
+		}
+	}
+	if err := s.Set("no-such-setting", "1"); !errors.Is(err, ErrUnknown) {
+		t.Errorf("unknown setting: %v", err)
+	}
+}
+
+func writeFile(t *testing.T, path, text string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// confText exercises comments, spacing, includes, extra- and aliases.
+const confText = `# a comment
+trusted-users = root   alice  # trailing comment
+build-max-silent-time = 30
+extra-trusted-users = @wheel
+experimental-features = nix-command flakes
+include sub/more.conf
+!include missing.conf
+substituters =
+`
+
+func TestApplyFile(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "nix.conf"), confText+"no-such-setting = 1\n")
+	writeFile(t, filepath.Join(dir, "sub", "more.conf"), "max-jobs = auto\nextra-system-features = uid-range\n")
+	var warnings []string
+	s := New()
+	if err := s.ApplyFile(filepath.Join(dir, "nix.conf"), func(w string) { warnings = append(warnings, w) }); err != nil {
+		t.Fatal(err)
+	}
+	checks := map[string]string{
+		"trusted-users":   "root alice @wheel",
+		"max-silent-time": "30",
+		"max-jobs":        "auto",
+		"system-features": "benchmark big-parallel kvm nixos-test uid-range",
+		"substituters":    "",
+	}
+	for name, want := range checks {
+		if got := s.Get(name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	if len(warnings) != 1 || warnings[0] != "unknown setting 'no-such-setting'" {
+		t.Errorf("warnings = %q", warnings)
+	}
+}
+
+func TestApplyFileErrors(t *testing.T) {
+	for name, text := range map[string]string{
+		"no equals":       "trusted-users root\n",
+		"lone word":       "trusted-users\n",
+		"missing include": "include nowhere.conf\n",
+		"bad bool":        "keep-going = perhaps\n",
+		"include cycle":   "include nix.conf\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFile(t, filepath.Join(dir, "nix.conf"), text)
+			if err := New().ApplyFile(filepath.Join(dir, "nix.conf"), nil); err == nil {
+				t.Errorf("no error for %q", text)
+			} else if !strings.Contains(err.Error(), "nix.conf") {
+				t.Errorf("error %q does not name the file", err)
+			}
+		})
+	}
+}
+
+func TestLoadOrder(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "etc", "nix.conf"), "max-jobs = 2\ncores = 3\ntimeout = 9\n")
+	writeFile(t, filepath.Join(dir, "user1.conf"), "cores = 5\n")
+	writeFile(t, filepath.Join(dir, "user2.conf"), "cores = 4\ntimeout = 8\n")
+	env := map[string]string{
+		"NIX_CONF_DIR":        filepath.Join(dir, "etc"),
+		"NIX_USER_CONF_FILES": filepath.Join(dir, "user1.conf") + ":" + filepath.Join(dir, "user2.conf"),
+		"NIX_CONFIG":          "max-jobs = 7",
+	}
+	s, err := Load(func(k string) string { return env[k] }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Earlier user files win over later ones; NIX_CONFIG wins over all files.
+	for name, want := range map[string]string{"max-jobs": "7", "cores": "5", "timeout": "8"} {
+		if got := s.Get(name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+}
+
+// TestAgainstNix loads the same configuration into Nix 2.8 and compares the values
+// it reports, and checks that every setting Nix 2.8 shows is known.
+func TestAgainstNix(t *testing.T) {
+	nixtest.Require(t, "nix")
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "nix.conf"), confText)
+	writeFile(t, filepath.Join(dir, "sub", "more.conf"), "max-jobs = 3\nextra-system-features = uid-range\n")
+	s := New()
+	if err := s.ApplyFile(filepath.Join(dir, "nix.conf"), nil); err != nil {
+		t.Fatal(err)
+	}
+	out, err := nixtest.OutputEnv([]string{"NIX_CONF_DIR=" + dir, "NIX_USER_CONF_FILES=/nonexistent", "NIX_CONFIG="},
+		"nix", "--extra-experimental-features", "nix-command", "show-config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shown := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		name, value, _ := strings.Cut(line, " = ")
+		shown[name] = value
+		if !Known(name) {
+			t.Errorf("Nix 2.8 knows %q, Cairn does not", name)
+		}
+	}
+	for _, name := range []string{"trusted-users", "max-silent-time", "max-jobs", "system-features", "substituters"} {
+		if shown[name] != s.Get(name) {
+			t.Errorf("%s: Nix %q, Cairn %q", name, shown[name], s.Get(name))
+		}
+	}
+}

@@ -1,0 +1,59 @@
+package config
+
+import (
+	"runtime"
+	"strconv"
+)
+
+// defaults are Nix 2.8's defaults (as `nix show-config` prints them on Linux) for the
+// settings Cairn reads. Settings Cairn does not read have no default here; they are
+// still accepted and kept.
+var defaults = map[string]string{
+	"allowed-users":              "*",
+	"auto-allocate-uids":         "false",
+	"auto-optimise-store":        "false",
+	"build-poll-interval":        "5",
+	"build-users-group":          "",
+	"builders":                   "",
+	"builders-use-substitutes":   "false",
+	"compress-build-log":         "true",
+	"connect-timeout":            "0",
+	"cores":                      strconv.Itoa(runtime.NumCPU()),
+	"fallback":                   "false",
+	"filter-syscalls":            "true",
+	"fsync-metadata":             "true",
+	"gc-reserved-space":          "8388608",
+	"id-count":                   "8388608",
+	"keep-build-log":             "true",
+	"keep-derivations":           "true",
+	"keep-env-derivations":       "false",
+	"keep-failed":                "false",
+	"keep-going":                 "false",
+	"keep-outputs":               "false",
+	"max-build-log-size":         "0",
+	"max-free":                   "18446744073709551615",
+	"max-jobs":                   "1",
+	"max-silent-time":            "0",
+	"min-free":                   "0",
+	"narinfo-cache-negative-ttl": "3600",
+	"narinfo-cache-positive-ttl": "2592000",
+	"post-build-hook":            "",
+	"pre-build-hook":             "",
+	"require-sigs":               "true",
+	"sandbox":                    "true",
+	"sandbox-build-dir":          "/build",
+	"sandbox-fallback":           "true",
+	"sandbox-paths":              "",
+	"secret-key-files":           "",
+	"start-id":                   "872415232",
+	"substitute":                 "true",
+	"substituters":               "https://cache.nixos.org/",
+	"system":                     "x86_64-linux",
+	"system-features":            "benchmark big-parallel kvm nixos-test",
+	"timeout":                    "0",
+	"trusted-public-keys":        "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+	"trusted-substituters":       "",
+	"trusted-users":              "root",
+	"use-case-hack":              "false",
+	"use-sqlite-wal":             "true",
+}
