@@ -42,10 +42,20 @@ func newStorePathInfoCmd() *cobra.Command {
 			}
 			w := bufio.NewWriter(cmd.OutOrStdout())
 			if !asJSON {
-				for _, p := range paths {
-					if _, err := s.QueryPathInfo(ctx, p); err != nil {
-						return err
-					}
+				// Nix prints the paths referenced first (a reversed topological sort).
+				if _, err := s.QueryPathInfos(ctx, paths); err != nil {
+					return err
+				}
+				refs, err := s.QueryReferencesOf(ctx, paths)
+				if err != nil {
+					return err
+				}
+				sorted, err := store.TopoSort(paths, func(p storepath.StorePath) []storepath.StorePath { return refs[p] })
+				if err != nil {
+					return err
+				}
+				slices.Reverse(sorted)
+				for _, p := range sorted {
 					fmt.Fprintln(w, p)
 				}
 				return w.Flush()
