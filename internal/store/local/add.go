@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -40,12 +42,45 @@ type Batch struct {
 	s      *Store
 	items  []*pending
 	byPath map[storepath.StorePath]*pending
+	temp   *tempDir // made on first use, shared by the batch's paths
+	slots  int      // names handed out in temp
+}
+
+// slot is the entry in a batch's temporary directory where one path is unpacked.
+type slot struct {
+	t     *tempDir
+	dirfd int    // t's descriptor
+	name  string // the entry's name in it
+}
+
+// newSlot returns a fresh entry name in the batch's temporary directory.
+func (b *Batch) newSlot() (*slot, error) {
+	if b.temp == nil {
+		t, err := b.s.newTemp()
+		if err != nil {
+			return nil, err
+		}
+		b.temp = t
+	}
+	b.slots++
+	return &slot{t: b.temp, dirfd: b.temp.fd, name: strconv.Itoa(b.slots)}, nil
+}
+
+// contentPath is the slot's path on disk.
+func (t *slot) contentPath() string { return t.t.s.tempPath(t.t.name) + "/" + t.name }
+
+// remove deletes whatever the slot holds.
+func (t *slot) remove() error {
+	if t == nil {
+		return nil
+	}
+	return removeTree(t.dirfd, t.name)
 }
 
 // pending is a path unpacked into a temporary, waiting for Commit.
 type pending struct {
 	info       *store.PathInfo
-	temp       *tempDir
+	temp       *slot
 	repair     bool
 	drvOutputs map[string]storepath.StorePath
 	id         int64 // ValidPaths.id once registered
@@ -60,10 +95,11 @@ func (s *Store) NewBatch() *Batch {
 // Len returns how many paths wait for Commit.
 func (b *Batch) Len() int { return len(b.items) }
 
-// Discard drops every path not yet committed and removes its temporary.
+// Discard drops every path not yet committed and removes the temporaries.
 func (b *Batch) Discard() {
-	for _, it := range b.items {
-		it.temp.remove()
+	if b.temp != nil {
+		b.temp.remove()
+		b.temp = nil
 	}
 	b.items = nil
 	clear(b.byPath)
@@ -115,7 +151,7 @@ func (b *Batch) addNar(ctx context.Context, info *store.PathInfo, r io.Reader, o
 	if info.CA.Method == nixhash.Recursive {
 		extra = info.CA.Hash.Algorithm()
 	}
-	t, err := s.newTemp()
+	t, err := b.newSlot()
 	if err != nil {
 		return fmt.Errorf("add %s: %w", info.Path, err)
 	}
@@ -178,7 +214,7 @@ type narResult struct {
 
 // restoreNar unpacks the NAR read from r into t, hashing it with sha256 (and
 // extra, when not zero) and feeding scanner, all in the same pass.
-func restoreNar(t *tempDir, r io.Reader, extra nixhash.Algorithm, scanner *refscan.Scanner) (narResult, error) {
+func restoreNar(t *slot, r io.Reader, extra nixhash.Algorithm, scanner *refscan.Scanner) (narResult, error) {
 	sha := nixhash.NewHasher(nixhash.SHA256)
 	ws := []io.Writer{sha}
 	var ex *nixhash.Hasher
@@ -206,7 +242,7 @@ func restoreNar(t *tempDir, r io.Reader, extra nixhash.Algorithm, scanner *refsc
 	return res, nil
 }
 
-func (b *Batch) ingestNar(t *tempDir, info *store.PathInfo, r io.Reader, extra nixhash.Algorithm, scanner *refscan.Scanner, scan []storepath.StorePath) (*pending, error) {
+func (b *Batch) ingestNar(t *slot, info *store.PathInfo, r io.Reader, extra nixhash.Algorithm, scanner *refscan.Scanner, scan []storepath.StorePath) (*pending, error) {
 	res, err := restoreNar(t, r, extra, scanner)
 	if err != nil {
 		return nil, err
@@ -251,8 +287,8 @@ func (b *Batch) ingestNar(t *tempDir, info *store.PathInfo, r io.Reader, extra n
 }
 
 // hashFile hashes the contents of the regular file a temporary holds.
-func hashFile(t *tempDir, a nixhash.Algorithm) (nixhash.Hash, error) {
-	fd, err := openat(t.fd, tempContent, unix.O_RDONLY|unix.O_NOFOLLOW)
+func hashFile(t *slot, a nixhash.Algorithm) (nixhash.Hash, error) {
+	fd, err := openat(t.dirfd, t.name, unix.O_RDONLY|unix.O_NOFOLLOW)
 	if err != nil {
 		return nixhash.Hash{}, &os.PathError{Op: "open", Path: t.contentPath(), Err: err}
 	}
@@ -270,8 +306,8 @@ func hashFile(t *tempDir, a nixhash.Algorithm) (nixhash.Hash, error) {
 
 // finish canonicalises an unpacked path, reads a derivation's outputs, and
 // makes the pending entry.
-func (b *Batch) finish(t *tempDir, info *store.PathInfo) (*pending, error) {
-	if err := Canonicalise(t.fd, tempContent, true); err != nil {
+func (b *Batch) finish(t *slot, info *store.PathInfo) (*pending, error) {
+	if err := Canonicalise(t.dirfd, t.name, true); err != nil {
 		return nil, err
 	}
 	storepath.SortPaths(info.References)
@@ -304,14 +340,23 @@ func (b *Batch) push(it *pending) {
 // unless Commit fails.
 func (b *Batch) AddCA(ctx context.Context, name string, method nixhash.Method, algo nixhash.Algorithm,
 	refs []storepath.StorePath, r io.Reader) (*store.PathInfo, error) {
-	return b.addCA(ctx, name, method, algo, refs, r, -1, false)
+	return b.addCA(ctx, name, method, algo, refs, source{r: r, size: -1})
 }
 
-// addCA adds content; size is the length of flat content when known (-1 if not),
-// which lets flat files be hashed in one pass, and executable says whether a
-// flat file keeps its execute bits.
+// source is what addCA reads.
+type source struct {
+	r    io.Reader
+	size int64 // length of file contents when known, else -1
+	// exec says a file keeps its execute bits.
+	exec bool
+	// file says r holds the bytes of one regular file even for method
+	// Recursive (a file added from disk: no NAR to parse, one pass).
+	file bool
+}
+
+// addCA adds content from src; see AddCA.
 func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, algo nixhash.Algorithm,
-	refs []storepath.StorePath, r io.Reader, size int64, executable bool) (*store.PathInfo, error) {
+	refs []storepath.StorePath, src source) (*store.PathInfo, error) {
 	s := b.s
 	fail := func(err error) (*store.PathInfo, error) {
 		return nil, fmt.Errorf("add %s to the store: %w", name, err)
@@ -331,7 +376,7 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 			return fail(fmt.Errorf("%w: reference %s is not in %s", store.ErrInvalid, ref, s.dir))
 		}
 	}
-	t, err := s.newTemp()
+	t, err := b.newSlot()
 	if err != nil {
 		return fail(err)
 	}
@@ -339,7 +384,15 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 	var caHash nixhash.Hash
 	switch method {
 	case nixhash.Recursive:
-		res, err := restoreNar(t, r, algo, nil)
+		if src.file {
+			caHash, info.NarHash, info.NarSize, err = writeFile(t, src, algo, true)
+			if err != nil {
+				t.remove()
+				return fail(err)
+			}
+			break
+		}
+		res, err := restoreNar(t, src.r, algo, nil)
 		if err != nil {
 			t.remove()
 			return fail(err)
@@ -347,9 +400,9 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 		info.NarHash, info.NarSize, caHash = res.narHash, res.narSize, res.extra
 	case nixhash.Flat, nixhash.Text:
 		if method == nixhash.Text {
-			r = &limitedReader{r: r, left: MaxTextSize}
+			src.r = &limitedReader{r: src.r, left: MaxTextSize}
 		}
-		caHash, info.NarHash, info.NarSize, err = writeFlat(t, r, size, executable, algo)
+		caHash, info.NarHash, info.NarSize, err = writeFile(t, src, algo, false)
 		if err != nil {
 			t.remove()
 			return fail(err)
@@ -398,60 +451,75 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// writeFlat writes the bytes of r to the temporary as a regular file
-// (executable or not), and returns their hash with algo and the sha256 and size
-// of their NAR form. With a known size it is one pass; otherwise the file is
-// read back for the NAR hash.
-func writeFlat(t *tempDir, r io.Reader, size int64, executable bool, algo nixhash.Algorithm) (content, narHash nixhash.Hash, narSize uint64, err error) {
+// writeFile writes the bytes of src to the slot as a regular file (executable
+// or not), and returns the content address hash (with algo, of the bytes, or of
+// their NAR form when overNar) and the sha256 and size of their NAR form. With a
+// known size it is one pass; otherwise the file is read back for the NAR hash.
+func writeFile(t *slot, src source, algo nixhash.Algorithm, overNar bool) (ca, narHash nixhash.Hash, narSize uint64, err error) {
 	mode := uint32(0o666)
-	if executable {
+	if src.exec {
 		mode = 0o777
 	}
-	fd, err := unix.Openat(t.fd, tempContent, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
+	fd, err := unix.Openat(t.dirfd, t.name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
-		return content, narHash, 0, &os.PathError{Op: "create", Path: t.contentPath(), Err: err}
+		return ca, narHash, 0, &os.PathError{Op: "create", Path: t.contentPath(), Err: err}
 	}
 	f := os.NewFile(uintptr(fd), t.contentPath())
 	defer f.Close()
-	ch := nixhash.NewHasher(algo)
 	sha := nixhash.NewHasher(nixhash.SHA256)
-	buf := make([]byte, copyBufferSize)
-	if size >= 0 {
-		nw := nar.NewWriter(sha)
-		if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: size, Executable: executable}); err != nil {
-			return content, narHash, 0, err
+	cah := sha
+	narOut := io.Writer(sha)
+	if !overNar || algo != nixhash.SHA256 {
+		cah = nixhash.NewHasher(algo)
+		if overNar {
+			narOut = io.MultiWriter(sha, cah)
 		}
-		n, err := io.CopyBuffer(io.MultiWriter(f, ch, nw), io.LimitReader(r, size), buf)
-		if err != nil {
-			return content, narHash, 0, err
-		}
-		if n != size {
-			return content, narHash, 0, fmt.Errorf("%s: file changed size while reading", t.contentPath())
-		}
-		if err := nw.Close(); err != nil {
-			return content, narHash, 0, err
-		}
-		return ch.Sum(), sha.Sum(), uint64(sha.Size()), nil
 	}
-	n, err := io.CopyBuffer(io.MultiWriter(f, ch), r, buf)
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	buf := *bufp
+	size := src.size
+	r := src.r
+	if size < 0 {
+		// First pass: the file, and the content hash if it is of the bytes.
+		w := io.Writer(f)
+		if !overNar {
+			w = io.MultiWriter(f, cah)
+		}
+		if size, err = io.CopyBuffer(w, r, buf); err != nil {
+			return ca, narHash, 0, err
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return ca, narHash, 0, err
+		}
+		r = f
+	}
+	nw := nar.NewWriter(narOut)
+	if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: size, Executable: src.exec}); err != nil {
+		return ca, narHash, 0, err
+	}
+	var w io.Writer = nw
+	if src.size >= 0 {
+		w = io.MultiWriter(f, nw)
+		if !overNar {
+			w = io.MultiWriter(f, cah, nw)
+		}
+	}
+	n, err := io.CopyBuffer(w, io.LimitReader(r, size), buf)
 	if err != nil {
-		return content, narHash, 0, err
+		return ca, narHash, 0, err
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return content, narHash, 0, err
-	}
-	nw := nar.NewWriter(sha)
-	if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: n, Executable: executable}); err != nil {
-		return content, narHash, 0, err
-	}
-	if _, err := io.CopyBuffer(nw, f, buf); err != nil {
-		return content, narHash, 0, err
+	if n != size {
+		return ca, narHash, 0, fmt.Errorf("%s: file changed size while reading", t.contentPath())
 	}
 	if err := nw.Close(); err != nil {
-		return content, narHash, 0, err
+		return ca, narHash, 0, err
 	}
-	return ch.Sum(), sha.Sum(), uint64(sha.Size()), nil
+	return cah.Sum(), sha.Sum(), uint64(sha.Size()), nil
 }
+
+// copyBuffers recycles file copy buffers across the paths of a batch.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
 // AddPath adds the file or tree at src as name filepath.Base(src), the way
 // `nix-store --add` (method Recursive, sha256) and `nix-store --add-fixed`
@@ -460,39 +528,41 @@ func writeFlat(t *tempDir, r io.Reader, size int64, executable bool, algo nixhas
 func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, algo nixhash.Algorithm) (*store.PathInfo, error) {
 	name := filepath.Base(filepath.Clean(src))
 	switch method {
-	case nixhash.Flat:
-		// As nix-store --add-fixed: the file itself (not a symlink to one), its
-		// execute bit kept.
-		fd, err := openat(unix.AT_FDCWD, src, unix.O_RDONLY|unix.O_NOFOLLOW)
-		if err != nil {
-			if errors.Is(err, unix.ELOOP) {
-				return nil, fmt.Errorf("add %s: %w: regular file expected", src, store.ErrInvalid)
-			}
-			return nil, &os.PathError{Op: "add", Path: src, Err: err}
-		}
+	case nixhash.Flat, nixhash.Recursive:
+	default:
+		return nil, fmt.Errorf("add %s: %w: method %v", src, store.ErrInvalid, method)
+	}
+	// A regular file is read directly: one pass, no NAR parsing. Flat (as
+	// nix-store --add-fixed) needs one, and keeps its execute bit.
+	fd, err := openat(unix.AT_FDCWD, src, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
+	if err == nil {
 		f := os.NewFile(uintptr(fd), src)
 		defer f.Close()
 		fi, err := f.Stat()
 		if err != nil {
 			return nil, fmt.Errorf("add %s: %w", src, err)
 		}
-		if !fi.Mode().IsRegular() {
-			return nil, fmt.Errorf("add %s: %w: regular file expected", src, store.ErrInvalid)
+		if fi.Mode().IsRegular() {
+			return b.addCA(ctx, name, method, algo, nil, source{r: f, size: fi.Size(), exec: fi.Mode()&0o100 != 0, file: true})
 		}
-		return b.addCA(ctx, name, method, algo, nil, f, fi.Size(), fi.Mode()&0o100 != 0)
-	case nixhash.Recursive:
-		pr, pw := io.Pipe()
-		go func() {
-			pw.CloseWithError(nar.Dump(pw, src, nar.DumpOptions{}))
-		}()
-		info, err := b.addCA(ctx, name, method, algo, nil, bufio.NewReaderSize(pr, copyBufferSize), -1, false)
-		pr.CloseWithError(errors.New("add aborted"))
-		if err != nil {
-			return nil, err
-		}
-		return info, nil
+	} else if !errors.Is(err, unix.ELOOP) {
+		return nil, &os.PathError{Op: "add", Path: src, Err: err}
 	}
-	return nil, fmt.Errorf("add %s: %w: method %v", src, store.ErrInvalid, method)
+	if method == nixhash.Flat {
+		return nil, fmt.Errorf("add %s: %w: regular file expected", src, store.ErrInvalid)
+	}
+	// A directory or symlink: dump it into a pipe that the restorer reads.
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(nar.Dump(pw, src, nar.DumpOptions{}))
+	}()
+	br := bufio.NewReaderSize(pr, copyBufferSize)
+	info, err := b.addCA(ctx, name, method, algo, nil, source{r: br, size: -1})
+	pr.CloseWithError(errors.New("add aborted"))
+	if err != nil {
+		return nil, err
+	}
+	return info, nil
 }
 
 // Commit registers every path of the batch: one sync of the file system, the
@@ -674,20 +744,20 @@ func (b *Batch) moveIntoPlace() ([]*pending, error) {
 			continue
 		}
 		base := it.info.Path.Base()
-		err := unix.Renameat2(it.temp.fd, tempContent, s.realFD, base, unix.RENAME_NOREPLACE)
+		err := unix.Renameat2(it.temp.dirfd, it.temp.name, s.realFD, base, unix.RENAME_NOREPLACE)
 		if errors.Is(err, unix.EEXIST) {
 			// A directory being moved to another parent must be writable.
 			unix.Fchmodat(s.realFD, base, 0o755, 0)
-			err = unix.Renameat2(it.temp.fd, tempContent, s.realFD, base, unix.RENAME_EXCHANGE)
+			err = unix.Renameat2(it.temp.dirfd, it.temp.name, s.realFD, base, unix.RENAME_EXCHANGE)
 			if errors.Is(err, unix.EINVAL) {
 				if err = removeTree(s.realFD, base); err == nil {
-					err = unix.Renameat(it.temp.fd, tempContent, s.realFD, base)
+					err = unix.Renameat(it.temp.dirfd, it.temp.name, s.realFD, base)
 				}
 			}
 		} else if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
 			// No renameat2 on this file system: Nix's way, delete then rename.
 			if err = removeTree(s.realFD, base); err == nil {
-				err = unix.Renameat(it.temp.fd, tempContent, s.realFD, base)
+				err = unix.Renameat(it.temp.dirfd, it.temp.name, s.realFD, base)
 			}
 		}
 		if err != nil {
@@ -710,8 +780,8 @@ func (b *Batch) undo(moved []*pending) {
 	for _, it := range moved {
 		base := it.info.Path.Base()
 		unix.Fchmodat(s.realFD, base, 0o755, 0)
-		removeTree(it.temp.fd, tempContent)
-		if unix.Renameat(s.realFD, base, it.temp.fd, tempContent) != nil {
+		removeTree(it.temp.dirfd, it.temp.name)
+		if unix.Renameat(s.realFD, base, it.temp.dirfd, it.temp.name) != nil {
 			removeTree(s.realFD, base)
 		}
 	}

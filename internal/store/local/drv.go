@@ -15,8 +15,8 @@ import (
 // readDrvOutputs parses the derivation a temporary holds and returns its
 // statically known outputs (input-addressed and fixed), which registration puts
 // into DerivationOutputs. Floating and deferred outputs have no path yet.
-func (s *Store) readDrvOutputs(t *tempDir, p storepath.StorePath) (map[string]storepath.StorePath, error) {
-	fd, err := openat(t.fd, tempContent, unix.O_RDONLY|unix.O_NOFOLLOW)
+func (s *Store) readDrvOutputs(t *slot, p storepath.StorePath) (map[string]storepath.StorePath, error) {
+	fd, err := openat(t.dirfd, t.name, unix.O_RDONLY|unix.O_NOFOLLOW)
 	if err != nil {
 		return nil, &os.PathError{Op: "open derivation", Path: t.contentPath(), Err: err}
 	}

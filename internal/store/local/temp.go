@@ -13,8 +13,9 @@ import (
 
 // Temporaries. Every path being added is first unpacked at
 //
-//	<real store dir>/.cairn-tmp/add-<random>/x
+//	<real store dir>/.cairn-tmp/add-<random>/<n>
 //
+// (one add-<random> per Batch, n counting its paths)
 // and renamed into the store dir once it is complete, checked and canonical.
 // The add-<random> directory is flock'ed by its writer for as long as it is in
 // use; when a store is opened, every entry of .cairn-tmp that nobody holds a
@@ -26,8 +27,6 @@ const (
 	TempDirName = ".cairn-tmp"
 	// tempPrefix starts the name of each temporary.
 	tempPrefix = "add-"
-	// tempContent is the name of the entry inside a temporary that becomes the path.
-	tempContent = "x"
 )
 
 // openTemp creates and opens the temporaries directory and removes stale entries.
@@ -113,8 +112,6 @@ func (s *Store) tempPath(name string) string {
 	return s.cfg.RealStoreDir + "/" + TempDirName + "/" + name
 }
 
-// contentPath is the on-disk path of the entry that becomes the store path.
-func (t *tempDir) contentPath() string { return t.s.tempPath(t.name) + "/" + tempContent }
 
 // remove deletes the temporary and everything in it, and releases its lock.
 func (t *tempDir) remove() error {
