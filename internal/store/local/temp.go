@@ -112,7 +112,6 @@ func (s *Store) tempPath(name string) string {
 	return s.cfg.RealStoreDir + "/" + TempDirName + "/" + name
 }
 
-
 // remove deletes the temporary and everything in it, and releases its lock.
 func (t *tempDir) remove() error {
 	if t == nil || t.fd < 0 {
