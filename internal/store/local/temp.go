@@ -27,6 +27,9 @@ const (
 	TempDirName = ".cairn-tmp"
 	// tempPrefix starts the name of each temporary.
 	tempPrefix = "add-"
+	// tempContent is the entry name to use in a temporary that holds one
+	// thing (code outside a Batch, e.g. moving a path out before deleting it).
+	tempContent = "x"
 )
 
 // openTemp creates and opens the temporaries directory and removes stale entries.
