@@ -344,3 +344,12 @@ func (r *Reader) Skip(n int64) {
 		r.err = fmt.Errorf("skip raw bytes: %w", unexpected(err))
 	}
 }
+
+// Peek returns the next n raw bytes without consuming them (n must not exceed
+// BufferSize).
+func (r *Reader) Peek(n int) ([]byte, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	return r.br.Peek(n)
+}
