@@ -1,0 +1,34 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"cairn/internal/store/local"
+)
+
+func init() { registerStoreVerb(newStoreOptimiseCmd) }
+
+func newStoreOptimiseCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "optimise",
+		Short: "Hard-link identical files in the store, like nix-store --optimise",
+		Long: "Replace files with identical contents (and execute bit) by hard links to one\n" +
+			"copy kept in <store>/.links, and print how much space that freed.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openLocalStore(cmd)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			stats, err := s.Optimise(cmd.Context(), local.OptimiseOptions{Log: cmd.ErrOrStderr()})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.ErrOrStderr(), stats)
+			return nil
+		},
+	}
+}
