@@ -1,0 +1,133 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"cairn/internal/storepath"
+	"cairn/internal/testutil/nixtest"
+)
+
+// TestDeleteMatchesNix deletes the same paths from a Cairn store and from a
+// Nix store holding the same paths (nix-store --delete), and compares what is
+// refused, what is deleted, the space freed and the databases afterwards.
+func TestDeleteMatchesNix(t *testing.T) {
+	nixtest.Require(t, "nix-store")
+	ctx := context.Background()
+	s, root := newStore(t)
+	f := addFixture(t, s)
+	all, err := s.QueryAllValidPaths(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exp bytes.Buffer
+	if err := s.Export(ctx, &exp, all); err != nil {
+		t.Fatal(err)
+	}
+	ns := nixtest.NewStore(t)
+	ns.Run(t, exp.Bytes(), "nix-store", "--import")
+
+	nixDelete := func(paths ...storepath.StorePath) (string, error) {
+		args := []string{"--store", ns.URL(), "--delete"}
+		for _, p := range paths {
+			args = append(args, p.String())
+		}
+		cmd := exec.Command("nix-store", args...)
+		cmd.Env = nixtest.Env()
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return string(out), fmt.Errorf("%w: %s", err, stderr.String())
+		}
+		return string(out), nil
+	}
+	tests := []struct {
+		name    string
+		paths   []storepath.StorePath
+		inUse   bool
+		deleted []storepath.StorePath
+	}{
+		{"referenced", []storepath.StorePath{f.file}, true, nil},
+		{"referrer and referenced", []storepath.StorePath{f.file, f.tree}, false, []storepath.StorePath{f.tree, f.file}},
+		{"plain", []storepath.StorePath{f.twinA}, false, []storepath.StorePath{f.twinA}},
+		{"again", []storepath.StorePath{f.twinA}, false, []storepath.StorePath{f.twinA}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := s.Delete(ctx, tt.paths, DeleteOptions{})
+			nixOut, nixErr := nixDelete(tt.paths...)
+			if tt.inUse {
+				if !errors.Is(err, ErrPathInUse) || !strings.Contains(err.Error(), "Cannot delete path '"+tt.paths[0].String()+"' since it is still alive") {
+					t.Errorf("Delete: %v, want in use", err)
+				}
+				if nixErr == nil || !strings.Contains(nixErr.Error(), "since it is still alive") {
+					t.Errorf("nix-store --delete: %v", nixErr)
+				}
+			} else if err != nil || nixErr != nil {
+				t.Fatalf("Delete: %v; nix-store --delete: %v", err, nixErr)
+			}
+			if !slices.Equal(res.Paths, tt.deleted) {
+				t.Errorf("deleted %v, want %v", res.Paths, tt.deleted)
+			}
+			if !tt.inUse {
+				want := fmt.Sprintf("%d store paths deleted, %.2f MiB freed\n", len(res.Paths), float64(res.BytesFreed)/(1024*1024))
+				if nixOut != want {
+					t.Errorf("nix-store --delete printed %q, Cairn's count gives %q", nixOut, want)
+				}
+			}
+			for _, p := range tt.deleted {
+				if _, err := os.Lstat(s.RealPath(p)); !os.IsNotExist(err) {
+					t.Errorf("%s still on disk: %v", p, err)
+				}
+			}
+			var cairnDB, nixDB bytes.Buffer
+			if err := s.DumpDB(ctx, &cairnDB, nil); err != nil {
+				t.Fatal(err)
+			}
+			nixDB.WriteString(ns.Run(t, nil, "nix-store", "--dump-db"))
+			if strings.TrimSpace(cairnDB.String()) != nixDB.String() {
+				t.Errorf("databases differ:\nCairn:\n%s\nNix:\n%s", cairnDB.String(), nixDB.String())
+			}
+			nixVerify(t, root)
+		})
+	}
+	var refs int
+	if err := s.rdb.QueryRow(`select count(*) from Refs r join ValidPaths v on v.id = r.referrer where v.path = ?`, f.tree.String()).Scan(&refs); err != nil || refs != 0 {
+		t.Errorf("Refs rows of the deleted tree: %d, %v", refs, err)
+	}
+}
+
+// TestDeleteInvalidLeftover: files of a path that is not valid are removed,
+// and a path that became valid is not.
+func TestDeleteInvalidLeftover(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	garbage := infoFor(t, s.StoreDir(), "garbage", nil).Path
+	writeTree(t, s.RealStoreDir(), map[string]string{garbage.Base() + "/sub/f": "x"})
+	os.Chmod(s.RealPath(garbage)+"/sub", 0o555)
+	os.Chmod(s.RealPath(garbage), 0o555)
+	res, err := s.Delete(ctx, []storepath.StorePath{garbage}, DeleteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.Paths, []storepath.StorePath{garbage}) || res.BytesFreed != 1 {
+		t.Errorf("result %+v", res)
+	}
+	if _, err := os.Lstat(s.RealPath(garbage)); !os.IsNotExist(err) {
+		t.Errorf("leftover still there: %v", err)
+	}
+	if ents, _ := os.ReadDir(s.RealStoreDir() + "/" + TempDirName); len(ents) != 0 {
+		t.Errorf("%d temporaries left", len(ents))
+	}
+	if _, err := os.Lstat(s.RealPath(garbage) + ".lock"); !os.IsNotExist(err) {
+		t.Errorf("lock file left: %v", err)
+	}
+}
