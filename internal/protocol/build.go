@@ -63,7 +63,9 @@ type BuildResult struct {
 }
 
 // Success reports whether the status is a success.
-func (b *BuildResult) Success() bool { return b.Status <= AlreadyValid || b.Status == ResolvesToAlreadyValid }
+func (b *BuildResult) Success() bool {
+	return b.Status <= AlreadyValid || b.Status == ResolvesToAlreadyValid
+}
 
 func readOptMicros(r *wire.Reader) *time.Duration {
 	switch tag := r.Uint64(); tag {
@@ -118,23 +120,7 @@ func ReadBuildResult(r *wire.Reader, p Params) *BuildResult {
 			b.BuiltOutputs[name] = o
 		}
 	} else if p.nix(28) {
-		m := r.StringMap(wire.MaxStringLen)
-		for id, js := range m {
-			_, name, ok := strings.Cut(id, "!")
-			if !ok {
-				r.Failf("read build result: output id %q: %w", id, ErrProtocol)
-				break
-			}
-			real, err := ParseRealisationJSON(r.StoreDir, []byte(js))
-			if err != nil {
-				r.Fail(fmt.Errorf("read build result: %w", err))
-				break
-			}
-			if b.BuiltOutputs == nil {
-				b.BuiltOutputs = map[string]BuiltOutput{}
-			}
-			b.BuiltOutputs[name] = BuiltOutput{ID: id, OutPath: real.OutPath, Signatures: real.Signatures, JSON: js}
-		}
+		readOldBuiltOutputs(r, b)
 	}
 	if r.Err() != nil {
 		return nil
@@ -165,20 +151,46 @@ func WriteBuildResult(w *wire.Writer, p Params, b *BuildResult) {
 			w.Strings(o.Signatures)
 		}
 	} else if p.nix(28) {
-		m := make(map[string]string, len(b.BuiltOutputs))
-		for name, o := range b.BuiltOutputs {
-			id := o.ID
-			if id == "" {
-				id = dummyDrvOutputHash + "!" + name
-			}
-			js := o.JSON
-			if js == "" {
-				js = string(Realisation{ID: id, OutPath: o.OutPath, Signatures: o.Signatures}.JSON())
-			}
-			m[id] = js
-		}
-		w.StringMap(m)
+		writeOldBuiltOutputs(w, b)
 	}
+}
+
+// readOldBuiltOutputs reads builtOutputs as a map DrvOutput id → Realisation JSON.
+func readOldBuiltOutputs(r *wire.Reader, b *BuildResult) {
+	m := r.StringMap(wire.MaxStringLen)
+	for id, js := range m {
+		_, name, ok := strings.Cut(id, "!")
+		if !ok {
+			r.Failf("read build result: output id %q: %w", id, ErrProtocol)
+			return
+		}
+		real, err := ParseRealisationJSON(r.StoreDir, []byte(js))
+		if err != nil {
+			r.Fail(fmt.Errorf("read build result: %w", err))
+			return
+		}
+		if b.BuiltOutputs == nil {
+			b.BuiltOutputs = map[string]BuiltOutput{}
+		}
+		b.BuiltOutputs[name] = BuiltOutput{ID: id, OutPath: real.OutPath, Signatures: real.Signatures, JSON: js}
+	}
+}
+
+// writeOldBuiltOutputs writes builtOutputs as a map DrvOutput id → Realisation JSON.
+func writeOldBuiltOutputs(w *wire.Writer, b *BuildResult) {
+	m := make(map[string]string, len(b.BuiltOutputs))
+	for name, o := range b.BuiltOutputs {
+		id := o.ID
+		if id == "" {
+			id = dummyDrvOutputHash + "!" + name
+		}
+		js := o.JSON
+		if js == "" {
+			js = string(Realisation{ID: id, OutPath: o.OutPath, Signatures: o.Signatures}.JSON())
+		}
+		m[id] = js
+	}
+	w.StringMap(m)
 }
 
 // KeyedBuildResult is one entry of the BuildPathsWithResults reply.

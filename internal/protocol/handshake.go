@@ -30,8 +30,9 @@ type ClientInfo struct {
 //
 // It works whether the client sends its version before reading the daemon's
 // (Nix ≥2.24, Lix) or after (older Nix, Guix). A client whose minor is at least
-// GuixMinMinor speaks Guix's dialect: no version string and no trusted flag,
-// and Params.Version is the client's own version.
+// GuixMinMinor speaks Guix's dialect: no version string and no trusted flag.
+// A Guix client gates its fields on the daemon's minor, so Params.Version is
+// min(client, daemon) there too.
 func ServerHandshake(r *wire.Reader, w *wire.Writer, info ServerInfo) (*ClientInfo, error) {
 	if m := r.Uint64(); r.Err() != nil {
 		return nil, fmt.Errorf("handshake: %w", eofUnexpected(r.Err()))
@@ -54,11 +55,7 @@ func ServerHandshake(r *wire.Reader, w *wire.Writer, info ServerInfo) (*ClientIn
 		return nil, fmt.Errorf("handshake: client version %v too old: %w", cv, ErrProtocol)
 	}
 	ci := &ClientInfo{ClientVersion: cv, CPUAffinity: -1}
-	if IsGuix(cv) {
-		ci.Params = Params{Version: cv, Guix: true}
-	} else {
-		ci.Params = Params{Version: min(cv, info.Version)}
-	}
+	ci.Params = Params{Version: min(cv, info.Version), Guix: IsGuix(cv)}
 	p := ci.Params
 	if p.nix(38) {
 		ci.ClientFeatures = r.Strings(wire.MaxStringLen)
@@ -155,11 +152,7 @@ func ClientHandshake(r *wire.Reader, w *wire.Writer, cfg ClientConfig, handle fu
 		w.Uint64(uint64(cfg.Version))
 	}
 	di := &DaemonInfo{DaemonVersion: dv}
-	if IsGuix(cfg.Version) {
-		di.Params = Params{Version: cfg.Version, Guix: true}
-	} else {
-		di.Params = Params{Version: min(dv, cfg.Version)}
-	}
+	di.Params = Params{Version: min(dv, cfg.Version), Guix: IsGuix(cfg.Version)}
 	p := di.Params
 	if p.nix(38) {
 		w.Strings(sortedCopy(cfg.Features))

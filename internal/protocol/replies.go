@@ -254,7 +254,9 @@ func (m *MissingInfo) Write(w *wire.Writer, p Params) { WriteMissingInfo(w, m) }
 
 // OutputMapReply is the QueryDerivationOutputMap reply: output name →
 // optional path.
-type OutputMapReply struct{ Outputs map[string]storepath.StorePath }
+type OutputMapReply struct {
+	Outputs map[string]storepath.StorePath
+}
 
 func (x *OutputMapReply) Read(r *wire.Reader, p Params) {
 	n := r.Count()

@@ -95,9 +95,9 @@ func IsGuix(v Version) bool { return v.Major() == 1 && v.Minor() >= GuixMinMinor
 // Params is what the codecs need to know about a connection: the negotiated
 // version and features, and whether the peer speaks Guix's dialect.
 type Params struct {
-	// Version is the negotiated version: min(client, daemon) for Nix and Lix;
-	// for Guix, the Guix client's own version, whose gates follow Guix's
-	// numbering.
+	// Version is the negotiated version, min(client, daemon). A Guix client
+	// gates on the daemon's minor too (guix/store.scm), so the same holds for
+	// Guix, whose ≥0x60 gates are then off unless the daemon is guix-daemon.
 	Version  Version
 	Features []string // negotiated features, sorted
 	Guix     bool

@@ -287,5 +287,5 @@ func (rec *recorder) script() error {
 	}
 	must(rec.do("import", false, exportBytes, "nix-store", "--store", s, "--import"))
 	must(rec.do("delete", false, nil, "nix-store", "--store", s, "--delete", o2))
-	return nil
+	return rec.ownClient(added, drv)
 }
