@@ -59,9 +59,11 @@ var handshakeGoldens = []struct {
 		want:   Params{Version: 0x115},
 	},
 	{
-		// Lix: 1.35, 0, 0 in one packet; reads the version string and trusted flag.
+		// Lix: the magic alone, then after reading ours 1.35, 0, 0 in one packet
+		// (lix/libstore/remote-store.cc); reads the version string and trusted
+		// flag unconditionally.
 		name:   "lix",
-		client: ClientConfig{Version: LixVersion, Early: true},
+		client: ClientConfig{Version: LixVersion},
 		c2d:    le(WorkerMagic1, 0x123, 0, 0),
 		d2c:    join(le(WorkerMagic2, 0x126), wstr("2.8.0"), le(1, StderrLast)),
 		want:   Params{Version: 0x123},
