@@ -576,6 +576,10 @@ func (b *Batch) Commit(ctx context.Context) error {
 		return nil
 	}
 	s := b.s
+	// Record what is about to be moved into place (intent.go), durable with the data.
+	if err := b.writeIntent(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
 	if !s.opts.NoFsync {
 		if err := unix.Syncfs(s.realFD); err != nil {
 			return fmt.Errorf("commit: sync %s: %w", s.cfg.RealStoreDir, err)

@@ -186,7 +186,9 @@ func (s *Store) Delete(ctx context.Context, paths []storepath.StorePath, opts De
 	return res, inUse
 }
 
-// deleteOne invalidates p (when wasValid) and removes its files.
+// deleteOne invalidates p (when wasValid) and removes its files. The intent
+// (intent.go) is recorded in the trash temporary first, so a crash between
+// the invalidation and the move is cleaned up by the next Open.
 func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid bool) (uint64, error) {
 	locks, err := LockPaths(ctx, []string{s.RealPath(p)})
 	if err != nil {
@@ -194,6 +196,14 @@ func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid b
 	}
 	removeLock := false
 	defer func() { locks.Unlock(removeLock) }()
+	t, err := s.newTemp()
+	if err != nil {
+		return 0, err
+	}
+	defer t.remove()
+	if err := writeIntent(t, []string{p.Base()}); err != nil {
+		return 0, err
+	}
 	if wasValid {
 		if err := s.invalidate(ctx, p); err != nil {
 			return 0, err
@@ -208,11 +218,6 @@ func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid b
 	if err := fstatat(s.realFD, p.Base(), &st); errors.Is(err, unix.ENOENT) {
 		return 0, nil
 	}
-	t, err := s.newTemp()
-	if err != nil {
-		return 0, err
-	}
-	defer t.remove()
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		// Moving a directory to another parent rewrites its "..": it must be writable.
 		unix.Fchmodat(s.realFD, p.Base(), 0o755, 0)

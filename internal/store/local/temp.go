@@ -63,6 +63,7 @@ func (s *Store) cleanTemps() error {
 			continue
 		}
 		if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
+			s.recoverTemp(fd) // intent.go
 			removeTree(s.tmpFD, n)
 		}
 		unix.Close(fd)
