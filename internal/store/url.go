@@ -21,15 +21,18 @@ const (
 // Kinds of store a URL names.
 const (
 	SchemeLocal  = "local"
-	SchemeDaemon = "daemon" // "daemon" and "unix://PATH"; not supported yet
+	SchemeDaemon = "daemon" // "daemon" and "unix://PATH": a daemon's socket (package remote)
 )
 
 // Config is a parsed store URL: which kind of store and where its parts live.
 type Config struct {
 	// URL is the URL as given.
 	URL string
-	// Scheme is SchemeLocal (the only kind supported so far).
+	// Scheme is SchemeLocal or SchemeDaemon.
 	Scheme string
+	// Socket is the daemon's Unix socket (SchemeDaemon only): the PATH of
+	// "unix://PATH", else NIX_DAEMON_SOCKET_PATH, else STATE/daemon-socket/socket.
+	Socket string
 	// StoreDir is the logical store directory paths are named by.
 	StoreDir storepath.StoreDir
 	// RealStoreDir is where the store's files are on disk: StoreDir, or
@@ -52,8 +55,8 @@ type Getenv func(string) string
 // ParseURL parses a store URL as Nix 2.8 does for the local store, taking the
 // defaults of the store, state and log directories from NIX_STORE_DIR (or
 // NIX_STORE), NIX_STATE_DIR and NIX_LOG_DIR through getenv (nil means os.Getenv).
-// "" and "auto" mean local. "daemon" and "unix://…" are recognised but not
-// supported yet (ErrUnsupported).
+// "" and "auto" mean local. "daemon" and "unix://PATH" name a daemon's socket
+// (Scheme SchemeDaemon, Socket set; see Config.Socket).
 func ParseURL(s string, getenv Getenv) (*Config, error) {
 	if getenv == nil {
 		getenv = os.Getenv
@@ -71,9 +74,13 @@ func parseURL(s string, getenv Getenv) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	scheme, socket := SchemeLocal, ""
 	switch {
 	case base == "daemon" || strings.HasPrefix(base, "unix://"):
-		return nil, fmt.Errorf("%w yet: the daemon store comes with issue 4", ErrUnsupported)
+		scheme, socket = SchemeDaemon, strings.TrimPrefix(strings.TrimPrefix(base, "daemon"), "unix://")
+		if socket != "" && !filepath.IsAbs(socket) {
+			return nil, fmt.Errorf("%w: socket %q is not an absolute path", ErrInvalid, socket)
+		}
 	case strings.Contains(base, "://"):
 		return nil, fmt.Errorf("%w: don't know how to open this kind of Nix store", ErrUnsupported)
 	case base == "" || base == "auto" || base == "local":
@@ -96,7 +103,7 @@ func parseURL(s string, getenv Getenv) (*Config, error) {
 		}
 		return ""
 	}
-	c := &Config{URL: s, Scheme: SchemeLocal, Params: params}
+	c := &Config{URL: s, Scheme: scheme, Params: params}
 	pathParam := func(key, def string) (string, error) {
 		v, ok := params[key]
 		if !ok || v == "" {
@@ -148,6 +155,16 @@ func parseURL(s string, getenv Getenv) (*Config, error) {
 	if c.LogDir, err = pathParam("log", logDefault); err != nil {
 		return nil, err
 	}
+	if scheme == SchemeDaemon {
+		switch {
+		case socket != "":
+			c.Socket = filepath.Clean(socket)
+		case env("NIX_DAEMON_SOCKET_PATH") != "":
+			c.Socket = env("NIX_DAEMON_SOCKET_PATH")
+		default:
+			c.Socket = filepath.Join(c.StateDir, "daemon-socket/socket")
+		}
+	}
 	return c, nil
 }
 
@@ -178,7 +195,11 @@ func parseQuery(q string) (map[string]string, error) {
 
 // String prints c as a URL that parses back to the same directories.
 func (c *Config) String() string {
-	if c.Root != "" && c.StoreDir == storepath.DefaultStoreDir &&
+	base := "local"
+	if c.Scheme == SchemeDaemon {
+		base = "unix://" + c.Socket
+	}
+	if c.Scheme != SchemeDaemon && c.Root != "" && c.StoreDir == storepath.DefaultStoreDir &&
 		c.RealStoreDir == filepath.Join(c.Root, "nix/store") &&
 		c.StateDir == filepath.Join(c.Root, "nix/var/nix") && c.LogDir == filepath.Join(c.Root, "nix/var/log/nix") {
 		return "local?root=" + escapeParam(c.Root)
@@ -189,10 +210,10 @@ func (c *Config) String() string {
 	}
 	sort.Strings(keys)
 	if len(keys) == 0 {
-		return "local"
+		return base
 	}
 	var b strings.Builder
-	b.WriteString("local")
+	b.WriteString(base)
 	for i, k := range keys {
 		if i == 0 {
 			b.WriteByte('?')

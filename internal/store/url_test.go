@@ -34,8 +34,6 @@ func TestParseURL(t *testing.T) {
 			storeDir: "/e2/store", real: "/e2/store", state: "/nix/var/nix", log: "/nix/var/log/nix"},
 		{name: "env under root", url: "local?root=/r", env: map[string]string{"NIX_STATE_DIR": "/e/state"},
 			storeDir: "/nix/store", real: "/r/nix/store", state: "/r/nix/var/nix", log: "/r/nix/var/log/nix", root: "/r"},
-		{name: "daemon", url: "daemon", wantErr: ErrUnsupported},
-		{name: "unix", url: "unix:///run/nix.sock", wantErr: ErrUnsupported},
 		{name: "https", url: "https://cache.nixos.org", wantErr: ErrUnsupported},
 		{name: "word", url: "bogus", wantErr: ErrUnsupported},
 		{name: "relative root", url: "local?root=rel", wantErr: ErrInvalid},
@@ -66,6 +64,46 @@ func TestParseURL(t *testing.T) {
 			}
 			if got2 := [5]string{string(c2.StoreDir), c2.RealStoreDir, c2.StateDir, c2.LogDir, c2.Root}; got2 != got {
 				t.Errorf("round trip through %q = %q, want %q", c.String(), got2, got)
+			}
+		})
+	}
+}
+
+func TestParseURLDaemon(t *testing.T) {
+	tests := []struct {
+		name, url, socket, storeDir string
+		env                         map[string]string
+		wantErr                     error
+	}{
+		{name: "daemon", url: "daemon", socket: "/nix/var/nix/daemon-socket/socket", storeDir: "/nix/store"},
+		{name: "daemon state env", url: "daemon", env: map[string]string{"NIX_STATE_DIR": "/st"},
+			socket: "/st/daemon-socket/socket", storeDir: "/nix/store"},
+		{name: "daemon socket env", url: "daemon", env: map[string]string{"NIX_DAEMON_SOCKET_PATH": "/run/s", "NIX_STORE_DIR": "/s"},
+			socket: "/run/s", storeDir: "/s"},
+		{name: "unix", url: "unix:///run/nix.sock", env: map[string]string{"NIX_DAEMON_SOCKET_PATH": "/run/s"},
+			socket: "/run/nix.sock", storeDir: "/nix/store"},
+		{name: "unix empty", url: "unix://", socket: "/nix/var/nix/daemon-socket/socket", storeDir: "/nix/store"},
+		{name: "unix store param", url: "unix:///run/nix.sock?store=/x/store", socket: "/run/nix.sock", storeDir: "/x/store"},
+		{name: "unix relative", url: "unix://run/nix.sock", wantErr: ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := ParseURL(tt.url, func(k string) string { return tt.env[k] })
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("ParseURL(%q) error = %v, want %v", tt.url, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseURL(%q): %v", tt.url, err)
+			}
+			if c.Scheme != SchemeDaemon || c.Socket != tt.socket || string(c.StoreDir) != tt.storeDir {
+				t.Errorf("ParseURL(%q) = scheme %q socket %q store %q, want daemon %q %q", tt.url, c.Scheme, c.Socket, c.StoreDir, tt.socket, tt.storeDir)
+			}
+			c2, err := ParseURL(c.String(), func(k string) string { return tt.env[k] })
+			if err != nil || c2.Socket != c.Socket || c2.StoreDir != c.StoreDir {
+				t.Errorf("round trip through %q = %+v, %v", c.String(), c2, err)
 			}
 		})
 	}
