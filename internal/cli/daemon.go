@@ -1,0 +1,231 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"cairn/internal/config"
+	"cairn/internal/daemon"
+	"cairn/internal/gcroots"
+	"cairn/internal/store"
+	"cairn/internal/store/local"
+)
+
+func init() { register(newDaemonCmd) }
+
+const daemonUsage = `Usage: cairn daemon [--store URL] [--option NAME VALUE]... [--stdio] [--force-trusted | --force-untrusted]
+
+Serve a store over the Nix worker protocol, as nix-daemon does (everything but building).
+
+  --store URL             the store to serve (default: the store setting, $NIX_REMOTE, else local)
+  --option NAME VALUE     set a nix.conf setting (after $NIX_CONF_DIR/nix.conf and $NIX_CONFIG)
+  --stdio                 serve one connection on stdin/stdout; with a daemon store (daemon,
+                          unix://PATH), relay it to that daemon's socket instead
+  --force-trusted         trust every client
+  --force-untrusted       trust no client (--stdio trusts its client by default)
+  --version               print the version (as nix-daemon's: field 3 is the Nix release reproduced)
+
+The socket is $NIX_DAEMON_SOCKET_PATH, else $NIX_STATE_DIR/daemon-socket/socket, or the one systemd
+passes (LISTEN_FDS=1, LISTEN_PID).
+`
+
+// daemonArgs are the parsed arguments of `cairn daemon`.
+type daemonArgs struct {
+	store          string
+	options        [][2]string
+	stdio          bool
+	forceTrusted   bool
+	forceUntrusted bool
+	version        bool
+	help           bool
+}
+
+// parseDaemonArgs parses nix-daemon's command line (cobra cannot take the
+// two-valued --option).
+func parseDaemonArgs(args []string) (*daemonArgs, error) {
+	a := &daemonArgs{}
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		need := func(n int) ([]string, error) {
+			if i+n >= len(args) {
+				return nil, fmt.Errorf("flag '%s' requires %d argument(s)", arg, n)
+			}
+			v := args[i+1 : i+1+n]
+			i += n
+			return v, nil
+		}
+		switch {
+		case arg == "--store":
+			v, err := need(1)
+			if err != nil {
+				return nil, err
+			}
+			a.store = v[0]
+		case strings.HasPrefix(arg, "--store="):
+			a.store = strings.TrimPrefix(arg, "--store=")
+		case arg == "--option":
+			v, err := need(2)
+			if err != nil {
+				return nil, err
+			}
+			a.options = append(a.options, [2]string{v[0], v[1]})
+		case arg == "--stdio":
+			a.stdio = true
+		case arg == "--daemon": // ignored, as by nix-daemon
+		case arg == "--force-trusted":
+			a.forceTrusted = true
+		case arg == "--force-untrusted":
+			a.forceUntrusted = true
+		case arg == "--default-trust":
+			a.forceTrusted, a.forceUntrusted = false, false
+		case arg == "--version":
+			a.version = true
+		case arg == "--help" || arg == "-h":
+			a.help = true
+		default:
+			return nil, fmt.Errorf("unrecognised flag '%s'", arg)
+		}
+	}
+	if a.forceTrusted && a.forceUntrusted {
+		return nil, errors.New("--force-trusted and --force-untrusted are mutually exclusive")
+	}
+	return a, nil
+}
+
+// VersionText is what `cairn daemon --version` prints: nix-daemon's form, whose
+// third field scripts parse, then Cairn's own version.
+func daemonVersionText() string {
+	return fmt.Sprintf("nix-daemon (Nix) %s (Cairn %s)\n", daemon.NixVersion, daemon.CairnVersion)
+}
+
+func newDaemonCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                "daemon [--store URL] [--option NAME VALUE]... [--stdio] [--force-trusted | --force-untrusted]",
+		Short:              "Serve a store over the Nix daemon protocol (a drop-in nix-daemon, without building)",
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := parseDaemonArgs(args)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if a.help {
+				fmt.Fprint(out, daemonUsage)
+				return nil
+			}
+			if a.version {
+				fmt.Fprint(out, daemonVersionText())
+				return nil
+			}
+			return runDaemon(cmd.Context(), a, cmd.InOrStdin(), out, cmd.ErrOrStderr())
+		},
+	}
+}
+
+func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stderr io.Writer) error {
+	var mu sync.Mutex
+	logf := func(s string) {
+		mu.Lock()
+		fmt.Fprintln(stderr, s)
+		mu.Unlock()
+	}
+	settings, err := config.Load(os.Getenv, func(msg string) { logf("warning: " + msg) })
+	if err != nil {
+		return err
+	}
+	for _, o := range a.options {
+		if err := settings.Set(o[0], o[1]); err != nil {
+			if errors.Is(err, config.ErrUnknown) {
+				return fmt.Errorf("unknown setting '%s'", o[0])
+			}
+			return err
+		}
+	}
+	url := a.store
+	if url == "" {
+		url = settings.Get("store")
+	}
+	if url == "" {
+		url = os.Getenv("NIX_REMOTE")
+	}
+	if sock, ok := daemonSocket(url); ok {
+		if !a.stdio {
+			return fmt.Errorf("cannot serve the daemon store '%s': give a local store with --store", url)
+		}
+		if a.forceUntrusted {
+			return errors.New("--force-untrusted with a daemon store is not supported yet")
+		}
+		return daemon.Splice(ctx, sock, stdin, stdout)
+	}
+	cfg, err := store.ParseURL(url, nil)
+	if err != nil {
+		return err
+	}
+	opts := local.DefaultOptions()
+	opts.NoFsync = !settings.Bool("fsync-metadata")
+	opts.BuildUsersGroup = settings.Get("build-users-group")
+	st, err := local.Open(ctx, cfg, opts)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	policy := daemon.PolicyFromSettings(settings)
+	srv := &daemon.Server{
+		Store:    st,
+		Settings: settings,
+		Roots:    gcroots.New(cfg.StateDir, cfg.StoreDir, cfg.RealStoreDir),
+		LogDir:   cfg.LogDir,
+		ErrorLog: logf,
+	}
+	if a.stdio {
+		d := daemon.Decision{Allowed: true, Trusted: !a.forceUntrusted, UID: uint32(os.Geteuid())}
+		d.User = strconv.Itoa(os.Geteuid())
+		if u, err := user.Current(); err == nil {
+			d.User = u.Username
+		}
+		return srv.ServeStream(ctx, stdin, stdout, d)
+	}
+	srv.Auth = func(ctx context.Context, peer daemon.Peer) (daemon.Decision, error) {
+		d, err := policy.Authorize(ctx, peer)
+		if err == nil && d.Allowed {
+			d.Trusted = (d.Trusted || a.forceTrusted) && !a.forceUntrusted
+		}
+		return d, err
+	}
+	ln, err := daemon.SystemdListener(os.Getenv)
+	if err != nil {
+		return err
+	}
+	if ln == nil {
+		path := daemon.SocketPath(os.Getenv)
+		if ln, err = daemon.Listen(path); err != nil {
+			return fmt.Errorf("cannot create the daemon socket: %w", err)
+		}
+		defer os.Remove(path)
+	}
+	if err := os.Chdir("/"); err != nil {
+		return err
+	}
+	return srv.Serve(ctx, ln)
+}
+
+// daemonSocket returns the socket a daemon store URL names.
+func daemonSocket(url string) (string, bool) {
+	base, _, _ := strings.Cut(url, "?")
+	switch {
+	case base == "daemon":
+		return daemon.SocketPath(os.Getenv), true
+	case strings.HasPrefix(base, "unix://"):
+		return strings.TrimPrefix(base, "unix://"), true
+	}
+	return "", false
+}

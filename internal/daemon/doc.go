@@ -1,0 +1,49 @@
+// Package daemon serves the Nix worker protocol for a store: Cairn's
+// nix-daemon, for everything but building.
+//
+// Vocabulary:
+//
+//	socket      a Unix socket (SocketPath; Listen, or SystemdListener for
+//	            socket activation) on which Server.Serve accepts connections
+//	peer        the process on the other end, as SO_PEERCRED tells (Peer)
+//	auth hook   decides from the peer who the user is, whether it may connect
+//	            and whether it is trusted (AuthHook; Policy is nix-daemon's rule
+//	            over allowed-users, trusted-users and build-users-group)
+//	client      a connection's identity and trust (Client), kept in the
+//	            connection's context; operations read trust from there and
+//	            never look at the peer themselves
+//	connection  one goroutine and one cancellable context: the handshake
+//	            (protocol.ServerHandshake, announcing ProtocolVersion and
+//	            Features), then operations until the client hangs up
+//	operation   arguments, then work during which log messages stream to the
+//	            client (the stderr channel), then STDERR_LAST and a reply, or
+//	            STDERR_ERROR. Messages logged between operations are queued
+//	            and sent when the next one starts; log lines above the
+//	            verbosity the client asked for in SetOptions are dropped.
+//
+// A connection's grammar is package protocol's. What differs from
+// nix-daemon 2.8 on purpose:
+//
+//   - No building: BuildPaths, BuildPathsWithResults and BuildDerivation
+//     succeed when every output asked for is valid already and otherwise fail
+//     with "building is not supported yet"; QueryMissing reports valid
+//     derivations with missing outputs as to be built and every other invalid
+//     path as unknown. There are no substituters: the substitute queries
+//     answer "none".
+//   - CollectGarbage is not supported (the collector will come with package
+//     gc); the root operations are (package gcroots).
+//   - RegisterDrvOutput is accepted and forgotten and QueryRealisation answers
+//     nothing, because the store has no realisations table (Nix's
+//     ca-derivations schema).
+//   - AddBuildLog writes the log uncompressed (LOGDIR/drvs/XX/REST, which Nix
+//     reads as well as the .bz2 form): Go has no bzip2 writer.
+//   - NarFromPath checks validity before STDERR_LAST, so an invalid path gets an
+//     error instead of a truncated NAR.
+//   - An untrusted client may not repair (AddToStoreNar, AddMultipleToStore,
+//     AddToStore, VerifyStore, BuildPaths); nix-daemon 2.8 checks only some.
+//   - A refused user gets the handshake and then an error saying why, rather
+//     than a closed socket.
+//   - ExportPath and ImportPaths (STDERR_WRITE/READ) are served to clients
+//     below 1.23 and to Guix only; newer clients never send them.
+//   - The handshake's version string is HandshakeVersion, "2.8.0 (Cairn …)".
+package daemon
