@@ -1029,6 +1029,16 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 		results = append(results, res)
 	}
 	if q.Code == protocol.OpBuildPathsWithResults {
+		// In the order of Nix's goals: substitutions ("a$name$path") before
+		// derivations ("b$name$path").
+		key := func(r protocol.KeyedBuildResult) string {
+			k := "a$"
+			if r.Path.Built {
+				k = "b$"
+			}
+			return k + r.Path.Path.Name() + "$" + r.Path.Path.String()
+		}
+		slices.SortStableFunc(results, func(a, b protocol.KeyedBuildResult) int { return strings.Compare(key(a), key(b)) })
 		return c.reply(&protocol.KeyedBuildResultsReply{Results: results})
 	}
 	return c.reply(&protocol.U64Reply{Value: 1})
@@ -1045,7 +1055,28 @@ func (c *conn) buildDerivation(q *protocol.BuildDerivationRequest) error {
 			return errors.New("you are not privileged to build input-addressed derivations")
 		}
 	}
-	return errBuilding
+	// Nothing to do when every output is valid already.
+	var outs []storepath.StorePath
+	res := &protocol.BuildResult{Status: protocol.AlreadyValid, BuiltOutputs: map[string]protocol.BuiltOutput{}}
+	for name, o := range q.Drv.Outputs {
+		if o.Path.IsZero() {
+			return errBuilding
+		}
+		outs = append(outs, o.Path)
+		res.BuiltOutputs[name] = protocol.BuiltOutput{OutPath: o.Path}
+	}
+	vq, err := capability[store.ValidityQuerier](c, "querying validity")
+	if err != nil {
+		return err
+	}
+	valid, err := vq.QueryValidPaths(c.ctx, outs)
+	if err != nil {
+		return err
+	}
+	if len(valid) != len(outs) || q.Mode != protocol.BuildNormal {
+		return errBuilding
+	}
+	return c.reply(&protocol.BuildResultReply{Result: res})
 }
 
 func gcrootsFindOptions(c *conn, vq store.ValidityQuerier) gcroots.FindOptions {

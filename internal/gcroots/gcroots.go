@@ -492,7 +492,7 @@ func (f *finder) walk1(ctx context.Context, path string, depth int) error {
 			target = filepath.Join(filepath.Dir(path), target)
 		}
 		target = filepath.Clean(target)
-		if _, err := os.Stat(target); err != nil {
+		if _, err := os.Lstat(target); err != nil {
 			auto := filepath.Join(f.r.stateDir, RootsDirName, AutoDirName)
 			if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(path, auto+"/") {
 				f.info("removing stale link from '%s' to '%s'", path, target)
