@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,8 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"cairn/internal/nixhash"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
+	"cairn/internal/store/remote"
 	"cairn/internal/storepath"
 )
 
@@ -32,9 +35,9 @@ func newStoreCmd() *cobra.Command {
 	return cmd
 }
 
-// openLocalStore opens the store the global --store flag names (or the default
-// store) as a local store.
-func openLocalStore(cmd *cobra.Command) (*local.Store, error) {
+// storeConfig parses the store URL the global --store flag names (or the
+// default store's).
+func storeConfig(cmd *cobra.Command) (*store.Config, error) {
 	url, err := cmd.Flags().GetString("store")
 	if err != nil {
 		return nil, err
@@ -44,9 +47,46 @@ func openLocalStore(cmd *cobra.Command) (*local.Store, error) {
 			return nil, err
 		}
 	}
-	cfg, err := store.ParseURL(url, nil)
+	return store.ParseURL(url, nil)
+}
+
+// openLocalStore opens the store the global --store flag names (or the default
+// store) as a local store.
+func openLocalStore(cmd *cobra.Command) (*local.Store, error) {
+	cfg, err := storeConfig(cmd)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Scheme != store.SchemeLocal {
+		return nil, fmt.Errorf("%s: %w: this command needs a local store", cfg.URL, store.ErrUnsupported)
+	}
+	return local.Open(cmd.Context(), cfg, local.DefaultOptions())
+}
+
+// anyStore is what the verbs that work on a local store and through a daemon
+// alike (add, query, path-info, dump) need; *local.Store and *remote.Store
+// both offer it.
+type anyStore interface {
+	store.Store
+	store.PathInfoQuerier
+	store.ReferrerQuerier
+	store.ClosureQuerier
+	store.DerivationQuerier
+	store.NarReader
+	QueryPathInfos(ctx context.Context, paths []storepath.StorePath) ([]*store.PathInfo, error)
+	QueryReferencesOf(ctx context.Context, paths []storepath.StorePath) (map[storepath.StorePath][]storepath.StorePath, error)
+	AddPaths(ctx context.Context, srcs []string, method nixhash.Method, algo nixhash.Algorithm) ([]*store.PathInfo, error)
+}
+
+// openStore opens the store --store names: a local store, or a daemon's
+// ("daemon", "unix://PATH") through package remote.
+func openStore(cmd *cobra.Command) (anyStore, error) {
+	cfg, err := storeConfig(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Scheme == store.SchemeDaemon {
+		return remote.Open(cmd.Context(), cfg, remote.Options{})
 	}
 	return local.Open(cmd.Context(), cfg, local.DefaultOptions())
 }

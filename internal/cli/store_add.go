@@ -36,7 +36,7 @@ func newStoreAddCmd() *cobra.Command {
 			} else if recursive {
 				return fmt.Errorf("--recursive needs --fixed")
 			}
-			s, err := openLocalStore(cmd)
+			s, err := openStore(cmd)
 			if err != nil {
 				return err
 			}

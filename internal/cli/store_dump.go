@@ -14,7 +14,7 @@ func newStoreDumpCmd() *cobra.Command {
 		Short: "Write the NAR serialisation of a valid store path to stdout",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openLocalStore(cmd)
+			s, err := openStore(cmd)
 			if err != nil {
 				return err
 			}

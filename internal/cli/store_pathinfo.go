@@ -25,7 +25,7 @@ func newStorePathInfoCmd() *cobra.Command {
 			"`nix path-info --json` of Nix 2.8 prints.",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openLocalStore(cmd)
+			s, err := openStore(cmd)
 			if err != nil {
 				return err
 			}

@@ -43,7 +43,7 @@ func newStoreQueryCmd() *cobra.Command {
 			if kind == "" {
 				return fmt.Errorf("no query type given")
 			}
-			s, err := openLocalStore(cmd)
+			s, err := openStore(cmd)
 			if err != nil {
 				return err
 			}
