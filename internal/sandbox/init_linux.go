@@ -1,0 +1,546 @@
+package sandbox
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Init is the sandbox's init: `cairn sandbox-init` calls it. It reads the
+// Spec from its parent, sets the sandbox up and executes the command, so it
+// returns only when something failed; the failure has then been reported to
+// the parent too, and the caller should exit non-zero.
+func Init() error {
+	runtime.LockOSThread() // namespaces, creds, no_new_privs and seccomp are per thread
+	if !IsInit() {
+		return errors.New("sandbox-init: not started by sandbox.Start")
+	}
+	if _, err := unix.GetsockoptInt(channelFD, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
+		return fmt.Errorf("sandbox-init: fd %d is not the channel: %w", channelFD, err)
+	}
+	unix.CloseOnExec(channelFD)
+	err := initSandbox()
+	writeAll(channelFD, encodeReport(err))
+	return err
+}
+
+// fail wraps err as the failure of a named step.
+func fail(step string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &SetupError{Step: step, Err: err}
+}
+
+func readSpec() (*wireSpec, error) {
+	var n [4]byte
+	if err := readFull(channelFD, n[:]); err != nil {
+		return nil, fail("read spec", err)
+	}
+	size := binary.BigEndian.Uint32(n[:])
+	if size > MaxSpecSize {
+		return nil, fail("read spec", fmt.Errorf("%d bytes (limit %d)", size, MaxSpecSize))
+	}
+	buf := make([]byte, size)
+	if err := readFull(channelFD, buf); err != nil {
+		return nil, fail("read spec", err)
+	}
+	var w wireSpec
+	if err := json.Unmarshal(buf, &w); err != nil || w.Spec == nil {
+		return nil, fail("read spec", fmt.Errorf("bad spec: %v", err))
+	}
+	if err := w.Spec.Validate(); err != nil {
+		return nil, err
+	}
+	return &w, nil
+}
+
+// mountReq is one mount into the new root, in target order.
+type mountReq struct {
+	target string // absolute, inside
+	tree   int    // detached bind (open_tree), or -1
+	isDir  bool
+	tmpfs  *Tmpfs
+}
+
+var devNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}
+
+func initSandbox() error {
+	w, err := readSpec()
+	if err != nil {
+		return err
+	}
+	s := w.Spec
+	unix.Umask(0o022)
+	userNS := s.userNS()
+
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return fail("unshare cgroup namespace", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fail("make mounts private", err)
+	}
+
+	// With the identity init started with, clone every source into a
+	// detached mount: the daemon's private directories are reachable now,
+	// and may not be after the switch to the build's ids.
+	var mounts []mountReq
+	clone := func(src, target string, attr uint64, optional bool) error {
+		tree, err := unix.OpenTree(unix.AT_FDCWD, src,
+			unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+		if err != nil {
+			if optional && errors.Is(err, unix.ENOENT) {
+				return nil
+			}
+			if errors.Is(err, unix.ENOSYS) {
+				err = fmt.Errorf("%w (Linux 5.12 or later needed)", err)
+			}
+			return fail("bind "+src, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(tree, &st); err != nil {
+			return fail("bind "+src, err)
+		}
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE,
+			&unix.MountAttr{Attr_set: attr}); err != nil {
+			return fail("set attributes of bind "+src, err)
+		}
+		mounts = append(mounts, mountReq{target: target, tree: tree, isDir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
+		return nil
+	}
+	const (
+		ro     = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+		rw     = unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+		device = unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NOEXEC
+	)
+	for _, name := range devNodes {
+		if err := clone("/dev/"+name, "/dev/"+name, device, name == "tty"); err != nil {
+			return err
+		}
+	}
+	nDev := len(mounts)
+	for _, b := range s.Binds {
+		attr := uint64(ro)
+		if b.Writable {
+			attr = rw
+		}
+		if err := clone(b.Source, b.Target, attr, b.Optional); err != nil {
+			return err
+		}
+	}
+	if s.BuildDir != "" {
+		if err := clone(s.BuildDir, s.BuildDirTarget, rw, false); err != nil {
+			return err
+		}
+	}
+	for i := range s.Tmpfs {
+		mounts = append(mounts, mountReq{target: s.Tmpfs[i].Target, tree: -1, isDir: true, tmpfs: &s.Tmpfs[i]})
+	}
+
+	size := s.RootSize
+	if size == 0 {
+		size = 16 << 20
+	}
+	opts := "mode=0755,size=" + strconv.FormatInt(size, 10)
+	if userNS {
+		opts += ",uid=" + strconv.Itoa(s.UID) + ",gid=" + strconv.Itoa(s.GID)
+	}
+	if err := unix.Mount("tmpfs", s.Root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+		return fail("mount root tmpfs on "+s.Root, err)
+	}
+	rootFD, err := unix.Open(s.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fail("open root", err)
+	}
+
+	if userNS {
+		// Files made on the root tmpfs need owners mapped in the namespace.
+		if err := switchIDs(s); err != nil {
+			return err
+		}
+	}
+
+	t := &tree{root: rootFD, dirs: map[string]int{}}
+	if err := t.mountFS("/proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return err
+	}
+	if err := t.mountFS("/dev", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=65536"); err != nil {
+		return err
+	}
+	for _, m := range mounts[:nDev] {
+		if err := t.attach(m); err != nil {
+			return err
+		}
+	}
+	if err := t.mountFS("/dev/pts", "devpts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC,
+		"newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		return err
+	}
+	if err := t.mountFS("/dev/shm", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=01777"); err != nil {
+		return err
+	}
+	devFD, err := t.dir("dev")
+	if err != nil {
+		return fail("open /dev", err)
+	}
+	for _, l := range [][2]string{
+		{"ptmx", "pts/ptmx"}, {"fd", "/proc/self/fd"},
+		{"stdin", "/proc/self/fd/0"}, {"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"},
+	} {
+		if err := unix.Symlinkat(l[1], devFD, l[0]); err != nil {
+			return fail("symlink /dev/"+l[0], err)
+		}
+	}
+	for _, f := range s.Files {
+		if err := t.writeFile(f); err != nil {
+			return err
+		}
+	}
+	rest := mounts[nDev:]
+	sort.SliceStable(rest, func(i, j int) bool { return rest[i].target < rest[j].target })
+	for _, m := range rest {
+		if err := t.attach(m); err != nil {
+			return err
+		}
+	}
+	// The root and /dev are read-only (not their submounts).
+	devMount, err := t.dir("dev")
+	if err != nil {
+		return fail("open /dev", err)
+	}
+	for _, m := range []struct {
+		fd   int
+		name string
+	}{{devMount, "/dev"}, {rootFD, "/"}} {
+		if err := unix.MountSetattr(m.fd, "", unix.AT_EMPTY_PATH,
+			&unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+			return fail("make "+m.name+" read-only", err)
+		}
+	}
+	t.closeAll()
+
+	hostname, domain := s.Hostname, s.Domainname
+	if hostname == "" {
+		hostname = "localhost"
+	}
+	if domain == "" {
+		domain = "(none)"
+	}
+	if err := unix.Sethostname([]byte(hostname)); err != nil {
+		return fail("set host name", err)
+	}
+	if err := unix.Setdomainname([]byte(domain)); err != nil {
+		return fail("set domain name", err)
+	}
+	if err := loopbackUp(); err != nil {
+		return fail("bring up loopback", err)
+	}
+
+	if err := unix.Fchdir(rootFD); err != nil {
+		return fail("chdir to root", err)
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fail("pivot_root", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fail("detach old root", err)
+	}
+	unix.Close(rootFD)
+	dir := s.Command.Dir
+	if dir == "" {
+		dir = "/"
+	}
+	if err := unix.Chdir(dir); err != nil {
+		return fail("chdir "+dir, err)
+	}
+
+	for _, r := range s.Rlimits {
+		lim := syscall.Rlimit{Cur: r.Soft, Max: r.Hard}
+		if err := syscall.Setrlimit(rlimitResource(r.Resource), &lim); err != nil {
+			return fail("setrlimit "+r.Resource, err)
+		}
+	}
+	if w.Wait {
+		var b [1]byte
+		if err := readFull(channelFD, b[:]); err != nil || b[0] != msgGo {
+			return fail("wait for parent", fmt.Errorf("no go-ahead (%v)", err))
+		}
+	}
+	if !userNS {
+		if err := switchIDs(s); err != nil {
+			return err
+		}
+	}
+	// Credential changes clear the parent-death signal.
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return fail("set parent-death signal", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fail("set no_new_privs", err)
+	}
+	if err := dropCapabilities(); err != nil {
+		return fail("drop capabilities", err)
+	}
+	if err := installFilter(); err != nil {
+		return fail("install seccomp filter", err)
+	}
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fail("close inherited fds", err)
+	}
+	if err := writeAll(channelFD, []byte{msgExec}); err != nil {
+		return fail("report exec", err)
+	}
+	err = syscall.Exec(s.Command.Path, s.Command.Args, s.Command.Env)
+	return fail("exec "+s.Command.Path, err)
+}
+
+// switchIDs makes init the build's user: supplementary groups dropped (when
+// allowed), then gid, then uid.
+func switchIDs(s *Spec) error {
+	if !s.userNS() || s.Setgroups {
+		if err := syscall.Setgroups(nil); err != nil {
+			return fail("setgroups", err)
+		}
+	}
+	if err := unix.Setresgid(s.GID, s.GID, s.GID); err != nil {
+		return fail("setgid "+strconv.Itoa(s.GID), err)
+	}
+	if err := unix.Setresuid(s.UID, s.UID, s.UID); err != nil {
+		return fail("setuid "+strconv.Itoa(s.UID), err)
+	}
+	return nil
+}
+
+// dropCapabilities empties this thread's ambient, inheritable, permitted and
+// effective sets; execve then grants none (no_new_privs keeps file
+// capabilities and set-id bits from granting any).
+func dropCapabilities() error {
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil &&
+		!errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	return unix.Capset(&hdr, &data[0])
+}
+
+func installFilter() error {
+	prog, err := Filter(runtime.GOARCH)
+	if err != nil {
+		return err
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	return unix.Prctl(unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, uintptr(unsafe.Pointer(&fprog)), 0, 0)
+}
+
+func rlimitResource(name string) int {
+	return map[string]int{
+		"as": unix.RLIMIT_AS, "core": unix.RLIMIT_CORE, "cpu": unix.RLIMIT_CPU,
+		"data": unix.RLIMIT_DATA, "fsize": unix.RLIMIT_FSIZE, "memlock": unix.RLIMIT_MEMLOCK,
+		"nofile": unix.RLIMIT_NOFILE, "nproc": unix.RLIMIT_NPROC, "stack": unix.RLIMIT_STACK,
+	}[name]
+}
+
+// loopbackUp sets IFF_UP on "lo", the only interface of a new network
+// namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// tree makes mount points and files under the new root through directory
+// fds, never following a symlink, so nothing already in a bound directory
+// can redirect a mount outside the root.
+type tree struct {
+	root int
+	dirs map[string]int // relative dir → O_PATH fd
+}
+
+func (t *tree) closeAll() {
+	for _, fd := range t.dirs {
+		unix.Close(fd)
+	}
+	clear(t.dirs)
+}
+
+// dir opens (making as needed) the relative directory rel; "" or "." is the root.
+func (t *tree) dir(rel string) (int, error) {
+	if rel == "" || rel == "." {
+		return t.root, nil
+	}
+	if fd, ok := t.dirs[rel]; ok {
+		return fd, nil
+	}
+	parent, err := t.dir(path.Dir(rel))
+	if err != nil {
+		return -1, err
+	}
+	name := path.Base(rel)
+	if err := unix.Mkdirat(parent, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		return -1, err
+	}
+	fd, err := unix.Openat(parent, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	t.dirs[rel] = fd
+	return fd, nil
+}
+
+// forget drops cached fds at and below rel: a mount there hides them.
+func (t *tree) forget(rel string) {
+	for d, fd := range t.dirs {
+		if d == rel || strings.HasPrefix(d, rel+"/") {
+			unix.Close(fd)
+			delete(t.dirs, d)
+		}
+	}
+}
+
+// mountPoint makes (or finds) the directory or file target and returns an
+// O_PATH fd of it, which the caller closes.
+func (t *tree) mountPoint(target string, isDir bool) (int, error) {
+	rel := target[1:]
+	parent, err := t.dir(path.Dir(rel))
+	if err != nil {
+		return -1, err
+	}
+	name := path.Base(rel)
+	flags := unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	if isDir {
+		if err := unix.Mkdirat(parent, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			return -1, err
+		}
+		flags |= unix.O_DIRECTORY
+	} else if err := unix.Mknodat(parent, name, unix.S_IFREG|0o644, 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return -1, err
+	}
+	fd, err := unix.Openat(parent, name, flags, 0)
+	if err != nil {
+		return -1, err
+	}
+	if !isDir {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Close(fd)
+			return -1, fmt.Errorf("mount point is not a regular file")
+		}
+	}
+	return fd, nil
+}
+
+// attach puts a detached bind or a new tmpfs at m.target.
+func (t *tree) attach(m mountReq) error {
+	if m.tmpfs != nil {
+		mode := m.tmpfs.Mode
+		if mode == 0 {
+			mode = 0o1777
+		}
+		opts := "mode=" + strconv.FormatUint(uint64(mode), 8)
+		if m.tmpfs.Size > 0 {
+			opts += ",size=" + strconv.FormatInt(m.tmpfs.Size, 10)
+		}
+		return t.mountFS(m.target, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts)
+	}
+	fd, err := t.mountPoint(m.target, m.isDir)
+	if err != nil {
+		return fail("mount point "+m.target, err)
+	}
+	defer unix.Close(fd)
+	err = unix.MoveMount(m.tree, "", fd, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+	unix.Close(m.tree)
+	if err != nil {
+		return fail("mount "+m.target, err)
+	}
+	t.forget(m.target[1:])
+	return nil
+}
+
+// mountFS mounts a new file system on the directory target.
+func (t *tree) mountFS(target, source, fstype string, flags uintptr, data string) error {
+	fd, err := t.mountPoint(target, true)
+	if err != nil {
+		return fail("mount point "+target, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Mount(source, "/proc/self/fd/"+strconv.Itoa(fd), fstype, flags, data); err != nil {
+		return fail("mount "+target, err)
+	}
+	t.forget(target[1:])
+	return nil
+}
+
+func (t *tree) writeFile(f File) error {
+	rel := f.Path[1:]
+	parent, err := t.dir(path.Dir(rel))
+	if err != nil {
+		return fail("write "+f.Path, err)
+	}
+	mode := f.Mode
+	if mode == 0 {
+		mode = 0o644
+	}
+	fd, err := unix.Openat(parent, path.Base(rel), unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
+	if err != nil {
+		return fail("write "+f.Path, err)
+	}
+	defer unix.Close(fd)
+	if err := writeAll(fd, f.Content); err != nil {
+		return fail("write "+f.Path, err)
+	}
+	return fail("chmod "+f.Path, unix.Fchmod(fd, mode))
+}
+
+func readFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Read(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}

@@ -1,0 +1,243 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// InitPath and InitArgs are the program Start runs as the sandbox's init: the
+// current binary, as `cairn sandbox-init`. Whatever runs must call Init (a
+// test binary does so from TestMain when IsInit reports true).
+var (
+	InitPath = "/proc/self/exe"
+	InitArgs = []string{"cairn", "sandbox-init"}
+)
+
+// IsInit reports whether this process was started by Start as a sandbox
+// init, so a main function may call Init before anything else.
+func IsInit() bool { return os.Getenv(initEnv) != "" }
+
+// Process is a running sandbox.
+type Process struct {
+	cmd    *exec.Cmd
+	cgroup string
+
+	waitOnce sync.Once
+	status   Status
+	waitErr  error
+}
+
+// Status is how the command ended.
+type Status struct {
+	Code   int            // exit code; -1 when killed by a signal
+	Signal syscall.Signal // the signal, when Code is -1
+}
+
+// Success reports exit code 0.
+func (s Status) Success() bool { return s.Code == 0 }
+
+func (s Status) String() string {
+	if s.Code < 0 {
+		return "killed by signal " + strconv.Itoa(int(s.Signal)) + " (" + s.Signal.String() + ")"
+	}
+	return "exit status " + strconv.Itoa(s.Code)
+}
+
+// Pid is init's (then the command's) pid in the caller's PID namespace.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Cgroup is the build's own cgroup directory, or "" when it has none and
+// only the PID namespace holds the build together.
+func (p *Process) Cgroup() string { return p.cgroup }
+
+// Start runs spec's command in a new sandbox and returns once the command
+// has been executed, or with the error that stopped the sandbox's setup. When
+// ctx is done the whole build is killed, as by Kill.
+func Start(ctx context.Context, spec *Spec) (*Process, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if !spec.userNS() && os.Geteuid() != 0 {
+		return nil, errors.New("sandbox: spec: no id maps: a user namespace is needed when not root")
+	}
+	payload, err := json.Marshal(wireSpec{Spec: spec, Wait: spec.NetworkSetup != nil})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: encode spec: %w", err)
+	}
+	if len(payload) > MaxSpecSize {
+		return nil, fmt.Errorf("sandbox: spec: %d bytes encoded (limit %d)", len(payload), MaxSpecSize)
+	}
+	if _, err := Filter(runtime.GOARCH); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: socketpair: %w", err)
+	}
+	parentEnd := os.NewFile(uintptr(pair[0]), "sandbox channel")
+	childEnd := os.NewFile(uintptr(pair[1]), "sandbox channel")
+	defer parentEnd.Close()
+	defer childEnd.Close()
+
+	p := &Process{}
+	attr := &syscall.SysProcAttr{
+		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET |
+			unix.CLONE_NEWIPC | unix.CLONE_NEWUTS,
+		Pdeathsig: syscall.SIGKILL,
+	}
+	if spec.userNS() {
+		attr.Cloneflags |= unix.CLONE_NEWUSER
+		attr.UidMappings = idMaps(spec.UIDMap)
+		attr.GidMappings = idMaps(spec.GIDMap)
+		attr.GidMappingsEnableSetgroups = spec.Setgroups
+		// init is not root in its namespace, so it keeps what it needs
+		// across its own exec as ambient capabilities, and drops them
+		// before the command's exec.
+		attr.AmbientCaps = []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_NET_ADMIN, unix.CAP_SETUID, unix.CAP_SETGID}
+	}
+	if spec.Cgroup.Parent != "" {
+		dir, fd, err := makeCgroup(spec.Cgroup)
+		if err != nil {
+			return nil, err
+		}
+		defer unix.Close(fd)
+		p.cgroup = dir
+		attr.UseCgroupFD = true
+		attr.CgroupFD = fd
+	}
+
+	cmd := exec.CommandContext(ctx, InitPath)
+	cmd.Args = InitArgs
+	cmd.Env = []string{initEnv + "=1"}
+	if spec.Log != nil {
+		cmd.Stdout = spec.Log
+		cmd.Stderr = spec.Log
+	}
+	cmd.ExtraFiles = []*os.File{childEnd} // fd 3 = channelFD
+	cmd.SysProcAttr = attr
+	cmd.Cancel = p.Kill
+	p.cmd = cmd
+	if err := cmd.Start(); err != nil {
+		p.removeCgroup()
+		return nil, fmt.Errorf("sandbox: start init: %w", err)
+	}
+	childEnd.Close()
+
+	if err := p.handshake(ctx, spec, parentEnd, payload); err != nil {
+		p.Kill()
+		st, _ := p.Wait()
+		if errors.Is(err, errNoExec) {
+			err = fmt.Errorf("sandbox: init ended before exec (%v); see the build log", st)
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("sandbox: %w (%v)", ctx.Err(), err)
+		}
+		return nil, err
+	}
+	return p, nil
+}
+
+var errNoExec = errors.New("no exec")
+
+func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payload []byte) error {
+	msg := make([]byte, 4, 4+len(payload))
+	binary.BigEndian.PutUint32(msg, uint32(len(payload)))
+	msg = append(msg, payload...)
+	if _, err := ch.Write(msg); err != nil {
+		if _, rerr := readReports(ch); rerr != nil {
+			return rerr
+		}
+		return fmt.Errorf("sandbox: send spec: %w", err)
+	}
+	if spec.NetworkSetup != nil {
+		if err := spec.NetworkSetup(ctx, p.cmd.Process.Pid); err != nil {
+			return fmt.Errorf("sandbox: network setup: %w", err)
+		}
+		if _, err := ch.Write([]byte{msgGo}); err != nil {
+			if _, rerr := readReports(ch); rerr != nil {
+				return rerr
+			}
+			return fmt.Errorf("sandbox: send go-ahead: %w", err)
+		}
+	}
+	execd, err := readReports(ch)
+	if err != nil {
+		return err
+	}
+	if !execd {
+		return errNoExec
+	}
+	return nil
+}
+
+func idMaps(m []IDMap) []syscall.SysProcIDMap {
+	out := make([]syscall.SysProcIDMap, len(m))
+	for i, e := range m {
+		out[i] = syscall.SysProcIDMap{ContainerID: e.Inside, HostID: e.Outside, Size: e.Count}
+	}
+	return out
+}
+
+// Kill kills everything in the build: the cgroup (cgroup.kill), when there
+// is one, and init, whose death makes the kernel kill the rest of its PID
+// namespace.
+func (p *Process) Kill() error {
+	var errs []error
+	if p.cgroup != "" {
+		if err := killCgroup(p.cgroup); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		errs = append(errs, fmt.Errorf("sandbox: kill: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Wait waits for the command to end, then removes the build's cgroup. The
+// error is about waiting itself (or the context given to Start being done),
+// not about the command's status.
+func (p *Process) Wait() (Status, error) {
+	p.waitOnce.Do(func() {
+		err := p.cmd.Wait()
+		ps := p.cmd.ProcessState
+		if ps == nil {
+			p.waitErr = fmt.Errorf("sandbox: wait: %w", err)
+			return
+		}
+		ws := ps.Sys().(syscall.WaitStatus)
+		switch {
+		case ws.Signaled():
+			p.status = Status{Code: -1, Signal: ws.Signal()}
+		default:
+			p.status = Status{Code: ws.ExitStatus()}
+		}
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			p.waitErr = fmt.Errorf("sandbox: wait: %w", err)
+		}
+		if err := p.removeCgroup(); err != nil && p.waitErr == nil {
+			p.waitErr = err
+		}
+	})
+	return p.status, p.waitErr
+}
+
+func (p *Process) removeCgroup() error {
+	if p.cgroup == "" {
+		return nil
+	}
+	return removeCgroup(p.cgroup)
+}
