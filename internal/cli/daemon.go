@@ -192,7 +192,16 @@ func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stde
 		if u, err := user.Current(); err == nil {
 			d.User = u.Username
 		}
-		return srv.ServeStream(ctx, stdin, stdout, d)
+		// A read of stdin cannot be interrupted: on SIGTERM/SIGINT return at
+		// once and let the process end.
+		done := make(chan error, 1)
+		go func() { done <- srv.ServeStream(ctx, stdin, stdout, d) }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
 	}
 	srv.Auth = func(ctx context.Context, peer daemon.Peer) (daemon.Decision, error) {
 		d, err := policy.Authorize(ctx, peer)
