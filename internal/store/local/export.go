@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"cairn/internal/fsnar"
+	"cairn/internal/nar"
 	"cairn/internal/nixhash"
 	"cairn/internal/store"
 	"cairn/internal/storepath"
@@ -36,6 +37,19 @@ const ExportMagic = 0x4558494e
 // MaxLegacySigLen bounds the legacy signature an import skips.
 const MaxLegacySigLen = 64 << 10
 
+// smallNar is the NAR size below which a path is dumped on the calling
+// goroutine: fsnar's read-ahead goroutines only pay off for bigger trees.
+const smallNar = 1 << 20
+
+// dumpPath writes the NAR of the tree at real, whose NAR is expected to be
+// about size bytes (0 when unknown).
+func dumpPath(ctx context.Context, w io.Writer, real string, size uint64) error {
+	if size != 0 && size < smallNar {
+		return nar.Dump(w, real, nar.DumpOptions{})
+	}
+	return fsnar.Dump(ctx, w, real)
+}
+
 // Export writes paths (each must be valid) to w in `nix-store --export`
 // format, streaming every NAR.
 func (s *Store) Export(ctx context.Context, w io.Writer, paths []storepath.StorePath) error {
@@ -63,7 +77,7 @@ func (s *Store) Export(ctx context.Context, w io.Writer, paths []storepath.Store
 		info := infos[p]
 		ww.Uint64(1)
 		h := nixhash.NewHasher(nixhash.SHA256)
-		if err := fsnar.Dump(ctx, io.MultiWriter(ww, h), s.RealPath(p)); err != nil {
+		if err := dumpPath(ctx, io.MultiWriter(ww, h), s.RealPath(p), info.NarSize); err != nil {
 			return fmt.Errorf("export %s: %w", p, err)
 		}
 		if got := h.Sum(); !zeroDigest(info.NarHash) && got != info.NarHash {

@@ -48,8 +48,10 @@ func (s *Store) QueryPathInfos(ctx context.Context, paths []storepath.StorePath)
 			return err
 		}
 		defer tx.Rollback()
+		q := newStmtCache(tx) // stmtcache.go
+		defer q.Close()
 		for i, p := range paths {
-			if out[i], err = s.queryPathInfo(ctx, tx, p); err != nil {
+			if out[i], err = s.queryPathInfo(ctx, q, p); err != nil {
 				return err
 			}
 		}

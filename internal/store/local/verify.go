@@ -14,7 +14,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"cairn/internal/fsnar"
 	"cairn/internal/nar"
 	"cairn/internal/nixhash"
 	"cairn/internal/store"
@@ -396,7 +395,7 @@ func (s *Store) rehash(ctx context.Context, p storepath.StorePath) checked {
 		a = nixhash.SHA256
 	}
 	h := nixhash.NewHasher(a)
-	if err := fsnar.Dump(ctx, h, s.RealPath(p)); err != nil {
+	if err := dumpPath(ctx, h, s.RealPath(p), info.NarSize); err != nil {
 		return checked{info: info, err: fmt.Errorf("checking contents of '%s': %w", p, err)}
 	}
 	return checked{info: info, got: h.Sum(), size: uint64(h.Size())}
