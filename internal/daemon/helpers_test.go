@@ -32,6 +32,7 @@ type testDaemon struct {
 	srv      *Server
 	sock     string
 	decision atomic.Pointer[Decision]
+	policy   atomic.Pointer[Policy] // when set, decides instead of decision
 	logMu    sync.Mutex
 	logs     []string
 }
@@ -64,6 +65,9 @@ func newTestDaemon(t *testing.T, settings ...[2]string) *testDaemon {
 		Roots:    gcroots.New(cfg.StateDir, cfg.StoreDir, cfg.RealStoreDir),
 		LogDir:   cfg.LogDir,
 		Auth: func(ctx context.Context, peer Peer) (Decision, error) {
+			if p := td.policy.Load(); p != nil {
+				return p.Authorize(ctx, peer)
+			}
 			return *td.decision.Load(), nil
 		},
 		ErrorLog: func(s string) {

@@ -268,7 +268,7 @@ func TestNixUnprivileged(t *testing.T) {
 				allowed = "root"
 			}
 			td := newTestDaemon(t, [2]string{"trusted-users", "root"}, [2]string{"allowed-users", allowed})
-			td.srv.Auth = PolicyFromSettings(td.srv.Settings).Authorize
+			td.policy.Store(PolicyFromSettings(td.srv.Settings))
 			for p := td.dir; p != "/"; p = filepath.Dir(p) {
 				os.Chmod(p, 0o755) // the socket must be reachable
 			}
