@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -122,7 +123,9 @@ func startDaemon(command string, cfg *loadgen.Config, keep bool) (func(), error)
 		}
 	}
 	for i := 0; ; i++ {
-		if _, err := os.Stat(cfg.Socket); err == nil {
+		// The socket file appears at bind(), before listen(): wait for a dial.
+		if c, err := net.Dial("unix", cfg.Socket); err == nil {
+			c.Close()
 			return stop, nil
 		}
 		if i > 500 {

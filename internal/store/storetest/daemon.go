@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,7 +58,9 @@ func StartDaemon(t testing.TB, argv ...string) *Daemon {
 		log.Close()
 	})
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if _, err := os.Stat(d.Socket); err == nil {
+		// The socket file appears at bind(), before listen(): wait for a dial.
+		if c, err := net.Dial("unix", d.Socket); err == nil {
+			c.Close()
 			return d
 		}
 		if time.Now().After(deadline) || cmd.ProcessState != nil {
