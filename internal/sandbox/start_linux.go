@@ -30,6 +30,7 @@ func IsInit() bool { return os.Getenv(initEnv) != "" }
 
 // Process is a running sandbox.
 type Process struct {
+	ctx    context.Context
 	cmd    *exec.Cmd
 	cgroup string
 
@@ -91,7 +92,7 @@ func Start(ctx context.Context, spec *Spec) (*Process, error) {
 	defer parentEnd.Close()
 	defer childEnd.Close()
 
-	p := &Process{}
+	p := &Process{ctx: ctx}
 	attr := &syscall.SysProcAttr{
 		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET |
 			unix.CLONE_NEWIPC | unix.CLONE_NEWUTS,
@@ -120,7 +121,9 @@ func Start(ctx context.Context, spec *Spec) (*Process, error) {
 
 	cmd := exec.CommandContext(ctx, InitPath)
 	cmd.Args = InitArgs
-	cmd.Env = []string{initEnv + "=1"}
+	// init is short-lived: no garbage collection, one P (fewer threads).
+	// The command gets exactly its own environment, not this one.
+	cmd.Env = []string{initEnv + "=1", "GOGC=off", "GOMAXPROCS=1"}
 	if spec.Log != nil {
 		cmd.Stdout = spec.Log
 		cmd.Stderr = spec.Log
@@ -207,8 +210,8 @@ func (p *Process) Kill() error {
 }
 
 // Wait waits for the command to end, then removes the build's cgroup. The
-// error is about waiting itself (or the context given to Start being done),
-// not about the command's status.
+// error is about waiting itself, or says the build was killed because the
+// context given to Start was done; the command's own failure is in Status.
 func (p *Process) Wait() (Status, error) {
 	p.waitOnce.Do(func() {
 		err := p.cmd.Wait()
@@ -225,7 +228,10 @@ func (p *Process) Wait() (Status, error) {
 			p.status = Status{Code: ws.ExitStatus()}
 		}
 		var ee *exec.ExitError
-		if err != nil && !errors.As(err, &ee) {
+		switch {
+		case p.ctx.Err() != nil && p.status.Code < 0:
+			p.waitErr = fmt.Errorf("sandbox: killed: %w", context.Cause(p.ctx))
+		case err != nil && !errors.As(err, &ee) && !errors.Is(err, p.ctx.Err()):
 			p.waitErr = fmt.Errorf("sandbox: wait: %w", err)
 		}
 		if err := p.removeCgroup(); err != nil && p.waitErr == nil {

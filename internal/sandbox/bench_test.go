@@ -1,0 +1,60 @@
+package sandbox_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"cairn/internal/sandbox"
+)
+
+// BenchmarkSetup measures a whole sandbox around `/bin/busybox true`: Start
+// returns once the command has been executed (init reports just before
+// execve), so "exec-ms" is the setup cost and "total-ms" adds the command and
+// the teardown (Wait: the namespaces and mounts going away). Medians, as the
+// first runs pay for cold caches.
+func BenchmarkSetup(b *testing.B) {
+	for _, m := range modes() {
+		b.Run(m.name, func(b *testing.B) {
+			f := newFixture(b, m, "/bin/busybox", "true")
+			f.spec.Log = nil
+			if dir, err := sandbox.DetectCgroup(); err == nil && m.name == "root" {
+				b.Run("cgroup", func(b *testing.B) { benchSetup(b, f, dir) })
+			}
+			benchSetup(b, f, "")
+		})
+	}
+}
+
+func benchSetup(b *testing.B, f *fixture, cgroup string) {
+	spec := *f.spec
+	spec.Cgroup.Parent = cgroup
+	var toExec, total []time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		t0 := time.Now()
+		p, err := sandbox.Start(context.Background(), &spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		st, err := p.Wait()
+		if err != nil || !st.Success() {
+			b.Fatalf("Wait: %v %v", st, err)
+		}
+		toExec = append(toExec, t1.Sub(t0))
+		total = append(total, time.Since(t0))
+	}
+	b.ReportMetric(median(toExec), "exec-ms")
+	b.ReportMetric(median(total), "total-ms")
+
+}
+
+func median(d []time.Duration) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return float64(d[len(d)/2]) / float64(time.Millisecond)
+}
