@@ -22,10 +22,10 @@ import (
 // returns only when something failed; the failure has then been reported to
 // the parent too, and the caller should exit non-zero.
 func Init() error {
-	runtime.LockOSThread() // namespaces, creds, no_new_privs and seccomp are per thread
 	if !IsInit() {
-		return errors.New("sandbox-init: not started by sandbox.Start")
+		return errNotInit
 	}
+	runtime.LockOSThread() // namespaces, creds, no_new_privs and seccomp are per thread
 	if _, err := unix.GetsockoptInt(channelFD, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
 		return fmt.Errorf("sandbox-init: fd %d is not the channel: %w", channelFD, err)
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package sandbox_test
 
 import (
@@ -31,6 +33,11 @@ func TestMain(m *testing.M) {
 	}
 	if os.Getenv("CAIRN_SANDBOX_TEST") == "probe" {
 		os.Exit(probe())
+	}
+	if bin := os.Getenv("CAIRN_SANDBOX_INIT_BINARY"); bin != "" {
+		// Run init from a cairn binary (`cairn sandbox-init`) instead of
+		// this test binary, e.g. to benchmark the real thing.
+		sandbox.InitPath = bin
 	}
 	code := m.Run()
 	if probeDir != "" {

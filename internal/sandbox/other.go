@@ -1,0 +1,32 @@
+//go:build !linux
+
+package sandbox
+
+import (
+	"context"
+	"errors"
+)
+
+var errNotLinux = errors.New("sandbox: builds need Linux namespaces")
+
+// Process is a running sandbox (Linux only).
+type Process struct{}
+
+// Start fails: the sandbox needs Linux.
+func Start(ctx context.Context, spec *Spec) (*Process, error) { return nil, errNotLinux }
+
+// Init fails: the sandbox needs Linux.
+func Init() error {
+	if !IsInit() {
+		return errNotInit
+	}
+	return errNotLinux
+}
+
+// DetectCgroup fails: cgroups are Linux's.
+func DetectCgroup() (string, error) { return "", errNotLinux }
+
+func (p *Process) Pid() int              { return -1 }
+func (p *Process) Cgroup() string        { return "" }
+func (p *Process) Kill() error           { return errNotLinux }
+func (p *Process) Wait() (Status, error) { return Status{}, errNotLinux }
