@@ -177,3 +177,56 @@ func TestSpecValidate(t *testing.T) {
 		})
 	}
 }
+
+// model is the filter's rules stated plainly, to check the BPF against.
+func model(arch, nr uint32, args [6]uint64) uint32 {
+	for _, t := range syscallTables {
+		if t.audit != arch {
+			continue
+		}
+		if t.x32 {
+			nr &^= x32SyscallBit
+		}
+		setid := func(i int) uint32 {
+			if uint32(args[i])&0o6000 != 0 {
+				return unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
+			}
+			return unix.SECCOMP_RET_ALLOW
+		}
+		switch int(nr) {
+		case t.chmod, t.fchmod:
+			return setid(1)
+		case t.fchmodat, t.fchmodat2:
+			return setid(2)
+		case t.setxattr, t.lsetxattr, t.fsetxattr, t.setxattrat:
+			return unix.SECCOMP_RET_ERRNO | uint32(unix.ENOTSUP)
+		case t.ioUringSetup:
+			return unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
+		}
+		return unix.SECCOMP_RET_ALLOW
+	}
+	return unix.SECCOMP_RET_KILL_PROCESS
+}
+
+func FuzzFilter(f *testing.F) {
+	f.Add(uint32(unix.AUDIT_ARCH_X86_64), uint32(90), uint64(0o4755), uint64(0))
+	f.Add(uint32(unix.AUDIT_ARCH_X86_64), uint32(x32SyscallBit|268), uint64(0), uint64(0o2000))
+	f.Add(uint32(unix.AUDIT_ARCH_I386), uint32(15), uint64(0o4755), uint64(0))
+	f.Add(uint32(unix.AUDIT_ARCH_AARCH64), uint32(53), uint64(0), uint64(0o6000))
+	f.Add(uint32(0), uint32(0), uint64(0), uint64(0))
+	prog, err := Filter("amd64")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, arch, nr uint32, a1, a2 uint64) {
+		// Keep the interesting numbers likely: fold nr into the tables' range.
+		if nr&0x3fffffff > 500 {
+			nr = nr&x32SyscallBit | nr%500
+		}
+		args := [6]uint64{0, a1, a2}
+		got := runBPF(t, prog, seccompData(arch, nr, args[:]...))
+		if want := model(arch, nr, args); got != want {
+			t.Fatalf("arch %#x nr %d args %o %o: %#x, want %#x", arch, nr, a1, a2, got, want)
+		}
+	})
+}
