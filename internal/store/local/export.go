@@ -128,7 +128,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader) ([]storepath.StorePath,
 		if n != 1 {
 			return nil, fmt.Errorf("import: input doesn't look like something created by 'nix-store --export'")
 		}
-		p, err := s.importOne(ctx, b, wr)
+		p, err := s.importOne(b, wr)
 		if err != nil {
 			return nil, fmt.Errorf("import: %w", err)
 		}
@@ -142,7 +142,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader) ([]storepath.StorePath,
 
 // importOne unpacks one record's NAR into a temporary, reads its trailer and
 // queues the path in b (or drops it when it is valid already).
-func (s *Store) importOne(ctx context.Context, b *Batch, wr *wire.Reader) (storepath.StorePath, error) {
+func (s *Store) importOne(b *Batch, wr *wire.Reader) (storepath.StorePath, error) {
 	t, err := b.newSlot()
 	if err != nil {
 		return storepath.StorePath{}, err
@@ -179,11 +179,7 @@ func (s *Store) importOne(ctx context.Context, b *Batch, wr *wire.Reader) (store
 	if _, dup := b.byPath[info.Path]; dup {
 		return info.Path, nil
 	}
-	if ok, err := s.IsValidPath(ctx, info.Path); err != nil {
-		return storepath.StorePath{}, err
-	} else if ok {
-		return info.Path, nil
-	}
+	// A path that is valid already is dropped by Commit, under its lock.
 	it, err := b.finish(t, info)
 	if err != nil {
 		return storepath.StorePath{}, fmt.Errorf("import %s: %w", info.Path, err)
