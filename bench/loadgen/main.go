@@ -25,7 +25,9 @@ import (
 	"syscall"
 	"time"
 
+	"cairn/internal/protocol"
 	"cairn/internal/store/remote/loadgen"
+	"cairn/internal/wire"
 )
 
 func main() {
@@ -123,10 +125,16 @@ func startDaemon(command string, cfg *loadgen.Config, keep bool) (func(), error)
 		}
 	}
 	for i := 0; ; i++ {
-		// The socket file appears at bind(), before listen(): wait for a dial.
+		// The socket file appears at bind(), before listen(), and nix-daemon
+		// creates the store in the first connections' children: wait for one
+		// whole handshake.
 		if c, err := net.Dial("unix", cfg.Socket); err == nil {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			_, err := protocol.ClientHandshake(wire.NewReader(c), wire.NewWriter(c), protocol.ClientConfig{Version: protocol.Nix28}, nil)
 			c.Close()
-			return stop, nil
+			if err == nil {
+				return stop, nil
+			}
 		}
 		if i > 500 {
 			stop()

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"cairn/internal/protocol"
+	"cairn/internal/wire"
 )
 
 // Daemon is a daemon process serving a throwaway chroot store.
@@ -58,9 +61,11 @@ func StartDaemon(t testing.TB, argv ...string) *Daemon {
 		log.Close()
 	})
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		// The socket file appears at bind(), before listen(): wait for a dial.
-		if c, err := net.Dial("unix", d.Socket); err == nil {
-			c.Close()
+		// The socket file appears at bind(), before listen(); and nix-daemon
+		// opens (and on first use creates) the store in each connection's
+		// child, which concurrent first connections race on. So wait for one
+		// whole handshake.
+		if probe(d.Socket) == nil {
 			return d
 		}
 		if time.Now().After(deadline) || cmd.ProcessState != nil {
@@ -83,4 +88,16 @@ func DaemonEnv(dir string) []string {
 		"NIX_STATE_DIR=" + filepath.Join(dir, "state"),
 		"NIX_LOG_DIR=" + filepath.Join(dir, "log"),
 	}
+}
+
+// probe runs one client handshake on the socket.
+func probe(socket string) error {
+	c, err := net.Dial("unix", socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err = protocol.ClientHandshake(wire.NewReader(c), wire.NewWriter(c), protocol.ClientConfig{Version: protocol.Nix28}, nil)
+	return err
 }
