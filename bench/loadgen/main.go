@@ -46,19 +46,20 @@ func main() {
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	stop := func() {}
 	if *daemon != "" {
-		stop, err := startDaemon(*daemon, &cfg, *keep)
-		if err != nil {
+		var err error
+		if stop, err = startDaemon(*daemon, &cfg, *keep); err != nil {
 			fmt.Fprintln(os.Stderr, "loadgen:", err)
 			os.Exit(1)
 		}
-		defer stop()
 	}
 	if cfg.Socket == "" {
 		fmt.Fprintln(os.Stderr, "loadgen: -socket or -daemon is required")
 		os.Exit(2)
 	}
 	res, err := loadgen.Run(ctx, cfg)
+	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
