@@ -166,8 +166,9 @@ func (c *conn) start() error { return c.log.startWork() }
 
 // reply ends the operation's work successfully and sends its reply (nil for
 // none).
+// reply ends the op's stderr channel and writes r; the op loop flushes both at once.
 func (c *conn) reply(r protocol.Reply) error {
-	if err := c.log.last(); err != nil {
+	if err := c.log.lastBuffered(); err != nil {
 		return err
 	}
 	if r != nil {

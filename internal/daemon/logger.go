@@ -109,6 +109,14 @@ func (l *connLogger) last() error {
 	return l.l.Last()
 }
 
+// lastBuffered ends the channel without flushing: the reply follows in the same write.
+func (l *connLogger) lastBuffered() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.inWork = false
+	return l.l.LastBuffered()
+}
+
 // fail ends the channel with an error.
 func (l *connLogger) fail(e *protocol.Error) error {
 	l.mu.Lock()

@@ -374,6 +374,13 @@ func (l *Logger) Last() error {
 	return l.w.Flush()
 }
 
+// LastBuffered ends the stderr channel like Last but leaves flushing to the caller,
+// so that LAST and the reply after it leave in one write.
+func (l *Logger) LastBuffered() error {
+	l.w.Uint64(StderrLast)
+	return l.w.Err()
+}
+
 // Error ends the stderr channel with an error and flushes.
 func (l *Logger) Error(e *Error) error {
 	WriteMessage(l.w, l.p, &Message{Code: StderrError, Err: e})
