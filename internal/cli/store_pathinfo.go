@@ -43,12 +43,13 @@ func newStorePathInfoCmd() *cobra.Command {
 			w := bufio.NewWriter(cmd.OutOrStdout())
 			if !asJSON {
 				// Nix prints the paths referenced first (a reversed topological sort).
-				if _, err := s.QueryPathInfos(ctx, paths); err != nil {
-					return err
-				}
-				refs, err := s.QueryReferencesOf(ctx, paths)
+				infos, err := s.QueryPathInfos(ctx, paths)
 				if err != nil {
 					return err
+				}
+				refs := make(map[storepath.StorePath][]storepath.StorePath, len(infos))
+				for _, info := range infos {
+					refs[info.Path] = info.References
 				}
 				sorted, err := store.TopoSort(paths, func(p storepath.StorePath) []storepath.StorePath { return refs[p] })
 				if err != nil {
@@ -64,13 +65,20 @@ func newStorePathInfoCmd() *cobra.Command {
 			sorted := slices.Clone(paths)
 			storepath.SortPaths(sorted)
 			sorted = slices.Compact(sorted)
-			infos := make([]*store.PathInfo, len(sorted))
-			for i, p := range sorted {
-				info, err := s.QueryPathInfo(ctx, p)
-				if err != nil && !errors.Is(err, store.ErrNotFound) {
+			// All in one query; if some path is invalid, one query each.
+			infos, err := s.QueryPathInfos(ctx, sorted)
+			if err != nil {
+				if !errors.Is(err, store.ErrNotFound) {
 					return err
 				}
-				infos[i] = info
+				infos = make([]*store.PathInfo, len(sorted))
+				for i, p := range sorted {
+					info, err := s.QueryPathInfo(ctx, p)
+					if err != nil && !errors.Is(err, store.ErrNotFound) {
+						return err
+					}
+					infos[i] = info
+				}
 			}
 			writePathInfoJSON(w, sorted, infos)
 			return w.Flush()

@@ -57,15 +57,17 @@ func newStoreQueryCmd() *cobra.Command {
 			switch kind {
 			case "references", "referrers", "requisites":
 				var result []storepath.StorePath
-				for _, p := range paths {
+				var infos []*store.PathInfo
+				if kind == "references" {
+					if infos, err = s.QueryPathInfos(ctx, paths); err != nil {
+						return err
+					}
+				}
+				for i, p := range paths {
 					var ps []storepath.StorePath
 					switch kind {
 					case "references":
-						info, err := s.QueryPathInfo(ctx, p)
-						if err != nil {
-							return err
-						}
-						ps = info.References
+						ps = infos[i].References
 					case "referrers":
 						if ps, err = s.QueryReferrers(ctx, p); err != nil {
 							return err
@@ -100,11 +102,11 @@ func newStoreQueryCmd() *cobra.Command {
 					}
 				}
 			default:
-				for _, p := range paths {
-					info, err := s.QueryPathInfo(ctx, p)
-					if err != nil {
-						return err
-					}
+				infos, err := s.QueryPathInfos(ctx, paths)
+				if err != nil {
+					return err
+				}
+				for _, info := range infos {
 					switch kind {
 					case "deriver":
 						if info.Deriver.IsZero() {

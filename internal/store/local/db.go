@@ -110,6 +110,9 @@ const (
 	sqlQueryPathInfo = `select v.id, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca,
   (select group_concat(r.path, ' ') from Refs join ValidPaths r on r.id = Refs.reference where Refs.referrer = v.id)
   from ValidPaths v where v.path = ?`
+	sqlQueryPathInfos = `select j.key, v.id, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca,
+  (select group_concat(r.path, ' ') from Refs join ValidPaths r on r.id = Refs.reference where Refs.referrer = v.id)
+  from json_each(?) j join ValidPaths v on v.path = j.value`
 	sqlQueryPathID     = `select id from ValidPaths where path = ?`
 	sqlRegisterPath    = `insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) values (?, ?, ?, ?, ?, ?, ?, ?)`
 	sqlUpdatePathInfo  = `update ValidPaths set narSize = ?, hash = ?, ultimate = ?, sigs = ?, ca = ? where path = ?`

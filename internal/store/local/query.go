@@ -39,77 +39,109 @@ func (s *Store) QueryPathInfo(ctx context.Context, p storepath.StorePath) (*stor
 }
 
 // QueryPathInfos returns the info of many valid paths, in the order given, in one
-// read transaction; the first invalid one is an error matching ErrNotFound.
+// query over all of them; the first invalid one is an error matching ErrNotFound.
 func (s *Store) QueryPathInfos(ctx context.Context, paths []storepath.StorePath) ([]*store.PathInfo, error) {
+	for _, p := range paths {
+		if err := s.checkPath(p); err != nil {
+			return nil, err
+		}
+	}
 	out := make([]*store.PathInfo, len(paths))
 	err := retryBusy(ctx, func() error {
-		tx, err := s.rdb.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+		clear(out)
+		rows, err := s.rdb.QueryContext(ctx, sqlQueryPathInfos, jsonPaths(paths))
 		if err != nil {
 			return err
 		}
-		defer tx.Rollback()
-		q := newStmtCache(tx) // stmtcache.go
-		defer q.Close()
-		for i, p := range paths {
-			if out[i], err = s.queryPathInfo(ctx, q, p); err != nil {
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				i   int
+				row pathInfoRow
+			)
+			if err := rows.Scan(&i, &row.id, &row.hash, &row.regTime, &row.deriver, &row.narSize, &row.ultimate, &row.sigs, &row.ca, &row.refs); err != nil {
+				return err
+			}
+			if i < 0 || i >= len(out) {
+				return fmt.Errorf("query path infos: row for index %d of %d", i, len(out))
+			}
+			if out[i], err = s.parsePathInfo(paths[i], &row); err != nil {
 				return err
 			}
 		}
-		return nil
+		return rows.Err()
 	})
 	if err != nil {
-		return nil, err
+		var nv *store.NotValidError
+		if errors.As(err, &nv) || errors.Is(err, store.ErrInvalid) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("query path infos: %w", err)
+	}
+	for i, info := range out {
+		if info == nil {
+			return nil, store.NotValid(paths[i])
+		}
 	}
 	return out, nil
+}
+
+// pathInfoRow is a ValidPaths row with its references (space-separated).
+type pathInfoRow struct {
+	id                int64
+	hash              string
+	regTime           int64
+	deriver, sigs, ca sql.NullString
+	narSize, ultimate sql.NullInt64
+	refs              sql.NullString
 }
 
 func (s *Store) queryPathInfo(ctx context.Context, q queryer, p storepath.StorePath) (*store.PathInfo, error) {
 	if err := s.checkPath(p); err != nil {
 		return nil, err
 	}
-	var (
-		id                int64
-		hash              string
-		regTime           int64
-		deriver, sigs, ca sql.NullString
-		narSize, ultimate sql.NullInt64
-		refs              sql.NullString
-	)
-	err := q.QueryRowContext(ctx, sqlQueryPathInfo, p.String()).Scan(&id, &hash, &regTime, &deriver, &narSize, &ultimate, &sigs, &ca, &refs)
+	var row pathInfoRow
+	err := q.QueryRowContext(ctx, sqlQueryPathInfo, p.String()).Scan(&row.id, &row.hash, &row.regTime, &row.deriver, &row.narSize, &row.ultimate, &row.sigs, &row.ca, &row.refs)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, store.NotValid(p)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("query path info %s: %w", p, err)
 	}
-	info := &store.PathInfo{Path: p, RegistrationTime: time.Unix(regTime, 0), Ultimate: ultimate.Valid && ultimate.Int64 == 1}
-	if regTime == 0 {
+	return s.parsePathInfo(p, &row)
+}
+
+// parsePathInfo makes the info of p from its row.
+func (s *Store) parsePathInfo(p storepath.StorePath, row *pathInfoRow) (*store.PathInfo, error) {
+	info := &store.PathInfo{Path: p, RegistrationTime: time.Unix(row.regTime, 0), Ultimate: row.ultimate.Valid && row.ultimate.Int64 == 1}
+	if row.regTime == 0 {
 		info.RegistrationTime = time.Time{}
 	}
 	bad := func(what string, err error) error {
 		return fmt.Errorf("invalid-path entry for '%s': %s: %w", p, what, err)
 	}
-	if info.NarHash, err = nixhash.Parse(hash); err != nil {
+	var err error
+	if info.NarHash, err = nixhash.Parse(row.hash); err != nil {
 		return nil, bad("hash", err)
 	}
-	if narSize.Valid && narSize.Int64 > 0 {
-		info.NarSize = uint64(narSize.Int64)
+	if row.narSize.Valid && row.narSize.Int64 > 0 {
+		info.NarSize = uint64(row.narSize.Int64)
 	}
-	if deriver.Valid && deriver.String != "" {
-		if info.Deriver, err = s.dir.Parse(deriver.String); err != nil {
+	if row.deriver.Valid && row.deriver.String != "" {
+		if info.Deriver, err = s.dir.Parse(row.deriver.String); err != nil {
 			return nil, bad("deriver", err)
 		}
 	}
-	if sigs.Valid {
-		info.Signatures = splitSorted(sigs.String, " ")
+	if row.sigs.Valid {
+		info.Signatures = splitSorted(row.sigs.String, " ")
 	}
-	if ca.Valid && ca.String != "" {
-		if info.CA, err = nixhash.ParseContentAddress(ca.String); err != nil {
+	if row.ca.Valid && row.ca.String != "" {
+		if info.CA, err = nixhash.ParseContentAddress(row.ca.String); err != nil {
 			return nil, bad("ca", err)
 		}
 	}
-	if refs.Valid && refs.String != "" {
-		if info.References, err = s.parsePaths(strings.Split(refs.String, " ")); err != nil {
+	if row.refs.Valid && row.refs.String != "" {
+		if info.References, err = s.parsePaths(strings.Split(row.refs.String, " ")); err != nil {
 			return nil, bad("references", err)
 		}
 		storepath.SortPaths(info.References)
