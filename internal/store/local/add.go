@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"database/sql"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -44,6 +47,13 @@ type Batch struct {
 	byPath map[storepath.StorePath]*pending
 	temp   *tempDir // made on first use, shared by the batch's paths
 	slots  int      // names handed out in temp
+	// lateValid leaves the check whether an added path is valid already to
+	// Commit (one query for the batch) instead of one query per path; the
+	// infos returned for such paths are then the new ones, not the valid
+	// ones, until the caller looks them up again (see AddPaths).
+	lateValid bool
+	// skipped are the paths the last Commit found valid already.
+	skipped []storepath.StorePath
 }
 
 // slot is the entry in a batch's temporary directory where one path is unpacked.
@@ -85,6 +95,9 @@ type pending struct {
 	drvOutputs map[string]storepath.StorePath
 	id         int64 // ValidPaths.id once registered
 	skip       bool  // found valid at commit time
+	// rootDir says the root is a directory, which gets its final mode only
+	// once it has been moved into place (CanonicaliseRoot).
+	rootDir bool
 }
 
 // NewBatch starts a batch of additions.
@@ -283,7 +296,7 @@ func (b *Batch) ingestNar(t *slot, info *store.PathInfo, r io.Reader, extra nixh
 				info.Path, info.CA.Hash, got, store.ErrHashMismatch)
 		}
 	}
-	return b.finish(t, info)
+	return b.finish(t, info, false)
 }
 
 // hashFile hashes the contents of the regular file a temporary holds.
@@ -306,9 +319,15 @@ func hashFile(t *slot, a nixhash.Algorithm) (nixhash.Hash, error) {
 
 // finish canonicalises an unpacked path, reads a derivation's outputs, and
 // makes the pending entry.
-func (b *Batch) finish(t *slot, info *store.PathInfo) (*pending, error) {
-	if err := Canonicalise(t.dirfd, t.name, true); err != nil {
-		return nil, err
+//
+// A file that writeFile wrote is canonical already (canonical).
+func (b *Batch) finish(t *slot, info *store.PathInfo, canonical bool) (*pending, error) {
+	rootDir := false
+	if !canonical {
+		var err error
+		if rootDir, err = canonicalise(t.dirfd, t.name, true); err != nil {
+			return nil, err
+		}
 	}
 	storepath.SortPaths(info.References)
 	info.References = slices.Compact(info.References)
@@ -320,7 +339,7 @@ func (b *Batch) finish(t *slot, info *store.PathInfo) (*pending, error) {
 	if info.RegistrationTime.IsZero() {
 		info.RegistrationTime = time.Now()
 	}
-	it := &pending{info: info, temp: t}
+	it := &pending{info: info, temp: t, rootDir: rootDir}
 	if info.Path.IsDerivation() {
 		outs, err := b.s.readDrvOutputs(t, info.Path)
 		if err != nil {
@@ -382,6 +401,7 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 	}
 	info := &store.PathInfo{References: slices.Clone(refs)}
 	var caHash nixhash.Hash
+	canonical := false // a file writeFile made
 	switch method {
 	case nixhash.Recursive:
 		if src.file {
@@ -390,6 +410,7 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 				t.remove()
 				return fail(err)
 			}
+			canonical = true
 			break
 		}
 		res, err := restoreNar(t, src.r, algo, nil)
@@ -407,6 +428,7 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 			t.remove()
 			return fail(err)
 		}
+		canonical = true
 	default:
 		t.remove()
 		return fail(fmt.Errorf("%w: unknown ingestion method %v", store.ErrInvalid, method))
@@ -420,14 +442,16 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 		t.remove()
 		return it.info.Clone(), nil
 	}
-	if existing, err := s.QueryPathInfo(ctx, info.Path); err == nil {
-		t.remove()
-		return existing, nil
-	} else if !errors.Is(err, store.ErrNotFound) {
-		t.remove()
-		return fail(err)
+	if !b.lateValid {
+		if existing, err := s.QueryPathInfo(ctx, info.Path); err == nil {
+			t.remove()
+			return existing, nil
+		} else if !errors.Is(err, store.ErrNotFound) {
+			t.remove()
+			return fail(err)
+		}
 	}
-	it, err := b.finish(t, info)
+	it, err := b.finish(t, info, canonical)
 	if err != nil {
 		t.remove()
 		return fail(err)
@@ -455,17 +479,20 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 // or not), and returns the content address hash (with algo, of the bytes, or of
 // their NAR form when overNar) and the sha256 and size of their NAR form. With a
 // known size it is one pass; otherwise the file is read back for the NAR hash.
+// The file is left canonical (mode, time, no extended attributes), all through
+// its descriptor.
 func writeFile(t *slot, src source, algo nixhash.Algorithm, overNar bool) (ca, narHash nixhash.Hash, narSize uint64, err error) {
-	mode := uint32(0o666)
+	mode := uint32(modeFile)
 	if src.exec {
-		mode = 0o777
+		mode = modeExec
 	}
+	// A file created read-only is still writable through this descriptor.
 	fd, err := unix.Openat(t.dirfd, t.name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 	if err != nil {
 		return ca, narHash, 0, &os.PathError{Op: "create", Path: t.contentPath(), Err: err}
 	}
-	f := os.NewFile(uintptr(fd), t.contentPath())
-	defer f.Close()
+	f := fdFile{fd: fd}
+	defer unix.Close(fd)
 	sha := nixhash.NewHasher(nixhash.SHA256)
 	cah := sha
 	narOut := io.Writer(sha)
@@ -475,47 +502,151 @@ func writeFile(t *slot, src source, algo nixhash.Algorithm, overNar bool) (ca, n
 			narOut = io.MultiWriter(sha, cah)
 		}
 	}
-	bufp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bufp)
-	buf := *bufp
 	size := src.size
 	r := src.r
+	var bufp *[]byte
+	buf := func() []byte {
+		if bufp == nil {
+			bufp = copyBuffers.Get().(*[]byte)
+		}
+		return *bufp
+	}
+	defer func() {
+		if bufp != nil {
+			copyBuffers.Put(bufp)
+		}
+	}()
 	if size < 0 {
 		// First pass: the file, and the content hash if it is of the bytes.
 		w := io.Writer(f)
 		if !overNar {
 			w = io.MultiWriter(f, cah)
 		}
-		if size, err = io.CopyBuffer(w, r, buf); err != nil {
+		if size, err = io.CopyBuffer(w, r, buf()); err != nil {
 			return ca, narHash, 0, err
 		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
+		if _, err := unix.Seek(fd, 0, io.SeekStart); err != nil {
 			return ca, narHash, 0, err
 		}
 		r = f
 	}
-	nw := nar.NewWriter(narOut)
-	if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: size, Executable: src.exec}); err != nil {
+	var frame [narFileHeaderMax]byte
+	if _, err := narOut.Write(narFileHeader(frame[:0], size, src.exec)); err != nil {
 		return ca, narHash, 0, err
 	}
-	var w io.Writer = nw
+	w := narOut
 	if src.size >= 0 {
-		w = io.MultiWriter(f, nw)
+		w = io.MultiWriter(f, narOut)
 		if !overNar {
-			w = io.MultiWriter(f, cah, nw)
+			w = io.MultiWriter(f, cah, narOut)
 		}
 	}
-	n, err := io.CopyBuffer(w, io.LimitReader(r, size), buf)
+	var n int64
+	if size <= smallFile {
+		// Small files: one read, no pooled buffer.
+		var small [smallFile]byte
+		var m int
+		m, err = io.ReadFull(r, small[:size])
+		n = int64(m)
+		if err == nil {
+			_, err = w.Write(small[:m])
+		}
+	} else {
+		n, err = io.CopyBuffer(w, io.LimitReader(r, size), buf())
+	}
 	if err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = fmt.Errorf("%s: file changed size while reading", t.contentPath())
+		}
 		return ca, narHash, 0, err
 	}
 	if n != size {
 		return ca, narHash, 0, fmt.Errorf("%s: file changed size while reading", t.contentPath())
 	}
-	if err := nw.Close(); err != nil {
+	if _, err := narOut.Write(narFileTrailer(frame[:0], size)); err != nil {
+		return ca, narHash, 0, err
+	}
+	if err := canonicaliseFD(fd, mode, t.contentPath()); err != nil {
 		return ca, narHash, 0, err
 	}
 	return cah.Sum(), sha.Sum(), uint64(sha.Size()), nil
+}
+
+// smallFile is the largest file writeFile reads in one go into a stack buffer.
+const smallFile = 4 << 10
+
+// fdFile reads and writes a raw descriptor: no os.File, whose creation costs
+// a few fcntl calls and a poller registration attempt per file.
+type fdFile struct{ fd int }
+
+func (f fdFile) Read(p []byte) (int, error) {
+	for {
+		n, err := unix.Read(f.fd, p)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 && len(p) > 0 {
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
+func (f fdFile) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := unix.Write(f.fd, p[done:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// NAR framing of a single regular file (package nar's grammar):
+// "nix-archive-1" "(" "type" "regular" ["executable" ""] "contents" size … ")".
+var (
+	narFilePrefix = narStrings("nix-archive-1", "(", "type", "regular")
+	narExecutable = narStrings("executable", "")
+	narContents   = narStrings("contents")
+	narClose      = narStrings(")")
+)
+
+// narFileHeaderMax bounds the framing narFileHeader writes.
+const narFileHeaderMax = 160
+
+func narStrings(ss ...string) []byte {
+	var b []byte
+	for _, s := range ss {
+		b = binary.LittleEndian.AppendUint64(b, uint64(len(s)))
+		b = append(b, s...)
+		b = append(b, make([]byte, -len(s)&7)...)
+	}
+	return b
+}
+
+// narFileHeader appends the NAR framing before the contents of a file.
+func narFileHeader(b []byte, size int64, exec bool) []byte {
+	b = append(b, narFilePrefix...)
+	if exec {
+		b = append(b, narExecutable...)
+	}
+	b = append(b, narContents...)
+	return binary.LittleEndian.AppendUint64(b, uint64(size))
+}
+
+// narFileTrailer appends the padding after size bytes of contents and the close.
+func narFileTrailer(b []byte, size int64) []byte {
+	var zero [8]byte
+	b = append(b, zero[:-size&7]...)
+	return append(b, narClose...)
 }
 
 // copyBuffers recycles file copy buffers across the paths of a batch.
@@ -630,37 +761,111 @@ func (b *Batch) Commit(ctx context.Context) error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	ok = true
+	b.skipped = b.skipped[:0]
+	for _, it := range b.items {
+		if it.skip {
+			b.skipped = append(b.skipped, it.info.Path)
+		}
+	}
 	return nil
 }
 
 // register writes the batch's rows inside tx: paths first, then references
-// (which may point into the batch) and derivation outputs.
+// (which may point into the batch) and derivation outputs. It takes a handful
+// of statements whatever the batch's size: each step is one statement over a
+// JSON array (json_each), since SQLite parses a statement in about as long as
+// it takes to run a point lookup.
 func (b *Batch) register(ctx context.Context, tx *sql.Tx) error {
-	for _, it := range b.items {
+	// Which of the batch's paths are valid already.
+	batchPaths := make([]string, len(b.items))
+	for i, it := range b.items {
 		it.skip, it.id = false, 0
-		var id int64
-		err := tx.QueryRowContext(ctx, sqlQueryPathID, it.info.Path.String()).Scan(&id)
+		batchPaths[i] = it.info.Path.String()
+	}
+	ids, err := queryIDs(ctx, tx, batchPaths)
+	if err != nil {
+		return err
+	}
+	var fresh []any
+	for _, it := range b.items {
+		id, valid := ids[it.info.Path.String()]
 		switch {
-		case err == nil && !it.repair:
+		case valid && !it.repair:
 			it.skip = true
-			continue
-		case err == nil:
+		case valid:
 			it.id = id
 			if _, err := tx.ExecContext(ctx, sqlUpdatePathInfo, updateArgs(it.info)...); err != nil {
 				return fmt.Errorf("update %s: %w", it.info.Path, err)
 			}
-		case errors.Is(err, sql.ErrNoRows):
-			res, err := tx.ExecContext(ctx, sqlRegisterPath, registerArgs(it.info)...)
+		default:
+			args := registerArgs(it.info)
+			if jsonSafe(args) {
+				fresh = append(fresh, args)
+				continue
+			}
+			// JSON would change these bytes: a statement of its own.
+			res, err := tx.ExecContext(ctx, sqlRegisterPath, args...)
 			if err != nil {
 				return fmt.Errorf("register %s: %w", it.info.Path, err)
 			}
 			if it.id, err = res.LastInsertId(); err != nil {
 				return err
 			}
-		default:
-			return err
 		}
 	}
+	if len(fresh) > 0 {
+		rows, err := tx.QueryContext(ctx, sqlRegisterPaths, jsonArg(fresh))
+		if err != nil {
+			return fmt.Errorf("register paths: %w", err)
+		}
+		for rows.Next() {
+			var id int64
+			var path string
+			if err := rows.Scan(&id, &path); err != nil {
+				rows.Close()
+				return fmt.Errorf("register paths: %w", err)
+			}
+			ids[path] = id
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("register paths: %w", err)
+		}
+		for _, it := range b.items {
+			if !it.skip && it.id == 0 {
+				if it.id = ids[it.info.Path.String()]; it.id == 0 {
+					return fmt.Errorf("register %s: no row id", it.info.Path)
+				}
+			}
+		}
+	}
+	// References outside the batch (or to batch paths that were valid).
+	var outside []string
+	for _, it := range b.items {
+		if it.skip {
+			continue
+		}
+		for _, ref := range it.info.References {
+			if other, ok := b.byPath[ref]; ok && !other.skip {
+				continue
+			}
+			if _, known := ids[ref.String()]; !known {
+				outside = append(outside, ref.String())
+			}
+		}
+	}
+	if len(outside) > 0 {
+		slices.Sort(outside)
+		outside = slices.Compact(outside)
+		more, err := queryIDs(ctx, tx, outside)
+		if err != nil {
+			return err
+		}
+		for p, id := range more {
+			ids[p] = id
+		}
+	}
+	var refs, outs []any
 	for _, it := range b.items {
 		if it.skip {
 			continue
@@ -669,26 +874,69 @@ func (b *Batch) register(ctx context.Context, tx *sql.Tx) error {
 			var refID int64
 			if other, ok := b.byPath[ref]; ok && !other.skip {
 				refID = other.id
+			} else if id, ok := ids[ref.String()]; ok {
+				refID = id
 			} else {
-				err := tx.QueryRowContext(ctx, sqlQueryPathID, ref.String()).Scan(&refID)
-				if errors.Is(err, sql.ErrNoRows) {
-					return fmt.Errorf("register %s: reference %w", it.info.Path, store.NotValid(ref))
-				}
-				if err != nil {
-					return err
-				}
+				return fmt.Errorf("register %s: reference %w", it.info.Path, store.NotValid(ref))
 			}
-			if _, err := tx.ExecContext(ctx, sqlAddReference, it.id, refID); err != nil {
-				return fmt.Errorf("register %s: %w", it.info.Path, err)
-			}
+			refs = append(refs, []int64{it.id, refID})
 		}
 		for name, out := range it.drvOutputs {
-			if _, err := tx.ExecContext(ctx, sqlAddDrvOutput, it.id, name, out.String()); err != nil {
-				return fmt.Errorf("register %s: %w", it.info.Path, err)
-			}
+			outs = append(outs, []any{it.id, name, out.String()})
+		}
+	}
+	if len(refs) > 0 {
+		if _, err := tx.ExecContext(ctx, sqlAddReferences, jsonArg(refs)); err != nil {
+			return fmt.Errorf("register references: %w", err)
+		}
+	}
+	if len(outs) > 0 {
+		if _, err := tx.ExecContext(ctx, sqlAddDrvOutputs, jsonArg(outs)); err != nil {
+			return fmt.Errorf("register derivation outputs: %w", err)
 		}
 	}
 	return nil
+}
+
+// queryIDs returns the ValidPaths ids of the valid paths among paths.
+func queryIDs(ctx context.Context, q queryer, paths []string) (map[string]int64, error) {
+	ids := make(map[string]int64, len(paths))
+	rows, err := q.QueryContext(ctx, sqlQueryPathIDs, jsonArg(paths))
+	if err != nil {
+		return nil, fmt.Errorf("query path ids: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var path string
+		if err := rows.Scan(&id, &path); err != nil {
+			return nil, fmt.Errorf("query path ids: %w", err)
+		}
+		ids[path] = id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("query path ids: %w", err)
+	}
+	return ids, nil
+}
+
+// jsonArg encodes v, made of strings that pass jsonSafe, integers, nil and
+// slices of these, as JSON for json_each. Nothing else goes in, so encoding
+// cannot fail.
+func jsonArg(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// jsonSafe reports whether every string among args goes through JSON and
+// SQLite's ->> unchanged: valid UTF-8, no NUL.
+func jsonSafe(args []any) bool {
+	for _, a := range args {
+		if s, ok := a.(string); ok && (!utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 func registerArgs(info *store.PathInfo) []any {
@@ -770,6 +1018,9 @@ func (b *Batch) moveIntoPlace() ([]*pending, error) {
 		moved = append(moved, it)
 	}
 	for _, it := range moved {
+		if !it.rootDir {
+			continue
+		}
 		if err := CanonicaliseRoot(s.realFD, it.info.Path.Base()); err != nil {
 			return moved, err
 		}
@@ -825,6 +1076,7 @@ func (s *Store) AddText(ctx context.Context, name, text string, refs []storepath
 // them in one transaction, returning their infos in order.
 func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Method, algo nixhash.Algorithm) ([]*store.PathInfo, error) {
 	b := s.NewBatch()
+	b.lateValid = true
 	defer b.Discard()
 	out := make([]*store.PathInfo, len(srcs))
 	for i, src := range srcs {
@@ -836,6 +1088,22 @@ func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Meth
 	}
 	if err := b.Commit(ctx); err != nil {
 		return nil, err
+	}
+	if len(b.skipped) > 0 {
+		// Paths that were valid already: return their infos as registered.
+		valid, err := s.QueryPathInfos(ctx, b.skipped)
+		if err != nil {
+			return nil, err
+		}
+		byPath := make(map[storepath.StorePath]*store.PathInfo, len(valid))
+		for _, info := range valid {
+			byPath[info.Path] = info
+		}
+		for i, info := range out {
+			if v, ok := byPath[info.Path]; ok {
+				out[i] = v.Clone()
+			}
+		}
 	}
 	return out, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -37,8 +38,16 @@ var ignoredXattrs = map[string]bool{
 // With keepRootWritable, a directory at the root keeps its mode (so it can still
 // be renamed into another directory); call CanonicaliseRoot after moving it.
 func Canonicalise(dirfd int, name string, keepRootWritable bool) error {
+	_, err := canonicalise(dirfd, name, keepRootWritable)
+	return err
+}
+
+// canonicalise is Canonicalise, also reporting whether the root is a
+// directory: only then does keepRootWritable leave anything for CanonicaliseRoot.
+func canonicalise(dirfd int, name string, keepRootWritable bool) (rootIsDir bool, err error) {
 	c := canon{uid: os.Geteuid(), gid: os.Getegid()}
-	return c.walk(dirfd, name, name, !keepRootWritable)
+	err = c.walk(dirfd, name, name, !keepRootWritable)
+	return c.rootIsDir, err
 }
 
 // CanonicaliseRoot finishes Canonicalise(…, true) for the root entry alone.
@@ -52,14 +61,21 @@ func CanonicaliseRoot(dirfd int, name string) error {
 }
 
 type canon struct {
-	uid, gid int
-	xbuf     []byte
+	uid, gid  int
+	xbuf      []byte
+	small     [256]byte // xbuf's first backing
+	rootIsDir bool
 }
 
 func (c *canon) walk(dirfd int, name, disk string, setMode bool) error {
 	var st unix.Stat_t
 	if err := fstatat(dirfd, name, &st); err != nil {
 		return &os.PathError{Op: "canonicalise: stat", Path: disk, Err: err}
+	}
+	if !setMode {
+		// Only a directory at the root needs to stay writable.
+		c.rootIsDir = st.Mode&unix.S_IFMT == unix.S_IFDIR
+		setMode = !c.rootIsDir
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
@@ -130,7 +146,7 @@ func (c *canon) stripXattrs(dirfd int, name, disk string) error {
 		p = name
 	}
 	if c.xbuf == nil {
-		c.xbuf = make([]byte, 4096)
+		c.xbuf = c.small[:]
 	}
 	n, err := unix.Llistxattr(p, c.xbuf)
 	if errors.Is(err, unix.ERANGE) {
@@ -207,6 +223,55 @@ func removeTree(dirfd int, name string) error {
 	}
 	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
 		return &os.PathError{Op: "remove", Path: name, Err: err}
+	}
+	return nil
+}
+
+// canonicaliseFD makes the regular file open at fd, which this process just
+// created (so it is owned by the effective user), canonical: mode, no extended
+// attributes but the ignored ones, modification time StoreMtime. It must come
+// after the last write.
+func canonicaliseFD(fd int, mode uint32, disk string) error {
+	var small [256]byte
+	buf := small[:]
+	n, err := unix.Flistxattr(fd, buf)
+	if errors.Is(err, unix.ERANGE) {
+		size, err2 := unix.Flistxattr(fd, nil)
+		if err2 != nil {
+			return &os.PathError{Op: "canonicalise: list attributes", Path: disk, Err: err2}
+		}
+		buf = make([]byte, size+64)
+		n, err = unix.Flistxattr(fd, buf)
+	}
+	switch {
+	case err == nil:
+		for _, a := range bytes.Split(buf[:n], []byte{0}) {
+			if len(a) == 0 || ignoredXattrs[string(a)] {
+				continue
+			}
+			if err := unix.Fremovexattr(fd, string(a)); err != nil {
+				return &os.PathError{Op: "canonicalise: remove attribute " + string(a), Path: disk, Err: err}
+			}
+		}
+	case errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.ENODATA):
+	default:
+		return &os.PathError{Op: "canonicalise: list attributes", Path: disk, Err: err}
+	}
+	if err := unix.Fchmod(fd, mode); err != nil {
+		return &os.PathError{Op: "canonicalise: chmod", Path: disk, Err: err}
+	}
+	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: StoreMtime}}
+	if err := futimens(fd, ts); err != nil {
+		return &os.PathError{Op: "canonicalise: set time", Path: disk, Err: err}
+	}
+	return nil
+}
+
+// futimens sets the times of the file open at fd: utimensat with a null path.
+func futimens(fd int, ts []unix.Timespec) error {
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
 	}
 	return nil
 }
