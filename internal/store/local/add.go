@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"cairn/internal/fsnar"
 	"cairn/internal/nar"
 	"cairn/internal/nixhash"
 	"cairn/internal/refscan"
@@ -667,14 +668,15 @@ func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, 
 	// nix-store --add-fixed) needs one, and keeps its execute bit.
 	fd, err := openat(unix.AT_FDCWD, src, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
 	if err == nil {
-		f := os.NewFile(uintptr(fd), src)
-		defer f.Close()
-		fi, err := f.Stat()
-		if err != nil {
-			return nil, fmt.Errorf("add %s: %w", src, err)
+		defer unix.Close(fd)
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return nil, &os.PathError{Op: "add", Path: src, Err: err}
 		}
-		if fi.Mode().IsRegular() {
-			return b.addCA(ctx, name, method, algo, nil, source{r: f, size: fi.Size(), exec: fi.Mode()&0o100 != 0, file: true})
+		if st.Mode&unix.S_IFMT == unix.S_IFREG {
+			// O_NONBLOCK (so that a FIFO could not hang the open) means
+			// nothing for a regular file.
+			return b.addCA(ctx, name, method, algo, nil, source{r: fdFile{fd: fd}, size: st.Size, exec: st.Mode&0o100 != 0, file: true})
 		}
 	} else if !errors.Is(err, unix.ELOOP) {
 		return nil, &os.PathError{Op: "add", Path: src, Err: err}
@@ -685,7 +687,7 @@ func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, 
 	// A directory or symlink: dump it into a pipe that the restorer reads.
 	pr, pw := io.Pipe()
 	go func() {
-		pw.CloseWithError(nar.Dump(pw, src, nar.DumpOptions{}))
+		pw.CloseWithError(fsnar.Dump(ctx, pw, src))
 	}()
 	br := bufio.NewReaderSize(pr, copyBufferSize)
 	info, err := b.addCA(ctx, name, method, algo, nil, source{r: br, size: -1})
@@ -716,11 +718,11 @@ func (b *Batch) Commit(ctx context.Context) error {
 			return fmt.Errorf("commit: sync %s: %w", s.cfg.RealStoreDir, err)
 		}
 	}
-	real := make([]string, len(b.items))
+	bases := make([]string, len(b.items))
 	for i, it := range b.items {
-		real[i] = s.RealPath(it.info.Path)
+		bases[i] = it.info.Path.Base()
 	}
-	locks, err := LockPaths(ctx, real)
+	locks, err := lockPathsAt(ctx, s.realFD, bases)
 	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}

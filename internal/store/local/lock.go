@@ -13,7 +13,7 @@ import (
 
 // Path locks, compatible with Nix's: the lock for a store path is the file
 // "<real path>.lock", locked with flock(LOCK_EX). The holder that finishes the
-// path unlinks the lock file and then writes one byte to it, so a waiter that
+// path unlinks the lock file and then makes it one byte long, so a waiter that
 // acquires the lock on the unlinked file sees a non-empty file, knows it is
 // stale and starts over with a fresh one.
 
@@ -22,48 +22,65 @@ const maxLockPoll = 50 * time.Millisecond
 
 // PathLocks holds exclusive locks on a set of paths.
 type PathLocks struct {
-	files []*os.File
+	dirfd int // what the names are relative to: AT_FDCWD or a directory
+	held  []heldLock
+}
+
+// heldLock is one locked lock file.
+type heldLock struct {
+	fd   int
+	name string
 }
 
 // LockPaths locks the given real paths (each through "<path>.lock"), in sorted
 // order so that two callers can never deadlock, waiting as long as it takes or
 // until ctx is done.
 func LockPaths(ctx context.Context, realPaths []string) (*PathLocks, error) {
-	sorted := slices.Clone(realPaths)
+	return lockPathsAt(ctx, unix.AT_FDCWD, realPaths)
+}
+
+// lockPathsAt is LockPaths for paths relative to the directory dirfd (the
+// store dir, for base names: no path walk per lock).
+func lockPathsAt(ctx context.Context, dirfd int, paths []string) (*PathLocks, error) {
+	sorted := slices.Clone(paths)
 	slices.Sort(sorted)
 	sorted = slices.Compact(sorted)
-	l := &PathLocks{}
+	l := &PathLocks{dirfd: dirfd, held: make([]heldLock, 0, len(sorted))}
 	for _, p := range sorted {
-		f, err := lockPath(ctx, p+".lock")
+		name := p + ".lock"
+		fd, err := lockPath(ctx, dirfd, name)
 		if err != nil {
 			l.Unlock(false)
 			return nil, err
 		}
-		l.files = append(l.files, f)
+		l.held = append(l.held, heldLock{fd: fd, name: name})
 	}
 	return l, nil
 }
 
-func lockPath(ctx context.Context, lockPath string) (*os.File, error) {
+func lockPath(ctx context.Context, dirfd int, name string) (int, error) {
 	for {
-		f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+		fd, err := unix.Openat(dirfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+		if err == unix.EINTR {
+			continue
 		}
-		if err := flock(ctx, int(f.Fd()), unix.LOCK_EX); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+		if err != nil {
+			return -1, fmt.Errorf("lock %s: %w", name, &os.PathError{Op: "open", Path: name, Err: err})
+		}
+		if err := flock(ctx, fd, unix.LOCK_EX); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("lock %s: %w", name, err)
 		}
 		var st unix.Stat_t
-		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("lock %s: %w", name, err)
 		}
 		if st.Size == 0 {
-			return f, nil
+			return fd, nil
 		}
 		// Stale: its holder deleted it after we opened it. Try again.
-		f.Close()
+		unix.Close(fd)
 	}
 }
 
@@ -97,12 +114,14 @@ func (l *PathLocks) Unlock(remove bool) {
 	if l == nil {
 		return
 	}
-	for _, f := range l.files {
+	for _, h := range l.held {
 		if remove {
-			os.Remove(f.Name())
-			f.Write([]byte("d"))
+			unix.Unlinkat(l.dirfd, h.name, 0)
+			// Any size but 0 marks it stale (Nix writes a byte; a
+			// truncate says the same without allocating a block).
+			unix.Ftruncate(h.fd, 1)
 		}
-		f.Close()
+		unix.Close(h.fd)
 	}
-	l.files = nil
+	l.held = nil
 }
