@@ -492,7 +492,10 @@ func writeFile(t *slot, src source, algo nixhash.Algorithm, overNar bool) (ca, n
 	if err != nil {
 		return ca, narHash, 0, &os.PathError{Op: "create", Path: t.contentPath(), Err: err}
 	}
-	f := fdFile{fd: fd}
+	f := io.ReadWriter(fdFile{fd: fd})
+	if !t.t.s.opts.NoFsync {
+		f = &writeBehind{fdFile: fdFile{fd: fd}}
+	}
 	defer unix.Close(fd)
 	sha := nixhash.NewHasher(nixhash.SHA256)
 	cah := sha
@@ -571,6 +574,30 @@ func writeFile(t *slot, src source, algo nixhash.Algorithm, overNar bool) (ca, n
 		return ca, narHash, 0, err
 	}
 	return cah.Sum(), sha.Sum(), uint64(sha.Size()), nil
+}
+
+// writeBehindChunk is how much a big file being written may have dirty before
+// its write-out is started.
+const writeBehindChunk = 16 << 20
+
+// writeBehind starts the write-out of each writeBehindChunk of a file as soon
+// as it is written (sync_file_range, which does not wait), so that Commit's
+// sync finds little left to write: the disk works while the rest is read and
+// hashed, instead of all at the end.
+type writeBehind struct {
+	fdFile
+	written, started int64
+}
+
+func (w *writeBehind) Write(p []byte) (int, error) {
+	n, err := w.fdFile.Write(p)
+	w.written += int64(n)
+	if w.written-w.started >= writeBehindChunk {
+		// An error here only means the sync at commit does all the work.
+		unix.SyncFileRange(w.fd, w.started, w.written-w.started, unix.SYNC_FILE_RANGE_WRITE)
+		w.started = w.written
+	}
+	return n, err
 }
 
 // smallFile is the largest file writeFile reads in one go into a stack buffer.
