@@ -6,8 +6,8 @@
 #
 # Usage: bench/store-sbs.sh [ROUNDS]    (needs nix-store, nix, go, python3, /usr/bin/time)
 # With STORE_TMPFS=1 (as root) the stores live on a tmpfs, which takes the
-# file system's cost of creating inodes (large on a VM's ext4 just after a
-# store was deleted) out of the comparison.
+# file system's cost of creating inodes out of the comparison. Every fresh
+# store is preceded by a sync (see FRESH).
 set -eu
 ROUNDS=${1:-7}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -27,7 +27,10 @@ sandbox = false"
 export NIX_CONF_DIR=/nonexistent
 unset NIX_REMOTE NIX_STORE_DIR NIX_STATE_DIR NIX_LOG_DIR || true
 S="local?root=$W/s"
-FRESH="chmod -R u+w $W/s 2>/dev/null; rm -rf $W/s"
+# sync after the delete: the previous round's unlinks are flushed before the
+# timed command starts, for both tools, so ext4 measures the tool and not the
+# journal catching up with the last store's removal.
+FRESH="chmod -R u+w $W/s 2>/dev/null; rm -rf $W/s; sync"
 
 echo "== add the Go source tree ($(go env GOROOT)/src)"
 GOSRC=$(go env GOROOT)/src
