@@ -1,0 +1,534 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cairn/internal/derivation"
+	"cairn/internal/store"
+	"cairn/internal/store/local"
+	"cairn/internal/storepath"
+)
+
+// Status is the outcome of building one target, numbered as Nix's
+// BuildResult::Status (and the worker protocol).
+type Status int
+
+const (
+	Built            Status = 0
+	Substituted      Status = 1
+	AlreadyValid     Status = 2
+	PermanentFailure Status = 3
+	InputRejected    Status = 4
+	OutputRejected   Status = 5
+	TransientFailure Status = 6
+	CachedFailure    Status = 7
+	TimedOut         Status = 8
+	MiscFailure      Status = 9
+	DependencyFailed Status = 10
+)
+
+// Success reports whether s means the outputs are valid.
+func (s Status) Success() bool { return s == Built || s == Substituted || s == AlreadyValid }
+
+// Options are one request's build settings (nix.conf and the client's).
+type Options struct {
+	MaxJobs       int // builds at once; 0: none (Nix then needs remote builders)
+	Cores         int // NIX_BUILD_CORES
+	KeepFailed    bool
+	KeepGoing     bool
+	MaxSilentTime time.Duration // 0: none
+	Timeout       time.Duration // 0: none
+	// Sandbox runs builds in namespaces; a chroot store (real store dir ≠
+	// store dir) always does, as in Nix.
+	Sandbox bool
+	// SandboxPaths are sandbox-paths and extra-sandbox-paths entries:
+	// "path", "target=source", with a trailing "?" when optional.
+	SandboxPaths   []string
+	BuildDirTarget string // sandbox-build-dir; "" means /build
+	LogLines       int    // lines of log quoted in a failure; 0 means 10
+	System         string // "" means x86_64-linux
+	ExtraPlatforms []string
+}
+
+// Getter reads a setting by name (config.Settings and the daemon's
+// per-connection settings both are).
+type Getter interface{ Get(name string) string }
+
+// OptionsFrom reads Options from settings as Nix names them.
+func OptionsFrom(s Getter) Options {
+	atoi := func(name string) int {
+		var n int
+		fmt.Sscan(s.Get(name), &n)
+		return n
+	}
+	secs := func(name string) time.Duration { return time.Duration(atoi(name)) * time.Second }
+	o := Options{
+		MaxJobs:        atoi("max-jobs"),
+		Cores:          atoi("cores"),
+		KeepFailed:     s.Get("keep-failed") == "true",
+		KeepGoing:      s.Get("keep-going") == "true",
+		MaxSilentTime:  secs("max-silent-time"),
+		Timeout:        secs("timeout"),
+		Sandbox:        s.Get("sandbox") != "false",
+		SandboxPaths:   append(strings.Fields(s.Get("sandbox-paths")), strings.Fields(s.Get("extra-sandbox-paths"))...),
+		BuildDirTarget: s.Get("sandbox-build-dir"),
+		LogLines:       atoi("log-lines"),
+		System:         s.Get("system"),
+		ExtraPlatforms: strings.Fields(s.Get("extra-platforms")),
+	}
+	if s.Get("max-jobs") == "auto" {
+		o.MaxJobs = numCPU()
+	}
+	return o
+}
+
+// Target is what to build: a derivation and the outputs wanted (none: all).
+type Target struct {
+	Drv     storepath.StorePath
+	Outputs []string
+}
+
+func (t Target) String() string {
+	if len(t.Outputs) == 0 {
+		return t.Drv.String() + "!*"
+	}
+	return t.Drv.String() + "!" + strings.Join(t.Outputs, ",")
+}
+
+// Result is what became of one target.
+type Result struct {
+	Target     Target
+	Status     Status
+	Err        error // nil on success; its text is Nix's message
+	TimesBuilt int
+	Start      time.Time
+	Stop       time.Time
+	// Outputs are the wanted outputs' paths (on success).
+	Outputs map[string]storepath.StorePath
+}
+
+// Logger receives a request's progress. Its methods may be called from
+// several goroutines at once.
+type Logger interface {
+	// BuildStarted says a build of drv runs now; its output goes to the
+	// returned BuildLog until Done.
+	BuildStarted(drv storepath.StorePath) BuildLog
+	// Progress counts the request's builds.
+	Progress(done, expected, running, failed int)
+	// Error reports a dependency's failure (the target's own is in its
+	// Result), as Nix logs it.
+	Error(msg string)
+}
+
+// BuildLog receives one build's output, line by line.
+type BuildLog interface {
+	Line(text string)    // a line of the builder's output, without "\n"
+	Message(json string) // the JSON of an "@nix {…}" line
+	Done()
+}
+
+// Builder builds derivations into a local store. One Builder serves any
+// number of concurrent requests; requests for the same derivation share one
+// goal.
+type Builder struct {
+	store *local.Store
+	// buildsDir holds the build dirs: daemon-owned, 0700, outside /tmp.
+	buildsDir string
+
+	mu    sync.Mutex
+	goals map[storepath.StorePath]*goal
+	seq   atomic.Uint64
+	cache derivation.HashCache
+}
+
+// New returns a Builder for st whose build dirs live in buildsDir ("" means
+// STATE/builds), which it creates with mode 0700.
+func New(st *local.Store, buildsDir string) (*Builder, error) {
+	if buildsDir == "" {
+		buildsDir = filepath.Join(st.StateDir(), "builds")
+	}
+	if err := os.MkdirAll(buildsDir, 0o700); err != nil {
+		return nil, fmt.Errorf("build: %w", err)
+	}
+	if err := os.Chmod(buildsDir, 0o700); err != nil {
+		return nil, fmt.Errorf("build: %w", err)
+	}
+	return &Builder{store: st, buildsDir: buildsDir, goals: map[storepath.StorePath]*goal{}}, nil
+}
+
+// Store returns the store the builder builds into.
+func (b *Builder) Store() *local.Store { return b.store }
+
+// request is one Build call's state.
+type request struct {
+	b    *Builder
+	opts Options
+	log  Logger
+	jobs chan struct{}
+
+	mu                              sync.Mutex
+	done, expected, running, failed int
+	reported                        map[storepath.StorePath]bool
+}
+
+func (r *request) progress(f func()) {
+	r.mu.Lock()
+	f()
+	d, e, ru, fa := r.done, r.expected, r.running, r.failed
+	r.mu.Unlock()
+	if r.log != nil {
+		r.log.Progress(d, e, ru, fa)
+	}
+}
+
+// reportDep logs a failed dependency's error once per request.
+func (r *request) reportDep(g *goal) {
+	r.mu.Lock()
+	seen := r.reported[g.drvPath]
+	r.reported[g.drvPath] = true
+	r.mu.Unlock()
+	if !seen && r.log != nil && g.err != nil {
+		r.log.Error(g.err.Error())
+	}
+}
+
+// Build realises targets and returns a result per target, in order. Without
+// KeepGoing the first failure stops the builds nobody else waits for. The
+// error is about the request itself (a target that is not a derivation in
+// the store); build failures are in the results.
+func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log Logger) ([]Result, error) {
+	if opts.LogLines == 0 {
+		opts.LogLines = 10
+	}
+	if opts.BuildDirTarget == "" {
+		opts.BuildDirTarget = "/build"
+	}
+	if opts.System == "" {
+		opts.System = "x86_64-linux"
+	}
+	r := &request{b: b, opts: opts, log: log, reported: map[storepath.StorePath]bool{}}
+	if opts.MaxJobs > 0 {
+		r.jobs = make(chan struct{}, opts.MaxJobs)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	results := make([]Result, len(targets))
+	goals := make([]*goal, len(targets))
+	for i, t := range targets {
+		results[i].Target = t
+		drv, err := b.readDrv(ctx, t.Drv)
+		if err != nil {
+			for _, g := range goals[:i] {
+				b.release(g)
+			}
+			return nil, err
+		}
+		for _, o := range t.Outputs {
+			if _, ok := drv.Outputs[o]; !ok {
+				return nil, fmt.Errorf("derivation '%s' does not have an output named '%s'", t.Drv, o)
+			}
+		}
+		outs, missing, err := b.missing(ctx, drv, t.Outputs)
+		if err != nil {
+			return nil, err
+		}
+		if !missing {
+			results[i].Status = AlreadyValid
+			results[i].Outputs = outs
+			continue
+		}
+		goals[i] = b.acquire(r, t.Drv, drv)
+	}
+	defer func() {
+		for _, g := range goals {
+			if g != nil {
+				b.release(g)
+			}
+		}
+	}()
+
+	doneCh := make(chan int, len(targets))
+	for i, g := range goals {
+		if g == nil {
+			continue
+		}
+		go func() {
+			select {
+			case <-g.done:
+			case <-ctx.Done():
+			}
+			doneCh <- i
+		}()
+	}
+	for range countNonNil(goals) {
+		i := <-doneCh
+		g := goals[i]
+		select {
+		case <-g.done:
+		default:
+			continue // cancelled
+		}
+		res := &results[i]
+		res.Status, res.Err, res.TimesBuilt, res.Start, res.Stop = g.status, g.err, g.timesBuilt, g.start, g.stop
+		if g.status.Success() {
+			res.Outputs = map[string]storepath.StorePath{}
+			for name, o := range g.drv.Outputs {
+				if len(res.Target.Outputs) == 0 || slices.Contains(res.Target.Outputs, name) {
+					res.Outputs[name] = o.Path
+				}
+			}
+		} else if !opts.KeepGoing {
+			cancel()
+		}
+	}
+	for i, g := range goals {
+		if g != nil && results[i].Err == nil && !results[i].Status.Success() && results[i].Status == 0 {
+			select {
+			case <-g.done:
+			default:
+				results[i].Status = MiscFailure
+				results[i].Err = fmt.Errorf("build of '%s' was cancelled", targets[i].Drv)
+				if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+					results[i].Err = err
+				}
+			}
+		}
+	}
+	return results, nil
+}
+
+func countNonNil(gs []*goal) int {
+	n := 0
+	for _, g := range gs {
+		if g != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// readDrv reads a valid .drv from the store.
+func (b *Builder) readDrv(ctx context.Context, p storepath.StorePath) (*derivation.Derivation, error) {
+	if !p.IsDerivation() {
+		return nil, fmt.Errorf("path '%s' is not a derivation", p)
+	}
+	ok, err := b.store.IsValidPath(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("cannot build missing derivation '%s'", p)
+	}
+	return ReadDerivation(b.store, p)
+}
+
+// missing returns the wanted outputs' paths and whether any is not valid.
+func (b *Builder) missing(ctx context.Context, drv *derivation.Derivation, wanted []string) (map[string]storepath.StorePath, bool, error) {
+	outs := map[string]storepath.StorePath{}
+	var paths []storepath.StorePath
+	for name, o := range drv.Outputs {
+		if len(wanted) > 0 && !slices.Contains(wanted, name) {
+			continue
+		}
+		if o.Path.IsZero() {
+			return nil, false, fmt.Errorf("%w: building floating content-addressed or impure derivations", store.ErrUnsupported)
+		}
+		outs[name] = o.Path
+		paths = append(paths, o.Path)
+	}
+	valid, err := b.store.QueryValidPaths(ctx, paths)
+	if err != nil {
+		return nil, false, err
+	}
+	return outs, len(valid) != len(paths), nil
+}
+
+// goal builds every missing output of one derivation. Its result fields are
+// set before done is closed.
+type goal struct {
+	drvPath storepath.StorePath
+	drv     *derivation.Derivation
+	done    chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	refs    int // guarded by Builder.mu
+
+	status     Status
+	err        error
+	timesBuilt int
+	start      time.Time
+	stop       time.Time
+
+	mu       sync.Mutex
+	requests []*request
+	running  bool
+	sinks    []BuildLog
+}
+
+// acquire returns the goal for drvPath, joining a running one or starting
+// it for r.
+func (b *Builder) acquire(r *request, drvPath storepath.StorePath, drv *derivation.Derivation) *goal {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if g, ok := b.goals[drvPath]; ok {
+		g.refs++
+		g.join(r)
+		return g
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &goal{drvPath: drvPath, drv: drv, done: make(chan struct{}), ctx: ctx, cancel: cancel, refs: 1}
+	g.requests = []*request{r}
+	r.progress(func() { r.expected++ })
+	b.goals[drvPath] = g
+	go b.run(g, r)
+	return g
+}
+
+// release drops one reference; the last one cancels an unfinished goal.
+func (b *Builder) release(g *goal) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	g.refs--
+	if g.refs == 0 {
+		g.cancel()
+	}
+}
+
+// join adds r to the requests that see g's log and progress.
+func (g *goal) join(r *request) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if slices.Contains(g.requests, r) {
+		return
+	}
+	g.requests = append(g.requests, r)
+	r.progress(func() {
+		r.expected++
+		if g.running {
+			r.running++
+		}
+	})
+	if g.running && r.log != nil {
+		g.sinks = append(g.sinks, r.log.BuildStarted(g.drvPath))
+	}
+}
+
+// forEach calls f for every request following g.
+func (g *goal) forEach(f func(r *request)) {
+	g.mu.Lock()
+	rs := slices.Clone(g.requests)
+	g.mu.Unlock()
+	for _, r := range rs {
+		f(r)
+	}
+}
+
+// run is a goal's goroutine.
+func (b *Builder) run(g *goal, r *request) {
+	g.start = time.Now()
+	st, err := b.realise(g, r)
+	g.status, g.err, g.stop = st, err, time.Now()
+	b.mu.Lock()
+	delete(b.goals, g.drvPath)
+	b.mu.Unlock()
+	g.forEach(func(r *request) {
+		r.progress(func() {
+			if st.Success() {
+				r.done++
+			} else {
+				r.failed++
+			}
+		})
+	})
+	g.cancel()
+	close(g.done)
+}
+
+// realise makes g's outputs valid: inputs first, then the build.
+func (b *Builder) realise(g *goal, r *request) (Status, error) {
+	ctx := g.ctx
+	drv := g.drv
+
+	// Input derivations.
+	var subs []*goal
+	defer func() {
+		for _, s := range subs {
+			b.release(s)
+		}
+	}()
+	for _, in := range sortedPaths(drv.InputDrvs) {
+		inDrv, err := b.readDrv(ctx, in)
+		if err != nil {
+			return MiscFailure, err
+		}
+		_, missing, err := b.missing(ctx, inDrv, drv.InputDrvs[in])
+		if err != nil {
+			return MiscFailure, err
+		}
+		if missing {
+			subs = append(subs, b.acquire(r, in, inDrv))
+		}
+	}
+	failed := 0
+	if len(subs) > 0 {
+		doneCh := make(chan *goal, len(subs))
+		for _, s := range subs {
+			go func() {
+				select {
+				case <-s.done:
+					doneCh <- s
+				case <-ctx.Done():
+					doneCh <- nil
+				}
+			}()
+		}
+		for range subs {
+			s := <-doneCh
+			if s == nil {
+				return MiscFailure, ctx.Err()
+			}
+			if !s.status.Success() {
+				failed++
+				g.forEach(func(r *request) { r.reportDep(s) })
+				if !r.opts.KeepGoing {
+					break
+				}
+			}
+		}
+	}
+	if failed > 0 {
+		return DependencyFailed, fmt.Errorf("%s dependencies of derivation '%s' failed to build", hl(fmt.Sprint(failed)), hl(g.drvPath.String()))
+	}
+	for _, src := range drv.InputSrcs {
+		ok, err := b.store.IsValidPath(ctx, src)
+		if err != nil {
+			return MiscFailure, err
+		}
+		if !ok {
+			return DependencyFailed, fmt.Errorf("dependency '%s' of '%s' does not exist, and substitution is disabled", hl(src.String()), hl(g.drvPath.String()))
+		}
+	}
+	return b.build(g, r)
+}
+
+func sortedPaths[V any](m map[storepath.StorePath]V) []storepath.StorePath {
+	ps := make([]storepath.StorePath, 0, len(m))
+	for p := range m {
+		ps = append(ps, p)
+	}
+	storepath.SortPaths(ps)
+	return ps
+}
+
+// hl highlights an argument of a message as Nix's hintfmt does.
+func hl(s string) string { return "\x1b[35;1m" + s + "\x1b[0m" }

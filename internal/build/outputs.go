@@ -1,0 +1,195 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"cairn/internal/nar"
+	"cairn/internal/refscan"
+	"cairn/internal/store/local"
+
+	"cairn/internal/derivation"
+	"cairn/internal/fsnar"
+	"cairn/internal/nixhash"
+	"cairn/internal/store"
+	"cairn/internal/storepath"
+)
+
+// registerOutputs checks, scans and registers every output the builder
+// left in dirs, together, with g's .drv as their deriver. The caller holds
+// the outputs' path locks. Outputs are canonicalised where the builder left
+// them, hashed and scanned in one pass, moved into the store dir and
+// registered in one transaction.
+func (b *Builder) registerOutputs(ctx context.Context, g *goal, dirs *buildDirs, inputs []storepath.StorePath) (Status, error) {
+	st := b.store
+	drv := g.drv
+	candidates := append([]storepath.StorePath(nil), inputs...)
+	for _, o := range drv.Outputs {
+		candidates = append(candidates, o.Path)
+	}
+	var delayed error
+	var infos []*store.PathInfo
+	var srcs []string
+	for _, name := range drv.OutputNames() {
+		o := drv.Outputs[name]
+		dir := dirs.outputDir(st, o.Path)
+		fi, err := os.Lstat(dir)
+		if err != nil {
+			return OutputRejected, fmt.Errorf("builder for '%s' failed to produce output path for output '%s' at '%s'",
+				hl(g.drvPath.String()), hl(name), hl(o.Path.String()))
+		}
+		if ok, err := st.IsValidPath(ctx, o.Path); err != nil {
+			return MiscFailure, err
+		} else if ok {
+			continue // made by someone else meanwhile; keep theirs
+		}
+		if err := canonicalise(dir); err != nil {
+			return MiscFailure, fmt.Errorf("canonicalise output '%s' of '%s': %w", name, g.drvPath, err)
+		}
+		info := &store.PathInfo{Path: o.Path, Deriver: g.drvPath, Ultimate: true}
+		if err := hashAndScan(ctx, info, dir, candidates); err != nil {
+			return MiscFailure, fmt.Errorf("hash output '%s' of '%s': %w", name, g.drvPath, err)
+		}
+		if !o.Hash.IsZero() {
+			got, err := fixedHash(ctx, dir, fi, o)
+			if err != nil {
+				return OutputRejected, fmt.Errorf("fixed-output derivation '%s': %w", hl(g.drvPath.String()), err)
+			}
+			if len(info.References) > 0 {
+				return OutputRejected, fmt.Errorf("illegal path references in fixed-output derivation '%s'", hl(g.drvPath.String()))
+			}
+			info.CA = nixhash.ContentAddress{Method: o.Method, Hash: got}
+			if got != o.Hash {
+				p, err := st.StoreDir().MakeFixedOutputPath(o.Path.Name(), info.CA, nil, false)
+				if err != nil {
+					return MiscFailure, err
+				}
+				info.Path = p
+				info.Deriver = storepath.StorePath{}
+				delayed = fmt.Errorf("hash mismatch in fixed-output derivation '%s':\n  specified: %s\n     got:    %s",
+					hl(g.drvPath.String()), hl(o.Hash.SRI()), hl(got.SRI()))
+			}
+		}
+		infos = append(infos, info)
+		srcs = append(srcs, dir)
+	}
+	if err := checkReferences(ctx, st, drv, infos); err != nil {
+		return OutputRejected, err
+	}
+	for i, info := range infos {
+		if err := b.moveIntoStore(srcs[i], info.Path); err != nil {
+			return MiscFailure, err
+		}
+	}
+	if len(infos) > 0 {
+		if err := st.RegisterValidPaths(ctx, infos); err != nil {
+			return MiscFailure, err
+		}
+	}
+	if delayed != nil {
+		return OutputRejected, delayed
+	}
+	return Built, nil
+}
+
+// canonicalise canonicalises the tree at path, keeping a directory root
+// writable so that it can still be moved.
+func canonicalise(path string) error {
+	fd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return local.Canonicalise(fd, filepath.Base(path), true)
+}
+
+// hashAndScan sets info's NAR hash, size and references (the candidates
+// that occur) from one dump of the tree at path.
+func hashAndScan(ctx context.Context, info *store.PathInfo, path string, candidates []storepath.StorePath) error {
+	sc := refscan.NewForPaths(candidates)
+	h := nixhash.NewHasher(nixhash.SHA256)
+	cw := &countWriter{}
+	if err := fsnar.Dump(ctx, io.MultiWriter(h, sc, cw), path); err != nil {
+		return err
+	}
+	info.NarHash = h.Sum()
+	info.NarSize = uint64(cw.n)
+	info.References = sc.FoundPaths()
+	storepath.SortPaths(info.References)
+	return nil
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// moveIntoStore puts the finished output at src at p's real path: a rename
+// (an invalid leftover there is removed first), or a copy across file
+// systems.
+func (b *Builder) moveIntoStore(src string, p storepath.StorePath) error {
+	st := b.store
+	dst := st.RealPath(p)
+	if src != dst {
+		if _, err := os.Lstat(dst); err == nil {
+			if err := removeAll(dst); err != nil {
+				return fmt.Errorf("remove invalid path %s: %w", dst, err)
+			}
+		}
+		err := os.Rename(src, dst)
+		if errors.Is(err, unix.EXDEV) {
+			err = copyTree(src, dst)
+		}
+		if err != nil {
+			return fmt.Errorf("move output %s: %w", p, err)
+		}
+	}
+	fd, err := unix.Open(filepath.Dir(dst), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return local.CanonicaliseRoot(fd, filepath.Base(dst))
+}
+
+// copyTree copies a canonical tree by dumping and restoring it.
+func copyTree(src, dst string) error {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(nar.Dump(pw, src, nar.DumpOptions{})) }()
+	err := nar.Restore(pr, dst, nar.RestoreOptions{})
+	pr.CloseWithError(io.ErrClosedPipe)
+	if err != nil {
+		return err
+	}
+	return canonicalise(dst)
+}
+
+// fixedHash hashes a fixed output as its content address says: the file's
+// bytes (flat) or its NAR (recursive).
+func fixedHash(ctx context.Context, dir string, fi os.FileInfo, o derivation.Output) (nixhash.Hash, error) {
+	h := nixhash.NewHasher(o.HashAlgo)
+	switch o.Method {
+	case nixhash.Recursive:
+		if err := fsnar.Dump(ctx, h, dir); err != nil {
+			return nixhash.Hash{}, err
+		}
+	default:
+		if !fi.Mode().IsRegular() || fi.Mode()&0o100 != 0 {
+			return nixhash.Hash{}, fmt.Errorf("output path '%s' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)", dir)
+		}
+		f, err := os.Open(dir)
+		if err != nil {
+			return nixhash.Hash{}, err
+		}
+		defer f.Close()
+		if _, err := io.Copy(h, f); err != nil {
+			return nixhash.Hash{}, err
+		}
+	}
+	return h.Sum(), nil
+}

@@ -1,0 +1,637 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"cairn/internal/derivation"
+	"cairn/internal/sandbox"
+	"cairn/internal/store/local"
+	"cairn/internal/storepath"
+)
+
+// Limits on what a builder sends back.
+const (
+	// MaxLogLine is the longest log line passed on whole; longer lines are
+	// cut into pieces of this size.
+	MaxLogLine = 64 << 10
+	// sandboxUID and sandboxGID are the ids the builder has inside the
+	// sandbox, as in Nix 2.8.
+	sandboxUID = 1000
+	sandboxGID = 100
+)
+
+func numCPU() int { return runtime.NumCPU() }
+
+// build runs g's builder and registers its outputs. The inputs are valid.
+func (b *Builder) build(g *goal, r *request) (Status, error) {
+	ctx := g.ctx
+	drv := g.drv
+	opts := r.opts
+	if strings.HasPrefix(drv.Builder, "builtin:") {
+		return MiscFailure, fmt.Errorf("building '%s': builtin builder '%s' is not supported yet", g.drvPath, drv.Builder)
+	}
+	if drv.Platform != opts.System && !slices.Contains(opts.ExtraPlatforms, drv.Platform) {
+		return MiscFailure, fmt.Errorf("a '%s' is required to build '%s', but I am a '%s'", hl(drv.Platform), hl(g.drvPath.String()), hl(opts.System))
+	}
+	if opts.MaxJobs == 0 {
+		return MiscFailure, errors.New("unable to start any build; either increase '--max-jobs' or enable remote builds." +
+			"\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html")
+	}
+	select {
+	case r.jobs <- struct{}{}:
+	case <-ctx.Done():
+		return MiscFailure, ctx.Err()
+	}
+	defer func() { <-r.jobs }()
+
+	st := b.store
+	var reals []string
+	for _, name := range drv.OutputNames() {
+		reals = append(reals, st.RealPath(drv.Outputs[name].Path))
+	}
+	locks, err := local.LockPaths(ctx, reals)
+	if err != nil {
+		return MiscFailure, err
+	}
+	built := false
+	defer func() { locks.Unlock(built) }()
+	if _, missing, err := b.missing(ctx, drv, nil); err != nil {
+		return MiscFailure, err
+	} else if !missing {
+		built = true
+		return AlreadyValid, nil
+	}
+
+	status, err := b.runBuild(g, r)
+	built = status.Success()
+	return status, err
+}
+
+// buildDirs are one build's directories on the host.
+type buildDirs struct {
+	top   string // STATE/builds/<name>-<n>, 0700
+	build string // the builder's /build
+	root  string // the sandbox's root (sandboxed builds only)
+	store string // the writable store dir inside the sandbox (sandboxed builds only)
+}
+
+// outputDir is where the builder leaves output p.
+func (d *buildDirs) outputDir(st *local.Store, p storepath.StorePath) string {
+	if d.store != "" {
+		return filepath.Join(d.store, p.Base())
+	}
+	return st.RealPath(p)
+}
+
+func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
+	ctx := g.ctx
+	drv := g.drv
+	opts := r.opts
+	st := b.store
+	sandboxed := opts.Sandbox || st.RealStoreDir() != string(st.StoreDir())
+
+	// Input closure: input sources and the wanted outputs of input drvs.
+	roots := slices.Clone(drv.InputSrcs)
+	for _, in := range sortedPaths(drv.InputDrvs) {
+		inDrv, err := b.readDrv(ctx, in)
+		if err != nil {
+			return MiscFailure, err
+		}
+		for _, o := range drv.InputDrvs[in] {
+			out, ok := inDrv.Outputs[o]
+			if !ok || out.Path.IsZero() {
+				return MiscFailure, fmt.Errorf("derivation '%s' has no output '%s'", in, o)
+			}
+			roots = append(roots, out.Path)
+		}
+	}
+	inputs, err := st.QueryClosure(ctx, roots, false)
+	if err != nil {
+		return MiscFailure, err
+	}
+
+	dirs, err := b.makeDirs(g.drvPath, sandboxed)
+	if err != nil {
+		return MiscFailure, err
+	}
+	keep := false
+	defer func() {
+		if keep {
+			return
+		}
+		removeAll(dirs.top)
+	}()
+
+	outputs := map[string]storepath.StorePath{}
+	for name, o := range drv.Outputs {
+		outputs[name] = o.Path
+		if !sandboxed {
+			// A leftover from an interrupted build is in the way.
+			if err := removeAll(st.RealPath(o.Path)); err != nil {
+				return MiscFailure, err
+			}
+		}
+	}
+	buildTop := dirs.build
+	if sandboxed {
+		buildTop = opts.BuildDirTarget
+	}
+	env, err := MakeEnv(drv, EnvParams{StoreDir: st.StoreDir(), BuildTop: buildTop, Cores: opts.Cores, Outputs: outputs})
+	if err != nil {
+		return MiscFailure, err
+	}
+	if _, structured := drv.Env["__json"]; !structured {
+		if err := b.exportReferencesGraph(ctx, drv, inputs, env); err != nil {
+			return MiscFailure, err
+		}
+	}
+	for name, data := range env.Files {
+		if err := os.WriteFile(filepath.Join(dirs.build, name), data, 0o644); err != nil {
+			return MiscFailure, fmt.Errorf("build %s: %w", g.drvPath, err)
+		}
+	}
+
+	// The log.
+	logFile, err := b.openLogFile(g.drvPath)
+	if err != nil {
+		return MiscFailure, err
+	}
+	defer logFile.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return MiscFailure, err
+	}
+	defer pr.Close()
+
+	var p process
+	g.timesBuilt++
+	if sandboxed {
+		spec, err := b.spec(ctx, g, r, dirs, env, inputs)
+		if err != nil {
+			pw.Close()
+			return MiscFailure, err
+		}
+		spec.Log = pw
+		sp, err := sandbox.Start(ctx, spec)
+		pw.Close()
+		if err != nil {
+			return MiscFailure, fmt.Errorf("while setting up the build environment: %w", err)
+		}
+		p = sandboxProcess{sp}
+	} else {
+		cmd := exec.Command(drv.Builder, drv.Args...)
+		cmd.Args[0] = filepath.Base(drv.Builder)
+		cmd.Env = env.List()
+		cmd.Dir = dirs.build
+		cmd.Stdout, cmd.Stderr = pw, pw
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		err := cmd.Start()
+		pw.Close()
+		if err != nil {
+			return MiscFailure, fmt.Errorf("executing '%s': %w", drv.Builder, err)
+		}
+		p = &hostProcess{cmd: cmd}
+	}
+	b.started(g)
+	defer b.finished(g)
+
+	// Watch the clocks while the log flows.
+	var mu sync.Mutex
+	var timedOut error
+	kill := func(e error) {
+		mu.Lock()
+		if timedOut == nil {
+			timedOut = e
+		}
+		mu.Unlock()
+		p.Kill()
+	}
+	name := fmt.Sprintf("building of '%s' from .drv file", hl(Target{Drv: g.drvPath}.String()))
+	var silence *time.Timer
+	if opts.MaxSilentTime > 0 {
+		silence = time.AfterFunc(opts.MaxSilentTime, func() {
+			kill(fmt.Errorf("%s timed out after %s seconds of silence", name, hl(fmt.Sprint(int(opts.MaxSilentTime/time.Second)))))
+		})
+		defer silence.Stop()
+	}
+	if opts.Timeout > 0 {
+		t := time.AfterFunc(opts.Timeout, func() {
+			kill(fmt.Errorf("%s timed out after %s seconds", name, hl(fmt.Sprint(int(opts.Timeout/time.Second)))))
+		})
+		defer t.Stop()
+	}
+	lw := newLineWriter(opts.LogLines, func(line string) {
+		g.mu.Lock()
+		sinks := slices.Clone(g.sinks)
+		g.mu.Unlock()
+		if rest, ok := strings.CutPrefix(line, "@nix "); ok {
+			for _, s := range sinks {
+				s.Message(rest)
+			}
+			return
+		}
+		for _, s := range sinks {
+			s.Line(line)
+		}
+	})
+	copyDone := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := pr.Read(buf)
+			if n > 0 {
+				if silence != nil {
+					silence.Reset(opts.MaxSilentTime)
+				}
+				logFile.Write(buf[:n])
+				lw.Write(buf[:n])
+			}
+			if err != nil {
+				copyDone <- err
+				return
+			}
+		}
+	}()
+	code, sig, werr := p.Wait()
+	if hp, ok := p.(*hostProcess); ok {
+		hp.Kill() // whatever the builder left running
+	}
+	<-copyDone
+	lw.Flush()
+
+	mu.Lock()
+	to := timedOut
+	mu.Unlock()
+	if to != nil {
+		keep = opts.KeepFailed
+		return TimedOut, to
+	}
+	if werr != nil && ctx.Err() != nil {
+		return MiscFailure, ctx.Err()
+	}
+	if werr != nil || code != 0 {
+		msg := fmt.Sprintf("builder for '%s' %s", hl(g.drvPath.String()), statusString(code, sig))
+		if tail := lw.Tail(); len(tail) > 0 {
+			msg += fmt.Sprintf(";\nlast %d log lines:\n", len(tail))
+			for _, l := range tail {
+				msg += "> " + l + "\n"
+			}
+			msg += fmt.Sprintf("For full logs, run '\x1b[1mnix log %s\x1b[0m'.", g.drvPath)
+		}
+		if werr != nil {
+			msg += "\n" + werr.Error()
+		}
+		keep = opts.KeepFailed
+		if keep {
+			r.logKeep(dirs.build)
+		}
+		st := PermanentFailure
+		if !sandboxed {
+			st = TransientFailure
+		}
+		return st, errors.New(msg)
+	}
+
+	status, err = b.registerOutputs(ctx, g, dirs, inputs)
+	if err != nil && opts.KeepFailed {
+		keep = true
+		r.logKeep(dirs.build)
+	}
+	return status, err
+}
+
+func (r *request) logKeep(dir string) {
+	if r.log != nil {
+		r.log.Error(fmt.Sprintf("note: keeping build directory '%s'", dir))
+	}
+}
+
+// statusString is Nix's statusToString for a failed builder.
+func statusString(code int, sig syscall.Signal) string {
+	if code >= 0 {
+		return fmt.Sprintf("failed with exit code %d", code)
+	}
+	return fmt.Sprintf("failed due to signal %d (%s)", int(sig), strings.ToUpper(sig.String()[:1])+sig.String()[1:])
+}
+
+// started marks g running and opens a log for every request following it.
+func (b *Builder) started(g *goal) {
+	g.mu.Lock()
+	g.running = true
+	rs := slices.Clone(g.requests)
+	g.mu.Unlock()
+	for _, r := range rs {
+		r.progress(func() { r.running++ })
+		if r.log != nil {
+			s := r.log.BuildStarted(g.drvPath)
+			g.mu.Lock()
+			g.sinks = append(g.sinks, s)
+			g.mu.Unlock()
+		}
+	}
+}
+
+func (b *Builder) finished(g *goal) {
+	g.mu.Lock()
+	g.running = false
+	sinks := g.sinks
+	g.sinks = nil
+	rs := slices.Clone(g.requests)
+	g.mu.Unlock()
+	for _, s := range sinks {
+		s.Done()
+	}
+	for _, r := range rs {
+		r.progress(func() { r.running-- })
+	}
+}
+
+// makeDirs makes the build's directories inside the builder's 0700 dir.
+func (b *Builder) makeDirs(drvPath storepath.StorePath, sandboxed bool) (*buildDirs, error) {
+	name := strings.TrimSuffix(drvPath.Name(), ".drv")
+	top := filepath.Join(b.buildsDir, fmt.Sprintf("nix-build-%s-%d-%d", name, os.Getpid(), b.seq.Add(1)))
+	d := &buildDirs{top: top, build: filepath.Join(top, "build")}
+	if err := os.Mkdir(top, 0o700); err != nil {
+		return nil, fmt.Errorf("build %s: %w", drvPath, err)
+	}
+	mk := []string{d.build}
+	if sandboxed {
+		d.root, d.store = filepath.Join(top, "root"), filepath.Join(top, "store")
+		mk = append(mk, d.root, d.store)
+	}
+	for _, dir := range mk {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("build %s: %w", drvPath, err)
+		}
+	}
+	if sandboxed {
+		// Nix's chroot store dir mode: the build user may write there.
+		if err := os.Chmod(d.store, 0o1775); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// spec is the sandbox of one build.
+func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs, env *Env, inputs []storepath.StorePath) (*sandbox.Spec, error) {
+	st := b.store
+	drv := g.drv
+	opts := r.opts
+	storeDir := string(st.StoreDir())
+	binds := []sandbox.Bind{{Source: dirs.store, Target: storeDir, Writable: true}}
+	seen := map[string]bool{storeDir: true}
+	add := func(bd sandbox.Bind) {
+		if !seen[bd.Target] {
+			seen[bd.Target] = true
+			binds = append(binds, bd)
+		}
+	}
+	outputs := map[string]bool{}
+	for _, o := range drv.Outputs {
+		outputs[o.Path.String()] = true
+	}
+	// sandbox-paths, and the closures of store paths among them.
+	var extraRoots []storepath.StorePath
+	for _, entry := range opts.SandboxPaths {
+		optional := strings.HasSuffix(entry, "?")
+		entry = strings.TrimSuffix(entry, "?")
+		target, source, ok := strings.Cut(entry, "=")
+		if !ok {
+			source = target
+		}
+		if !filepath.IsAbs(target) || !filepath.IsAbs(source) {
+			return nil, fmt.Errorf("sandbox-paths: '%s' is not an absolute path", entry)
+		}
+		if sp, _, err := st.StoreDir().ToStorePath(source); err == nil {
+			extraRoots = append(extraRoots, sp)
+			source = filepath.Join(st.RealStoreDir(), strings.TrimPrefix(source, storeDir+"/"))
+		}
+		add(sandbox.Bind{Source: source, Target: filepath.Clean(target), Optional: optional})
+	}
+	if len(extraRoots) > 0 {
+		valid, err := st.QueryValidPaths(ctx, extraRoots)
+		if err != nil {
+			return nil, err
+		}
+		closure, err := st.QueryClosure(ctx, valid, false)
+		if err != nil {
+			return nil, err
+		}
+		inputs = append(slices.Clone(inputs), closure...)
+	}
+	for _, p := range inputs {
+		if outputs[p.String()] {
+			continue
+		}
+		add(sandbox.Bind{Source: st.RealPath(p), Target: p.String()})
+	}
+
+	files := []sandbox.File{
+		{Path: "/etc/passwd", Content: fmt.Appendf(nil,
+			"root:x:0:0:Nix build user:%[3]s:/noshell\nnixbld:x:%[1]d:%[2]d:Nix build user:%[3]s:/noshell\nnobody:x:65534:65534:Nobody:/:/noshell\n",
+			sandboxUID, sandboxGID, opts.BuildDirTarget)},
+		{Path: "/etc/group", Content: fmt.Appendf(nil, "root:x:0:\nnixbld:!:%d:\nnogroup:x:65534:\n", sandboxGID)},
+	}
+	if kind, _ := drv.Type(); kind != derivation.CAFixed {
+		files = append(files, sandbox.File{Path: "/etc/hosts", Content: []byte("127.0.0.1 localhost\n::1 localhost\n")})
+	} else {
+		files = append(files, sandbox.File{Path: "/etc/nsswitch.conf", Content: []byte("hosts: files dns\nservices: files\n")})
+		for _, f := range []string{"/etc/resolv.conf", "/etc/services", "/etc/hosts"} {
+			add(sandbox.Bind{Source: f, Target: f, Optional: true})
+		}
+	}
+	args := append([]string{filepath.Base(drv.Builder)}, drv.Args...)
+	spec := &sandbox.Spec{
+		Root:           dirs.root,
+		Binds:          binds,
+		Tmpfs:          []sandbox.Tmpfs{{Target: "/tmp"}},
+		Files:          files,
+		BuildDir:       dirs.build,
+		BuildDirTarget: opts.BuildDirTarget,
+		UID:            sandboxUID,
+		GID:            sandboxGID,
+		UIDMap:         []sandbox.IDMap{{Inside: sandboxUID, Outside: os.Geteuid(), Count: 1}},
+		GIDMap:         []sandbox.IDMap{{Inside: sandboxGID, Outside: os.Getegid(), Count: 1}},
+		Setgroups:      os.Geteuid() == 0,
+		Command:        sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: opts.BuildDirTarget},
+	}
+	return spec, nil
+}
+
+var exportNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+
+// exportReferencesGraph writes, for each "name path" pair of the
+// attribute, the closure of path in the registration format Nix uses
+// (no hashes, no derivers).
+func (b *Builder) exportReferencesGraph(ctx context.Context, drv *derivation.Derivation, inputs []storepath.StorePath, env *Env) error {
+	words := strings.Fields(drv.Env["exportReferencesGraph"])
+	if len(words)%2 != 0 {
+		return fmt.Errorf("odd number of tokens in 'exportReferencesGraph': '%s'", drv.Env["exportReferencesGraph"])
+	}
+	st := b.store
+	for i := 0; i < len(words); i += 2 {
+		name, ps := words[i], words[i+1]
+		if !exportNameRE.MatchString(name) {
+			return fmt.Errorf("invalid file name '%s' in 'exportReferencesGraph'", name)
+		}
+		p, _, err := st.StoreDir().ToStorePath(ps)
+		if err != nil {
+			return fmt.Errorf("'exportReferencesGraph' contains a non-store path '%s'", ps)
+		}
+		if !slices.Contains(inputs, p) {
+			return fmt.Errorf("cannot export references of path '%s' because it is not in the input closure of the derivation", p)
+		}
+		closure, err := st.QueryClosure(ctx, []storepath.StorePath{p}, false)
+		if err != nil {
+			return err
+		}
+		refs, err := st.QueryReferencesOf(ctx, closure)
+		if err != nil {
+			return err
+		}
+		var sb strings.Builder
+		for _, q := range closure {
+			rs := slices.Clone(refs[q])
+			storepath.SortPaths(rs)
+			fmt.Fprintf(&sb, "%s\n\n%d\n", q, len(rs))
+			for _, r := range rs {
+				sb.WriteString(r.String() + "\n")
+			}
+		}
+		env.Files[name] = []byte(sb.String())
+	}
+	return nil
+}
+
+// openLogFile creates LOGDIR/drvs/XX/REST for the build of drvPath.
+func (b *Builder) openLogFile(drvPath storepath.StorePath) (*os.File, error) {
+	base := drvPath.Base()
+	dir := filepath.Join(b.store.LogDir(), "drvs", base[:2])
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("build log %s: %w", drvPath, err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, base[2:]), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("build log %s: %w", drvPath, err)
+	}
+	return f, nil
+}
+
+// process is a running builder.
+type process interface {
+	Wait() (code int, sig syscall.Signal, err error)
+	Kill()
+}
+
+type sandboxProcess struct{ p *sandbox.Process }
+
+func (s sandboxProcess) Wait() (int, syscall.Signal, error) {
+	st, err := s.p.Wait()
+	return st.Code, st.Signal, err
+}
+func (s sandboxProcess) Kill() { s.p.Kill() }
+
+type hostProcess struct{ cmd *exec.Cmd }
+
+func (h *hostProcess) Wait() (int, syscall.Signal, error) {
+	err := h.cmd.Wait()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		return -1, 0, err
+	}
+	ws := h.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		return -1, ws.Signal(), nil
+	}
+	return ws.ExitStatus(), 0, nil
+}
+func (h *hostProcess) Kill() { syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL) }
+
+// lineWriter splits a builder's output into lines as Nix does ("\r"
+// rewinds the line) and keeps the last few.
+type lineWriter struct {
+	emit func(string)
+	line []byte
+	pos  int
+	tail []string
+	max  int
+}
+
+func newLineWriter(max int, emit func(string)) *lineWriter {
+	return &lineWriter{emit: emit, max: max}
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	for _, c := range p {
+		switch c {
+		case '\r':
+			w.pos = 0
+		case '\n':
+			w.flushLine()
+		default:
+			if w.pos < len(w.line) {
+				w.line[w.pos] = c
+			} else {
+				w.line = append(w.line, c)
+			}
+			w.pos++
+			if len(w.line) >= MaxLogLine {
+				w.flushLine()
+			}
+		}
+	}
+	return len(p), nil
+}
+
+func (w *lineWriter) flushLine() {
+	s := string(w.line)
+	w.line, w.pos = w.line[:0], 0
+	w.emit(s)
+	if strings.HasPrefix(s, "@nix ") {
+		return
+	}
+	w.tail = append(w.tail, s)
+	if len(w.tail) > w.max {
+		w.tail = w.tail[1:]
+	}
+}
+
+// Flush emits an unfinished last line.
+func (w *lineWriter) Flush() {
+	if len(w.line) > 0 {
+		w.flushLine()
+	}
+}
+
+func (w *lineWriter) Tail() []string { return w.tail }
+
+var _ io.Writer = (*lineWriter)(nil)
+
+// removeAll deletes a tree, making read-only directories writable first
+// (outputs and kept build dirs are read-only).
+func removeAll(path string) error {
+	if err := os.RemoveAll(path); err == nil {
+		return nil
+	}
+	filepath.Walk(path, func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.IsDir() {
+			os.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	return os.RemoveAll(path)
+}
