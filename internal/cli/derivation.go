@@ -21,6 +21,7 @@ func newDerivationCmd() *cobra.Command {
 		Short: "Work with derivations (.drv files)",
 	}
 	cmd.AddCommand(newDerivationShowCmd())
+	cmd.AddCommand(newDerivationAddCmd()) // derivation_add.go
 	return cmd
 }
 

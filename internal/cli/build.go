@@ -1,0 +1,287 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"cairn/internal/build"
+	"cairn/internal/config"
+	"cairn/internal/store"
+	"cairn/internal/store/local"
+	"cairn/internal/storepath"
+)
+
+func init() { register(newBuildCmd) }
+
+const buildUsage = `Usage: cairn build [--store URL] [--option NAME VALUE]... [-K|--keep-failed] [-k|--keep-going]
+       [-j|--max-jobs N] [--cores N] [--max-silent-time SECS] [--timeout SECS] TARGET...
+
+Build the outputs of derivations into the store and print their paths, one a line.
+A TARGET is a .drv store path (optionally with !out,dev), a .drv file anywhere (added to
+the store first, its input derivations beside it), or derivations in nix show-derivation
+JSON form (all added; those no other one depends on are built).
+
+Settings come from $NIX_CONF_DIR/nix.conf, $NIX_CONFIG and --option, as for the daemon:
+e.g. --option sandbox-paths /bin/sh=/bin/busybox makes busybox the builders' /bin/sh.
+`
+
+// buildArgs are the parsed arguments of `cairn build`.
+type buildArgs struct {
+	store   string
+	options [][2]string
+	targets []string
+	help    bool
+}
+
+// parseBuildArgs parses the command line by hand: cobra cannot take the
+// two-valued --option.
+func parseBuildArgs(args []string) (*buildArgs, error) {
+	a := &buildArgs{}
+	set := func(name, value string) { a.options = append(a.options, [2]string{name, value}) }
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		need := func(n int) ([]string, error) {
+			if i+n >= len(args) {
+				return nil, fmt.Errorf("flag '%s' requires %d argument(s)", arg, n)
+			}
+			v := args[i+1 : i+1+n]
+			i += n
+			return v, nil
+		}
+		one := func(name string) error {
+			v, err := need(1)
+			if err != nil {
+				return err
+			}
+			set(name, v[0])
+			return nil
+		}
+		var err error
+		switch arg {
+		case "--store":
+			var v []string
+			if v, err = need(1); err == nil {
+				a.store = v[0]
+			}
+		case "--option":
+			var v []string
+			if v, err = need(2); err == nil {
+				set(v[0], v[1])
+			}
+		case "-K", "--keep-failed":
+			set("keep-failed", "true")
+		case "-k", "--keep-going":
+			set("keep-going", "true")
+		case "-j", "--max-jobs":
+			err = one("max-jobs")
+		case "--cores":
+			err = one("cores")
+		case "--max-silent-time":
+			err = one("max-silent-time")
+		case "--timeout":
+			err = one("timeout")
+		case "--no-sandbox":
+			set("sandbox", "false")
+		case "-h", "--help":
+			a.help = true
+		default:
+			if strings.HasPrefix(arg, "--store=") {
+				a.store = strings.TrimPrefix(arg, "--store=")
+			} else if strings.HasPrefix(arg, "-") && arg != "-" {
+				err = fmt.Errorf("unrecognised flag '%s'", arg)
+			} else {
+				a.targets = append(a.targets, arg)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+func newBuildCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                "build [flags] TARGET...",
+		Short:              "Build derivations and print their output paths",
+		Long:               buildUsage,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := parseBuildArgs(args)
+			if err != nil {
+				return err
+			}
+			if a.help {
+				fmt.Fprint(cmd.OutOrStdout(), buildUsage)
+				return nil
+			}
+			if len(a.targets) == 0 {
+				return errors.New("nothing to build: give a .drv path, a .drv file or a JSON file")
+			}
+			return runBuild(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), a)
+		},
+	}
+}
+
+func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error {
+	warn := func(s string) { fmt.Fprintf(stderr, "warning: %s\n", s) }
+	settings, err := config.Load(os.Getenv, warn)
+	if err != nil {
+		return err
+	}
+	for _, o := range a.options {
+		if err := settings.Set(o[0], o[1]); err != nil {
+			return err
+		}
+	}
+	url := a.store
+	if url == "" {
+		if url, err = store.DefaultURL(nil); err != nil {
+			return err
+		}
+	}
+	cfg, err := store.ParseURL(url, nil)
+	if err != nil {
+		return err
+	}
+	if cfg.Scheme != store.SchemeLocal {
+		return fmt.Errorf("%s: %w: cairn build needs a local store", cfg.URL, store.ErrUnsupported)
+	}
+	st, err := local.Open(ctx, cfg, local.DefaultOptions())
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	var targets []build.Target
+	for _, arg := range a.targets {
+		ts, err := resolveBuildTarget(ctx, st, arg)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, ts...)
+	}
+	b, err := build.New(st, "")
+	if err != nil {
+		return err
+	}
+	log := &cliBuildLog{w: stderr}
+	results, err := b.Build(ctx, targets, build.OptionsFrom(settings), log)
+	if err != nil {
+		return err
+	}
+	var failed []build.Result
+	for _, r := range results {
+		if !r.Status.Success() {
+			failed = append(failed, r)
+			continue
+		}
+		for _, name := range sortedOutputNames(r.Outputs) {
+			fmt.Fprintln(stdout, r.Outputs[name])
+		}
+	}
+	switch {
+	case len(failed) == 1:
+		return &exitError{status: buildExitStatus(failed), err: failed[0].Err}
+	case len(failed) > 1:
+		var names []string
+		for _, r := range failed {
+			log.Error(r.Err.Error())
+			names = append(names, "'"+r.Target.Drv.String()+"'")
+		}
+		return &exitError{status: buildExitStatus(failed), err: fmt.Errorf("build of %s failed", strings.Join(names, ", "))}
+	}
+	return nil
+}
+
+// buildExitStatus is Nix's worker exit status: 100 for a build failure,
+// plus 1 if one timed out, plus 2 for a hash mismatch; 1 otherwise.
+func buildExitStatus(failed []build.Result) int {
+	mask := 0
+	for _, r := range failed {
+		switch r.Status {
+		case build.PermanentFailure:
+			mask |= 0x04
+		case build.TimedOut:
+			mask |= 0x04 | 0x01
+		case build.OutputRejected:
+			if r.Err != nil && strings.Contains(r.Err.Error(), "hash mismatch") {
+				mask |= 0x04 | 0x02
+			}
+		}
+	}
+	if mask == 0 {
+		return 1
+	}
+	return mask | 0x60
+}
+
+func sortedOutputNames(m map[string]storepath.StorePath) []string {
+	var names []string
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// resolveBuildTarget turns an argument into targets: a .drv store path
+// (with !outputs), or a file to add first.
+func resolveBuildTarget(ctx context.Context, st *local.Store, arg string) ([]build.Target, error) {
+	path, outs, _ := strings.Cut(arg, "!")
+	var outputs []string
+	if outs != "" && outs != "*" {
+		outputs = strings.Split(outs, ",")
+	}
+	if strings.HasPrefix(path, string(st.StoreDir())+"/") {
+		p, err := argStorePath(st.StoreDir(), path)
+		if err != nil {
+			return nil, err
+		}
+		if !p.IsDerivation() {
+			return nil, fmt.Errorf("path '%s' is not a derivation", p)
+		}
+		return []build.Target{{Drv: p, Outputs: outputs}}, nil
+	}
+	paths, err := addDerivationFile(ctx, st, path)
+	if err != nil {
+		return nil, err
+	}
+	var ts []build.Target
+	for _, p := range paths {
+		ts = append(ts, build.Target{Drv: p, Outputs: outputs})
+	}
+	return ts, nil
+}
+
+// cliBuildLog prints builders' output on stderr as nix-build does.
+type cliBuildLog struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *cliBuildLog) BuildStarted(drv storepath.StorePath) build.BuildLog {
+	l.printf("building '%s'...\n", drv)
+	return l
+}
+func (l *cliBuildLog) Progress(done, expected, running, failed int) {}
+func (l *cliBuildLog) Error(msg string)                             { l.printf("error: %s\n", msg) }
+func (l *cliBuildLog) Line(text string)                             { l.printf("%s\n", text) }
+func (l *cliBuildLog) Message(string)                               {}
+func (l *cliBuildLog) Done()                                        {}
+
+func (l *cliBuildLog) printf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintf(l.w, format, args...)
+}
+
+
