@@ -283,5 +283,3 @@ func (l *cliBuildLog) printf(format string, args ...any) {
 	defer l.mu.Unlock()
 	fmt.Fprintf(l.w, format, args...)
 }
-
-
