@@ -162,7 +162,7 @@ func TestBuildGraph(t *testing.T) {
 	b := newBuilder(t, st)
 
 	a := addDrv(t, st, "a", "echo hello from a; echo a-content > $out", nil, nil)
-	multi := addDrv(t, st, "multi", "mkdir $out; echo $dev > $out/dev-path; echo $out > $dev", nil, nil, "out", "dev")
+	multi := addDrv(t, st, "multi", "mkdir $out; echo $dev > $out/dev-path; echo $dev/self > $dev", nil, nil, "out", "dev")
 	c := addDrv(t, st, "c", "read x < $a; echo \"c got $x\" > $out; cat $m/dev-path >> $out",
 		map[storepath.StorePath][]string{a: {"out"}}, map[string]string{"a": outPath(t, st, a, "out").String(), "m": outPath(t, st, multi, "out").String()})
 	// c refers to multi's out path without depending on it: declare it.
@@ -201,13 +201,23 @@ func TestBuildGraph(t *testing.T) {
 	if info.Deriver != c2 {
 		t.Errorf("deriver %v, want %v", info.Deriver, c2)
 	}
-	// multi: out refers to dev, dev to out.
+	// multi: out refers to dev, dev to itself.
 	mi, err := st.QueryPathInfo(ctx, outPath(t, st, multi, "out"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(mi.References, []storepath.StorePath{mdev}) {
 		t.Errorf("multi out references %v", mi.References)
+	}
+	if di, err := st.QueryPathInfo(ctx, mdev); err != nil || !slices.Equal(di.References, []storepath.StorePath{mdev}) {
+		t.Errorf("multi dev references %v, %v", di, err)
+	}
+	// Outputs referring to each other: rejected as by Nix 2.8.
+	cycle := addDrv(t, st, "cycle", "echo $dev > $out; echo $out > $dev", nil, nil, "out", "dev")
+	res, _ = b.Build(ctx, []Target{{Drv: cycle}}, testOptions(), nil)
+	if res[0].Status != OutputRejected || res[0].Err == nil ||
+		!strings.Contains(res[0].Err.Error(), "in the references of output '\x1b[35;1mdev\x1b[0m' from output '\x1b[35;1mout\x1b[0m'") {
+		t.Errorf("cycle: %d %v", res[0].Status, res[0].Err)
 	}
 	// The log is in LOGDIR/drvs/XX/REST.
 	base := a.Base()

@@ -201,11 +201,7 @@ func (r *request) reportDep(g *goal) {
 	}
 }
 
-// Build realises targets and returns a result per target, in order. Without
-// KeepGoing the first failure stops the builds nobody else waits for. The
-// error is about the request itself (a target that is not a derivation in
-// the store); build failures are in the results.
-func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log Logger) ([]Result, error) {
+func (b *Builder) newRequest(opts Options, log Logger) *request {
 	if opts.LogLines == 0 {
 		opts.LogLines = 10
 	}
@@ -219,6 +215,15 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 	if opts.MaxJobs > 0 {
 		r.jobs = make(chan struct{}, opts.MaxJobs)
 	}
+	return r
+}
+
+// Build realises targets and returns a result per target, in order. Without
+// KeepGoing the first failure stops the builds nobody else waits for. The
+// error is about the request itself (a target that is not a derivation in
+// the store); build failures are in the results.
+func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log Logger) ([]Result, error) {
+	r := b.newRequest(opts, log)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -305,6 +310,36 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 		}
 	}
 	return results, nil
+}
+
+// BuildDerivation builds drv, which the caller read or received (a
+// BasicDerivation: its inputs are all among InputSrcs and must be valid),
+// as the derivation at drvPath, which need not be in the store.
+func (b *Builder) BuildDerivation(ctx context.Context, drvPath storepath.StorePath, drv *derivation.Derivation, opts Options, log Logger) Result {
+	r := b.newRequest(opts, log)
+	res := Result{Target: Target{Drv: drvPath}}
+	outs, missing, err := b.missing(ctx, drv, nil)
+	if err != nil {
+		res.Status, res.Err = MiscFailure, err
+		return res
+	}
+	if !missing {
+		res.Status, res.Outputs = AlreadyValid, outs
+		return res
+	}
+	g := b.acquire(r, drvPath, drv)
+	defer b.release(g)
+	select {
+	case <-g.done:
+	case <-ctx.Done():
+		res.Status, res.Err = MiscFailure, ctx.Err()
+		return res
+	}
+	res.Status, res.Err, res.TimesBuilt, res.Start, res.Stop = g.status, g.err, g.timesBuilt, g.start, g.stop
+	if g.status.Success() {
+		res.Outputs = outs
+	}
+	return res
 }
 
 func countNonNil(gs []*goal) int {

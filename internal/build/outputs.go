@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -78,6 +80,9 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, dirs *buildDirs,
 		}
 		infos = append(infos, info)
 		srcs = append(srcs, dir)
+	}
+	if err := checkOutputCycles(g.drvPath, infos); err != nil {
+		return OutputRejected, err
 	}
 	if err := checkReferences(ctx, st, drv, infos); err != nil {
 		return OutputRejected, err
@@ -192,4 +197,64 @@ func fixedHash(ctx context.Context, dir string, fi os.FileInfo, o derivation.Out
 		}
 	}
 	return h.Sum(), nil
+}
+
+// checkOutputCycles rejects outputs that refer to each other in a cycle, as
+// Nix 2.8 does (self-references are fine), naming the first cycle its
+// depth-first walk over the sorted output names would find.
+func checkOutputCycles(drvPath storepath.StorePath, infos []*store.PathInfo) error {
+	byPath := map[storepath.StorePath]*store.PathInfo{}
+	for _, info := range infos {
+		byPath[info.Path] = info
+	}
+	names := map[storepath.StorePath]string{}
+	for _, info := range infos {
+		names[info.Path] = outputName(drvPath, info.Path)
+	}
+	sorted := append([]*store.PathInfo(nil), infos...)
+	slices.SortFunc(sorted, func(a, b *store.PathInfo) int { return strings.Compare(names[a.Path], names[b.Path]) })
+	visited := map[storepath.StorePath]bool{}
+	parents := map[storepath.StorePath]bool{}
+	var visit func(p, parent storepath.StorePath) error
+	visit = func(p, parent storepath.StorePath) error {
+		if parents[p] {
+			return fmt.Errorf("cycle detected in build of '%s' in the references of output '%s' from output '%s'",
+				hl(drvPath.String()), hl(names[p]), hl(names[parent]))
+		}
+		if visited[p] {
+			return nil
+		}
+		visited[p], parents[p] = true, true
+		refs := byPath[p].References
+		var outs []storepath.StorePath
+		for _, r := range refs {
+			if r != p && byPath[r] != nil {
+				outs = append(outs, r)
+			}
+		}
+		slices.SortFunc(outs, func(a, b storepath.StorePath) int { return strings.Compare(names[a], names[b]) })
+		for _, r := range outs {
+			if err := visit(r, p); err != nil {
+				return err
+			}
+		}
+		delete(parents, p)
+		return nil
+	}
+	for _, info := range sorted {
+		if err := visit(info.Path, storepath.StorePath{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// outputName recovers an output's name from its path: the part after the
+// derivation's name ("out" when nothing follows).
+func outputName(drvPath, out storepath.StorePath) string {
+	drvName := strings.TrimSuffix(drvPath.Name(), ".drv")
+	if rest, ok := strings.CutPrefix(out.Name(), drvName+"-"); ok {
+		return rest
+	}
+	return "out"
 }

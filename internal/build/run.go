@@ -2,6 +2,7 @@ package build
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -233,18 +234,16 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 		})
 		defer t.Stop()
 	}
-	lw := newLineWriter(opts.LogLines, func(line string) {
+	lw := newLineWriter(opts.LogLines, func(line string, msg bool) {
 		g.mu.Lock()
 		sinks := slices.Clone(g.sinks)
 		g.mu.Unlock()
-		if rest, ok := strings.CutPrefix(line, "@nix "); ok {
-			for _, s := range sinks {
-				s.Message(rest)
-			}
-			return
-		}
 		for _, s := range sinks {
-			s.Line(line)
+			if msg {
+				s.Message(line[len("@nix "):])
+			} else {
+				s.Line(line)
+			}
 		}
 	})
 	copyDone := make(chan error, 1)
@@ -564,14 +563,14 @@ func (h *hostProcess) Kill() { syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
 // lineWriter splits a builder's output into lines as Nix does ("\r"
 // rewinds the line) and keeps the last few.
 type lineWriter struct {
-	emit func(string)
+	emit func(line string, msg bool)
 	line []byte
 	pos  int
 	tail []string
 	max  int
 }
 
-func newLineWriter(max int, emit func(string)) *lineWriter {
+func newLineWriter(max int, emit func(line string, msg bool)) *lineWriter {
 	return &lineWriter{emit: emit, max: max}
 }
 
@@ -600,10 +599,12 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 func (w *lineWriter) flushLine() {
 	s := string(w.line)
 	w.line, w.pos = w.line[:0], 0
-	w.emit(s)
-	if strings.HasPrefix(s, "@nix ") {
+	// "@nix {json}" is a message to the daemon; bad JSON is an ordinary line.
+	if strings.HasPrefix(s, "@nix ") && json.Valid([]byte(s[len("@nix "):])) {
+		w.emit(s, true)
 		return
 	}
+	w.emit(s, false)
 	w.tail = append(w.tail, s)
 	if len(w.tail) > w.max {
 		w.tail = w.tail[1:]

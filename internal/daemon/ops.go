@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"cairn/internal/build"
 	"cairn/internal/derivation"
 	"cairn/internal/gcroots"
 	"cairn/internal/nar"
@@ -992,19 +993,22 @@ func (c *conn) queryMissing(paths []protocol.DerivedPath) (*protocol.MissingInfo
 	return mi, nil
 }
 
-// buildPaths succeeds when everything asked for is valid already, and
-// otherwise says that building is not supported yet.
+// buildPaths builds what is asked for (BuildPaths, BuildPathsWithResults):
+// opaque paths must be valid (there are no substituters yet), derivations'
+// missing outputs are built by the daemon's shared builder.
 func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 	c.start()
 	if q.Mode == protocol.BuildRepair && !ClientFrom(c.ctx).Trusted {
 		return repairError()
 	}
 	if q.Mode != protocol.BuildNormal {
-		return errBuilding
+		return errors.New("checking and repairing builds is not supported yet by the Cairn daemon")
 	}
-	var results []protocol.KeyedBuildResult
-	for _, dp := range q.Paths {
-		res := protocol.KeyedBuildResult{Path: dp, BuildResult: protocol.BuildResult{Status: protocol.AlreadyValid}}
+	results := make([]protocol.KeyedBuildResult, len(q.Paths))
+	var targets []build.Target
+	var index []int
+	for i, dp := range q.Paths {
+		results[i] = protocol.KeyedBuildResult{Path: dp, BuildResult: protocol.BuildResult{Status: protocol.AlreadyValid}}
 		if !dp.Built {
 			ok, err := c.isValid(dp.Path)
 			if err != nil {
@@ -1013,20 +1017,37 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 			if !ok {
 				return fmt.Errorf("path '%s' is required, but there is no substituter that can build it", hl(dp.Path.String()))
 			}
-		} else {
-			_, outs, missing, err := c.missingOutputs(dp)
-			if err != nil {
+			continue
+		}
+		if _, err := c.readDerivation(dp.Path); err != nil {
+			return err
+		}
+		t := build.Target{Drv: dp.Path}
+		if !dp.All {
+			t.Outputs = dp.Outputs
+		}
+		targets = append(targets, t)
+		index = append(index, i)
+	}
+	if len(targets) > 0 {
+		b, err := c.builder()
+		if err != nil {
+			return err
+		}
+		log := newBuildLogger(c)
+		built, err := b.Build(c.ctx, targets, c.buildOptions(), log)
+		log.stop()
+		if err != nil {
+			return err
+		}
+		for j, r := range built {
+			results[index[j]].BuildResult = buildResult(r)
+		}
+		if q.Code != protocol.OpBuildPathsWithResults {
+			if err := c.buildFailure(log, built); err != nil {
 				return err
 			}
-			if missing {
-				return errBuilding
-			}
-			res.BuiltOutputs = map[string]protocol.BuiltOutput{}
-			for name, p := range outs {
-				res.BuiltOutputs[name] = protocol.BuiltOutput{OutPath: p}
-			}
 		}
-		results = append(results, res)
 	}
 	if q.Code == protocol.OpBuildPathsWithResults {
 		// In the order of Nix's goals: substitutions ("a$name$path") before
@@ -1044,6 +1065,8 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 	return c.reply(&protocol.U64Reply{Value: 1})
 }
 
+// buildDerivation builds a BasicDerivation the client sends (its inputs must
+// be valid), as the derivation at the path it names.
 func (c *conn) buildDerivation(q *protocol.BuildDerivationRequest) error {
 	c.start()
 	if !ClientFrom(c.ctx).Trusted {
@@ -1055,28 +1078,30 @@ func (c *conn) buildDerivation(q *protocol.BuildDerivationRequest) error {
 			return errors.New("you are not privileged to build input-addressed derivations")
 		}
 	}
-	// Nothing to do when every output is valid already.
-	var outs []storepath.StorePath
-	res := &protocol.BuildResult{Status: protocol.AlreadyValid, BuiltOutputs: map[string]protocol.BuiltOutput{}}
-	for name, o := range q.Drv.Outputs {
+	for _, o := range q.Drv.Outputs {
 		if o.Path.IsZero() {
-			return errBuilding
+			return errors.New("building floating content-addressed or impure derivations is not supported yet by the Cairn daemon")
 		}
-		outs = append(outs, o.Path)
-		res.BuiltOutputs[name] = protocol.BuiltOutput{OutPath: o.Path}
 	}
-	vq, err := capability[store.ValidityQuerier](c, "querying validity")
+	if q.Mode != protocol.BuildNormal {
+		return errors.New("checking and repairing builds is not supported yet by the Cairn daemon")
+	}
+	b, err := c.builder()
 	if err != nil {
 		return err
 	}
-	valid, err := vq.QueryValidPaths(c.ctx, outs)
-	if err != nil {
-		return err
+	log := newBuildLogger(c)
+	r := b.BuildDerivation(c.ctx, q.DrvPath, q.Drv, c.buildOptions(), log)
+	log.stop()
+	res := buildResult(r)
+	if r.Status.Success() {
+		// Every output, as Nix reports them.
+		res.BuiltOutputs = map[string]protocol.BuiltOutput{}
+		for name, o := range q.Drv.Outputs {
+			res.BuiltOutputs[name] = protocol.BuiltOutput{OutPath: o.Path}
+		}
 	}
-	if len(valid) != len(outs) || q.Mode != protocol.BuildNormal {
-		return errBuilding
-	}
-	return c.reply(&protocol.BuildResultReply{Result: res})
+	return c.reply(&protocol.BuildResultReply{Result: &res})
 }
 
 func gcrootsFindOptions(c *conn, vq store.ValidityQuerier) gcroots.FindOptions {

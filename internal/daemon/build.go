@@ -1,0 +1,284 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"cairn/internal/build"
+	"cairn/internal/protocol"
+	"cairn/internal/store/local"
+	"cairn/internal/storepath"
+)
+
+// builders holds one build.Builder per Server, made on first use, so that
+// every connection of a daemon shares goals (one build per output).
+var builders sync.Map // *Server → *builderOnce
+
+type builderOnce struct {
+	once sync.Once
+	b    *build.Builder
+	err  error
+}
+
+// builder returns the daemon's Builder; building needs a local store.
+func (c *conn) builder() (*build.Builder, error) {
+	st, ok := c.s.Store.(*local.Store)
+	if !ok {
+		return nil, errNotSupported("building")
+	}
+	v, _ := builders.LoadOrStore(c.s, &builderOnce{})
+	bo := v.(*builderOnce)
+	bo.once.Do(func() { bo.b, bo.err = build.New(st, "") })
+	return bo.b, bo.err
+}
+
+// buildOptions are the daemon's settings with the client's on top: its
+// overrides (through c.settings) and the fixed SetOptions fields, which Nix
+// 2.8 applies for every client.
+func (c *conn) buildOptions() build.Options {
+	o := build.OptionsFrom(&c.settings)
+	co := c.options
+	if co.UseBuildHook || co.MaxBuildJobs != 0 || co.BuildCores != 0 { // SetOptions was sent
+		o.KeepFailed = co.KeepFailed
+		o.KeepGoing = co.KeepGoing
+		o.MaxJobs = int(min(co.MaxBuildJobs, 1<<16))
+		o.MaxSilentTime = secondsOf(co.MaxSilentTime)
+		o.Cores = int(min(co.BuildCores, 1<<16))
+	}
+	return o
+}
+
+// maxSeconds bounds a duration a client sends, in seconds (about 68 years).
+const maxSeconds = 1 << 31
+
+func secondsOf(n uint64) time.Duration {
+	return time.Duration(min(n, maxSeconds)) * time.Second
+}
+
+// result sends a STDERR_RESULT.
+func (l *connLogger) result(id uint64, typ protocol.ResultType, fields ...protocol.Field) {
+	l.emit(func(pl *protocol.Logger) { pl.Result(id, typ, fields) })
+}
+
+// startChild starts an activity under parent.
+func (l *connLogger) startChild(level protocol.Verbosity, typ protocol.ActivityType, text string, parent uint64, fields ...protocol.Field) uint64 {
+	l.mu.Lock()
+	id := l.nextID
+	l.nextID++
+	l.mu.Unlock()
+	a := protocol.Activity{ID: id, Level: level, Type: typ, Text: text, Fields: fields, Parent: parent}
+	l.emit(func(pl *protocol.Logger) { pl.StartActivity(a) })
+	return id
+}
+
+// buildLogger turns a request's builds into Nix's activities: Realise,
+// Builds (with Progress and SetExpected) and CopyPaths for the request, a
+// Build activity per build whose log lines are BuildLogLine results, and
+// what builders say with "@nix {…}" lines.
+type buildLogger struct {
+	c                          *conn
+	realise, builds, copyPaths uint64
+	mu                         sync.Mutex
+	lastProgress               [4]int
+}
+
+func newBuildLogger(c *conn) *buildLogger {
+	l := &buildLogger{c: c}
+	l.realise = c.log.StartActivity(protocol.LvlError, protocol.ActRealise, "")
+	l.builds = c.log.StartActivity(protocol.LvlError, protocol.ActBuilds, "")
+	l.copyPaths = c.log.StartActivity(protocol.LvlError, protocol.ActCopyPaths, "")
+	return l
+}
+
+func (l *buildLogger) stop() {
+	l.c.log.StopActivity(l.copyPaths)
+	l.c.log.StopActivity(l.builds)
+	l.c.log.StopActivity(l.realise)
+}
+
+func (l *buildLogger) Progress(done, expected, running, failed int) {
+	l.mu.Lock()
+	p := [4]int{done, expected, running, failed}
+	same := p == l.lastProgress
+	l.lastProgress = p
+	l.mu.Unlock()
+	if same {
+		return
+	}
+	l.c.log.result(l.builds, protocol.ResSetExpected, protocol.IntField(uint64(protocol.ActBuild)), protocol.IntField(uint64(expected)))
+	l.c.log.result(l.builds, protocol.ResProgress, protocol.IntField(uint64(done)), protocol.IntField(uint64(expected)),
+		protocol.IntField(uint64(running)), protocol.IntField(uint64(failed)))
+}
+
+func (l *buildLogger) Error(msg string) {
+	l.c.log.Log(protocol.LvlError, "\x1b[31;1merror:\x1b[0m "+msg)
+}
+
+func (l *buildLogger) BuildStarted(drv storepath.StorePath) build.BuildLog {
+	id := l.c.log.StartActivity(protocol.LvlInfo, protocol.ActBuild, fmt.Sprintf("building '%s'", drv),
+		protocol.StringField(drv.String()), protocol.StringField(""), protocol.IntField(1), protocol.IntField(1))
+	return &buildActivity{c: l.c, id: id, children: map[uint64]uint64{}}
+}
+
+// buildActivity is one build's Build activity.
+type buildActivity struct {
+	c        *conn
+	id       uint64
+	mu       sync.Mutex
+	children map[uint64]uint64 // the builder's activity ids → ours
+}
+
+func (a *buildActivity) Line(text string) {
+	a.c.log.result(a.id, protocol.ResBuildLogLine, protocol.StringField(text))
+}
+
+// maxChildren bounds the activities one builder may keep open.
+const maxChildren = 1024
+
+// Message handles an "@nix" message as Nix's handleJSONLogMessage does for
+// an untrusted builder: only file-transfer activities may be started.
+func (a *buildActivity) Message(text string) {
+	var m struct {
+		Action string            `json:"action"`
+		ID     uint64            `json:"id"`
+		Type   uint64            `json:"type"`
+		Level  uint64            `json:"level"`
+		Text   string            `json:"text"`
+		Fields []json.RawMessage `json:"fields"`
+		Phase  string            `json:"phase"`
+		Msg    string            `json:"msg"`
+	}
+	if err := json.Unmarshal([]byte(text), &m); err != nil {
+		a.c.log.Log(protocol.LvlError, "\x1b[31;1merror:\x1b[0m bad JSON log message from builder: "+err.Error())
+		return
+	}
+	switch m.Action {
+	case "start":
+		if protocol.ActivityType(m.Type) != protocol.ActFileTransfer {
+			return
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if _, dup := a.children[m.ID]; dup || len(a.children) >= maxChildren {
+			return
+		}
+		a.children[m.ID] = a.c.log.startChild(protocol.Verbosity(min(m.Level, 7)), protocol.ActivityType(m.Type), m.Text, a.id, jsonFields(m.Fields)...)
+	case "stop":
+		a.mu.Lock()
+		id, ok := a.children[m.ID]
+		delete(a.children, m.ID)
+		a.mu.Unlock()
+		if ok {
+			a.c.log.StopActivity(id)
+		}
+	case "result":
+		a.mu.Lock()
+		id, ok := a.children[m.ID]
+		a.mu.Unlock()
+		if ok {
+			a.c.log.result(id, protocol.ResultType(m.Type), jsonFields(m.Fields)...)
+		}
+	case "setPhase":
+		a.c.log.result(a.id, protocol.ResSetPhase, protocol.StringField(m.Phase))
+	case "msg":
+		a.c.log.Log(protocol.Verbosity(min(m.Level, 7)), m.Msg)
+	}
+}
+
+func (a *buildActivity) Done() {
+	a.mu.Lock()
+	ids := a.children
+	a.children = map[uint64]uint64{}
+	a.mu.Unlock()
+	for _, id := range ids {
+		a.c.log.StopActivity(id)
+	}
+	a.c.log.StopActivity(a.id)
+}
+
+// jsonFields converts "@nix" fields: numbers and strings.
+func jsonFields(raw []json.RawMessage) []protocol.Field {
+	var fs []protocol.Field
+	for _, r := range raw {
+		var n uint64
+		if json.Unmarshal(r, &n) == nil {
+			fs = append(fs, protocol.IntField(n))
+			continue
+		}
+		var s string
+		if json.Unmarshal(r, &s) == nil {
+			fs = append(fs, protocol.StringField(s))
+		}
+	}
+	return fs
+}
+
+// buildResult converts a build result for the wire.
+func buildResult(r build.Result) protocol.BuildResult {
+	res := protocol.BuildResult{
+		Status:     protocol.BuildStatus(r.Status),
+		TimesBuilt: uint64(r.TimesBuilt),
+		StartTime:  r.Start,
+		StopTime:   r.Stop,
+	}
+	if r.Err != nil {
+		res.ErrorMsg = r.Err.Error()
+	}
+	if r.Status.Success() {
+		res.BuiltOutputs = map[string]protocol.BuiltOutput{}
+		for name, p := range r.Outputs {
+			res.BuiltOutputs[name] = protocol.BuiltOutput{OutPath: p}
+		}
+	}
+	return res
+}
+
+// buildFailure is the error BuildPaths ends with, as Nix 2.8's
+// Store::buildPaths: the one failure's own error, or "build of … failed"
+// after logging the first; the status is the worker's exit status.
+func (c *conn) buildFailure(log *buildLogger, results []build.Result) error {
+	var failed []build.Result
+	for _, r := range results {
+		if !r.Status.Success() {
+			failed = append(failed, r)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	status := uint64(workerExitStatus(failed))
+	if len(failed) == 1 {
+		return &protocol.Error{Level: protocol.LvlError, Name: "Error", Message: failed[0].Err.Error(), Status: status}
+	}
+	log.Error(failed[0].Err.Error())
+	var names []string
+	for _, r := range failed {
+		names = append(names, "'"+r.Target.Drv.String()+"'")
+	}
+	return &protocol.Error{Level: protocol.LvlError, Name: "Error", Message: fmt.Sprintf("build of %s failed", strings.Join(names, ", ")), Status: status}
+}
+
+// workerExitStatus is Nix's Worker::exitStatus: 100 for a build failure,
+// plus 1 for a timeout, plus 2 for a hash mismatch; 1 otherwise.
+func workerExitStatus(failed []build.Result) int {
+	mask := 0
+	for _, r := range failed {
+		switch r.Status {
+		case build.PermanentFailure:
+			mask |= 0x04
+		case build.TimedOut:
+			mask |= 0x05
+		case build.OutputRejected:
+			if r.Err != nil && strings.Contains(r.Err.Error(), "hash mismatch") {
+				mask |= 0x06
+			}
+		}
+	}
+	if mask == 0 {
+		return 1
+	}
+	return mask | 0x60
+}
