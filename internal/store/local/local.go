@@ -64,6 +64,7 @@ type Store struct {
 	dir      storepath.StoreDir
 	opts     Options
 	rdb, wdb *sql.DB
+	reads    *preparedReads // rdb with statements prepared once
 	// wmu serialises this process's write transactions, so they queue here
 	// rather than in SQLite's busy handler.
 	wmu     sync.Mutex
@@ -139,6 +140,7 @@ func (s *Store) open(ctx context.Context) error {
 	if s.rdb, s.wdb, err = openDB(filepath.Join(dbDir, "db.sqlite"), !s.opts.NoFsync); err != nil {
 		return err
 	}
+	s.reads = newPreparedReads(s.rdb)
 	if cur == 0 {
 		if err := s.createSchema(ctx); err != nil {
 			return err
@@ -296,6 +298,7 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		if s.rdb != nil {
+			s.reads.Close()
 			s.closeErr = s.rdb.Close()
 		}
 		if s.wdb != nil {

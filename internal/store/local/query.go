@@ -29,7 +29,7 @@ func (s *Store) QueryPathInfo(ctx context.Context, p storepath.StorePath) (*stor
 	var info *store.PathInfo
 	err := retryBusy(ctx, func() error {
 		var err error
-		info, err = s.queryPathInfo(ctx, s.rdb, p)
+		info, err = s.queryPathInfo(ctx, s.reads, p)
 		return err
 	})
 	if err != nil {
@@ -49,7 +49,7 @@ func (s *Store) QueryPathInfos(ctx context.Context, paths []storepath.StorePath)
 	out := make([]*store.PathInfo, len(paths))
 	err := retryBusy(ctx, func() error {
 		clear(out)
-		rows, err := s.rdb.QueryContext(ctx, sqlQueryPathInfos, jsonPaths(paths))
+		rows, err := s.reads.QueryContext(ctx, sqlQueryPathInfos, jsonPaths(paths))
 		if err != nil {
 			return err
 		}
@@ -189,7 +189,7 @@ func (s *Store) IsValidPath(ctx context.Context, p storepath.StorePath) (bool, e
 	var ok bool
 	err := retryBusy(ctx, func() error {
 		var err error
-		ok, err = isValid(ctx, s.rdb, p)
+		ok, err = isValid(ctx, s.reads, p)
 		return err
 	})
 	return ok, err
@@ -248,7 +248,7 @@ func (s *Store) queryPaths(ctx context.Context, q queryer, what, query string, a
 
 // QueryValidPaths returns the valid paths among paths, in input order, each once.
 func (s *Store) QueryValidPaths(ctx context.Context, paths []storepath.StorePath) ([]storepath.StorePath, error) {
-	valid, err := s.queryPaths(ctx, s.rdb, "query valid paths", sqlQueryValidPaths, jsonPaths(paths))
+	valid, err := s.queryPaths(ctx, s.reads, "query valid paths", sqlQueryValidPaths, jsonPaths(paths))
 	if err != nil {
 		return nil, err
 	}
@@ -268,7 +268,7 @@ func (s *Store) QueryValidPaths(ctx context.Context, paths []storepath.StorePath
 
 // QueryReferrers returns the valid paths that refer to p, sorted.
 func (s *Store) QueryReferrers(ctx context.Context, p storepath.StorePath) ([]storepath.StorePath, error) {
-	out, err := s.queryPaths(ctx, s.rdb, "query referrers of "+p.String(), sqlQueryReferrers, p.String())
+	out, err := s.queryPaths(ctx, s.reads, "query referrers of "+p.String(), sqlQueryReferrers, p.String())
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +283,7 @@ func (s *Store) QueryClosure(ctx context.Context, roots []storepath.StorePath, r
 	if reverse {
 		query = sqlQueryClosureRev
 	}
-	out, err := s.queryPaths(ctx, s.rdb, "query closure", query, jsonPaths(roots))
+	out, err := s.queryPaths(ctx, s.reads, "query closure", query, jsonPaths(roots))
 	if err != nil {
 		return nil, err
 	}
@@ -302,14 +302,14 @@ func (s *Store) QueryDerivationOutputs(ctx context.Context, drv storepath.StoreP
 	err := retryBusy(ctx, func() error {
 		clear(out)
 		var id int64
-		err := s.rdb.QueryRowContext(ctx, sqlQueryPathID, drv.String()).Scan(&id)
+		err := s.reads.QueryRowContext(ctx, sqlQueryPathID, drv.String()).Scan(&id)
 		if errors.Is(err, sql.ErrNoRows) {
 			return store.NotValid(drv)
 		}
 		if err != nil {
 			return err
 		}
-		rows, err := s.rdb.QueryContext(ctx, sqlQueryDrvOutputs, id)
+		rows, err := s.reads.QueryContext(ctx, sqlQueryDrvOutputs, id)
 		if err != nil {
 			return err
 		}
@@ -339,7 +339,7 @@ func (s *Store) QueryDerivationOutputs(ctx context.Context, drv storepath.StoreP
 
 // QueryValidDerivers returns the valid derivations that have p as an output, sorted.
 func (s *Store) QueryValidDerivers(ctx context.Context, p storepath.StorePath) ([]storepath.StorePath, error) {
-	out, err := s.queryPaths(ctx, s.rdb, "query valid derivers of "+p.String(), sqlQueryDerivers, p.String())
+	out, err := s.queryPaths(ctx, s.reads, "query valid derivers of "+p.String(), sqlQueryDerivers, p.String())
 	if err != nil {
 		return nil, err
 	}
@@ -355,7 +355,7 @@ func (s *Store) QueryPathFromHashPart(ctx context.Context, hashPart string) (sto
 	prefix := string(s.dir) + "/" + hashPart
 	var path string
 	err := retryBusy(ctx, func() error {
-		return s.rdb.QueryRowContext(ctx, sqlQueryFromHash, prefix).Scan(&path)
+		return s.reads.QueryRowContext(ctx, sqlQueryFromHash, prefix).Scan(&path)
 	})
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !strings.HasPrefix(path, prefix+"-")) {
 		return storepath.StorePath{}, fmt.Errorf("query path from hash part %s: %w", hashPart, store.ErrNotFound)
@@ -368,7 +368,7 @@ func (s *Store) QueryPathFromHashPart(ctx context.Context, hashPart string) (sto
 
 // QueryAllValidPaths returns every valid path, sorted.
 func (s *Store) QueryAllValidPaths(ctx context.Context) ([]storepath.StorePath, error) {
-	out, err := s.queryPaths(ctx, s.rdb, "query all valid paths", sqlQueryAllPaths)
+	out, err := s.queryPaths(ctx, s.reads, "query all valid paths", sqlQueryAllPaths)
 	if err != nil {
 		return nil, err
 	}
@@ -394,7 +394,7 @@ func (s *Store) QueryReferencesOf(ctx context.Context, paths []storepath.StorePa
 	out := make(map[storepath.StorePath][]storepath.StorePath, len(paths))
 	err := retryBusy(ctx, func() error {
 		clear(out)
-		rows, err := s.rdb.QueryContext(ctx, sqlQueryRefsOf, jsonPaths(paths))
+		rows, err := s.reads.QueryContext(ctx, sqlQueryRefsOf, jsonPaths(paths))
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,65 @@
+package local
+
+import (
+	"context"
+	"database/sql"
+	"sync"
+)
+
+// preparedReads runs read queries on the read pool through statements prepared
+// once per query text and kept for the store's life. SQLite parses a statement in
+// about the time a point lookup takes, and the daemon answers QueryPathInfo and
+// IsValidPath one call at a time, so parsing each call would double their cost.
+// A *sql.Stmt is safe for concurrent use; database/sql prepares it again on each
+// pooled connection as needed.
+type preparedReads struct {
+	db    *sql.DB
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt
+}
+
+func newPreparedReads(db *sql.DB) *preparedReads {
+	return &preparedReads{db: db, stmts: make(map[string]*sql.Stmt)}
+}
+
+func (p *preparedReads) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st, ok := p.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := p.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	p.stmts[query] = st
+	return st, nil
+}
+
+// QueryRowContext implements queryer; a preparation error surfaces from Scan.
+func (p *preparedReads) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := p.stmt(ctx, query)
+	if err != nil {
+		return p.db.QueryRowContext(ctx, query, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
+// QueryContext implements queryer.
+func (p *preparedReads) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := p.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// Close closes every prepared statement.
+func (p *preparedReads) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for q, st := range p.stmts {
+		st.Close()
+		delete(p.stmts, q)
+	}
+}
