@@ -346,3 +346,80 @@ func TestSharedGoal(t *testing.T) {
 		t.Errorf("nothing built")
 	}
 }
+
+func TestOutputChecks(t *testing.T) {
+	requireSandbox(t)
+	ctx := context.Background()
+	st := testStore(t)
+	b := newBuilder(t, st)
+	dep := addDrv(t, st, "dep", "echo dep > $out", nil, nil)
+	depOut := outPath(t, st, dep, "out").String()
+	inputs := map[storepath.StorePath][]string{dep: {"out"}}
+	script := "echo " + depOut + " > $out"
+	tests := []struct {
+		name string
+		env  map[string]string
+		err  string
+	}{
+		{"allowed", map[string]string{"allowedReferences": depOut}, ""},
+		{"allowed-out", map[string]string{"allowedReferences": "out"}, "is not allowed to refer to the following paths:\x1b[35;1m\n  " + depOut},
+		{"disallowed", map[string]string{"disallowedReferences": depOut}, "is not allowed to refer to the following paths"},
+		{"disallowed-req", map[string]string{"disallowedRequisites": depOut}, "is not allowed to refer"},
+		{"allowed-req", map[string]string{"allowedRequisites": depOut}, ""},
+		{"bad-spec", map[string]string{"allowedReferences": "nope"}, "illegal reference specifier '\x1b[35;1mnope"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{"dep": depOut}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			p := addDrv(t, st, "checks-"+tt.name, script, inputs, env)
+			res, err := b.Build(ctx, []Target{{Drv: p}}, testOptions(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.err == "" {
+				if res[0].Status != Built {
+					t.Fatalf("status %d: %v", res[0].Status, res[0].Err)
+				}
+				return
+			}
+			if res[0].Status != OutputRejected || res[0].Err == nil || !strings.Contains(res[0].Err.Error(), tt.err) {
+				t.Fatalf("status %d: %v, want %q", res[0].Status, res[0].Err, tt.err)
+			}
+		})
+	}
+}
+
+func TestTimeouts(t *testing.T) {
+	requireSandbox(t)
+	ctx := context.Background()
+	st := testStore(t)
+	b := newBuilder(t, st)
+	p := addDrv(t, st, "sleepy", "echo start; sleep 10 & sleep 10; echo > $out", nil, nil)
+	for _, tt := range []struct {
+		name string
+		set  func(*Options)
+		msg  string
+	}{
+		{"silence", func(o *Options) { o.MaxSilentTime = 1e9 }, "timed out after \x1b[35;1m1\x1b[0m seconds of silence"},
+		{"timeout", func(o *Options) { o.Timeout = 1e9 }, "timed out after \x1b[35;1m1\x1b[0m seconds"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := testOptions()
+			tt.set(&opts)
+			res, err := b.Build(ctx, []Target{{Drv: p}}, opts, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res[0].Status != TimedOut || !strings.Contains(res[0].Err.Error(), tt.msg) ||
+				!strings.Contains(res[0].Err.Error(), "building of '\x1b[35;1m"+p.String()+"!*\x1b[0m' from .drv file") {
+				t.Fatalf("status %d: %v", res[0].Status, res[0].Err)
+			}
+			if d := res[0].Stop.Sub(res[0].Start); d > 5e9 {
+				t.Errorf("took %v: the build was not killed", d)
+			}
+		})
+	}
+}

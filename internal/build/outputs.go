@@ -84,7 +84,7 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, dirs *buildDirs,
 	if err := checkOutputCycles(g.drvPath, infos); err != nil {
 		return OutputRejected, err
 	}
-	if err := checkReferences(ctx, st, drv, infos); err != nil {
+	if err := checkReferences(ctx, st, drv, g.drvPath, infos); err != nil {
 		return OutputRejected, err
 	}
 	for i, info := range infos {
