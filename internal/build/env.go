@@ -27,13 +27,16 @@ type Env struct {
 	// name (passAsFile's .attr-<hash>, .attrs.json, .attrs.sh,
 	// exportReferencesGraph's files).
 	Files map[string][]byte
+	// Rewrite replaces output placeholders with the outputs' paths; Nix
+	// applies it to every "name=value" and every argument.
+	Rewrite *strings.Replacer
 }
 
-// List returns the variables as sorted "name=value" strings.
+// List returns the variables as sorted "name=value" strings, rewritten.
 func (e *Env) List() []string {
 	out := make([]string, 0, len(e.Vars))
 	for k, v := range e.Vars {
-		out = append(out, k+"="+v)
+		out = append(out, e.Rewrite.Replace(k+"="+v))
 	}
 	slices.Sort(out)
 	return out
@@ -53,7 +56,7 @@ type EnvParams struct {
 // writeStructuredAttrs and passAsFile handling give the builder. The
 // caller adds exportReferencesGraph's files (they need the store).
 func MakeEnv(drv *derivation.Derivation, p EnvParams) (*Env, error) {
-	e := &Env{Vars: map[string]string{}, Files: map[string][]byte{}}
+	e := &Env{Vars: map[string]string{}, Files: map[string][]byte{}, Rewrite: strings.NewReplacer()}
 	v := e.Vars
 	v["PATH"] = "/path-not-set"
 	v["HOME"] = "/homeless-shelter"
@@ -61,6 +64,7 @@ func MakeEnv(drv *derivation.Derivation, p EnvParams) (*Env, error) {
 	v["NIX_BUILD_CORES"] = strconv.Itoa(p.Cores)
 
 	rewrite := placeholderRewriter(p.Outputs)
+	e.Rewrite = rewrite
 	structured, hasJSON := drv.Env["__json"]
 	if !hasJSON {
 		passAsFile := map[string]bool{}

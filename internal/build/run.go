@@ -193,7 +193,7 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 		}
 		p = sandboxProcess{sp}
 	} else {
-		cmd := exec.Command(drv.Builder, drv.Args...)
+		cmd := exec.Command(drv.Builder, rewriteAll(env.Rewrite, drv.Args)...)
 		cmd.Args[0] = filepath.Base(drv.Builder)
 		cmd.Env = env.List()
 		cmd.Dir = dirs.build
@@ -453,7 +453,7 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 			add(sandbox.Bind{Source: f, Target: f, Optional: true})
 		}
 	}
-	args := append([]string{filepath.Base(drv.Builder)}, drv.Args...)
+	args := append([]string{filepath.Base(drv.Builder)}, rewriteAll(env.Rewrite, drv.Args)...)
 	spec := &sandbox.Spec{
 		Root:           dirs.root,
 		Binds:          binds,
@@ -635,4 +635,12 @@ func removeAll(path string) error {
 		return nil
 	})
 	return os.RemoveAll(path)
+}
+
+func rewriteAll(r *strings.Replacer, ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = r.Replace(s)
+	}
+	return out
 }

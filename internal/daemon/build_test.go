@@ -40,7 +40,22 @@ let
     passAsFile = [ "big" ]; big = "passed as a file";
     args = [ "-c" "export -p > $out; cat $bigPath >> $out; ls -a /etc /build / >> $out; id >> $out; cat /etc/passwd /etc/group /etc/hosts >> $out; echo $0 >> $out" ];
   };
-in { inherit multi top bad slow envdump; }
+  structured = derivation {
+    name = "structured"; system = builtins.currentSystem; builder = sh;
+    __structuredAttrs = true;
+    outputs = [ "out" "doc" ];
+    str = "it's \"quoted\""; num = 42; flt = 1.5; yes = true; no = false; nul = null;
+    list = [ "a" "b c" 3 ]; nested = [ [ 1 ] ]; attrs = { x = "y"; n = 1; }; deep = { a = { b = 1; }; };
+    "bad-name" = 1;
+    args = [ "-c" "cat .attrs.json > ${placeholder "out"}; echo >> ${placeholder "out"}; cat .attrs.sh >> ${placeholder "out"}; echo > ${placeholder "doc"}" ];
+  };
+  fixedBad = derivation {
+    name = "fixed-bad"; system = builtins.currentSystem; builder = sh;
+    outputHashMode = "flat"; outputHashAlgo = "sha256";
+    outputHash = "0000000000000000000000000000000000000000000000000000";
+    args = [ "-c" "echo hello > $out" ];
+  };
+in { inherit multi top bad slow envdump structured fixedBad; }
 `
 
 // nixOut runs a Nix client against the daemon, returning stdout and stderr.
@@ -107,6 +122,31 @@ func TestNixBuild(t *testing.T) {
 		t.Errorf("builder environment differs from Nix 2.8's:\n--- cairn\n%s\n--- nix\n%s", got, want)
 	}
 
+	// Structured attributes: .attrs.json and .attrs.sh as Nix 2.8 writes them.
+	sa, stderr, err := td.nixOut("nix-build", "--no-out-link", file, "-A", "structured")
+	if err != nil {
+		t.Fatalf("nix-build structured: %v\n%s", err, stderr)
+	}
+	refSA := ref.Run(t, nil, "nix-build", "--option", "build-users-group", "", "--option", "sandbox-paths", "/bin/sh=/bin/busybox",
+		"--no-out-link", file, "-A", "structured")
+	got, _ = os.ReadFile(filepath.Join(td.cfg.Root, strings.Fields(sa)[len(strings.Fields(sa))-1]))
+	want, _ = os.ReadFile(filepath.Join(ref.Root, strings.Fields(refSA)[len(strings.Fields(refSA))-1]))
+	if len(got) == 0 || string(got) != string(want) {
+		t.Errorf("structured attrs differ from Nix 2.8's:\n--- cairn\n%s\n--- nix\n%s", got, want)
+	}
+
+	// A fixed-output hash mismatch: Nix 2.8's words.
+	_, stderr, err = td.nixOut("nix-build", "--no-out-link", file, "-A", "fixedBad")
+	refCmd := exec.Command("nix-build", "--store", ref.URL(), "--option", "build-users-group", "", "--option", "sandbox-paths", "/bin/sh=/bin/busybox",
+		"--no-out-link", file, "-A", "fixedBad")
+	refCmd.Env = nixtest.Env()
+	refErr, _ := refCmd.CombinedOutput()
+	mismatch := regexp.MustCompile(`hash mismatch in fixed-output derivation.*\n.*specified: +\S+\n.*got: +\S+`)
+	gotMsg, wantMsg := mismatch.FindString(stripANSI(stderr)), mismatch.FindString(stripANSI(string(refErr)))
+	if err == nil || gotMsg == "" || gotMsg != wantMsg {
+		t.Errorf("fixed-output mismatch: %v\n%q\nNix 2.8 says:\n%q", err, gotMsg, wantMsg)
+	}
+
 	// nix-store -r of the multi-output derivation (already built): both paths.
 	drv, _, err := td.nixOut("nix-instantiate", file, "-A", "multi")
 	if err != nil {
@@ -162,3 +202,7 @@ func errorAs(err error, target **exec.ExitError) bool {
 	}
 	return ok
 }
+
+var ansiRE = regexp.MustCompile("\x1b\\[[0-9;]*m")
+
+func stripANSI(s string) string { return ansiRE.ReplaceAllString(s, "") }
