@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -143,6 +144,9 @@ type Builder struct {
 	store *local.Store
 	// buildsDir holds the build dirs: daemon-owned, 0700, outside /tmp.
 	buildsDir string
+	// rootDir is the one empty directory every sandbox mounts its root
+	// tmpfs on, each in its own mount namespace.
+	rootDir string
 
 	mu    sync.Mutex
 	goals map[storepath.StorePath]*goal
@@ -162,7 +166,11 @@ func New(st *local.Store, buildsDir string) (*Builder, error) {
 	if err := os.Chmod(buildsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("build: %w", err)
 	}
-	return &Builder{store: st, buildsDir: buildsDir, goals: map[storepath.StorePath]*goal{}}, nil
+	root := filepath.Join(buildsDir, "root")
+	if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("build: %w", err)
+	}
+	return &Builder{store: st, buildsDir: buildsDir, rootDir: root, goals: map[storepath.StorePath]*goal{}}, nil
 }
 
 // Store returns the store the builder builds into.

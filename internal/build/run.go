@@ -81,12 +81,12 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 	return status, err
 }
 
-// buildDirs are one build's directories on the host.
+// buildDirs are one build's directories on the host, all inside the
+// builder's 0700 builds dir.
 type buildDirs struct {
-	top   string // STATE/builds/<name>-<n>, 0700
-	build string // the builder's /build
-	root  string // the sandbox's root (sandboxed builds only)
-	store string // the writable store dir inside the sandbox (sandboxed builds only)
+	build string // builds/nix-build-<name>-<pid>-<n>: the builder's /build
+	root  string // the sandbox root: builds/root, shared (each build mounts its own tmpfs on it, privately)
+	store string // builds/nix-build-…-<n>.store: the writable store dir inside the sandbox (sandboxed builds only)
 }
 
 // outputDir is where the builder leaves output p.
@@ -130,10 +130,9 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	}
 	keep := false
 	defer func() {
-		if keep {
-			return
+		if !keep {
+			dirs.remove()
 		}
-		removeAll(dirs.top)
 	}()
 
 	outputs := map[string]storepath.StorePath{}
@@ -165,12 +164,20 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 		}
 	}
 
-	// The log.
-	logFile, err := b.openLogFile(g.drvPath)
-	if err != nil {
-		return MiscFailure, err
-	}
-	defer logFile.Close()
+	// The log file is created while the sandbox starts.
+	var logFile *os.File
+	var logErr error
+	logOpened := make(chan struct{})
+	go func() {
+		logFile, logErr = b.openLogFile(g.drvPath)
+		close(logOpened)
+	}()
+	defer func() {
+		<-logOpened
+		if logFile != nil {
+			logFile.Close()
+		}
+	}()
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return MiscFailure, err
@@ -255,7 +262,10 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 				if silence != nil {
 					silence.Reset(opts.MaxSilentTime)
 				}
-				logFile.Write(buf[:n])
+				<-logOpened
+				if logFile != nil {
+					logFile.Write(buf[:n])
+				}
 				lw.Write(buf[:n])
 			}
 			if err != nil {
@@ -270,6 +280,9 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	}
 	<-copyDone
 	lw.Flush()
+	if <-logOpened; logErr != nil {
+		return MiscFailure, logErr
+	}
 
 	mu.Lock()
 	to := timedOut
@@ -358,31 +371,41 @@ func (b *Builder) finished(g *goal) {
 	}
 }
 
-// makeDirs makes the build's directories inside the builder's 0700 dir.
+// makeDirs makes the build's directories inside the builder's 0700 dir:
+// as few as possible, since making a directory is the slowest file system
+// call a build makes.
 func (b *Builder) makeDirs(drvPath storepath.StorePath, sandboxed bool) (*buildDirs, error) {
 	name := strings.TrimSuffix(drvPath.Name(), ".drv")
 	top := filepath.Join(b.buildsDir, fmt.Sprintf("nix-build-%s-%d-%d", name, os.Getpid(), b.seq.Add(1)))
-	d := &buildDirs{top: top, build: filepath.Join(top, "build")}
-	if err := os.Mkdir(top, 0o700); err != nil {
+	d := &buildDirs{build: top}
+	if err := os.Mkdir(d.build, 0o700); err != nil {
 		return nil, fmt.Errorf("build %s: %w", drvPath, err)
 	}
-	mk := []string{d.build}
-	if sandboxed {
-		d.root, d.store = filepath.Join(top, "root"), filepath.Join(top, "store")
-		mk = append(mk, d.root, d.store)
+	if !sandboxed {
+		return d, nil
 	}
-	for _, dir := range mk {
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("build %s: %w", drvPath, err)
-		}
+	d.root, d.store = b.rootDir, top+".store"
+	// Nix's chroot store dir mode: the build user may write there.
+	if err := os.Mkdir(d.store, 0o1775); err != nil {
+		removeAll(d.build)
+		return nil, fmt.Errorf("build %s: %w", drvPath, err)
 	}
-	if sandboxed {
-		// Nix's chroot store dir mode: the build user may write there.
-		if err := os.Chmod(d.store, 0o1775); err != nil {
-			return nil, err
-		}
+	if err := os.Chmod(d.store, 0o1775); err != nil { // past the umask
+		d.remove()
+		return nil, err
 	}
 	return d, nil
+}
+
+// remove deletes the build's directories, in the background: nothing waits
+// for it.
+func (d *buildDirs) remove() {
+	go func() {
+		removeAll(d.build)
+		if d.store != "" {
+			removeAll(d.store)
+		}
+	}()
 }
 
 // spec is the sandbox of one build.
