@@ -147,6 +147,8 @@ type Builder struct {
 	// rootDir is the one empty directory every sandbox mounts its root
 	// tmpfs on, each in its own mount namespace.
 	rootDir string
+	poolMu  sync.Mutex
+	pool    []*buildDirs // reusable dirs of finished sandboxed builds
 
 	mu    sync.Mutex
 	goals map[storepath.StorePath]*goal

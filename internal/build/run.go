@@ -124,14 +124,14 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 		return MiscFailure, err
 	}
 
-	dirs, err := b.makeDirs(g.drvPath, sandboxed)
+	dirs, err := b.getDirs(g.drvPath, sandboxed, inputs)
 	if err != nil {
 		return MiscFailure, err
 	}
 	keep := false
 	defer func() {
 		if !keep {
-			dirs.remove()
+			b.putDirs(dirs)
 		}
 	}()
 
