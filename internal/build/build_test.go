@@ -423,3 +423,62 @@ func TestTimeouts(t *testing.T) {
 		})
 	}
 }
+
+// TestStoreView: every build sees exactly its input closure in the store
+// dir, also when it reuses an earlier build's dirs.
+func TestStoreView(t *testing.T) {
+	requireSandbox(t)
+	ctx := context.Background()
+	st := testStore(t)
+	b := newBuilder(t, st)
+	a := addDrv(t, st, "a", "echo a > $out", nil, nil)
+	c := addDrv(t, st, "c", "mkdir $out; echo c > $out/f", nil, nil)
+	both := addDrv(t, st, "both", "ls /nix/store > $out", map[storepath.StorePath][]string{a: {"out"}, c: {"out"}}, nil)
+	res, _ := b.Build(ctx, []Target{{Drv: both}}, testOptions(), nil)
+	if res[0].Status != Built {
+		t.Fatalf("both: %v", res[0].Err)
+	}
+	want := []string{outPath(t, st, a, "out").Base(), outPath(t, st, c, "out").Base(), outPath(t, st, both, "out").Base()}
+	slices.Sort(want)
+	if got := strings.Fields(readOut(t, st, res[0].Outputs["out"])); !slices.Equal(got, want) {
+		t.Errorf("store view %v, want %v", got, want)
+	}
+	for i := range 3 {
+		one := addDrv(t, st, fmt.Sprintf("one-%d", i), "ls -a /nix/store > $out; touch /nix/store/junk", map[storepath.StorePath][]string{c: {"out"}}, nil)
+		res, _ = b.Build(ctx, []Target{{Drv: one}}, testOptions(), nil)
+		if res[0].Status != Built {
+			t.Fatalf("one: %v", res[0].Err)
+		}
+		want := []string{".", "..", outPath(t, st, c, "out").Base(), outPath(t, st, one, "out").Base()}
+		slices.Sort(want)
+		got := strings.Fields(readOut(t, st, res[0].Outputs["out"]))
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("store view of build %d: %v, want %v", i, got, want)
+		}
+	}
+}
+
+func TestKeepFailed(t *testing.T) {
+	requireSandbox(t)
+	ctx := context.Background()
+	st := testStore(t)
+	b := newBuilder(t, st)
+	p := addDrv(t, st, "fails", "echo kept > $TMPDIR/file; exit 1", nil, nil)
+	opts := testOptions()
+	opts.KeepFailed = true
+	log := &testLog{}
+	res, _ := b.Build(ctx, []Target{{Drv: p}}, opts, log)
+	if res[0].Status != PermanentFailure {
+		t.Fatalf("status %d", res[0].Status)
+	}
+	var dir string
+	for _, e := range log.errors {
+		if rest, ok := strings.CutPrefix(e, "note: keeping build directory '"); ok {
+			dir = strings.TrimSuffix(rest, "'")
+		}
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, "file")); err != nil || string(data) != "kept\n" {
+		t.Errorf("kept build dir %q: %q %v (log %q)", dir, data, err, log.errors)
+	}
+}

@@ -126,7 +126,8 @@ type Logger interface {
 	// Progress counts the request's builds.
 	Progress(done, expected, running, failed int)
 	// Error reports a dependency's failure (the target's own is in its
-	// Result), as Nix logs it.
+	// Result), as Nix logs it, or a note ("note: keeping build directory
+	// …") that Nix logs at the error level without "error:".
 	Error(msg string)
 }
 

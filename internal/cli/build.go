@@ -273,7 +273,13 @@ func (l *cliBuildLog) BuildStarted(drv storepath.StorePath) build.BuildLog {
 	return l
 }
 func (l *cliBuildLog) Progress(done, expected, running, failed int) {}
-func (l *cliBuildLog) Error(msg string)                             { l.printf("error: %s\n", msg) }
+func (l *cliBuildLog) Error(msg string) {
+	if strings.HasPrefix(msg, "note: ") {
+		l.printf("%s\n", msg)
+		return
+	}
+	l.printf("error: %s\n", msg)
+}
 func (l *cliBuildLog) Line(text string)                             { l.printf("%s\n", text) }
 func (l *cliBuildLog) Message(string)                               {}
 func (l *cliBuildLog) Done()                                        {}

@@ -114,7 +114,10 @@ func (l *buildLogger) Progress(done, expected, running, failed int) {
 }
 
 func (l *buildLogger) Error(msg string) {
-	l.c.log.Log(protocol.LvlError, "\x1b[31;1merror:\x1b[0m "+msg)
+	if !strings.HasPrefix(msg, "note: ") {
+		msg = "\x1b[31;1merror:\x1b[0m " + msg
+	}
+	l.c.log.Log(protocol.LvlError, msg)
 }
 
 func (l *buildLogger) BuildStarted(drv storepath.StorePath) build.BuildLog {
