@@ -280,9 +280,9 @@ func (l *cliBuildLog) Error(msg string) {
 	}
 	l.printf("error: %s\n", msg)
 }
-func (l *cliBuildLog) Line(text string)                             { l.printf("%s\n", text) }
-func (l *cliBuildLog) Message(string)                               {}
-func (l *cliBuildLog) Done()                                        {}
+func (l *cliBuildLog) Line(text string) { l.printf("%s\n", text) }
+func (l *cliBuildLog) Message(string)   {}
+func (l *cliBuildLog) Done()            {}
 
 func (l *cliBuildLog) printf(format string, args ...any) {
 	l.mu.Lock()
