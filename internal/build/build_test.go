@@ -482,3 +482,40 @@ func TestKeepFailed(t *testing.T) {
 		t.Errorf("kept build dir %q: %q %v (log %q)", dir, data, err, log.errors)
 	}
 }
+
+// TestNoSandbox: sandbox = false runs the builder on the host, with the
+// same environment, writing straight into the store dir.
+func TestNoSandbox(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg, err := store.ParseURL("local?store="+dir+"/store&state="+dir+"/state&log="+dir+"/log", func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := local.Open(ctx, cfg, local.Options{NoFsync: true, ReservedSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	b := newBuilder(t, st)
+	dep := addDrv(t, st, "dep", "echo dep > $out", nil, nil)
+	p := addDrv(t, st, "host", `echo "$HOME $PATH $NIX_BUILD_TOP" > $out; test "$PWD" = "$NIX_BUILD_TOP" && test -d "$TMPDIR" && read x < $dep && echo $x >> $out && echo $dep >> $out`,
+		map[storepath.StorePath][]string{dep: {"out"}}, map[string]string{"dep": outPath(t, st, dep, "out").String()})
+	opts := testOptions()
+	opts.Sandbox = false
+	res, err := b.Build(ctx, []Target{{Drv: p}}, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Status != Built {
+		t.Fatalf("status %d: %v", res[0].Status, res[0].Err)
+	}
+	got := readOut(t, st, res[0].Outputs["out"])
+	if !strings.HasPrefix(got, "/homeless-shelter /path-not-set "+filepath.Join(st.StateDir(), "builds")) || !strings.Contains(got, "\ndep\n") {
+		t.Errorf("output %q", got)
+	}
+	info, err := st.QueryPathInfo(ctx, res[0].Outputs["out"])
+	if err != nil || len(info.References) != 1 {
+		t.Errorf("references %v %v", info, err)
+	}
+}
