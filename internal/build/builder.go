@@ -58,6 +58,7 @@ type Options struct {
 	LogLines       int    // lines of log quoted in a failure; 0 means 10
 	System         string // "" means x86_64-linux
 	ExtraPlatforms []string
+	SystemFeatures []string // what requiredSystemFeatures may ask for
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -85,6 +86,7 @@ func OptionsFrom(s Getter) Options {
 		LogLines:       atoi("log-lines"),
 		System:         s.Get("system"),
 		ExtraPlatforms: strings.Fields(s.Get("extra-platforms")),
+		SystemFeatures: strings.Fields(s.Get("system-features")),
 	}
 	if s.Get("max-jobs") == "auto" {
 		o.MaxJobs = numCPU()

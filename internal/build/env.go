@@ -50,6 +50,9 @@ type EnvParams struct {
 	// Outputs are the output paths to substitute for placeholders (all of
 	// them for input-addressed and fixed outputs).
 	Outputs map[string]storepath.StorePath
+	// Getenv reads the daemon's environment for a fixed-output
+	// derivation's impureEnvVars; nil means none are passed.
+	Getenv func(string) string
 }
 
 // MakeEnv computes what local-derivation-goal.cc's initEnv,
@@ -86,6 +89,11 @@ func MakeEnv(drv *derivation.Derivation, p EnvParams) (*Env, error) {
 	v["PWD"] = p.BuildTop
 	if kind, err := drv.Type(); err == nil && kind == derivation.CAFixed {
 		v["NIX_OUTPUT_CHECKED"] = "1"
+		if p.Getenv != nil {
+			for _, name := range strings.Fields(drv.Env["impureEnvVars"]) {
+				v[name] = p.Getenv(name)
+			}
+		}
 	}
 	v["NIX_LOG_FD"] = "2"
 	v["TERM"] = "xterm-256color"

@@ -44,8 +44,15 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 	if strings.HasPrefix(drv.Builder, "builtin:") {
 		return MiscFailure, fmt.Errorf("building '%s': builtin builder '%s' is not supported yet", g.drvPath, drv.Builder)
 	}
-	if drv.Platform != opts.System && !slices.Contains(opts.ExtraPlatforms, drv.Platform) {
-		return MiscFailure, fmt.Errorf("a '%s' is required to build '%s', but I am a '%s'", hl(drv.Platform), hl(g.drvPath.String()), hl(opts.System))
+	required := strings.Fields(drv.Env["requiredSystemFeatures"])
+	slices.Sort(required)
+	required = slices.Compact(required)
+	missingFeature := slices.ContainsFunc(required, func(f string) bool { return !slices.Contains(opts.SystemFeatures, f) })
+	if drv.Platform != opts.System && !slices.Contains(opts.ExtraPlatforms, drv.Platform) || missingFeature {
+		have := slices.Clone(opts.SystemFeatures)
+		slices.Sort(have)
+		return MiscFailure, fmt.Errorf("a '%s' with features {%s} is required to build '%s', but I am a '%s' with features {%s}",
+			hl(drv.Platform), hl(strings.Join(required, ", ")), hl(g.drvPath.String()), hl(opts.System), hl(strings.Join(slices.Compact(have), ", ")))
 	}
 	if opts.MaxJobs == 0 {
 		return MiscFailure, errors.New("unable to start any build; either increase '--max-jobs' or enable remote builds." +
@@ -149,7 +156,7 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	if sandboxed {
 		buildTop = opts.BuildDirTarget
 	}
-	env, err := MakeEnv(drv, EnvParams{StoreDir: st.StoreDir(), BuildTop: buildTop, Cores: opts.Cores, Outputs: outputs})
+	env, err := MakeEnv(drv, EnvParams{StoreDir: st.StoreDir(), BuildTop: buildTop, Cores: opts.Cores, Outputs: outputs, Getenv: os.Getenv})
 	if err != nil {
 		return MiscFailure, err
 	}
