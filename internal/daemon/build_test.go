@@ -55,7 +55,12 @@ let
     outputHash = "0000000000000000000000000000000000000000000000000000";
     args = [ "-c" "echo hello > $out" ];
   };
-in { inherit multi top bad slow envdump structured fixedBad; }
+  graph = derivation {
+    name = "graph"; system = builtins.currentSystem; builder = sh;
+    exportReferencesGraph = [ "closure" top "multiDev" multi.dev ];
+    args = [ "-c" "read x < closure; while read line; do echo \"$line\" >> $out; done < closure; while read line; do echo \"$line\" >> $out; done < multiDev" ];
+  };
+in { inherit multi top bad slow envdump structured fixedBad graph; }
 `
 
 // nixOut runs a Nix client against the daemon, returning stdout and stderr.
@@ -129,10 +134,31 @@ func TestNixBuild(t *testing.T) {
 	}
 	refSA := ref.Run(t, nil, "nix-build", "--option", "build-users-group", "", "--option", "sandbox-paths", "/bin/sh=/bin/busybox",
 		"--no-out-link", file, "-A", "structured")
-	got, _ = os.ReadFile(filepath.Join(td.cfg.Root, strings.Fields(sa)[len(strings.Fields(sa))-1]))
-	want, _ = os.ReadFile(filepath.Join(ref.Root, strings.Fields(refSA)[len(strings.Fields(refSA))-1]))
-	if len(got) == 0 || string(got) != string(want) {
+	outOf := func(paths string) string {
+		for _, p := range strings.Fields(paths) {
+			if strings.HasSuffix(p, "-structured") {
+				return p
+			}
+		}
+		return "missing"
+	}
+	got, _ = os.ReadFile(filepath.Join(td.cfg.Root, outOf(sa)))
+	want, _ = os.ReadFile(filepath.Join(ref.Root, outOf(refSA)))
+	if !strings.Contains(string(got), `"outputs":{`) || string(got) != string(want) {
 		t.Errorf("structured attrs differ from Nix 2.8's:\n--- cairn\n%s\n--- nix\n%s", got, want)
+	}
+
+	// exportReferencesGraph: the registration files Nix 2.8 writes.
+	gr, stderr, err := td.nixOut("nix-build", "--no-out-link", file, "-A", "graph")
+	if err != nil {
+		t.Fatalf("nix-build graph: %v\n%s", err, stderr)
+	}
+	refGr := ref.Run(t, nil, "nix-build", "--option", "build-users-group", "", "--option", "sandbox-paths", "/bin/sh=/bin/busybox",
+		"--no-out-link", file, "-A", "graph")
+	got, _ = os.ReadFile(filepath.Join(td.cfg.Root, gr))
+	want, _ = os.ReadFile(filepath.Join(ref.Root, refGr))
+	if len(got) == 0 || string(got) != string(want) {
+		t.Errorf("exportReferencesGraph differs from Nix 2.8's:\n--- cairn\n%s\n--- nix\n%s", got, want)
 	}
 
 	// A fixed-output hash mismatch: Nix 2.8's words.
