@@ -519,3 +519,32 @@ func TestNoSandbox(t *testing.T) {
 		t.Errorf("references %v %v", info, err)
 	}
 }
+
+func TestKeepGoing(t *testing.T) {
+	requireSandbox(t)
+	ctx := context.Background()
+	for _, keepGoing := range []bool{false, true} {
+		t.Run(fmt.Sprint(keepGoing), func(t *testing.T) {
+			st := testStore(t)
+			b := newBuilder(t, st)
+			bad := addDrv(t, st, "bad", "exit 1", nil, nil)
+			slow := addDrv(t, st, "slow", "sleep 1; echo > $out", nil, nil)
+			opts := testOptions()
+			opts.KeepGoing = keepGoing
+			res, err := b.Build(ctx, []Target{{Drv: bad}, {Drv: slow}}, opts, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res[0].Status != PermanentFailure {
+				t.Errorf("bad: %d %v", res[0].Status, res[0].Err)
+			}
+			want := Built
+			if !keepGoing {
+				want = MiscFailure
+			}
+			if res[1].Status != want {
+				t.Errorf("slow: %d %v, want %d", res[1].Status, res[1].Err, want)
+			}
+		})
+	}
+}

@@ -242,13 +242,19 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 
 	results := make([]Result, len(targets))
 	goals := make([]*goal, len(targets))
+	defer func() {
+		// Goals this request was the last to want are cancelled; they
+		// are gone (builders killed, dirs put away) before Build returns.
+		for _, g := range goals {
+			if g != nil && b.release(g) {
+				<-g.done
+			}
+		}
+	}()
 	for i, t := range targets {
 		results[i].Target = t
 		drv, err := b.readDrv(ctx, t.Drv)
 		if err != nil {
-			for _, g := range goals[:i] {
-				b.release(g)
-			}
 			return nil, err
 		}
 		for _, o := range t.Outputs {
@@ -267,13 +273,6 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 		}
 		goals[i] = b.acquire(r, t.Drv, drv)
 	}
-	defer func() {
-		for _, g := range goals {
-			if g != nil {
-				b.release(g)
-			}
-		}
-	}()
 
 	doneCh := make(chan int, len(targets))
 	for i, g := range goals {
@@ -288,6 +287,7 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 			doneCh <- i
 		}()
 	}
+	finished := make([]bool, len(targets))
 	for range countNonNil(goals) {
 		i := <-doneCh
 		g := goals[i]
@@ -296,6 +296,7 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 		default:
 			continue // cancelled
 		}
+		finished[i] = true
 		res := &results[i]
 		res.Status, res.Err, res.TimesBuilt, res.Start, res.Stop = g.status, g.err, g.timesBuilt, g.start, g.stop
 		if g.status.Success() {
@@ -310,15 +311,11 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 		}
 	}
 	for i, g := range goals {
-		if g != nil && results[i].Err == nil && !results[i].Status.Success() && results[i].Status == 0 {
-			select {
-			case <-g.done:
-			default:
-				results[i].Status = MiscFailure
-				results[i].Err = fmt.Errorf("build of '%s' was cancelled", targets[i].Drv)
-				if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-					results[i].Err = err
-				}
+		if g != nil && !finished[i] {
+			results[i].Status = MiscFailure
+			results[i].Err = fmt.Errorf("build of '%s' was cancelled", targets[i].Drv)
+			if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				results[i].Err = err
 			}
 		}
 	}
@@ -341,7 +338,11 @@ func (b *Builder) BuildDerivation(ctx context.Context, drvPath storepath.StorePa
 		return res
 	}
 	g := b.acquire(r, drvPath, drv)
-	defer b.release(g)
+	defer func() {
+		if b.release(g) {
+			<-g.done
+		}
+	}()
 	select {
 	case <-g.done:
 	case <-ctx.Done():
@@ -442,14 +443,17 @@ func (b *Builder) acquire(r *request, drvPath storepath.StorePath, drv *derivati
 	return g
 }
 
-// release drops one reference; the last one cancels an unfinished goal.
-func (b *Builder) release(g *goal) {
+// release drops one reference; the last one cancels the goal (a no-op
+// when it is done) and release reports true.
+func (b *Builder) release(g *goal) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	g.refs--
 	if g.refs == 0 {
 		g.cancel()
+		return true
 	}
+	return false
 }
 
 // join adds r to the requests that see g's log and progress.
@@ -511,7 +515,9 @@ func (b *Builder) realise(g *goal, r *request) (Status, error) {
 	var subs []*goal
 	defer func() {
 		for _, s := range subs {
-			b.release(s)
+			if b.release(s) {
+				<-s.done // cancelled: wait until it is torn down
+			}
 		}
 	}()
 	for _, in := range sortedPaths(drv.InputDrvs) {
