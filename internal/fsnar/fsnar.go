@@ -1,17 +1,16 @@
 // Package fsnar serialises a file tree as a NAR with read-ahead.
 //
-// nar.Writer is a plain codec and nar.Dump a plain sequential walk; this package adds
-// concurrency on the file system side. A walker goroutine lists directories in
-// archive order, reader goroutines open and read the regular files it finds, and the
-// caller's goroutine writes the archive in order (and so hashes or scans it). On two
-// cores the system calls and copies run beside the hashing, which is what makes
-// `cairn hash path` and adding a tree to the store faster than Nix's single-threaded
-// dump.
+// nar.Writer is a plain codec; this package adds the file system side: a second
+// goroutine walks the tree and reads file contents into a small ring of buffers
+// while the caller's goroutine feeds them to the nar.Writer (and so to whatever
+// hashes or scans the archive). On a machine with two cores, hashing on one overlaps
+// the walk and the reads on the other, which is what makes `cairn hash path` and
+// adding a tree to the store faster than Nix's single-threaded dump.
 //
 // The archive is byte-identical to nar.Dump's and `nix-store --dump`'s: entries in
 // byte-wise order of their names, the executable flag from the owner's x bit, only
-// regular files, directories and symlinks. Memory is bounded whatever the tree: at
-// most maxInFlight files are ahead of the writer, each holding at most one chunk.
+// regular files, directories and symlinks. Memory use is bounded by the ring
+// (ringBuffers × bufferSize) whatever the size of the tree or its files.
 package fsnar
 
 import (
@@ -22,8 +21,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -31,88 +28,59 @@ import (
 )
 
 const (
-	// chunkSize is how much of a file a reader reads ahead; the writer reads the rest.
-	chunkSize = 256 << 10
-	// maxInFlight bounds the nodes between the walker and the writer.
-	maxInFlight = 64
-	// readers is the number of goroutines opening and reading files.
-	readers = 2
+	// bufferSize is the size of one read-ahead buffer; small files share one.
+	bufferSize = 1 << 20
+	// ringBuffers is how many buffers may be in flight between the two goroutines.
+	ringBuffers = 4
+	// maxEventsPerBatch bounds the headers carried by one buffer.
+	maxEventsPerBatch = 512
 )
 
-var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
-
-// dirRef is a directory fd shared by the walker and the readers of its files; the
-// last release closes it.
-type dirRef struct {
-	fd   int
-	refs atomic.Int32
+// event is one step of the archive: a header with the first part of its contents, or
+// (hdr == nil) more contents of the current file.
+type event struct {
+	hdr  *nar.Header
+	data []byte
 }
 
-func (d *dirRef) release() {
-	if d.refs.Add(-1) == 0 {
-		unix.Close(d.fd)
-	}
-}
-
-// node is one archive entry on its way from the walker to the writer. For a regular
-// file the walker fills in where it is, a reader the rest, then closes ready.
-type node struct {
-	hdr nar.Header
-
-	// Regular files only.
-	dir   *dirRef
-	name  string // in dir
-	path  string // for messages
-	ready chan struct{}
-	buf   *[]byte // pooled chunk holding data
-	data  []byte  // the first part of the contents
-	fd    int     // open when contents remain past data, else -1
-	err   error
+type batch struct {
+	events []event
+	buf    []byte
+	err    error // set on the last batch when the walk failed
 }
 
 // Dump writes the NAR serialisation of the file system object at path to w.
-func Dump(ctx context.Context, w io.Writer, path string) error {
-	ctx, cancel := context.WithCancel(ctx)
+func Dump(parent context.Context, w io.Writer, path string) error {
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
-	nodes := make(chan *node, maxInFlight)
-	jobs := make(chan *node, maxInFlight)
-
-	var wg sync.WaitGroup
-	for i := 0; i < readers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := range jobs {
-				n.read(ctx)
-			}
-		}()
+	free := make(chan *batch, ringBuffers)
+	for i := 0; i < ringBuffers; i++ {
+		free <- &batch{buf: make([]byte, 0, bufferSize), events: make([]event, 0, maxEventsPerBatch)}
 	}
-	walkErr := make(chan error, 1)
-	go func() {
-		wk := &walker{ctx: ctx, nodes: nodes, jobs: jobs}
-		err := wk.root(path)
-		close(jobs)
-		close(nodes)
-		walkErr <- err
-	}()
+	full := make(chan *batch, ringBuffers)
+	w1 := &walker{ctx: ctx, free: free, full: full}
+	go w1.run(path)
 
 	nw := nar.NewWriter(w)
 	var err error
-	var rest []byte
-	for n := range nodes {
-		if n.ready != nil {
-			<-n.ready
-		}
+	for b := range full {
 		if err == nil {
-			if err = n.write(nw, &rest); err != nil {
-				cancel() // stop the walker and readers; keep draining to free what they hold
+			err = writeBatch(nw, b)
+			if err != nil {
+				cancel() // stop the walker; keep draining so it can exit
 			}
 		}
-		n.free()
+		if b.err != nil && err == nil {
+			err = b.err
+		}
+		b.events, b.buf, b.err = b.events[:0], b.buf[:0], nil
+		select {
+		case free <- b:
+		default:
+		}
 	}
-	wg.Wait()
-	if werr := <-walkErr; err == nil {
-		err = werr
+	if err == nil {
+		err = parent.Err() // the walker stops quietly when canceled
 	}
 	if err != nil {
 		return err
@@ -120,116 +88,85 @@ func Dump(ctx context.Context, w io.Writer, path string) error {
 	return nw.Close()
 }
 
-// read opens the file and reads its first chunk; it runs on a reader goroutine.
-func (n *node) read(ctx context.Context) {
-	defer close(n.ready)
-	defer n.dir.release()
-	n.fd = -1
-	if err := ctx.Err(); err != nil {
-		n.err = err
-		return
-	}
-	fd, err := openat(n.dir.fd, n.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
-	if err != nil {
-		n.err = fmt.Errorf("dump %s: %w", n.path, &os.PathError{Op: "open", Path: n.path, Err: err})
-		return
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		n.err = fmt.Errorf("dump %s: %w", n.path, &os.PathError{Op: "fstat", Path: n.path, Err: err})
-		return
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
-		n.err = fmt.Errorf("dump %s: file changed type while dumping", n.path)
-		return
-	}
-	n.hdr.Executable = st.Mode&unix.S_IXUSR != 0
-	n.hdr.Size = st.Size
-	if st.Size > 0 {
-		n.buf = chunkPool.Get().(*[]byte)
-		want := (*n.buf)[:min(int64(chunkSize), st.Size)]
-		got, err := readFull(fd, want)
-		if err == nil && got < len(want) {
-			err = errors.New("file shrank while dumping")
+func writeBatch(nw *nar.Writer, b *batch) error {
+	for _, e := range b.events {
+		if e.hdr != nil {
+			if err := nw.WriteHeader(e.hdr); err != nil {
+				return err
+			}
 		}
-		if err != nil {
-			unix.Close(fd)
-			n.err = fmt.Errorf("dump %s: %w", n.path, err)
-			return
+		if len(e.data) > 0 {
+			if _, err := nw.Write(e.data); err != nil {
+				return err
+			}
 		}
-		n.data = want
-	}
-	if int64(len(n.data)) < st.Size {
-		n.fd = fd
-	} else {
-		unix.Close(fd)
-	}
-}
-
-// write puts the node into the archive; rest is the writer's buffer for file
-// contents past the first chunk.
-func (n *node) write(nw *nar.Writer, rest *[]byte) error {
-	if n.err != nil {
-		return n.err
-	}
-	if err := nw.WriteHeader(&n.hdr); err != nil {
-		return err
-	}
-	if len(n.data) > 0 {
-		if _, err := nw.Write(n.data); err != nil {
-			return err
-		}
-	}
-	if n.fd < 0 {
-		return nil
-	}
-	if *rest == nil {
-		*rest = make([]byte, 1<<20)
-	}
-	for left := n.hdr.Size - int64(len(n.data)); left > 0; {
-		got, err := readFull(n.fd, (*rest)[:min(int64(len(*rest)), left)])
-		if err == nil && got == 0 {
-			err = errors.New("file shrank while dumping")
-		}
-		if err != nil {
-			return fmt.Errorf("dump %s: %w", n.path, err)
-		}
-		if _, err := nw.Write((*rest)[:got]); err != nil {
-			return err
-		}
-		left -= int64(got)
 	}
 	return nil
 }
 
-// free returns what the node holds; it runs on the writer's goroutine.
-func (n *node) free() {
-	if n.fd >= 0 && n.ready != nil {
-		unix.Close(n.fd)
-		n.fd = -1
-	}
-	if n.buf != nil {
-		chunkPool.Put(n.buf)
-		n.buf, n.data = nil, nil
-	}
-}
-
-// walker lists directories in archive order on its own goroutine.
+// walker runs on its own goroutine and owns the batch it is filling.
 type walker struct {
-	ctx   context.Context
-	nodes chan<- *node
-	jobs  chan<- *node
+	ctx  context.Context
+	free chan *batch
+	full chan *batch
+	cur  *batch
 }
 
-func (w *walker) send(ch chan<- *node, n *node) error {
-	select {
-	case ch <- n:
-		return nil
-	case <-w.ctx.Done():
-		return w.ctx.Err()
+var errCanceled = errors.New("canceled")
+
+func (w *walker) run(root string) {
+	defer close(w.full)
+	err := w.root(root)
+	if errors.Is(err, errCanceled) {
+		return
 	}
+	if w.cur == nil {
+		if !w.take() {
+			return
+		}
+	}
+	w.cur.err = err
+	w.full <- w.cur
+}
+
+// take gets an empty batch, or reports false when the consumer has gone.
+func (w *walker) take() bool {
+	if w.ctx.Err() != nil {
+		return false
+	}
+	select {
+	case b := <-w.free:
+		w.cur = b
+		return true
+	case <-w.ctx.Done():
+		return false
+	}
+}
+
+func (w *walker) flush() error {
+	if w.cur != nil {
+		select {
+		case w.full <- w.cur:
+		case <-w.ctx.Done():
+			return errCanceled
+		}
+		w.cur = nil
+	}
+	if !w.take() {
+		return errCanceled
+	}
+	return nil
+}
+
+// emit adds an event, flushing first if the batch has no room for the header.
+func (w *walker) emit(h *nar.Header) error {
+	if w.cur == nil || len(w.cur.events) == cap(w.cur.events) {
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	w.cur.events = append(w.cur.events, event{hdr: h})
+	return nil
 }
 
 // root dumps the object at path, which may be a file, a symlink or a directory.
@@ -238,110 +175,75 @@ func (w *walker) root(path string) error {
 	if err := unix.Lstat(path, &st); err != nil {
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "lstat", Path: path, Err: err})
 	}
-	cwd := &dirRef{fd: unix.AT_FDCWD}
-	cwd.refs.Store(1 << 30) // never closed
-	return w.node(cwd, path, path, "", st.Mode&unix.S_IFMT)
+	return w.node(unix.AT_FDCWD, path, path, "", st.Mode&unix.S_IFMT)
 }
 
-// node dumps the entry name of the directory dir; path is for messages, rel is the
+// node dumps the entry name of the directory dirfd; path is for messages, rel is the
 // archive path, and ifmt the entry's type as the directory listing told it.
-func (w *walker) node(dir *dirRef, name, path, rel string, ifmt uint32) error {
+func (w *walker) node(dirfd int, name, path, rel string, ifmt uint32) error {
 	switch ifmt {
 	case unix.S_IFREG:
-		dir.refs.Add(1)
-		n := &node{hdr: nar.Header{Path: rel, Type: nar.TypeRegular}, dir: dir, name: name, path: path,
-			ready: make(chan struct{}), fd: -1}
-		if err := w.send(w.nodes, n); err != nil {
-			dir.release()
-			return err
-		}
-		if err := w.send(w.jobs, n); err != nil {
-			// The writer already has the node and waits for it to be ready.
-			n.err = err
-			dir.release()
-			close(n.ready)
-			return err
-		}
-		return nil
+		return w.file(dirfd, name, path, rel)
 	case unix.S_IFLNK:
-		target, err := readlinkat(dir.fd, name)
+		target, err := readlinkat(dirfd, name)
 		if err != nil {
 			return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "readlink", Path: path, Err: err})
 		}
-		return w.send(w.nodes, &node{hdr: nar.Header{Path: rel, Type: nar.TypeSymlink, LinkTarget: target}, fd: -1})
+		return w.emit(&nar.Header{Path: rel, Type: nar.TypeSymlink, LinkTarget: target})
 	case unix.S_IFDIR:
-		return w.dir(dir, name, path, rel)
+		return w.dir(dirfd, name, path, rel)
 	}
 	return fmt.Errorf("dump %s: file has an unsupported type", path)
 }
 
-func (w *walker) dir(parent *dirRef, name, path, rel string) error {
-	fd, err := openat(parent.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+func (w *walker) dir(dirfd int, name, path, rel string) error {
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
 	}
-	dir := &dirRef{fd: fd}
-	dir.refs.Store(1)
-	defer dir.release()
-	if err := w.send(w.nodes, &node{hdr: nar.Header{Path: rel, Type: nar.TypeDirectory}, fd: -1}); err != nil {
+	d := os.NewFile(uintptr(fd), path)
+	defer d.Close()
+	if err := w.emit(&nar.Header{Path: rel, Type: nar.TypeDirectory}); err != nil {
 		return err
 	}
-	entries, err := readDir(fd, path)
+	entries, err := d.ReadDir(-1)
 	if err != nil {
 		return fmt.Errorf("dump %s: %w", path, err)
 	}
+	// Byte-wise order of names, as Nix orders entries.
+	slices.SortFunc(entries, func(a, b os.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
 	for _, e := range entries {
-		child := e.name
+		child := e.Name()
 		if rel != "" {
-			child = rel + "/" + e.name
+			child = rel + "/" + e.Name()
 		}
-		if err := w.node(dir, e.name, path+"/"+e.name, child, e.ifmt); err != nil {
+		ifmt, err := entryType(fd, e)
+		if err != nil {
+			return fmt.Errorf("dump %s/%s: %w", path, e.Name(), err)
+		}
+		if err := w.node(fd, e.Name(), path+"/"+e.Name(), child, ifmt); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-type entry struct {
-	name string
-	ifmt uint32
-}
-
-// readDir lists the directory fd in byte-wise order of names, as Nix orders entries,
-// with each entry's type from the listing (or from fstatat where the listing does
-// not say).
-func readDir(fd int, path string) ([]entry, error) {
-	// os.File would take ownership of fd; list through a duplicate instead.
-	dup, err := unix.Dup(fd)
-	if err != nil {
-		return nil, err
+// entryType maps a directory entry's type to S_IFMT bits, asking the file system
+// only when the listing did not say.
+func entryType(dirfd int, e os.DirEntry) (uint32, error) {
+	switch t := e.Type(); {
+	case t.IsRegular():
+		return unix.S_IFREG, nil
+	case t.IsDir():
+		return unix.S_IFDIR, nil
+	case t&os.ModeSymlink != 0:
+		return unix.S_IFLNK, nil
 	}
-	f := os.NewFile(uintptr(dup), path)
-	defer f.Close()
-	des, err := f.ReadDir(-1)
-	if err != nil {
-		return nil, err
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return 0, err
 	}
-	entries := make([]entry, len(des))
-	for i, de := range des {
-		entries[i].name = de.Name()
-		switch t := de.Type(); {
-		case t.IsRegular():
-			entries[i].ifmt = unix.S_IFREG
-		case t.IsDir():
-			entries[i].ifmt = unix.S_IFDIR
-		case t&os.ModeSymlink != 0:
-			entries[i].ifmt = unix.S_IFLNK
-		default:
-			var st unix.Stat_t
-			if err := unix.Fstatat(fd, de.Name(), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				return nil, err
-			}
-			entries[i].ifmt = st.Mode & unix.S_IFMT
-		}
-	}
-	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.name, b.name) })
-	return entries, nil
+	return st.Mode & unix.S_IFMT, nil
 }
 
 func openat(dirfd int, name string, flags int) (int, error) {
@@ -368,6 +270,56 @@ func readlinkat(dirfd int, name string) (string, error) {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
+}
+
+func (w *walker) file(dirfd int, name, path, rel string) error {
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "fstat", Path: path, Err: err})
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("dump %s: file changed type while dumping", path)
+	}
+	h := &nar.Header{Path: rel, Type: nar.TypeRegular, Executable: st.Mode&unix.S_IXUSR != 0, Size: st.Size}
+	if err := w.emit(h); err != nil {
+		return err
+	}
+	left := st.Size
+	first := true
+	for left > 0 {
+		if len(w.cur.buf) == cap(w.cur.buf) || (!first && len(w.cur.events) == cap(w.cur.events)) {
+			if err := w.flush(); err != nil {
+				return err
+			}
+			first = false // the header went out with the previous batch
+		}
+		b := w.cur
+		room := int64(cap(b.buf) - len(b.buf))
+		want := min(left, room)
+		start := len(b.buf)
+		chunk := b.buf[start : start+int(want)]
+		n, err := readFull(fd, chunk)
+		if err != nil {
+			return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "read", Path: path, Err: err})
+		}
+		if n < len(chunk) {
+			return fmt.Errorf("dump %s: file shrank while dumping", path)
+		}
+		b.buf = b.buf[:start+n]
+		if first {
+			b.events[len(b.events)-1].data = chunk
+			first = false
+		} else {
+			b.events = append(b.events, event{data: chunk})
+		}
+		left -= int64(n)
+	}
+	return nil
 }
 
 func readFull(fd int, p []byte) (int, error) {

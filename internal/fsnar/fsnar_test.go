@@ -25,7 +25,7 @@ func makeTree(t testing.TB) string {
 		"a/B":                "upper",
 		"a/b":                "lower",
 		"a/é-non-ascii":      "ünïcödé",
-		"big":                strings.Repeat("0123456789abcdef", (3*chunkSize)/16+7),
+		"big":                strings.Repeat("0123456789abcdef", (3*bufferSize)/16+7),
 		"z/deep/er/est/file": "deep",
 	}
 	for name, data := range files {
@@ -37,7 +37,7 @@ func makeTree(t testing.TB) string {
 			t.Fatal(err)
 		}
 	}
-	for i := 0; i < 3*maxInFlight/2; i++ { // more headers than one batch holds
+	for i := 0; i < 3*maxEventsPerBatch/2; i++ { // more headers than one batch holds
 		p := filepath.Join(root, "many", strings.Repeat("x", i%7)+string(rune('a'+i%26))+string(rune('0'+i%10))+"-"+itoa(i))
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
