@@ -41,8 +41,10 @@ func Main(args []string) int {
 	defer stop()
 	root := NewRoot()
 	root.SetArgs(args)
+	stderr := stderrWriter()
+	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(os.Stderr, "error: %v\n", err)
+		fmt.Fprintf(stderr, "error: %v\n", err)
 		return exitStatus(err)
 	}
 	return 0
