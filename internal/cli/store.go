@@ -52,6 +52,19 @@ func storeConfig(cmd *cobra.Command) (*store.Config, error) {
 
 // openLocalStore opens the store the global --store flag names (or the default
 // store) as a local store.
+// withLocalStore adapts a verb's body that needs the local store named by --store:
+// it opens the store, runs f and closes the store again.
+func withLocalStore(f func(cmd *cobra.Command, s *local.Store, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		s, err := openLocalStore(cmd)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return f(cmd, s, args)
+	}
+}
+
 func openLocalStore(cmd *cobra.Command) (*local.Store, error) {
 	cfg, err := storeConfig(cmd)
 	if err != nil {

@@ -18,12 +18,7 @@ func newStoreDeleteCmd() *cobra.Command {
 			"referrers first, then the .links entries nothing uses any more. GC roots are not\n" +
 			"consulted. Prints how many paths were deleted and the space freed, as Nix does.",
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openLocalStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withLocalStore(func(cmd *cobra.Command, s *local.Store, args []string) error {
 			paths, err := argStorePaths(s.StoreDir(), args)
 			if err != nil {
 				return err
@@ -34,6 +29,6 @@ func newStoreDeleteCmd() *cobra.Command {
 					len(res.Paths), float64(res.BytesFreed)/(1024*1024))
 			}
 			return err
-		},
+		}),
 	}
 }

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"github.com/spf13/cobra"
+
+	"cairn/internal/store/local"
 )
 
 func init() {
@@ -15,12 +17,7 @@ func newStoreDumpDBCmd() *cobra.Command {
 		Short: "Print the registration of valid paths, like nix-store --dump-db",
 		Long: "Print, in Nix's registration format, each PATH's path, NAR hash (base16),\n" +
 			"NAR size, deriver and references; without arguments, every valid path.",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openLocalStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withLocalStore(func(cmd *cobra.Command, s *local.Store, args []string) error {
 			if len(args) == 0 {
 				return s.DumpDB(cmd.Context(), cmd.OutOrStdout(), nil)
 			}
@@ -29,7 +26,7 @@ func newStoreDumpDBCmd() *cobra.Command {
 				return err
 			}
 			return s.DumpDB(cmd.Context(), cmd.OutOrStdout(), ps)
-		},
+		}),
 	}
 }
 
@@ -40,14 +37,9 @@ func newStoreLoadDBCmd() *cobra.Command {
 		Long: "Read registrations (nix-store --dump-db or cairn store dump-db output) from\n" +
 			"stdin and register them in one transaction; the files must be in place already.",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openLocalStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			_, err = s.LoadDB(cmd.Context(), cmd.InOrStdin())
+		RunE: withLocalStore(func(cmd *cobra.Command, s *local.Store, args []string) error {
+			_, err := s.LoadDB(cmd.Context(), cmd.InOrStdin())
 			return err
-		},
+		}),
 	}
 }

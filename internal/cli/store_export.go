@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"cairn/internal/store/local"
 )
 
 func init() {
@@ -20,18 +22,13 @@ func newStoreExportCmd() *cobra.Command {
 			"format nix-store --import reads. A path whose files no longer match its hash\n" +
 			"is refused.",
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openLocalStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withLocalStore(func(cmd *cobra.Command, s *local.Store, args []string) error {
 			paths, err := argStorePaths(s.StoreDir(), args)
 			if err != nil {
 				return err
 			}
 			return s.Export(cmd.Context(), cmd.OutOrStdout(), paths)
-		},
+		}),
 	}
 }
 
@@ -42,12 +39,7 @@ func newStoreImportCmd() *cobra.Command {
 		Long: "Read an export stream (nix-store --export or cairn store export) from stdin,\n" +
 			"add its paths, and print each one as nix-store --import does.",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openLocalStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withLocalStore(func(cmd *cobra.Command, s *local.Store, args []string) error {
 			paths, err := s.Import(cmd.Context(), bufio.NewReaderSize(cmd.InOrStdin(), 256<<10))
 			if err != nil {
 				return err
@@ -57,6 +49,6 @@ func newStoreImportCmd() *cobra.Command {
 				fmt.Fprintln(w, p)
 			}
 			return w.Flush()
-		},
+		}),
 	}
 }

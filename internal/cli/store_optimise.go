@@ -17,18 +17,13 @@ func newStoreOptimiseCmd() *cobra.Command {
 		Long: "Replace files with identical contents (and execute bit) by hard links to one\n" +
 			"copy kept in <store>/.links, and print how much space that freed.",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openLocalStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withLocalStore(func(cmd *cobra.Command, s *local.Store, args []string) error {
 			stats, err := s.Optimise(cmd.Context(), local.OptimiseOptions{Log: cmd.ErrOrStderr()})
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.ErrOrStderr(), stats)
 			return nil
-		},
+		}),
 	}
 }

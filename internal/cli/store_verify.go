@@ -21,12 +21,7 @@ func newStoreVerifyCmd() *cobra.Command {
 			"Entries of the store directory that are not valid paths are reported as garbage.\n" +
 			"Exits 1 when problems remain.",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := openLocalStore(cmd)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: withLocalStore(func(cmd *cobra.Command, s *local.Store, args []string) error {
 			opts.Log = cmd.ErrOrStderr()
 			res, err := s.Verify(cmd.Context(), opts)
 			if err != nil {
@@ -36,7 +31,7 @@ func newStoreVerifyCmd() *cobra.Command {
 				return &exitError{status: 1, err: errors.New("not all store errors were fixed")}
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&opts.CheckContents, "check-contents", false, "rehash the contents of every path")
 	cmd.Flags().BoolVar(&opts.Repair, "repair", false, "fix what can be fixed")
