@@ -37,7 +37,11 @@ func (p *preparedReads) stmt(ctx context.Context, query string) (*sql.Stmt, erro
 }
 
 // QueryRowContext implements queryer; a preparation error surfaces from Scan.
+// Single-row lookups take microseconds, so they run without the caller's
+// cancellation: with a cancellable context database/sql starts a goroutine per
+// query to watch it, which costs more than the lookup.
 func (p *preparedReads) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	ctx = context.WithoutCancel(ctx)
 	st, err := p.stmt(ctx, query)
 	if err != nil {
 		return p.db.QueryRowContext(ctx, query, args...)
