@@ -6,10 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"cairn/internal/testutil/testuser"
 )
 
 // cairnBinary builds cmd/cairn once per test into dir.
@@ -30,27 +31,9 @@ func cairnBinary(t *testing.T, dir string) string {
 // (made with useradd if missing), or skips.
 func exampleUser(t *testing.T) (int, int) {
 	t.Helper()
-	lookup := func() (int, int, bool) {
-		data, _ := os.ReadFile("/etc/passwd")
-		for _, l := range strings.Split(string(data), "\n") {
-			f := strings.Split(l, ":")
-			if len(f) > 3 && f[0] == "cairnbuild" {
-				uid, err1 := strconv.Atoi(f[2])
-				gid, err2 := strconv.Atoi(f[3])
-				return uid, gid, err1 == nil && err2 == nil
-			}
-		}
-		return 0, 0, false
-	}
-	if uid, gid, ok := lookup(); ok {
-		return uid, gid
-	}
-	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "cairnbuild").CombinedOutput(); err != nil {
-		t.Skipf("useradd: %v: %s", err, out)
-	}
-	uid, gid, ok := lookup()
-	if !ok {
-		t.Skip("cairnbuild missing after useradd")
+	uid, gid, err := testuser.Ensure()
+	if err != nil {
+		t.Skip(err)
 	}
 	return uid, gid
 }

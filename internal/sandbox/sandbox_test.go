@@ -22,6 +22,7 @@ import (
 	"testing"
 
 	"cairn/internal/sandbox"
+	"cairn/internal/testutil/testuser"
 )
 
 // The test binary is also the sandbox's init (Start re-executes it with
@@ -425,27 +426,4 @@ func TestRootless(t *testing.T) {
 
 // buildUser returns the uid and gid of the user cairnbuild, made with
 // useradd when missing.
-func buildUser() (int, int, error) {
-	lookup := func() (int, int, bool) {
-		data, _ := os.ReadFile("/etc/passwd")
-		for _, l := range strings.Split(string(data), "\n") {
-			f := strings.Split(l, ":")
-			if len(f) > 3 && f[0] == "cairnbuild" {
-				uid, err1 := strconv.Atoi(f[2])
-				gid, err2 := strconv.Atoi(f[3])
-				return uid, gid, err1 == nil && err2 == nil
-			}
-		}
-		return 0, 0, false
-	}
-	if uid, gid, ok := lookup(); ok {
-		return uid, gid, nil
-	}
-	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "cairnbuild").CombinedOutput(); err != nil {
-		return 0, 0, fmt.Errorf("useradd: %v: %s", err, out)
-	}
-	if uid, gid, ok := lookup(); ok {
-		return uid, gid, nil
-	}
-	return 0, 0, errors.New("cairnbuild not in /etc/passwd after useradd")
-}
+func buildUser() (int, int, error) { return testuser.Ensure() }

@@ -1,0 +1,42 @@
+// Package testuser finds or makes the unprivileged system user that rootless tests run as.
+package testuser
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+)
+
+// Name is the user rootless tests run as.
+const Name = "cairnbuild"
+
+// Ensure returns the uid and gid of Name, adding it with useradd when missing.
+func Ensure() (uid, gid int, err error) {
+	if uid, gid, ok := lookup(); ok {
+		return uid, gid, nil
+	}
+	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", Name).CombinedOutput(); err != nil {
+		return 0, 0, fmt.Errorf("useradd %s: %v: %s", Name, err, out)
+	}
+	if uid, gid, ok := lookup(); ok {
+		return uid, gid, nil
+	}
+	return 0, 0, fmt.Errorf("%s not in /etc/passwd after useradd", Name)
+}
+
+// lookup reads /etc/passwd itself: the user may have been added after the
+// process's user database was first consulted.
+func lookup() (uid, gid int, ok bool) {
+	data, _ := os.ReadFile("/etc/passwd")
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Split(l, ":")
+		if len(f) > 3 && f[0] == Name {
+			uid, err1 := strconv.Atoi(f[2])
+			gid, err2 := strconv.Atoi(f[3])
+			return uid, gid, err1 == nil && err2 == nil
+		}
+	}
+	return 0, 0, false
+}
