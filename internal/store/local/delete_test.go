@@ -23,16 +23,7 @@ func TestDeleteMatchesNix(t *testing.T) {
 	ctx := context.Background()
 	s, root := newStore(t)
 	f := addFixture(t, s)
-	all, err := s.QueryAllValidPaths(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var exp bytes.Buffer
-	if err := s.Export(ctx, &exp, all); err != nil {
-		t.Fatal(err)
-	}
-	ns := nixtest.NewStore(t)
-	ns.Run(t, exp.Bytes(), "nix-store", "--import")
+	ns := nixCopy(t, s)
 
 	nixDelete := func(paths ...storepath.StorePath) (string, error) {
 		args := []string{"--store", ns.URL(), "--delete"}
@@ -130,4 +121,22 @@ func TestDeleteInvalidLeftover(t *testing.T) {
 	if _, err := os.Lstat(s.RealPath(garbage) + ".lock"); !os.IsNotExist(err) {
 		t.Errorf("lock file left: %v", err)
 	}
+}
+
+// nixCopy makes a Nix store holding every path of s, through export and
+// nix-store --import.
+func nixCopy(t *testing.T, s *Store) *nixtest.Store {
+	t.Helper()
+	ctx := context.Background()
+	all, err := s.QueryAllValidPaths(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exp bytes.Buffer
+	if err := s.Export(ctx, &exp, all); err != nil {
+		t.Fatal(err)
+	}
+	ns := nixtest.NewStore(t)
+	ns.Run(t, exp.Bytes(), "nix-store", "--import")
+	return ns
 }

@@ -62,16 +62,7 @@ func TestOptimiseMatchesNix(t *testing.T) {
 	f := addFixture(t, s)
 
 	// The same paths in a store Nix made, through export/import.
-	all, err := s.QueryAllValidPaths(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var exp bytes.Buffer
-	if err := s.Export(ctx, &exp, all); err != nil {
-		t.Fatal(err)
-	}
-	ns := nixtest.NewStore(t)
-	ns.Run(t, exp.Bytes(), "nix-store", "--import")
+	ns := nixCopy(t, s)
 	out, err := nixtest.Output(nil, "sh", "-c", "nix-store --store '"+ns.URL()+"' --optimise 2>&1")
 	if err != nil {
 		t.Fatal(err)
