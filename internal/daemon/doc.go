@@ -38,7 +38,8 @@
 //   - AddBuildLog writes the log uncompressed (LOGDIR/drvs/XX/REST, which Nix
 //     reads as well as the .bz2 form): Go has no bzip2 writer.
 //   - NarFromPath checks validity before STDERR_LAST, so an invalid path gets an
-//     error instead of a truncated NAR.
+//     error instead of a truncated NAR; the connection then closes, because
+//     Nix 2.8's client ignores that error and waits for the NAR.
 //   - An untrusted client may not repair (AddToStoreNar, AddMultipleToStore,
 //     AddToStore, VerifyStore, BuildPaths); nix-daemon 2.8 checks only some.
 //   - A refused user gets the handshake and then an error saying why, rather

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"cairn/internal/config"
 	"cairn/internal/gcroots"
@@ -245,8 +246,21 @@ func TestNixStdio(t *testing.T) {
 		if strings.TrimSpace(string(got)) != want {
 			t.Errorf("%s: dump differs", mode)
 		}
-		// Not tested: dump-path of an invalid path. The Nix 2.8 client then
-		// hangs while closing its ssh-ng connection (see the report).
+		// An invalid path: the 2.8 client ignores the daemon's error and reads
+		// on, so it must fail on the closed connection rather than wait forever.
+		missing := "/nix/store/00000000000000000000000000000000-missing"
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, "nix", "--store", url, "store", "dump-path", missing)
+		cmd.Env = append(nixtest.Env(), "HOME="+td.dir)
+		out, err := cmd.CombinedOutput()
+		hung := ctx.Err() != nil
+		cancel()
+		if hung {
+			t.Fatalf("%s: dump-path of an invalid path hung", mode)
+		}
+		if err == nil {
+			t.Errorf("%s: dump-path of an invalid path succeeded: %s", mode, out)
+		}
 	}
 }
 

@@ -330,7 +330,8 @@ func (c *conn) emptyOp(q *protocol.EmptyRequest) error {
 }
 
 // narFromPath sends a valid path's NAR raw after STDERR_LAST. Unlike nix-daemon
-// 2.8, validity is checked first, so an invalid path gets a proper error.
+// 2.8, validity is checked first, so an invalid path gets a proper error (and
+// the connection closes, see below).
 func (c *conn) narFromPath(p storepath.StorePath) error {
 	c.start()
 	nr, err := capability[store.NarReader](c, "reading NARs")
@@ -342,7 +343,14 @@ func (c *conn) narFromPath(p storepath.StorePath) error {
 		return err
 	}
 	if !ok {
-		return store.NotValid(p)
+		// Nix clients up to at least 2.8 ignore an error here and go on to read
+		// a NAR: the error goes out, then the connection ends, so such a client
+		// fails on end-of-file (as it does with nix-daemon) instead of waiting.
+		err := store.NotValid(p)
+		if ferr := c.log.fail(nixError(err)); ferr != nil {
+			return ferr
+		}
+		return &abortError{err}
 	}
 	if err := c.reply(nil); err != nil {
 		return err
