@@ -414,7 +414,7 @@ func TestTimeouts(t *testing.T) {
 				t.Fatal(err)
 			}
 			if res[0].Status != TimedOut || !strings.Contains(res[0].Err.Error(), tt.msg) ||
-				!strings.Contains(res[0].Err.Error(), "building of '\x1b[35;1m"+p.String()+"!*\x1b[0m' from .drv file") {
+				!strings.Contains(res[0].Err.Error(), "\x1b[35;1mbuilding of '"+p.String()+"!*' from .drv file\x1b[0m") {
 				t.Fatalf("status %d: %v", res[0].Status, res[0].Err)
 			}
 			if d := res[0].Stop.Sub(res[0].Start); d > 5e9 {

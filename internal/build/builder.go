@@ -35,6 +35,26 @@ const (
 	TimedOut         Status = 8
 	MiscFailure      Status = 9
 	DependencyFailed Status = 10
+	LogLimitExceeded Status = 11
+	NotDeterministic Status = 12
+)
+
+// Mode is how a request builds, numbered as Nix's BuildMode (and the
+// worker protocol).
+type Mode int
+
+const (
+	// Normal builds the outputs that are not valid.
+	Normal Mode = 0
+	// Repair rebuilds the outputs that are missing or whose contents no
+	// longer hash to their registered NAR hash, replacing them in place;
+	// when every output is good, it repairs the derivations whose outputs
+	// in the outputs' closure are bad. Input derivations are repaired too.
+	Repair Mode = 1
+	// Check rebuilds outputs that are all valid and compares the new NAR
+	// hashes with the registered ones (NotDeterministic when they differ);
+	// nothing is registered. Input derivations are built normally.
+	Check Mode = 2
 )
 
 // Success reports whether s means the outputs are valid.
@@ -59,6 +79,14 @@ type Options struct {
 	System         string // "" means x86_64-linux
 	ExtraPlatforms []string
 	SystemFeatures []string // what requiredSystemFeatures may ask for
+	Mode           Mode     // of the wanted derivations (their inputs: see Mode)
+	// CompressLog writes logs as LOGDIR/drvs/XX/REST.bz2 (compress-build-log).
+	CompressLog bool
+	// DiscardLog keeps no log file (keep-build-log = false).
+	DiscardLog bool
+	// MaxLogSize kills a build whose log grows past it, in bytes
+	// (max-build-log-size); 0 means no limit.
+	MaxLogSize int64
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -87,6 +115,9 @@ func OptionsFrom(s Getter) Options {
 		System:         s.Get("system"),
 		ExtraPlatforms: strings.Fields(s.Get("extra-platforms")),
 		SystemFeatures: strings.Fields(s.Get("system-features")),
+		CompressLog:    s.Get("compress-build-log") != "false",
+		DiscardLog:     s.Get("keep-build-log") == "false",
+		MaxLogSize:     int64(atoi("max-build-log-size")),
 	}
 	if s.Get("max-jobs") == "auto" {
 		o.MaxJobs = numCPU()
@@ -133,6 +164,18 @@ type Logger interface {
 	Error(msg string)
 }
 
+// ModeLogger is a Logger that is told more, as Nix's logger is: the mode
+// of a build as it starts ("checking outputs of '…'"), and plain messages
+// (Nix's printInfo and printError: "checking path '…'...", "path '…' is
+// corrupted or missing!"). The builder uses it when the Logger has it.
+type ModeLogger interface {
+	Logger
+	// BuildStartedMode is BuildStarted for a build in mode m.
+	BuildStartedMode(drv storepath.StorePath, m Mode) BuildLog
+	// Print logs msg as it is, at the error level or (info) the info level.
+	Print(msg string, info bool)
+}
+
 // BuildLog receives one build's output, line by line.
 type BuildLog interface {
 	Line(text string)    // a line of the builder's output, without "\n"
@@ -154,7 +197,7 @@ type Builder struct {
 	pool    []*buildDirs // reusable dirs of finished sandboxed builds
 
 	mu    sync.Mutex
-	goals map[storepath.StorePath]*goal
+	goals map[goalKey]*goal
 	seq   atomic.Uint64
 	cache derivation.HashCache
 }
@@ -175,7 +218,7 @@ func New(st *local.Store, buildsDir string) (*Builder, error) {
 	if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("build: %w", err)
 	}
-	return &Builder{store: st, buildsDir: buildsDir, rootDir: root, goals: map[storepath.StorePath]*goal{}}, nil
+	return &Builder{store: st, buildsDir: buildsDir, rootDir: root, goals: map[goalKey]*goal{}}, nil
 }
 
 // Store returns the store the builder builds into.
@@ -191,6 +234,7 @@ type request struct {
 	mu                              sync.Mutex
 	done, expected, running, failed int
 	reported                        map[storepath.StorePath]bool
+	good                            map[storepath.StorePath]bool // contentsGood's answers (repair)
 }
 
 func (r *request) progress(f func()) {
@@ -224,7 +268,7 @@ func (b *Builder) newRequest(opts Options, log Logger) *request {
 	if opts.System == "" {
 		opts.System = "x86_64-linux"
 	}
-	r := &request{b: b, opts: opts, log: log, reported: map[storepath.StorePath]bool{}}
+	r := &request{b: b, opts: opts, log: log, reported: map[storepath.StorePath]bool{}, good: map[storepath.StorePath]bool{}}
 	if opts.MaxJobs > 0 {
 		r.jobs = make(chan struct{}, opts.MaxJobs)
 	}
@@ -266,12 +310,15 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 		if err != nil {
 			return nil, err
 		}
-		if !missing {
+		switch {
+		case !missing && opts.Mode == Normal:
 			results[i].Status = AlreadyValid
 			results[i].Outputs = outs
 			continue
+		case missing && opts.Mode == Check:
+			return nil, notCheckable(t.Drv)
 		}
-		goals[i] = b.acquire(r, t.Drv, drv)
+		goals[i] = b.acquire(r, t.Drv, drv, opts.Mode, t.Outputs)
 	}
 
 	doneCh := make(chan int, len(targets))
@@ -333,11 +380,15 @@ func (b *Builder) BuildDerivation(ctx context.Context, drvPath storepath.StorePa
 		res.Status, res.Err = MiscFailure, err
 		return res
 	}
-	if !missing {
+	switch {
+	case !missing && opts.Mode == Normal:
 		res.Status, res.Outputs = AlreadyValid, outs
 		return res
+	case missing && opts.Mode == Check:
+		res.Status, res.Err = MiscFailure, notCheckable(drvPath)
+		return res
 	}
-	g := b.acquire(r, drvPath, drv)
+	g := b.acquire(r, drvPath, drv, opts.Mode, nil)
 	defer func() {
 		if b.release(g) {
 			<-g.done
@@ -402,15 +453,36 @@ func (b *Builder) missing(ctx context.Context, drv *derivation.Derivation, wante
 	return outs, len(valid) != len(paths), nil
 }
 
-// goal builds every missing output of one derivation. Its result fields are
-// set before done is closed.
+// notCheckable is Nix's error for checking a derivation whose outputs are
+// not all valid.
+func notCheckable(drv storepath.StorePath) error {
+	return fmt.Errorf("some outputs of '%s' are not valid, so checking is not possible", hl(drv.String()))
+}
+
+// goalKey names a goal: requests share the goal of a derivation in one
+// mode (a check is not a build, and neither waits for the other but through
+// the outputs' locks).
+type goalKey struct {
+	drv  storepath.StorePath
+	mode Mode
+}
+
+// goal builds every missing output of one derivation (in Normal mode; see
+// Mode for the others). Its result fields are set before done is closed.
 type goal struct {
 	drvPath storepath.StorePath
 	drv     *derivation.Derivation
-	done    chan struct{}
-	ctx     context.Context
-	cancel  context.CancelFunc
-	refs    int // guarded by Builder.mu
+	mode    Mode
+	// wanted are the output names the requests asked for, sorted; nil
+	// means all. They only name the goal in messages ("…drv!out"); a goal
+	// builds every output.
+	wanted []string
+	// repair are the outputs a Repair goal rebuilds (missing or corrupt).
+	repair map[storepath.StorePath]bool
+	done   chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	refs   int // guarded by Builder.mu
 
 	status     Status
 	err        error
@@ -424,23 +496,36 @@ type goal struct {
 	sinks    []BuildLog
 }
 
-// acquire returns the goal for drvPath, joining a running one or starting
-// it for r.
-func (b *Builder) acquire(r *request, drvPath storepath.StorePath, drv *derivation.Derivation) *goal {
+// acquire returns the goal for drvPath in mode, joining a running one or
+// starting it for r; wanted are the outputs r asks for (nil: all).
+func (b *Builder) acquire(r *request, drvPath storepath.StorePath, drv *derivation.Derivation, mode Mode, wanted []string) *goal {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if g, ok := b.goals[drvPath]; ok {
+	key := goalKey{drvPath, mode}
+	if g, ok := b.goals[key]; ok {
 		g.refs++
-		g.join(r)
+		g.join(r, wanted)
 		return g
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := &goal{drvPath: drvPath, drv: drv, done: make(chan struct{}), ctx: ctx, cancel: cancel, refs: 1}
+	g := &goal{drvPath: drvPath, drv: drv, mode: mode, done: make(chan struct{}), ctx: ctx, cancel: cancel, refs: 1}
+	if len(wanted) > 0 {
+		g.wanted = slices.Sorted(slices.Values(wanted))
+		g.wanted = slices.Compact(g.wanted)
+	}
 	g.requests = []*request{r}
 	r.progress(func() { r.expected++ })
-	b.goals[drvPath] = g
+	b.goals[key] = g
 	go b.run(g, r)
 	return g
+}
+
+// name is how Nix names the goal in messages: "building of '…drv!out' from
+// .drv file".
+func (g *goal) name() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return fmt.Sprintf("building of '%s' from .drv file", Target{Drv: g.drvPath, Outputs: g.wanted})
 }
 
 // release drops one reference; the last one cancels the goal (a no-op
@@ -456,10 +541,18 @@ func (b *Builder) release(g *goal) bool {
 	return false
 }
 
-// join adds r to the requests that see g's log and progress.
-func (g *goal) join(r *request) {
+// join adds r, which wants the outputs wanted (nil: all), to the requests
+// that see g's log and progress.
+func (g *goal) join(r *request, wanted []string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.wanted != nil {
+		if len(wanted) == 0 {
+			g.wanted = nil
+		} else {
+			g.wanted = slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(g.wanted), wanted...))))
+		}
+	}
 	if slices.Contains(g.requests, r) {
 		return
 	}
@@ -471,7 +564,7 @@ func (g *goal) join(r *request) {
 		}
 	})
 	if g.running && r.log != nil {
-		g.sinks = append(g.sinks, r.log.BuildStarted(g.drvPath))
+		g.sinks = append(g.sinks, r.buildStarted(g))
 	}
 }
 
@@ -491,7 +584,7 @@ func (b *Builder) run(g *goal, r *request) {
 	st, err := b.realise(g, r)
 	g.status, g.err, g.stop = st, err, time.Now()
 	b.mu.Lock()
-	delete(b.goals, g.drvPath)
+	delete(b.goals, goalKey{g.drvPath, g.mode})
 	b.mu.Unlock()
 	g.forEach(func(r *request) {
 		r.progress(func() {
@@ -510,6 +603,18 @@ func (b *Builder) run(g *goal, r *request) {
 func (b *Builder) realise(g *goal, r *request) (Status, error) {
 	ctx := g.ctx
 	drv := g.drv
+	inMode := Normal
+	if g.mode == Repair {
+		inMode = Repair
+		bad, err := b.badOutputs(ctx, r, g)
+		if err != nil {
+			return MiscFailure, err
+		}
+		if len(bad) == 0 {
+			return b.repairClosure(g, r)
+		}
+		g.repair = bad
+	}
 
 	// Input derivations.
 	var subs []*goal
@@ -529,8 +634,8 @@ func (b *Builder) realise(g *goal, r *request) (Status, error) {
 		if err != nil {
 			return MiscFailure, err
 		}
-		if missing {
-			subs = append(subs, b.acquire(r, in, inDrv))
+		if missing || inMode == Repair {
+			subs = append(subs, b.acquire(r, in, inDrv, inMode, drv.InputDrvs[in]))
 		}
 	}
 	failed := 0

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -28,7 +29,11 @@ import (
 // the outputs' path locks. Outputs are canonicalised where the builder left
 // them, hashed and scanned in one pass, moved into the store dir and
 // registered in one transaction.
-func (b *Builder) registerOutputs(ctx context.Context, g *goal, dirs *buildDirs, inputs []storepath.StorePath) (Status, error) {
+//
+// In Check mode nothing is registered: the outputs are compared with the
+// valid ones (compareOutputs). In Repair mode only the bad outputs are
+// looked at, and they replace the old files.
+func (b *Builder) registerOutputs(ctx context.Context, g *goal, r *request, dirs *buildDirs, inputs []storepath.StorePath) (Status, error) {
 	st := b.store
 	drv := g.drv
 	candidates := append([]storepath.StorePath(nil), inputs...)
@@ -40,16 +45,21 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, dirs *buildDirs,
 	var srcs []string
 	for _, name := range drv.OutputNames() {
 		o := drv.Outputs[name]
+		if g.mode == Repair && !g.repair[o.Path] {
+			continue // good: kept
+		}
 		dir := dirs.outputDir(st, o.Path)
 		fi, err := os.Lstat(dir)
 		if err != nil {
 			return OutputRejected, fmt.Errorf("builder for '%s' failed to produce output path for output '%s' at '%s'",
 				hl(g.drvPath.String()), hl(name), hl(o.Path.String()))
 		}
-		if ok, err := st.IsValidPath(ctx, o.Path); err != nil {
-			return MiscFailure, err
-		} else if ok {
-			continue // made by someone else meanwhile; keep theirs
+		if g.mode == Normal {
+			if ok, err := st.IsValidPath(ctx, o.Path); err != nil {
+				return MiscFailure, err
+			} else if ok {
+				continue // made by someone else meanwhile; keep theirs
+			}
 		}
 		if err := canonicalise(dir); err != nil {
 			return MiscFailure, fmt.Errorf("canonicalise output '%s' of '%s': %w", name, g.drvPath, err)
@@ -83,6 +93,9 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, dirs *buildDirs,
 	}
 	if err := checkOutputCycles(g.drvPath, infos); err != nil {
 		return OutputRejected, err
+	}
+	if g.mode == Check {
+		return b.compareOutputs(ctx, g, r, infos, srcs, delayed)
 	}
 	if err := checkReferences(ctx, st, drv, g.drvPath, infos); err != nil {
 		return OutputRejected, err
@@ -134,23 +147,14 @@ type countWriter struct{ n int64 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
 
-// moveIntoStore puts the finished output at src at p's real path: a rename
-// (an invalid leftover there is removed first), or a copy across file
-// systems.
+// moveIntoStore puts the finished output at src at p's real path and makes
+// its root read-only. Whatever is there (an invalid leftover, or the files
+// of a path being repaired) is swapped out in one rename and then removed.
 func (b *Builder) moveIntoStore(src string, p storepath.StorePath) error {
 	st := b.store
 	dst := st.RealPath(p)
 	if src != dst {
-		if _, err := os.Lstat(dst); err == nil {
-			if err := removeAll(dst); err != nil {
-				return fmt.Errorf("remove invalid path %s: %w", dst, err)
-			}
-		}
-		err := os.Rename(src, dst)
-		if errors.Is(err, unix.EXDEV) {
-			err = copyTree(src, dst)
-		}
-		if err != nil {
+		if err := moveTree(src, dst); err != nil {
 			return fmt.Errorf("move output %s: %w", p, err)
 		}
 	}
@@ -161,6 +165,56 @@ func (b *Builder) moveIntoStore(src string, p storepath.StorePath) error {
 	defer unix.Close(fd)
 	return local.CanonicaliseRoot(fd, filepath.Base(dst))
 }
+
+// moveTree renames the tree at src to dst, exchanging it with whatever is
+// at dst (which then goes away), or copies it across file systems.
+func moveTree(src, dst string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EEXIST):
+		// A directory moved to another parent must be writable (its "..").
+		if fi, err := os.Lstat(dst); err == nil && fi.IsDir() {
+			os.Chmod(dst, 0o755)
+		}
+		err = unix.Renameat2(unix.AT_FDCWD, src, unix.AT_FDCWD, dst, unix.RENAME_EXCHANGE)
+		if err == nil {
+			return removeAll(src) // the old files
+		}
+		if errors.Is(err, unix.EXDEV) {
+			return moveAcross(src, dst)
+		}
+		if !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+	case errors.Is(err, unix.EXDEV):
+		return moveAcross(src, dst)
+	case !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS):
+		return err
+	}
+	// No renameat2 here: delete, then rename.
+	if err := removeAll(dst); err != nil {
+		return err
+	}
+	return os.Rename(src, dst)
+}
+
+// moveAcross copies src next to dst, then moves the copy into place.
+func moveAcross(src, dst string) error {
+	tmp := fmt.Sprintf("%s.tmp-%d-%d", dst, os.Getpid(), tmpSeq.Add(1))
+	if err := copyTree(src, tmp); err != nil {
+		removeAll(tmp)
+		return err
+	}
+	if err := moveTree(tmp, dst); err != nil {
+		removeAll(tmp)
+		return err
+	}
+	return removeAll(src)
+}
+
+var tmpSeq atomic.Uint64
 
 // copyTree copies a canonical tree by dumping and restoring it.
 func copyTree(src, dst string) error {

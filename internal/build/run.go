@@ -19,6 +19,7 @@ import (
 
 	"cairn/internal/derivation"
 	"cairn/internal/sandbox"
+	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
 )
@@ -76,11 +77,15 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 	}
 	built := false
 	defer func() { locks.Unlock(built) }()
+	// Look again, now that nobody else builds them. (A repair goes on: it
+	// looked at the contents already, and another one would not be worse.)
 	if _, missing, err := b.missing(ctx, drv, nil); err != nil {
 		return MiscFailure, err
-	} else if !missing {
+	} else if !missing && g.mode == Normal {
 		built = true
 		return AlreadyValid, nil
+	} else if missing && g.mode == Check {
+		return MiscFailure, notCheckable(g.drvPath)
 	}
 
 	status, err := b.runBuild(g, r)
@@ -110,6 +115,9 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	opts := r.opts
 	st := b.store
 	sandboxed := opts.Sandbox || st.RealStoreDir() != string(st.StoreDir())
+	if g.mode != Normal && !sandboxed {
+		return MiscFailure, fmt.Errorf("%w: checking or repairing '%s' without the sandbox", store.ErrUnsupported, g.drvPath)
+	}
 
 	// Input closure: input sources and the wanted outputs of input drvs.
 	roots := slices.Clone(drv.InputSrcs)
@@ -172,11 +180,13 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	}
 
 	// The log file is created while the sandbox starts.
-	var logFile *os.File
+	var logFile *logFile
 	var logErr error
 	logOpened := make(chan struct{})
 	go func() {
-		logFile, logErr = b.openLogFile(g.drvPath)
+		if !opts.DiscardLog {
+			logFile, logErr = b.openLogFile(g.drvPath, opts.CompressLog)
+		}
 		close(logOpened)
 	}()
 	defer func() {
@@ -223,28 +233,29 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	b.started(g)
 	defer b.finished(g)
 
-	// Watch the clocks while the log flows.
+	// Watch the clocks and the log's size while the log flows.
 	var mu sync.Mutex
-	var timedOut error
-	kill := func(e error) {
+	var stopStatus Status
+	var stopErr error
+	kill := func(st Status, e error) {
 		mu.Lock()
-		if timedOut == nil {
-			timedOut = e
+		if stopErr == nil {
+			stopStatus, stopErr = st, e
 		}
 		mu.Unlock()
 		p.Kill()
 	}
-	name := fmt.Sprintf("building of '%s' from .drv file", hl(Target{Drv: g.drvPath}.String()))
+	name := hl(g.name())
 	var silence *time.Timer
 	if opts.MaxSilentTime > 0 {
 		silence = time.AfterFunc(opts.MaxSilentTime, func() {
-			kill(fmt.Errorf("%s timed out after %s seconds of silence", name, hl(fmt.Sprint(int(opts.MaxSilentTime/time.Second)))))
+			kill(TimedOut, fmt.Errorf("%s timed out after %s seconds of silence", name, hl(fmt.Sprint(int(opts.MaxSilentTime/time.Second)))))
 		})
 		defer silence.Stop()
 	}
 	if opts.Timeout > 0 {
 		t := time.AfterFunc(opts.Timeout, func() {
-			kill(fmt.Errorf("%s timed out after %s seconds", name, hl(fmt.Sprint(int(opts.Timeout/time.Second)))))
+			kill(TimedOut, fmt.Errorf("%s timed out after %s seconds", name, hl(fmt.Sprint(int(opts.Timeout/time.Second)))))
 		})
 		defer t.Stop()
 	}
@@ -263,11 +274,19 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	copyDone := make(chan error, 1)
 	go func() {
 		buf := make([]byte, 32<<10)
+		var size int64
+		over := false
 		for {
 			n, err := pr.Read(buf)
-			if n > 0 {
+			if n > 0 && !over {
 				if silence != nil {
 					silence.Reset(opts.MaxSilentTime)
+				}
+				// As Nix: the read that passes the limit is dropped.
+				if size += int64(n); opts.MaxLogSize > 0 && size > opts.MaxLogSize {
+					over = true
+					kill(LogLimitExceeded, fmt.Errorf("%s killed after writing more than %s bytes of log output", name, hl(fmt.Sprint(opts.MaxLogSize))))
+					continue
 				}
 				<-logOpened
 				if logFile != nil {
@@ -291,12 +310,17 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 		return MiscFailure, logErr
 	}
 
+	if logFile != nil {
+		if err := logFile.Close(); err != nil {
+			return MiscFailure, err
+		}
+	}
 	mu.Lock()
-	to := timedOut
+	stopSt, stopped := stopStatus, stopErr
 	mu.Unlock()
-	if to != nil {
+	if stopped != nil {
 		keep = opts.KeepFailed
-		return TimedOut, to
+		return stopSt, stopped
 	}
 	if werr != nil && ctx.Err() != nil {
 		return MiscFailure, ctx.Err()
@@ -324,7 +348,7 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 		return st, errors.New(msg)
 	}
 
-	status, err = b.registerOutputs(ctx, g, dirs, inputs)
+	status, err = b.registerOutputs(ctx, g, r, dirs, inputs)
 	if err != nil && opts.KeepFailed {
 		keep = true
 		r.logKeep(dirs.build)
@@ -355,7 +379,7 @@ func (b *Builder) started(g *goal) {
 	for _, r := range rs {
 		r.progress(func() { r.running++ })
 		if r.log != nil {
-			s := r.log.BuildStarted(g.drvPath)
+			s := r.buildStarted(g)
 			g.mu.Lock()
 			g.sinks = append(g.sinks, s)
 			g.mu.Unlock()
@@ -544,20 +568,6 @@ func (b *Builder) exportReferencesGraph(ctx context.Context, drv *derivation.Der
 		env.Files[name] = []byte(sb.String())
 	}
 	return nil
-}
-
-// openLogFile creates LOGDIR/drvs/XX/REST for the build of drvPath.
-func (b *Builder) openLogFile(drvPath storepath.StorePath) (*os.File, error) {
-	base := drvPath.Base()
-	dir := filepath.Join(b.store.LogDir(), "drvs", base[:2])
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("build log %s: %w", drvPath, err)
-	}
-	f, err := os.OpenFile(filepath.Join(dir, base[2:]), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("build log %s: %w", drvPath, err)
-	}
-	return f, nil
 }
 
 // process is a running builder.

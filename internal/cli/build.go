@@ -22,12 +22,16 @@ import (
 func init() { register(newBuildCmd) }
 
 const buildUsage = `Usage: cairn build [--store URL] [--option NAME VALUE]... [-K|--keep-failed] [-k|--keep-going]
-       [-j|--max-jobs N] [--cores N] [--max-silent-time SECS] [--timeout SECS] TARGET...
+       [-j|--max-jobs N] [--cores N] [--max-silent-time SECS] [--timeout SECS] [--check|--repair] TARGET...
 
 Build the outputs of derivations into the store and print their paths, one a line.
 A TARGET is a .drv store path (optionally with !out,dev), a .drv file anywhere (added to
 the store first, its input derivations beside it), or derivations in nix show-derivation
 JSON form (all added; those no other one depends on are built).
+
+--check builds valid outputs again and fails (status 104) when one differs; with
+--keep-failed the new output is left at OUT.check. --repair rebuilds outputs that are
+missing or corrupt (and those of their input derivations) and swaps them into place.
 
 Settings come from $NIX_CONF_DIR/nix.conf, $NIX_CONFIG and --option, as for the daemon:
 e.g. --option sandbox-paths /bin/sh=/bin/busybox makes busybox the builders' /bin/sh.
@@ -38,6 +42,7 @@ type buildArgs struct {
 	store   string
 	options [][2]string
 	targets []string
+	mode    build.Mode
 	help    bool
 }
 
@@ -90,6 +95,10 @@ func parseBuildArgs(args []string) (*buildArgs, error) {
 			err = one("timeout")
 		case "--no-sandbox":
 			set("sandbox", "false")
+		case "--check":
+			a.mode = build.Check
+		case "--repair":
+			a.mode = build.Repair
 		case "-h", "--help":
 			a.help = true
 		default:
@@ -174,7 +183,9 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 		return err
 	}
 	log := &cliBuildLog{w: stderr}
-	results, err := b.Build(ctx, targets, build.OptionsFrom(settings), log)
+	opts := build.OptionsFrom(settings)
+	opts.Mode = a.mode
+	results, err := b.Build(ctx, targets, opts, log)
 	if err != nil {
 		return err
 	}
@@ -203,7 +214,8 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 }
 
 // buildExitStatus is Nix's worker exit status: 100 for a build failure,
-// plus 1 if one timed out, plus 2 for a hash mismatch; 1 otherwise.
+// plus 1 if one timed out, plus 2 for a hash mismatch, plus 8 when a check
+// found a difference (alone: 104); 1 otherwise.
 func buildExitStatus(failed []build.Result) int {
 	mask := 0
 	for _, r := range failed {
@@ -216,6 +228,8 @@ func buildExitStatus(failed []build.Result) int {
 			if r.Err != nil && strings.Contains(r.Err.Error(), "hash mismatch") {
 				mask |= 0x04 | 0x02
 			}
+		case build.NotDeterministic:
+			mask |= 0x08
 		}
 	}
 	if mask == 0 {
@@ -269,9 +283,20 @@ type cliBuildLog struct {
 }
 
 func (l *cliBuildLog) BuildStarted(drv storepath.StorePath) build.BuildLog {
-	l.printf("building '%s'...\n", drv)
+	return l.BuildStartedMode(drv, build.Normal)
+}
+func (l *cliBuildLog) BuildStartedMode(drv storepath.StorePath, m build.Mode) build.BuildLog {
+	switch m {
+	case build.Check:
+		l.printf("checking outputs of '%s'...\n", drv)
+	case build.Repair:
+		l.printf("repairing outputs of '%s'...\n", drv)
+	default:
+		l.printf("building '%s'...\n", drv)
+	}
 	return l
 }
+func (l *cliBuildLog) Print(msg string, info bool)                  { l.printf("%s\n", msg) }
 func (l *cliBuildLog) Progress(done, expected, running, failed int) {}
 func (l *cliBuildLog) Error(msg string) {
 	if strings.HasPrefix(msg, "note: ") {

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"cairn/internal/build"
 	"cairn/internal/testutil/testuser"
 )
 
@@ -115,11 +116,14 @@ func TestParseBuildArgs(t *testing.T) {
 		args    []string
 		options [][2]string
 		targets []string
+		mode    build.Mode
 		err     string
 	}{
 		{args: []string{"a.json"}, targets: []string{"a.json"}},
 		{args: []string{"-K", "-k", "-j", "3", "--cores", "2", "x"}, options: [][2]string{{"keep-failed", "true"}, {"keep-going", "true"}, {"max-jobs", "3"}, {"cores", "2"}}, targets: []string{"x"}},
 		{args: []string{"--option", "sandbox-paths", "/bin/sh=/bin/busybox", "--timeout", "5", "--max-silent-time", "2", "y"}, options: [][2]string{{"sandbox-paths", "/bin/sh=/bin/busybox"}, {"timeout", "5"}, {"max-silent-time", "2"}}, targets: []string{"y"}},
+		{args: []string{"--check", "-K", "z"}, options: [][2]string{{"keep-failed", "true"}}, targets: []string{"z"}, mode: build.Check},
+		{args: []string{"--repair", "z"}, targets: []string{"z"}, mode: build.Repair},
 		{args: []string{"--option", "x"}, err: "requires 2 argument(s)"},
 		{args: []string{"--what"}, err: "unrecognised flag"},
 	}
@@ -135,8 +139,8 @@ func TestParseBuildArgs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fmt.Sprint(a.options) != fmt.Sprint(tt.options) || fmt.Sprint(a.targets) != fmt.Sprint(tt.targets) {
-				t.Errorf("got %v %v, want %v %v", a.options, a.targets, tt.options, tt.targets)
+			if fmt.Sprint(a.options) != fmt.Sprint(tt.options) || fmt.Sprint(a.targets) != fmt.Sprint(tt.targets) || a.mode != tt.mode {
+				t.Errorf("got %v %v %v, want %v %v %v", a.options, a.targets, a.mode, tt.options, tt.targets, tt.mode)
 			}
 		})
 	}

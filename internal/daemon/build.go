@@ -121,9 +121,31 @@ func (l *buildLogger) Error(msg string) {
 }
 
 func (l *buildLogger) BuildStarted(drv storepath.StorePath) build.BuildLog {
-	id := l.c.log.StartActivity(protocol.LvlInfo, protocol.ActBuild, fmt.Sprintf("building '%s'", drv),
+	return l.BuildStartedMode(drv, build.Normal)
+}
+
+// BuildStartedMode starts the Build activity with Nix 2.8's text for the
+// mode.
+func (l *buildLogger) BuildStartedMode(drv storepath.StorePath, m build.Mode) build.BuildLog {
+	text := "building '%s'"
+	switch m {
+	case build.Repair:
+		text = "repairing outputs of '%s'"
+	case build.Check:
+		text = "checking outputs of '%s'"
+	}
+	id := l.c.log.StartActivity(protocol.LvlInfo, protocol.ActBuild, fmt.Sprintf(text, drv),
 		protocol.StringField(drv.String()), protocol.StringField(""), protocol.IntField(1), protocol.IntField(1))
 	return &buildActivity{c: l.c, id: id, children: map[uint64]uint64{}}
+}
+
+// Print logs a message as Nix's printError or printInfo.
+func (l *buildLogger) Print(msg string, info bool) {
+	lvl := protocol.LvlError
+	if info {
+		lvl = protocol.LvlInfo
+	}
+	l.c.log.Log(lvl, msg)
 }
 
 // buildActivity is one build's Build activity.
@@ -265,7 +287,8 @@ func (c *conn) buildFailure(log *buildLogger, results []build.Result) error {
 }
 
 // workerExitStatus is Nix's Worker::exitStatus: 100 for a build failure,
-// plus 1 for a timeout, plus 2 for a hash mismatch; 1 otherwise.
+// plus 1 for a timeout, plus 2 for a hash mismatch, plus 8 when a check
+// found a difference (alone: 104); 1 otherwise.
 func workerExitStatus(failed []build.Result) int {
 	mask := 0
 	for _, r := range failed {
@@ -278,6 +301,8 @@ func workerExitStatus(failed []build.Result) int {
 			if r.Err != nil && strings.Contains(r.Err.Error(), "hash mismatch") {
 				mask |= 0x06
 			}
+		case build.NotDeterministic:
+			mask |= 0x08
 		}
 	}
 	if mask == 0 {

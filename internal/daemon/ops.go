@@ -1009,9 +1009,6 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 	if q.Mode == protocol.BuildRepair && !ClientFrom(c.ctx).Trusted {
 		return repairError()
 	}
-	if q.Mode != protocol.BuildNormal {
-		return errors.New("checking and repairing builds is not supported yet by the Cairn daemon")
-	}
 	results := make([]protocol.KeyedBuildResult, len(q.Paths))
 	var targets []build.Target
 	var index []int
@@ -1043,7 +1040,9 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 			return err
 		}
 		log := newBuildLogger(c)
-		built, err := b.Build(c.ctx, targets, c.buildOptions(), log)
+		opts := c.buildOptions()
+		opts.Mode = build.Mode(q.Mode)
+		built, err := b.Build(c.ctx, targets, opts, log)
 		log.stop()
 		if err != nil {
 			return err
@@ -1091,15 +1090,14 @@ func (c *conn) buildDerivation(q *protocol.BuildDerivationRequest) error {
 			return errors.New("building floating content-addressed or impure derivations is not supported yet by the Cairn daemon")
 		}
 	}
-	if q.Mode != protocol.BuildNormal {
-		return errors.New("checking and repairing builds is not supported yet by the Cairn daemon")
-	}
 	b, err := c.builder()
 	if err != nil {
 		return err
 	}
 	log := newBuildLogger(c)
-	r := b.BuildDerivation(c.ctx, q.DrvPath, q.Drv, c.buildOptions(), log)
+	opts := c.buildOptions()
+	opts.Mode = build.Mode(q.Mode)
+	r := b.BuildDerivation(c.ctx, q.DrvPath, q.Drv, opts, log)
 	log.stop()
 	res := buildResult(r)
 	if r.Status.Success() {

@@ -1,0 +1,243 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"cairn/internal/fsnar"
+	"cairn/internal/nixhash"
+	"cairn/internal/store"
+	"cairn/internal/storepath"
+)
+
+// Check and repair, as Nix 2.8 does them:
+//
+//	check    every output must be valid before and after the output locks
+//	         are taken; the builder runs as usual, the new outputs are
+//	         hashed where they are left and compared with the registered
+//	         NAR hashes. A difference fails the build (NotDeterministic)
+//	         and, with keep-failed, leaves the new output at <out>.check.
+//	         Equal outputs are marked ultimate; nothing else is registered.
+//	repair   an output is bad when it is not valid, missing on disk, or its
+//	         NAR no longer hashes to the registered hash. With bad outputs
+//	         the goal repairs its input derivations, rebuilds, and swaps the
+//	         new outputs into place (renameat2 RENAME_EXCHANGE, so a reader
+//	         sees the old files or the new, never neither), then registers
+//	         them again. With none, it looks at the rest of the outputs'
+//	         closure and repairs the derivations of the bad paths there.
+//
+// Both need the sandbox: without one the outputs would be built where the
+// valid ones are (Nix rewrites hashes for that; Cairn does not yet).
+
+// logf prints a plain message (Nix's printError, or printInfo with info)
+// to every request following g whose Logger can.
+func (g *goal) logf(info bool, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	g.forEach(func(r *request) {
+		if ml, ok := r.log.(ModeLogger); ok {
+			ml.Print(msg, info)
+		}
+	})
+}
+
+// buildStarted opens r's log of g's build, telling a ModeLogger the mode.
+func (r *request) buildStarted(g *goal) BuildLog {
+	if ml, ok := r.log.(ModeLogger); ok {
+		return ml.BuildStartedMode(g.drvPath, g.mode)
+	}
+	return r.log.BuildStarted(g.drvPath)
+}
+
+// contentsGood reports whether the valid path p is on disk and hashes to its
+// registered NAR hash, as Nix's Worker::pathContentsGood (answers are kept
+// for the request).
+func (b *Builder) contentsGood(ctx context.Context, r *request, g *goal, p storepath.StorePath) (bool, error) {
+	r.mu.Lock()
+	good, seen := r.good[p]
+	r.mu.Unlock()
+	if seen {
+		return good, nil
+	}
+	g.logf(true, "checking path '%s'...", p)
+	info, err := b.store.QueryPathInfo(ctx, p)
+	if err != nil {
+		return false, err
+	}
+	good = false
+	if _, err := os.Lstat(b.store.RealPath(p)); err == nil {
+		h := nixhash.NewHasher(info.NarHash.Algorithm())
+		if err := fsnar.Dump(ctx, h, b.store.RealPath(p)); err != nil {
+			if ctx.Err() != nil {
+				return false, ctx.Err()
+			}
+		} else {
+			good = h.Sum() == info.NarHash
+		}
+	}
+	if !good {
+		g.logf(false, "path '%s' is corrupted or missing!", p)
+	}
+	r.mu.Lock()
+	r.good[p] = good
+	r.mu.Unlock()
+	return good, nil
+}
+
+// badOutputs returns the outputs of drv that are not valid or whose
+// contents are not good.
+func (b *Builder) badOutputs(ctx context.Context, r *request, g *goal) (map[storepath.StorePath]bool, error) {
+	bad := map[storepath.StorePath]bool{}
+	for _, name := range g.drv.OutputNames() {
+		p := g.drv.Outputs[name].Path
+		if p.IsZero() {
+			return nil, fmt.Errorf("%w: repairing floating content-addressed or impure derivations", store.ErrUnsupported)
+		}
+		ok, err := b.store.IsValidPath(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			if ok, err = b.contentsGood(ctx, r, g, p); err != nil {
+				return nil, err
+			}
+		}
+		if !ok {
+			bad[p] = true
+		}
+	}
+	return bad, nil
+}
+
+// repairClosure repairs the derivations whose outputs in the closure of
+// g's (good) outputs are bad, as Nix's DerivationGoal::repairClosure.
+func (b *Builder) repairClosure(g *goal, r *request) (Status, error) {
+	ctx := g.ctx
+	st := b.store
+	own := map[storepath.StorePath]bool{}
+	var outs []storepath.StorePath
+	for _, o := range g.drv.Outputs {
+		own[o.Path] = true
+		outs = append(outs, o.Path)
+	}
+	closure, err := st.QueryClosure(ctx, outs, false)
+	if err != nil {
+		return MiscFailure, err
+	}
+	// Which derivation made which path: the derivations in g's closure.
+	madeBy := map[storepath.StorePath]storepath.StorePath{}
+	if ok, err := st.IsValidPath(ctx, g.drvPath); err != nil {
+		return MiscFailure, err
+	} else if ok {
+		drvs, err := st.QueryClosure(ctx, []storepath.StorePath{g.drvPath}, false)
+		if err != nil {
+			return MiscFailure, err
+		}
+		for _, d := range drvs {
+			if !d.IsDerivation() {
+				continue
+			}
+			m, err := st.QueryDerivationOutputs(ctx, d)
+			if err != nil {
+				return MiscFailure, err
+			}
+			for _, o := range m {
+				madeBy[o] = d
+			}
+		}
+	}
+	failed := 0
+	var subs []*goal
+	defer func() {
+		for _, s := range subs {
+			if b.release(s) {
+				<-s.done
+			}
+		}
+	}()
+	for _, p := range closure {
+		if own[p] {
+			continue
+		}
+		good, err := b.contentsGood(ctx, r, g, p)
+		if err != nil {
+			return MiscFailure, err
+		}
+		if good {
+			continue
+		}
+		g.logf(false, "found corrupted or missing path '%s' in the output closure of '%s'", p, g.drvPath)
+		d, ok := madeBy[p]
+		if !ok {
+			failed++ // no substituters
+			continue
+		}
+		drv, err := b.readDrv(ctx, d)
+		if err != nil {
+			return MiscFailure, err
+		}
+		subs = append(subs, b.acquire(r, d, drv, Repair, nil))
+	}
+	for _, s := range subs {
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			return MiscFailure, ctx.Err()
+		}
+		if !s.status.Success() {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return MiscFailure, fmt.Errorf("some paths in the output closure of derivation '%s' could not be repaired", hl(g.drvPath.String()))
+	}
+	return AlreadyValid, nil
+}
+
+// compareOutputs is the end of a check: each new output against the valid
+// one, as Nix 2.8's registerOutputs in check mode. srcs are where the new
+// outputs are; delayed is a fixed output's hash mismatch.
+func (b *Builder) compareOutputs(ctx context.Context, g *goal, r *request, infos []*store.PathInfo, srcs []string, delayed error) (Status, error) {
+	st := b.store
+	for i, info := range infos {
+		old, err := st.QueryPathInfo(ctx, info.Path)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // a fixed output that got another hash
+		}
+		if err != nil {
+			return MiscFailure, err
+		}
+		real := st.RealPath(info.Path)
+		if old.NarHash != info.NarHash {
+			if !r.opts.KeepFailed {
+				return NotDeterministic, fmt.Errorf("derivation '%s' may not be deterministic: output '%s' differs",
+					hl(g.drvPath.String()), hl(real))
+			}
+			dst := real + checkSuffix
+			if err := removeAll(dst); err != nil {
+				return MiscFailure, err
+			}
+			if err := moveTree(srcs[i], dst); err != nil {
+				return MiscFailure, fmt.Errorf("keep output %s: %w", dst, err)
+			}
+			return NotDeterministic, fmt.Errorf("derivation '%s' may not be deterministic: output '%s' differs from '%s'",
+				hl(g.drvPath.String()), hl(real), hl(dst))
+		}
+		// Built again and the same: ultimately trusted.
+		if !old.Ultimate {
+			old = old.Clone()
+			old.Ultimate = true
+			if err := st.RegisterValidPaths(ctx, []*store.PathInfo{old}); err != nil {
+				return MiscFailure, err
+			}
+		}
+	}
+	if delayed != nil {
+		return OutputRejected, delayed
+	}
+	return Built, nil
+}
+
+// checkSuffix names the kept output of a check that differs.
+const checkSuffix = ".check"
