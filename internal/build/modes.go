@@ -241,3 +241,30 @@ func (b *Builder) compareOutputs(ctx context.Context, g *goal, r *request, infos
 
 // checkSuffix names the kept output of a check that differs.
 const checkSuffix = ".check"
+
+// RepairPath restores the valid path p by rebuilding its deriver in Repair
+// mode, as Nix 2.8's LocalStore::repairPath does when no substituter has p
+// (none does here). It is local.VerifyOptions.RepairPath's builder.
+func (b *Builder) RepairPath(ctx context.Context, p storepath.StorePath, opts Options, log Logger) error {
+	info, err := b.store.QueryPathInfo(ctx, p)
+	if err != nil {
+		return err
+	}
+	if info.Deriver.IsZero() {
+		return fmt.Errorf("cannot repair path '%s'", hl(p.String()))
+	}
+	if ok, err := b.store.IsValidPath(ctx, info.Deriver); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("cannot repair path '%s'", hl(p.String()))
+	}
+	opts.Mode = Repair
+	res, err := b.Build(ctx, []Target{{Drv: info.Deriver}}, opts, log)
+	if err != nil {
+		return err
+	}
+	if !res[0].Status.Success() {
+		return res[0].Err
+	}
+	return nil
+}

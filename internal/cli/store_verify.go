@@ -1,11 +1,17 @@
 package cli
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
+	"cairn/internal/build"
+	"cairn/internal/config"
 	"cairn/internal/store/local"
+	"cairn/internal/storepath"
 )
 
 func init() { registerStoreVerb(newStoreVerifyCmd) }
@@ -17,12 +23,28 @@ func newStoreVerifyCmd() *cobra.Command {
 		Short: "Check the store's database against its files, like nix-store --verify",
 		Long: "Check that every valid path exists (a missing one nothing valid refers to is\n" +
 			"removed from the database); with --check-contents rehash every path and .links\n" +
-			"entry; with --repair remove corrupt links and repair what can be repaired.\n" +
+			"entry; with --repair remove corrupt links and rebuild missing or modified paths\n" +
+			"whose deriver is valid.\n" +
 			"Entries of the store directory that are not valid paths are reported as garbage.\n" +
 			"Exits 1 when problems remain.",
 		Args: cobra.NoArgs,
 		RunE: withLocalStore(func(cmd *cobra.Command, s *local.Store, args []string) error {
 			opts.Log = cmd.ErrOrStderr()
+			if opts.Repair {
+				// A path with a valid deriver is rebuilt, as nix-store does.
+				settings, err := config.Load(os.Getenv, func(msg string) { fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", msg) })
+				if err != nil {
+					return err
+				}
+				b, err := build.New(s, "")
+				if err != nil {
+					return err
+				}
+				log := &cliBuildLog{w: cmd.ErrOrStderr()}
+				opts.RepairPath = func(ctx context.Context, p storepath.StorePath) error {
+					return b.RepairPath(ctx, p, build.OptionsFrom(settings), log)
+				}
+			}
 			res, err := s.Verify(cmd.Context(), opts)
 			if err != nil {
 				return err

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"compress/bzip2"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -336,7 +337,7 @@ func TestTrustedOps(t *testing.T) {
 	}
 	drv := "cnmzcvcnrx91qy8ip72ld7mcibxzp5jf-hello.drv"
 	cl.mustCall(&protocol.AddBuildLogRequest{DrvBase: drv}, []byte("a build log\n"))
-	if b, err := os.ReadFile(filepath.Join(td.cfg.LogDir, "drvs", drv[:2], drv[2:])); err != nil || string(b) != "a build log\n" {
+	if b, err := readBz2(filepath.Join(td.cfg.LogDir, "drvs", drv[:2], drv[2:]) + ".bz2"); err != nil || string(b) != "a build log\n" {
 		t.Fatalf("build log %q, %v", b, err)
 	}
 	// Roots.
@@ -502,3 +503,13 @@ func TestQueryMissing(t *testing.T) {
 }
 
 func waitABit() { time.Sleep(10 * time.Millisecond) }
+
+// readBz2 reads a bzip2-compressed file.
+func readBz2(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(bzip2.NewReader(f))
+}

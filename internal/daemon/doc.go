@@ -24,19 +24,18 @@
 // A connection's grammar is package protocol's. What differs from
 // nix-daemon 2.8 on purpose:
 //
-//   - No building: BuildPaths, BuildPathsWithResults and BuildDerivation
-//     succeed when every output asked for is valid already and otherwise fail
-//     with "building is not supported yet"; QueryMissing reports valid
-//     derivations with missing outputs as to be built and every other invalid
-//     path as unknown. There are no substituters: the substitute queries
-//     answer "none".
+//   - Building runs on one build.Builder per daemon (package build): goals
+//     are shared across connections, so two clients asking for one
+//     derivation get one build. QueryMissing reports valid derivations with
+//     missing outputs as to be built and every other invalid path as
+//     unknown. There are no substituters: the substitute queries answer
+//     "none".
 //   - CollectGarbage is not supported (the collector will come with package
 //     gc); the root operations are (package gcroots).
 //   - RegisterDrvOutput is accepted and forgotten and QueryRealisation answers
 //     nothing, because the store has no realisations table (Nix's
 //     ca-derivations schema).
-//   - AddBuildLog writes the log uncompressed (LOGDIR/drvs/XX/REST, which Nix
-//     reads as well as the .bz2 form): Go has no bzip2 writer.
+//   - AddBuildLog writes LOGDIR/drvs/XX/REST.bz2, as Nix 2.8 does.
 //   - NarFromPath checks validity before STDERR_LAST, so an invalid path gets an
 //     error instead of a truncated NAR; the connection then closes, because
 //     Nix 2.8's client ignores that error and waits for the NAR.

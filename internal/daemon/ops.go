@@ -773,11 +773,20 @@ func (c *conn) verifyStore(q *protocol.VerifyStoreRequest) error {
 	if err != nil {
 		return err
 	}
-	res, err := v.Verify(c.ctx, local.VerifyOptions{
+	opts := local.VerifyOptions{
 		CheckContents: q.CheckContents,
 		Repair:        q.Repair,
 		Log:           c.logWriter(protocol.LvlInfo),
-	})
+	}
+	if b, err := c.builder(); err == nil {
+		// A path with a valid deriver is rebuilt.
+		opts.RepairPath = func(ctx context.Context, p storepath.StorePath) error {
+			log := newBuildLogger(c)
+			defer log.stop()
+			return b.RepairPath(ctx, p, c.buildOptions(), log)
+		}
+	}
+	res, err := v.Verify(c.ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -815,9 +824,9 @@ func (c *conn) addSignatures(q *protocol.AddSignaturesRequest) error {
 	return c.reply(&protocol.U64Reply{Value: 1})
 }
 
-// addBuildLog stores a build log where `nix-store -l` and `nix log` look:
-// LOGDIR/drvs/XX/REST. Go has no bzip2 writer, so the log is kept
-// uncompressed even with compress-build-log (Nix reads both forms).
+// addBuildLog stores a build log where `nix-store -l` and `nix log` look,
+// as Nix 2.8's LocalFSStore::addBuildLog: LOGDIR/drvs/XX/REST.bz2, always
+// compressed, unless a log of the derivation is there already.
 func (c *conn) addBuildLog(q *protocol.AddBuildLogRequest) error {
 	fr := wire.NewFramedReader(c.r)
 	c.start()
@@ -833,8 +842,9 @@ func (c *conn) addBuildLog(q *protocol.AddBuildLogRequest) error {
 			return err
 		}
 		base := p.Base()
-		name := filepath.Join(c.s.LogDir, "drvs", base[:2], base[2:])
-		if exists(name) || exists(name+".bz2") {
+		plain := filepath.Join(c.s.LogDir, "drvs", base[:2], base[2:])
+		name := plain + ".bz2"
+		if exists(plain) || exists(name) {
 			return nil
 		}
 		if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
@@ -845,7 +855,11 @@ func (c *conn) addBuildLog(q *protocol.AddBuildLogRequest) error {
 		if err != nil {
 			return err
 		}
-		_, err = io.Copy(f, fr)
+		zw := build.NewLogWriter(f)
+		_, err = io.Copy(zw, fr)
+		if zerr := zw.Close(); err == nil {
+			err = zerr
+		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
