@@ -15,7 +15,9 @@
 //	            builder's /build, store/ is the writable store dir inside the
 //	            sandbox where the outputs appear, root/ is the sandbox root
 //	log         the builder's stdout and stderr, line by line to the
-//	            Logger and whole to LOGDIR/drvs/XX/REST
+//	            Logger and whole to LOGDIR/drvs/XX/REST[.bz2]
+//	mode        Normal, Check (build again and compare) or Repair (rebuild
+//	            what is missing or corrupt and swap it in); see Mode
 //
 // A goal, in order: read the .drv; start (or join) a goal for every input
 // derivation whose wanted outputs are not valid and wait for them (without
