@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/dsnet/compress v0.0.1
 	github.com/spf13/cobra v1.10.2
+	github.com/ulikunitz/xz v0.5.17
 	golang.org/x/sys v0.49.0
 	modernc.org/sqlite v1.62.0
 )

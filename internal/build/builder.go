@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"cairn/internal/builtins"
 	"cairn/internal/derivation"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
@@ -87,6 +88,8 @@ type Options struct {
 	// MaxLogSize kills a build whose log grows past it, in bytes
 	// (max-build-log-size); 0 means no limit.
 	MaxLogSize int64
+	// Builtins are the settings of builtin builders (downloads).
+	Builtins builtins.Settings
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -118,6 +121,7 @@ func OptionsFrom(s Getter) Options {
 		CompressLog:    s.Get("compress-build-log") != "false",
 		DiscardLog:     s.Get("keep-build-log") == "false",
 		MaxLogSize:     int64(atoi("max-build-log-size")),
+		Builtins:       builtins.SettingsFrom(s, os.Getenv),
 	}
 	if s.Get("max-jobs") == "auto" {
 		o.MaxJobs = numCPU()

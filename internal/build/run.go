@@ -42,14 +42,11 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 	ctx := g.ctx
 	drv := g.drv
 	opts := r.opts
-	if strings.HasPrefix(drv.Builder, "builtin:") {
-		return MiscFailure, fmt.Errorf("building '%s': builtin builder '%s' is not supported yet", g.drvPath, drv.Builder)
-	}
 	required := strings.Fields(drv.Env["requiredSystemFeatures"])
 	slices.Sort(required)
 	required = slices.Compact(required)
 	missingFeature := slices.ContainsFunc(required, func(f string) bool { return !slices.Contains(opts.SystemFeatures, f) })
-	if drv.Platform != opts.System && !slices.Contains(opts.ExtraPlatforms, drv.Platform) || missingFeature {
+	if drv.Platform != opts.System && !slices.Contains(opts.ExtraPlatforms, drv.Platform) && !isBuiltin(drv) || missingFeature {
 		have := slices.Clone(opts.SystemFeatures)
 		slices.Sort(have)
 		return MiscFailure, fmt.Errorf("a '%s' with features {%s} is required to build '%s', but I am a '%s' with features {%s}",
@@ -203,7 +200,9 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 
 	var p process
 	g.timesBuilt++
-	if sandboxed {
+	if isBuiltin(drv) {
+		p = b.startBuiltin(g, r, dirs, env, inputs, sandboxed, pw)
+	} else if sandboxed {
 		spec, err := b.spec(ctx, g, r, dirs, env, inputs)
 		if err != nil {
 			pw.Close()

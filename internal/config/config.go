@@ -322,6 +322,7 @@ func ConfDir(env Env) string {
 // later files weaker), then NIX_CONFIG.
 func Load(env Env, warn func(string)) (*Settings, error) {
 	s := New()
+	s.values["netrc-file"] = filepath.Join(ConfDir(env), "netrc")
 	if err := s.ApplyFile(filepath.Join(ConfDir(env), "nix.conf"), warn); err != nil {
 		return nil, err
 	}
