@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -306,8 +307,20 @@ func (l *cliBuildLog) Error(msg string) {
 	l.printf("error: %s\n", msg)
 }
 func (l *cliBuildLog) Line(text string) { l.printf("%s\n", text) }
-func (l *cliBuildLog) Message(string)   {}
 func (l *cliBuildLog) Done()            {}
+
+// Message prints what a builder logs at the warning level or above (a
+// builtin's warnings), as nix-build shows them.
+func (l *cliBuildLog) Message(text string) {
+	var m struct {
+		Action string `json:"action"`
+		Level  int    `json:"level"`
+		Msg    string `json:"msg"`
+	}
+	if json.Unmarshal([]byte(text), &m) == nil && m.Action == "msg" && m.Level <= 1 {
+		l.printf("%s\n", m.Msg)
+	}
+}
 
 func (l *cliBuildLog) printf(format string, args ...any) {
 	l.mu.Lock()
