@@ -32,9 +32,9 @@
 //     "none".
 //   - CollectGarbage is not supported (the collector will come with package
 //     gc); the root operations are (package gcroots).
-//   - RegisterDrvOutput is accepted and forgotten and QueryRealisation answers
-//     nothing, because the store has no realisations table (Nix's
-//     ca-derivations schema).
+//   - RegisterDrvOutput needs the ca-derivations feature (as in Nix) and, unlike
+//     nix-daemon 2.8, a trusted client: a realisation decides what every later
+//     build of that output resolves to.
 //   - AddBuildLog writes LOGDIR/drvs/XX/REST.bz2, as Nix 2.8 does.
 //   - NarFromPath checks validity before STDERR_LAST, so an invalid path gets an
 //     error instead of a truncated NAR; the connection then closes, because

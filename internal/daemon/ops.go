@@ -161,14 +161,9 @@ func (c *conn) perform(req protocol.Request) error {
 		}
 		return errNotSupported("garbage collection")
 	case *protocol.RegisterDrvOutputRequest:
-		// The store has no realisations table (Nix's ca-derivations schema):
-		// accepted and forgotten, as a store that never built it.
-		c.start()
-		c.log.Log(protocol.LvlDebug, "ignoring realisation "+q.ID+q.OutputName+": no realisations in this store")
-		return c.reply(nil)
+		return c.registerDrvOutput(q)
 	case *protocol.QueryRealisationRequest:
-		c.start()
-		return c.reply(&protocol.RealisationsReply{})
+		return c.queryRealisation(q)
 	}
 	return fmt.Errorf("invalid operation %s", hl(fmt.Sprint(uint64(req.Op()))))
 }

@@ -71,6 +71,7 @@ type Store struct {
 	bigLock *os.File // shared flock held while open
 	realFD  int      // the real store dir, for *at calls and syncfs
 	tmpFD   int      // realStoreDir/TempDirName
+	ca      caSchema // whether the realisation tables exist
 
 	closeOnce sync.Once
 	closeErr  error
