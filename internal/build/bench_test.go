@@ -3,6 +3,7 @@ package build
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,19 +16,55 @@ import (
 // log, scan, registration.
 func BenchmarkBuild(b *testing.B) {
 	requireSandbox(b)
+	benchBuild(b, testOptions(), "echo $i > $out")
+}
+
+// BenchmarkBuildLog is BenchmarkBuild with 1000 lines (about 30 kB) of log,
+// written compressed (the default) or plain.
+func BenchmarkBuildLog(b *testing.B) {
+	requireSandbox(b)
+	for _, compress := range []bool{true, false} {
+		b.Run(map[bool]string{true: "bzip2", false: "plain"}[compress], func(b *testing.B) {
+			opts := testOptions()
+			opts.CompressLog = compress
+			benchBuild(b, opts, "n=0; while [ $n -lt 1000 ]; do echo log line $n of build $i; n=$((n+1)); done; echo $i > $out")
+		})
+	}
+}
+
+// benchBuild builds b.N derivations running script, with $i set to the
+// derivation's number.
+func benchBuild(b *testing.B, opts Options, script string) {
 	ctx := context.Background()
 	st := testStore(b)
 	bl := newBuilder(b, st)
 	drvs := make([]storepath.StorePath, b.N)
 	for i := range drvs {
-		drvs[i] = addDrv(b, st, fmt.Sprintf("bench-%d", i), "echo "+fmt.Sprint(i)+" > $out", nil, nil)
+		drvs[i] = addDrv(b, st, fmt.Sprintf("bench-%d", i), "i="+fmt.Sprint(i)+"; "+script, nil, nil)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		res, err := bl.Build(ctx, []Target{{Drv: drvs[i]}}, testOptions(), nil)
+		res, err := bl.Build(ctx, []Target{{Drv: drvs[i]}}, opts, nil)
 		if err != nil || res[0].Status != Built {
 			b.Fatalf("%v %v", err, res[0].Err)
+		}
+	}
+}
+
+// BenchmarkLogWriter compresses build log text as compress-build-log does.
+func BenchmarkLogWriter(b *testing.B) {
+	var text []byte
+	for i := 0; len(text) < 1<<20; i++ {
+		text = fmt.Appendf(text, "gcc -O2 -c src/file%d.c -o build/file%d.o\n", i, i)
+	}
+	b.SetBytes(int64(len(text)))
+	b.ReportAllocs()
+	for b.Loop() {
+		w := NewLogWriter(io.Discard)
+		w.Write(text)
+		if err := w.Close(); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

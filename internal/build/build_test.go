@@ -45,7 +45,7 @@ func testStore(t testing.TB) *local.Store {
 }
 
 func testOptions() Options {
-	return Options{MaxJobs: 4, Cores: 1, Sandbox: true, SandboxPaths: []string{"/bin/sh=/bin/busybox"}}
+	return Options{MaxJobs: 4, Cores: 1, Sandbox: true, SandboxPaths: []string{"/bin/sh=/bin/busybox"}, CompressLog: true}
 }
 
 // addDrv adds a derivation running script with /bin/sh.

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
 
 	"github.com/dsnet/compress/bzip2"
 
@@ -73,17 +72,23 @@ func (l *logFile) Close() error {
 	return nil
 }
 
-// bzWriters recycles bzip2 writers: each holds a 900 kB block buffer.
-var bzWriters sync.Pool
+// bzFree keeps a few idle bzip2 writers: each holds a 900 kB block buffer,
+// which a sync.Pool would drop at every garbage collection (about one per
+// build).
+var bzFree = make(chan *bzip2.Writer, maxIdleLogWriters)
+
+// maxIdleLogWriters bounds the idle writers kept.
+const maxIdleLogWriters = 4
 
 // NewLogWriter returns a writer that compresses a build log on w as Nix
 // does (bzip2, 900 kB blocks), in constant memory. Close ends the bzip2
 // stream; it does not close w.
 func NewLogWriter(w io.Writer) io.WriteCloser {
-	zw, ok := bzWriters.Get().(*bzip2.Writer)
-	if ok {
+	var zw *bzip2.Writer
+	select {
+	case zw = <-bzFree:
 		zw.Reset(w)
-	} else {
+	default:
 		// The level is valid, so there is no error.
 		zw, _ = bzip2.NewWriter(w, &bzip2.WriterConfig{Level: bzip2.BestCompression})
 	}
@@ -104,7 +109,11 @@ func (c *bzLogWriter) Close() error {
 		return nil
 	}
 	err := c.zw.Close()
-	bzWriters.Put(c.zw)
+	c.zw.Reset(io.Discard) // let go of the file
+	select {
+	case bzFree <- c.zw:
+	default:
+	}
 	c.zw = nil
 	return err
 }
