@@ -310,9 +310,15 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	}
 
 	if logFile != nil {
-		if err := logFile.Close(); err != nil {
-			return MiscFailure, err
-		}
+		// The last block is compressed while the outputs are looked at;
+		// the log is whole before the result is known.
+		closed := make(chan error, 1)
+		go func() { closed <- logFile.Close() }()
+		defer func() {
+			if cerr := <-closed; cerr != nil && r.log != nil {
+				r.log.Error(cerr.Error())
+			}
+		}()
 	}
 	mu.Lock()
 	stopSt, stopped := stopStatus, stopErr
