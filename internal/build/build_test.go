@@ -219,9 +219,9 @@ func TestBuildGraph(t *testing.T) {
 		!strings.Contains(res[0].Err.Error(), "in the references of output '\x1b[35;1mdev\x1b[0m' from output '\x1b[35;1mout\x1b[0m'") {
 		t.Errorf("cycle: %d %v", res[0].Status, res[0].Err)
 	}
-	// The log is in LOGDIR/drvs/XX/REST.
+	// The log is in LOGDIR/drvs/XX/REST.bz2.
 	base := a.Base()
-	data, err := os.ReadFile(filepath.Join(st.LogDir(), "drvs", base[:2], base[2:]))
+	data, err := readBz2(filepath.Join(st.LogDir(), "drvs", base[:2], base[2:]+".bz2"))
 	if err != nil || string(data) != "hello from a\n" {
 		t.Errorf("log file: %q, %v", data, err)
 	}

@@ -234,3 +234,13 @@ func TestBuildLogFile(t *testing.T) {
 		t.Errorf("status %d: %v", res[0].Status, res[0].Err)
 	}
 }
+
+// readBz2 reads a bzip2-compressed file.
+func readBz2(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(bzip2.NewReader(f))
+}
