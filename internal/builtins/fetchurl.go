@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ulikunitz/xz"
+	"golang.org/x/sys/unix"
 
 	"cairn/internal/nar"
 	"cairn/internal/nixhash"
@@ -92,7 +93,7 @@ func fetchurl(ctx context.Context, j *Job, l *logger) error {
 			return err
 		}
 		if env["executable"] == "1" {
-			if err := os.Chmod(j.Out, 0o755); err != nil {
+			if err := chmodNoFollow(j.Out, 0o755); err != nil {
 				return fmt.Errorf("making '%s' executable: %s", hl(out), hl(errText(err)))
 			}
 		}
@@ -185,7 +186,7 @@ func (t *transfer) download(ctx context.Context, u string, sink func(io.Reader) 
 		base = 250 * time.Millisecond
 	}
 	for attempt := 1; ; attempt++ {
-		cr := &countingReader{log: t.log, act: act}
+		cr := &countingReader{ctx: ctx, log: t.log, act: act}
 		err := t.once(ctx, u, cr, sink)
 		if err == nil {
 			return nil
@@ -266,6 +267,9 @@ func (t *transfer) once(ctx context.Context, u string, cr *countingReader, sink 
 			return fail(statusKind(resp.StatusCode), "%s", msg)
 		}
 		body = resp.Body
+		if resp.Header.Get("Content-Encoding") == "" {
+			cr.expected = resp.ContentLength
+		}
 		if t.s.StalledTimeout > 0 {
 			cr.stall = time.AfterFunc(t.s.StalledTimeout, func() { cancel(errStalled) })
 			cr.stallAfter = t.s.StalledTimeout
@@ -442,7 +446,9 @@ type readCloser struct {
 // countingReader counts what the sink reads, keeps the source's error
 // apart from the sink's, feeds the stall timer and reports progress.
 type countingReader struct {
+	ctx        context.Context
 	r          io.Reader
+	expected   int64
 	n          int64
 	err        error
 	log        *logger
@@ -454,6 +460,10 @@ type countingReader struct {
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil { // a file:// copy is not otherwise cancelled
+		c.err = err
+		return 0, err
+	}
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	if n > 0 && c.stall != nil {
@@ -464,9 +474,23 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	}
 	if now := time.Now(); err == io.EOF || now.Sub(c.last) >= progressInterval {
 		c.last = now
-		c.log.result(c.act, resProgress, c.n, 0, 0, 0)
+		c.log.result(c.act, resProgress, c.n, max(c.expected, 0), 0, 0)
 	}
 	return n, err
+}
+
+// chmodNoFollow sets the mode of p unless it is a symlink (the root of an
+// unpacked NAR may be one; its target is none of our business).
+func chmodNoFollow(p string, mode uint32) error {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err == unix.ELOOP {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Fchmod(fd, mode)
 }
 
 // removeAll removes a partial output, making directories writable first.

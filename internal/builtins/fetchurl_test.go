@@ -335,6 +335,29 @@ func TestFetchurlFile(t *testing.T) {
 	}
 }
 
+// TestFetchurlSymlinkRoot unpacks a NAR whose root is a symlink with
+// executable=1: the link's target must keep its mode.
+func TestFetchurlSymlinkRoot(t *testing.T) {
+	victim := filepath.Join(t.TempDir(), "victim")
+	os.WriteFile(victim, []byte("secret"), 0o600)
+	var buf bytes.Buffer
+	w := nar.NewWriter(&buf)
+	w.WriteHeader(&nar.Header{Type: nar.TypeSymlink, LinkTarget: victim})
+	w.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(buf.Bytes()) }))
+	defer srv.Close()
+	out, _, err := runJob(t, fetchEnv(srv.URL+"/link.nar", true, true), Settings{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if target, err := os.Readlink(out); err != nil || target != victim {
+		t.Errorf("output: %q %v", target, err)
+	}
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the link's target became %v (%v)", fi.Mode(), err)
+	}
+}
+
 func TestFetchurlStalled(t *testing.T) {
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
