@@ -35,6 +35,8 @@ const (
 	MaxRedirects = 10
 	// MaxCAFile bounds the CA bundle.
 	MaxCAFile = 16 << 20
+	// copyBufferSize is the buffer a flat download is written through.
+	copyBufferSize = 256 << 10
 	// progressInterval spaces the progress results of a download.
 	progressInterval = 500 * time.Millisecond
 )
@@ -80,7 +82,7 @@ func fetchurl(ctx context.Context, j *Job, l *logger) error {
 			if err != nil {
 				return fmt.Errorf("opening file '%s': %s", hl(out), hl(errText(err)))
 			}
-			if _, err := io.Copy(f, r); err != nil {
+			if _, err := io.CopyBuffer(struct{ io.Writer }{f}, r, make([]byte, copyBufferSize)); err != nil {
 				f.Close()
 				return err
 			}

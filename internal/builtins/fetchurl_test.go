@@ -379,3 +379,45 @@ func TestRunUnknown(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkFetchurl downloads 64 MiB from a loopback server: as a file, and
+// as a NAR restored with unpack=1.
+func BenchmarkFetchurl(b *testing.B) {
+	const size = 64 << 20
+	data := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	var narBuf bytes.Buffer
+	w := nar.NewWriter(&narBuf)
+	w.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: size})
+	w.Write(data)
+	w.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/f.nar" {
+			w.Write(narBuf.Bytes())
+			return
+		}
+		w.Write(data)
+	}))
+	defer srv.Close()
+	for _, bc := range []struct {
+		name   string
+		unpack bool
+	}{{"flat", false}, {"unpack", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(size)
+			b.ReportAllocs()
+			dir := b.TempDir()
+			for i := 0; b.Loop(); i++ {
+				out := filepath.Join(dir, fmt.Sprint(i))
+				url := srv.URL + "/f"
+				if bc.unpack {
+					url += ".nar"
+				}
+				env := fetchEnv(url, bc.unpack, false)
+				if err := Run(context.Background(), &Job{Builder: "builtin:fetchurl", Env: env, Out: out, View: HostView()}); err != nil {
+					b.Fatal(err)
+				}
+				os.Remove(out)
+			}
+		})
+	}
+}
