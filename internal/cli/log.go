@@ -21,10 +21,15 @@ func newLogCmd() *cobra.Command {
 		Short: "Print the build log of a derivation or of the output of one",
 		Long: `Print the build log of PATH, as nix log does: PATH is a .drv path or a path built
 from one (its deriver's log is printed). Logs are read from LOGDIR/drvs/XX/REST, plain
-or .bz2, or LOGDIR/drvs/BASENAME.`,
+or .bz2, or LOGDIR/drvs/BASENAME. Through a daemon (--store daemon or unix://…), the
+deriver is asked of the daemon and the log read from the store's log dir, as Nix does.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openLocalStore(cmd)
+			cfg, err := storeConfig(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := openStore(cmd)
 			if err != nil {
 				return err
 			}
@@ -44,7 +49,7 @@ or .bz2, or LOGDIR/drvs/BASENAME.`,
 				}
 			}
 			for _, d := range drvs {
-				ok, err := printBuildLog(cmd.OutOrStdout(), st.LogDir(), d)
+				ok, err := printBuildLog(cmd.OutOrStdout(), cfg.LogDir, d)
 				if err != nil {
 					return err
 				}

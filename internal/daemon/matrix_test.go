@@ -2,14 +2,11 @@ package daemon
 
 import (
 	"bytes"
-	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"cairn/internal/store/storetest"
 	"cairn/internal/testutil/nixtest"
@@ -73,42 +70,6 @@ func runNix(env []string, name string, args ...string) nixRun {
 	return nixRun{strings.TrimSpace(stdout.String()), stderr.String(), code}
 }
 
-// refDaemon is nix-daemon 2.8 on a throwaway chroot store.
-type refDaemon struct {
-	Root string
-	env  []string // a client's
-}
-
-// startNixDaemon runs nix-daemon with options on a chroot store in a temp
-// dir until the test ends.
-func startNixDaemon(t *testing.T, options ...string) *refDaemon {
-	t.Helper()
-	dir := t.TempDir()
-	d := &refDaemon{Root: filepath.Join(dir, "root")}
-	sock := filepath.Join(dir, "socket")
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, "nix-daemon", append([]string{"--store", "local?root=" + d.Root}, options...)...)
-	cmd.Env = append(storetest.DaemonEnv(dir), "NIX_DAEMON_SOCKET_PATH="+sock)
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nix-daemon did not start: %s", log.String())
-		}
-	}
-	d.env = []string{"HOME=" + filepath.Join(dir, "home"), "NIX_REMOTE=unix://" + sock + "?root=" + d.Root}
-	return d
-}
-
 // TestNixBuildMatrix runs Nix 2.8's clients through cairn daemon and
 // through nix-daemon 2.8 (in Nix's sandbox), and compares exit codes and
 // error messages.
@@ -122,10 +83,11 @@ func TestNixBuildMatrix(t *testing.T) {
 	if err := os.WriteFile(file, []byte(matrixNix), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ref := startNixDaemon(t, "--option", "sandbox", "true", "--option", "build-users-group", "",
-		"--option", "sandbox-paths", "/bin/sh=/bin/busybox", "--option", "substituters", "")
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true",
+		"--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
+	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root}
 	ours := func(name string, args ...string) nixRun { return runNix(td.nixEnv(), name, args...) }
-	theirs := func(name string, args ...string) nixRun { return runNix(ref.env, name, args...) }
+	theirs := func(name string, args ...string) nixRun { return runNix(refEnv, name, args...) }
 	if r := ours("nix-build", "--no-out-link", file, "-A", "dep"); r.code != 0 {
 		if strings.Contains(r.stderr, "setting up the build environment") {
 			t.Skipf("the kernel refuses the sandbox: %s", r.stderr)

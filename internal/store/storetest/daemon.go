@@ -29,11 +29,19 @@ type Daemon struct {
 // the test ends.
 func StartDaemon(t testing.TB, argv ...string) *Daemon {
 	t.Helper()
+	return StartDaemonWith(t, argv, nil)
+}
+
+// StartDaemonWith is StartDaemon with options ("--option", NAME, VALUE, …)
+// after the defaults, so that they win (e.g. sandbox true).
+func StartDaemonWith(t testing.TB, argv, options []string) *Daemon {
+	t.Helper()
 	dir := t.TempDir()
 	d := &Daemon{Dir: dir, Root: filepath.Join(dir, "root"), Socket: filepath.Join(dir, "daemon.sock")}
 	args := append(argv[1:len(argv):len(argv)], "--store", "local?root="+d.Root,
 		"--option", "sandbox", "false", "--option", "build-users-group", "",
 		"--option", "substituters", "")
+	args = append(args, options...)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, argv[0], args...)
 	cmd.Env = append(DaemonEnv(dir), "NIX_DAEMON_SOCKET_PATH="+d.Socket)
