@@ -21,6 +21,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -54,9 +55,17 @@ func Dump(parent context.Context, w io.Writer, path string) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	free := make(chan *batch, ringBuffers)
-	for i := 0; i < ringBuffers; i++ {
-		free <- &batch{buf: make([]byte, 0, bufferSize), events: make([]event, 0, maxEventsPerBatch)}
-	}
+	defer func() {
+		// Every batch not held by a canceled walker is back in free by now.
+		for {
+			select {
+			case b := <-free:
+				batchPool.Put(b)
+			default:
+				return
+			}
+		}
+	}()
 	full := make(chan *batch, ringBuffers)
 	w1 := &walker{ctx: ctx, free: free, full: full}
 	go w1.run(path)
@@ -73,7 +82,7 @@ func Dump(parent context.Context, w io.Writer, path string) error {
 		if b.err != nil && err == nil {
 			err = b.err
 		}
-		b.events, b.buf, b.err = b.events[:0], b.buf[:0], nil
+		b.reset()
 		select {
 		case free <- b:
 		default:
@@ -104,12 +113,25 @@ func writeBatch(nw *nar.Writer, b *batch) error {
 	return nil
 }
 
+// batchPool keeps batches between dumps: a build registers many tiny outputs,
+// and a fresh ring of megabyte buffers for each was most of a build's garbage.
+var batchPool = sync.Pool{New: func() any {
+	return &batch{buf: make([]byte, 0, bufferSize), events: make([]event, 0, maxEventsPerBatch)}
+}}
+
+// reset empties b for reuse, dropping what its events point to.
+func (b *batch) reset() {
+	clear(b.events)
+	b.events, b.buf, b.err = b.events[:0], b.buf[:0], nil
+}
+
 // walker runs on its own goroutine and owns the batch it is filling.
 type walker struct {
 	ctx  context.Context
 	free chan *batch
 	full chan *batch
 	cur  *batch
+	made int // batches taken from batchPool, at most ringBuffers
 }
 
 var errCanceled = errors.New("canceled")
@@ -133,6 +155,18 @@ func (w *walker) run(root string) {
 func (w *walker) take() bool {
 	if w.ctx.Err() != nil {
 		return false
+	}
+	// The ring grows to ringBuffers only when the consumer falls behind, so a
+	// small tree uses one batch.
+	if w.made < ringBuffers {
+		select {
+		case b := <-w.free:
+			w.cur = b
+		default:
+			w.cur = batchPool.Get().(*batch)
+			w.made++
+		}
+		return true
 	}
 	select {
 	case b := <-w.free:
