@@ -88,6 +88,11 @@ type Options struct {
 	// MaxLogSize kills a build whose log grows past it, in bytes
 	// (max-build-log-size); 0 means no limit.
 	MaxLogSize int64
+	// Repeat builds a derivation that many more times and compares the
+	// outputs (repeat; not fixed outputs, not in Check mode). A difference
+	// fails the build when EnforceDeterminism, and is only logged when not.
+	Repeat             int
+	EnforceDeterminism bool
 	// Builtins are the settings of builtin builders (downloads).
 	Builtins builtins.Settings
 }
@@ -105,29 +110,34 @@ func OptionsFrom(s Getter) Options {
 	}
 	secs := func(name string) time.Duration { return time.Duration(atoi(name)) * time.Second }
 	o := Options{
-		MaxJobs:        atoi("max-jobs"),
-		Cores:          atoi("cores"),
-		KeepFailed:     s.Get("keep-failed") == "true",
-		KeepGoing:      s.Get("keep-going") == "true",
-		MaxSilentTime:  secs("max-silent-time"),
-		Timeout:        secs("timeout"),
-		Sandbox:        s.Get("sandbox") != "false",
-		SandboxPaths:   append(strings.Fields(s.Get("sandbox-paths")), strings.Fields(s.Get("extra-sandbox-paths"))...),
-		BuildDirTarget: s.Get("sandbox-build-dir"),
-		LogLines:       atoi("log-lines"),
-		System:         s.Get("system"),
-		ExtraPlatforms: strings.Fields(s.Get("extra-platforms")),
-		SystemFeatures: strings.Fields(s.Get("system-features")),
-		CompressLog:    s.Get("compress-build-log") != "false",
-		DiscardLog:     s.Get("keep-build-log") == "false",
-		MaxLogSize:     int64(atoi("max-build-log-size")),
-		Builtins:       builtins.SettingsFrom(s, os.Getenv),
+		MaxJobs:            atoi("max-jobs"),
+		Cores:              atoi("cores"),
+		KeepFailed:         s.Get("keep-failed") == "true",
+		KeepGoing:          s.Get("keep-going") == "true",
+		MaxSilentTime:      secs("max-silent-time"),
+		Timeout:            secs("timeout"),
+		Sandbox:            s.Get("sandbox") != "false",
+		SandboxPaths:       append(strings.Fields(s.Get("sandbox-paths")), strings.Fields(s.Get("extra-sandbox-paths"))...),
+		BuildDirTarget:     s.Get("sandbox-build-dir"),
+		LogLines:           atoi("log-lines"),
+		System:             s.Get("system"),
+		ExtraPlatforms:     strings.Fields(s.Get("extra-platforms")),
+		SystemFeatures:     strings.Fields(s.Get("system-features")),
+		CompressLog:        s.Get("compress-build-log") != "false",
+		DiscardLog:         s.Get("keep-build-log") == "false",
+		MaxLogSize:         int64(atoi("max-build-log-size")),
+		Repeat:             min(max(atoi("repeat"), 0), maxRepeat),
+		EnforceDeterminism: s.Get("enforce-determinism") != "false",
+		Builtins:           builtins.SettingsFrom(s, os.Getenv),
 	}
 	if s.Get("max-jobs") == "auto" {
 		o.MaxJobs = numCPU()
 	}
 	return o
 }
+
+// maxRepeat bounds the repeat setting.
+const maxRepeat = 100
 
 // Target is what to build: a derivation and the outputs wanted (none: all).
 type Target struct {
@@ -148,8 +158,10 @@ type Result struct {
 	Status     Status
 	Err        error // nil on success; its text is Nix's message
 	TimesBuilt int
-	Start      time.Time
-	Stop       time.Time
+	// NonDeterministic says that repeated rounds of the build differed.
+	NonDeterministic bool
+	Start            time.Time
+	Stop             time.Time
 	// Outputs are the wanted outputs' paths (on success).
 	Outputs map[string]storepath.StorePath
 }
@@ -174,8 +186,9 @@ type Logger interface {
 // corrupted or missing!"). The builder uses it when the Logger has it.
 type ModeLogger interface {
 	Logger
-	// BuildStartedMode is BuildStarted for a build in mode m.
-	BuildStartedMode(drv storepath.StorePath, m Mode) BuildLog
+	// BuildStartedMode is BuildStarted for a build in mode m, round round
+	// of rounds (1 of 1 unless repeat is set).
+	BuildStartedMode(drv storepath.StorePath, m Mode, round, rounds int) BuildLog
 	// Print logs msg as it is, at the error level or (info) the info level.
 	Print(msg string, info bool)
 }
@@ -350,6 +363,7 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 		finished[i] = true
 		res := &results[i]
 		res.Status, res.Err, res.TimesBuilt, res.Start, res.Stop = g.status, g.err, g.timesBuilt, g.start, g.stop
+		res.NonDeterministic = g.nonDet
 		if g.status.Success() {
 			res.Outputs = map[string]storepath.StorePath{}
 			for name, o := range g.drv.Outputs {
@@ -405,6 +419,7 @@ func (b *Builder) BuildDerivation(ctx context.Context, drvPath storepath.StorePa
 		return res
 	}
 	res.Status, res.Err, res.TimesBuilt, res.Start, res.Stop = g.status, g.err, g.timesBuilt, g.start, g.stop
+	res.NonDeterministic = g.nonDet
 	if g.status.Success() {
 		res.Outputs = outs
 	}
@@ -491,8 +506,13 @@ type goal struct {
 	status     Status
 	err        error
 	timesBuilt int
-	start      time.Time
-	stop       time.Time
+	// round of rounds is the build running (repeat); prev are the outputs
+	// of the round before; nonDet says two rounds differed.
+	round, rounds int
+	prev          []*store.PathInfo
+	nonDet        bool
+	start         time.Time
+	stop          time.Time
 
 	mu       sync.Mutex
 	requests []*request

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"cairn/internal/fsnar"
 	"cairn/internal/nixhash"
@@ -45,7 +46,7 @@ func (g *goal) logf(info bool, format string, args ...any) {
 // buildStarted opens r's log of g's build, telling a ModeLogger the mode.
 func (r *request) buildStarted(g *goal) BuildLog {
 	if ml, ok := r.log.(ModeLogger); ok {
-		return ml.BuildStartedMode(g.drvPath, g.mode)
+		return ml.BuildStartedMode(g.drvPath, g.mode, max(g.round, 1), max(g.rounds, 1))
 	}
 	return r.log.BuildStarted(g.drvPath)
 }
@@ -267,4 +268,61 @@ func (b *Builder) RepairPath(ctx context.Context, p storepath.StorePath, opts Op
 		return res[0].Err
 	}
 	return nil
+}
+
+// compareRound handles the rounds of repeat, as Nix 2.8: each round's
+// outputs are compared with the last round's; a difference fails the build
+// (enforce-determinism) or is logged and this round's outputs are kept.
+// The outputs of round 1 are kept at OUT.check with keep-failed; the last
+// round removes them. done says the round ends here (without registering).
+func (b *Builder) compareRound(g *goal, r *request, infos []*store.PathInfo, srcs []string) (Status, error, bool) {
+	st := b.store
+	if g.round > 1 {
+		for i, info := range infos {
+			if i < len(g.prev) && sameOutput(g.prev[i], info) {
+				continue
+			}
+			g.nonDet = true
+			prev := info.Path.String() + checkSuffix
+			var err error
+			if _, serr := os.Lstat(st.RealPath(info.Path) + checkSuffix); serr == nil && r.opts.KeepFailed {
+				err = fmt.Errorf("output '%s' of '%s' differs from '%s' from previous round", hl(info.Path.String()), hl(g.drvPath.String()), hl(prev))
+			} else {
+				err = fmt.Errorf("output '%s' of '%s' differs from previous round", hl(info.Path.String()), hl(g.drvPath.String()))
+			}
+			if r.opts.EnforceDeterminism {
+				return NotDeterministic, err, true
+			}
+			g.logf(false, "%s", err.Error())
+			g.round = g.rounds // enough known: this round's outputs stay
+			break
+		}
+	}
+	if g.round == 1 && g.round < g.rounds && r.opts.KeepFailed {
+		for i, info := range infos {
+			dst := st.RealPath(info.Path) + checkSuffix
+			if err := removeAll(dst); err != nil {
+				return MiscFailure, err, true
+			}
+			if err := moveTree(srcs[i], dst); err != nil {
+				return MiscFailure, fmt.Errorf("keep output %s: %w", dst, err), true
+			}
+		}
+	}
+	if g.round < g.rounds {
+		g.prev = infos
+		return Built, nil, true
+	}
+	for _, info := range infos {
+		if err := removeAll(st.RealPath(info.Path) + checkSuffix); err != nil {
+			return MiscFailure, err, true
+		}
+	}
+	return Built, nil, false
+}
+
+// sameOutput compares what two rounds made of one output.
+func sameOutput(a, b *store.PathInfo) bool {
+	return a.Path == b.Path && a.NarHash == b.NarHash && a.NarSize == b.NarSize && a.CA == b.CA &&
+		slices.Equal(a.References, b.References)
 }

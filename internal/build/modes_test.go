@@ -2,6 +2,7 @@ package build
 
 import (
 	"compress/bzip2"
+	"fmt"
 	"context"
 	"io"
 	"os"
@@ -19,12 +20,14 @@ import (
 type modeLog struct {
 	testLog
 	modes  []Mode
+	rounds []string
 	prints []string
 }
 
-func (l *modeLog) BuildStartedMode(drv storepath.StorePath, m Mode) BuildLog {
+func (l *modeLog) BuildStartedMode(drv storepath.StorePath, m Mode, round, rounds int) BuildLog {
 	l.mu.Lock()
 	l.modes = append(l.modes, m)
+	l.rounds = append(l.rounds, fmt.Sprintf("%d/%d", round, rounds))
 	l.mu.Unlock()
 	return l.BuildStarted(drv)
 }
@@ -243,4 +246,54 @@ func readBz2(name string) ([]byte, error) {
 	}
 	defer f.Close()
 	return io.ReadAll(bzip2.NewReader(f))
+}
+
+func TestRepeat(t *testing.T) {
+	requireSandbox(t)
+	ctx := context.Background()
+	st := testStore(t)
+	b := newBuilder(t, st)
+	for _, tt := range []struct {
+		name             string
+		script           string
+		enforce, keep    bool
+		status           Status
+		nonDet           bool
+		timesBuilt       int
+		msg              string
+		checkLeft, valid bool
+	}{
+		{name: "same", script: "echo same > $out", enforce: true, status: Built, timesBuilt: 3, valid: true},
+		{name: "differs", script: "echo $RANDOM$RANDOM > $out", enforce: true, status: NotDeterministic, nonDet: true, timesBuilt: 2, msg: "differs from previous round"},
+		{name: "differs kept", script: "echo $RANDOM$RANDOM > $out", enforce: true, keep: true, status: NotDeterministic, nonDet: true, timesBuilt: 2, msg: ".check\x1b[0m' from previous round", checkLeft: true},
+		{name: "differs not enforced", script: "echo $RANDOM$RANDOM > $out", status: Built, nonDet: true, timesBuilt: 2, valid: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := addDrv(t, st, "repeat-"+strings.ReplaceAll(tt.name, " ", "-"), tt.script, nil, nil)
+			out := outPath(t, st, p, "out")
+			opts := testOptions()
+			opts.Repeat, opts.EnforceDeterminism, opts.KeepFailed = 2, tt.enforce, tt.keep
+			log := &modeLog{}
+			res, err := b.Build(ctx, []Target{{Drv: p}}, opts, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := res[0]
+			if r.Status != tt.status || r.NonDeterministic != tt.nonDet || r.TimesBuilt != tt.timesBuilt {
+				t.Errorf("status %d nondeterministic %v built %d times: %v", r.Status, r.NonDeterministic, r.TimesBuilt, r.Err)
+			}
+			if tt.msg != "" && (r.Err == nil || !strings.Contains(r.Err.Error(), tt.msg)) {
+				t.Errorf("error %v, want %q", r.Err, tt.msg)
+			}
+			if _, err := os.Lstat(st.RealPath(out) + ".check"); (err == nil) != tt.checkLeft {
+				t.Errorf(".check left: %v", err == nil)
+			}
+			if ok, _ := st.IsValidPath(ctx, out); ok != tt.valid {
+				t.Errorf("valid: %v", ok)
+			}
+			if tt.name == "same" && strings.Join(log.rounds, " ") != "1/3 2/3 3/3" {
+				t.Errorf("rounds logged: %v", log.rounds)
+			}
+		})
+	}
 }

@@ -100,6 +100,11 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, r *request, dirs
 	if err := checkReferences(ctx, st, drv, g.drvPath, infos); err != nil {
 		return OutputRejected, err
 	}
+	if g.rounds > 1 {
+		if status, err, done := b.compareRound(g, r, infos, srcs); done {
+			return status, err
+		}
+	}
 	for i, info := range infos {
 		if err := b.moveIntoStore(srcs[i], info.Path); err != nil {
 			return MiscFailure, err

@@ -284,14 +284,16 @@ type cliBuildLog struct {
 }
 
 func (l *cliBuildLog) BuildStarted(drv storepath.StorePath) build.BuildLog {
-	return l.BuildStartedMode(drv, build.Normal)
+	return l.BuildStartedMode(drv, build.Normal, 1, 1)
 }
-func (l *cliBuildLog) BuildStartedMode(drv storepath.StorePath, m build.Mode) build.BuildLog {
-	switch m {
-	case build.Check:
+func (l *cliBuildLog) BuildStartedMode(drv storepath.StorePath, m build.Mode, round, rounds int) build.BuildLog {
+	switch {
+	case m == build.Check:
 		l.printf("checking outputs of '%s'...\n", drv)
-	case build.Repair:
+	case m == build.Repair:
 		l.printf("repairing outputs of '%s'...\n", drv)
+	case rounds > 1:
+		l.printf("building '%s' (round %d/%d)...\n", drv, round, rounds)
 	default:
 		l.printf("building '%s'...\n", drv)
 	}

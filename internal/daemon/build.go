@@ -121,21 +121,23 @@ func (l *buildLogger) Error(msg string) {
 }
 
 func (l *buildLogger) BuildStarted(drv storepath.StorePath) build.BuildLog {
-	return l.BuildStartedMode(drv, build.Normal)
+	return l.BuildStartedMode(drv, build.Normal, 1, 1)
 }
 
 // BuildStartedMode starts the Build activity with Nix 2.8's text for the
-// mode.
-func (l *buildLogger) BuildStartedMode(drv storepath.StorePath, m build.Mode) build.BuildLog {
-	text := "building '%s'"
-	switch m {
-	case build.Repair:
-		text = "repairing outputs of '%s'"
-	case build.Check:
-		text = "checking outputs of '%s'"
+// mode and round.
+func (l *buildLogger) BuildStartedMode(drv storepath.StorePath, m build.Mode, round, rounds int) build.BuildLog {
+	text := fmt.Sprintf("building '%s'", drv)
+	switch {
+	case m == build.Repair:
+		text = fmt.Sprintf("repairing outputs of '%s'", drv)
+	case m == build.Check:
+		text = fmt.Sprintf("checking outputs of '%s'", drv)
+	case rounds > 1:
+		text = fmt.Sprintf("building '%s' (round %d/%d)", drv, round, rounds)
 	}
-	id := l.c.log.StartActivity(protocol.LvlInfo, protocol.ActBuild, fmt.Sprintf(text, drv),
-		protocol.StringField(drv.String()), protocol.StringField(""), protocol.IntField(1), protocol.IntField(1))
+	id := l.c.log.StartActivity(protocol.LvlInfo, protocol.ActBuild, text,
+		protocol.StringField(drv.String()), protocol.StringField(""), protocol.IntField(uint64(round)), protocol.IntField(uint64(rounds)))
 	return &buildActivity{c: l.c, id: id, children: map[uint64]uint64{}}
 }
 
@@ -244,10 +246,11 @@ func jsonFields(raw []json.RawMessage) []protocol.Field {
 // buildResult converts a build result for the wire.
 func buildResult(r build.Result) protocol.BuildResult {
 	res := protocol.BuildResult{
-		Status:     protocol.BuildStatus(r.Status),
-		TimesBuilt: uint64(r.TimesBuilt),
-		StartTime:  r.Start,
-		StopTime:   r.Stop,
+		Status:             protocol.BuildStatus(r.Status),
+		TimesBuilt:         uint64(r.TimesBuilt),
+		IsNonDeterministic: r.NonDeterministic,
+		StartTime:          r.Start,
+		StopTime:           r.Stop,
 	}
 	if r.Err != nil {
 		res.ErrorMsg = r.Err.Error()
