@@ -2,8 +2,8 @@ package build
 
 import (
 	"compress/bzip2"
-	"fmt"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
