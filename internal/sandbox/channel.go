@@ -6,12 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // The channel between parent and init: a stream socket, fd 3 in init.
 //
-//	parent → child:  u32be length, Spec JSON (wireSpec)
+//	parent → child:  u32be length, Spec JSON (wireSpec), with the log's fd
+//	                 attached (SCM_RIGHTS) when wireSpec.LogFD is set
 //	                 'G' after NetworkSetup, when wireSpec.Wait is set
 //	child → parent:  'E' u32be length, report JSON   (setup failed)
 //	                 'X'                             (exec is next)
@@ -27,6 +31,36 @@ const (
 type wireSpec struct {
 	Spec *Spec `json:"spec"`
 	Wait bool  `json:"wait,omitempty"` // wait for msgGo before exec
+	// LogFD says a descriptor came with the message (SCM_RIGHTS) to be the
+	// command's stdout and stderr: init was started before its build was known.
+	LogFD bool `json:"log_fd,omitempty"`
+}
+
+// sendSpec writes msg to the channel, with log's descriptor attached when
+// log is not nil.
+func sendSpec(ch *os.File, msg []byte, log *os.File) error {
+	if log == nil {
+		_, err := ch.Write(msg)
+		return err
+	}
+	rc, err := ch.SyscallConn()
+	if err != nil {
+		return err
+	}
+	rights := unix.UnixRights(int(log.Fd()))
+	var n int
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		n, serr = unix.SendmsgN(int(fd), msg, rights, nil, 0)
+		return serr != unix.EAGAIN
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return serr
+	}
+	_, err = ch.Write(msg[n:])
+	return err
 }
 
 // report is a SetupError on the wire.

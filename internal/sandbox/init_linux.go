@@ -45,7 +45,8 @@ func fail(step string, err error) error {
 
 func readSpec() (*wireSpec, error) {
 	var n [4]byte
-	if err := readFull(channelFD, n[:]); err != nil {
+	logFD, err := readFirst(n[:])
+	if err != nil {
 		return nil, fail("read spec", err)
 	}
 	size := binary.BigEndian.Uint32(n[:])
@@ -63,7 +64,60 @@ func readSpec() (*wireSpec, error) {
 	if err := w.Spec.Validate(); err != nil {
 		return nil, err
 	}
+	if w.LogFD != (logFD >= 0) {
+		return nil, fail("read spec", errors.New("the log's descriptor and the spec disagree"))
+	}
+	if logFD >= 0 {
+		for _, to := range []int{1, 2} {
+			if err := unix.Dup3(logFD, to, 0); err != nil {
+				return nil, fail("take the log", err)
+			}
+		}
+		unix.Close(logFD)
+	}
 	return &w, nil
+}
+
+// readFirst fills p from the channel, keeping a descriptor that came with the
+// first bytes (-1 when none did).
+func readFirst(p []byte) (int, error) {
+	oob := make([]byte, unix.CmsgSpace(4))
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(channelFD, p, oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return -1, err
+		}
+		if n == 0 {
+			return -1, io.ErrUnexpectedEOF
+		}
+		fd := -1
+		if oobn > 0 {
+			msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+			if err != nil {
+				return -1, err
+			}
+			for _, m := range msgs {
+				fds, err := unix.ParseUnixRights(&m)
+				if err != nil {
+					return -1, err
+				}
+				for _, f := range fds {
+					if fd < 0 {
+						fd = f
+					} else {
+						unix.Close(f)
+					}
+				}
+			}
+		}
+		if err := readFull(channelFD, p[n:]); err != nil {
+			return -1, err
+		}
+		return fd, nil
+	}
 }
 
 // mountReq is one mount into the new root, in target order.

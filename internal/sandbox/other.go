@@ -15,6 +15,15 @@ type Process struct{}
 // Start fails: the sandbox needs Linux.
 func Start(ctx context.Context, spec *Spec) (*Process, error) { return nil, errNotLinux }
 
+// Pool is Start's pool of inits (Linux only).
+type Pool struct{}
+
+// Start fails: the sandbox needs Linux.
+func (pl *Pool) Start(ctx context.Context, spec *Spec) (*Process, error) { return nil, errNotLinux }
+
+// Close does nothing.
+func (pl *Pool) Close() {}
+
 // Init fails: the sandbox needs Linux.
 func Init() error {
 	if !IsInit() {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -20,6 +21,8 @@ type Process struct {
 	ctx    context.Context
 	cmd    *exec.Cmd
 	cgroup string
+	// unwatch stops the watch on a pooled init's build context.
+	unwatch func() bool
 
 	waitOnce sync.Once
 	status   Status
@@ -37,13 +40,28 @@ func (p *Process) Cgroup() string { return p.cgroup }
 // has been executed, or with the error that stopped the sandbox's setup. When
 // ctx is done the whole build is killed, as by Kill.
 func Start(ctx context.Context, spec *Spec) (*Process, error) {
+	payload, err := prepare(spec, false)
+	if err != nil {
+		return nil, err
+	}
+	p, ch, err := spawn(ctx, spec, spec.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer ch.Close()
+	return p.begin(ctx, spec, ch, payload, nil)
+}
+
+// prepare checks spec and encodes it for init; logFD says the log's
+// descriptor will travel with it rather than be init's stdout from the start.
+func prepare(spec *Spec, logFD bool) ([]byte, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
 	if !spec.userNS() && os.Geteuid() != 0 {
 		return nil, errors.New("sandbox: spec: no id maps: a user namespace is needed when not root")
 	}
-	payload, err := json.Marshal(wireSpec{Spec: spec, Wait: spec.NetworkSetup != nil})
+	payload, err := json.Marshal(wireSpec{Spec: spec, Wait: spec.NetworkSetup != nil, LogFD: logFD})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: encode spec: %w", err)
 	}
@@ -53,14 +71,19 @@ func Start(ctx context.Context, spec *Spec) (*Process, error) {
 	if _, err := Filter(runtime.GOARCH); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
+	return payload, nil
+}
 
+// spawn starts init in new namespaces with the ids and cgroup spec asks for,
+// stdio as its stdout and stderr; init then waits on the returned channel for
+// the rest of the spec. Only spec's shape (see shapeOf) matters here.
+func spawn(ctx context.Context, spec *Spec, stdio io.Writer) (*Process, *os.File, error) {
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: socketpair: %w", err)
+		return nil, nil, fmt.Errorf("sandbox: socketpair: %w", err)
 	}
 	parentEnd := os.NewFile(uintptr(pair[0]), "sandbox channel")
 	childEnd := os.NewFile(uintptr(pair[1]), "sandbox channel")
-	defer parentEnd.Close()
 	defer childEnd.Close()
 
 	p := &Process{ctx: ctx}
@@ -82,22 +105,22 @@ func Start(ctx context.Context, spec *Spec) (*Process, error) {
 	if spec.Cgroup.Parent != "" {
 		dir, fd, err := makeCgroup(spec.Cgroup)
 		if err != nil {
-			return nil, err
+			parentEnd.Close()
+			return nil, nil, err
 		}
 		defer unix.Close(fd)
 		p.cgroup = dir
 		attr.UseCgroupFD = true
 		attr.CgroupFD = fd
 	}
-
 	cmd := exec.CommandContext(ctx, InitPath)
 	cmd.Args = InitArgs
 	// init is short-lived: no garbage collection, one P (fewer threads).
 	// The command gets exactly its own environment, not this one.
 	cmd.Env = []string{initEnv + "=1", "GOGC=off", "GOMAXPROCS=1"}
-	if spec.Log != nil {
-		cmd.Stdout = spec.Log
-		cmd.Stderr = spec.Log
+	if stdio != nil {
+		cmd.Stdout = stdio
+		cmd.Stderr = stdio
 	}
 	cmd.ExtraFiles = []*os.File{childEnd} // fd 3 = channelFD
 	cmd.SysProcAttr = attr
@@ -105,11 +128,17 @@ func Start(ctx context.Context, spec *Spec) (*Process, error) {
 	p.cmd = cmd
 	if err := cmd.Start(); err != nil {
 		p.removeCgroup()
-		return nil, fmt.Errorf("sandbox: start init: %w", err)
+		parentEnd.Close()
+		return nil, nil, fmt.Errorf("sandbox: start init: %w", err)
 	}
-	childEnd.Close()
+	return p, parentEnd, nil
+}
 
-	if err := p.handshake(ctx, spec, parentEnd, payload); err != nil {
+// begin sends init the spec (with log, when not nil, as its stdout and
+// stderr) and waits until the command is executed; on failure init is killed
+// and reaped.
+func (p *Process) begin(ctx context.Context, spec *Spec, ch *os.File, payload []byte, log *os.File) (*Process, error) {
+	if err := p.handshake(ctx, spec, ch, payload, log); err != nil {
 		p.Kill()
 		st, _ := p.Wait()
 		if errors.Is(err, errNoExec) {
@@ -125,11 +154,11 @@ func Start(ctx context.Context, spec *Spec) (*Process, error) {
 
 var errNoExec = errors.New("no exec")
 
-func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payload []byte) error {
+func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payload []byte, log *os.File) error {
 	msg := make([]byte, 4, 4+len(payload))
 	binary.BigEndian.PutUint32(msg, uint32(len(payload)))
 	msg = append(msg, payload...)
-	if _, err := ch.Write(msg); err != nil {
+	if err := sendSpec(ch, msg, log); err != nil {
 		if _, rerr := readReports(ch); rerr != nil {
 			return rerr
 		}
@@ -207,6 +236,9 @@ func (p *Process) Wait() (Status, error) {
 		}
 		if err := p.removeCgroup(); err != nil && p.waitErr == nil {
 			p.waitErr = err
+		}
+		if p.unwatch != nil {
+			p.unwatch()
 		}
 	})
 	return p.status, p.waitErr
