@@ -99,6 +99,7 @@ func newBuilder(t testing.TB, st *local.Store) *Builder {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(b.Close)
 	return b
 }
 

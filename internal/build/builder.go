@@ -15,6 +15,7 @@ import (
 
 	"cairn/internal/builtins"
 	"cairn/internal/derivation"
+	"cairn/internal/sandbox"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
@@ -212,6 +213,8 @@ type Builder struct {
 	rootDir string
 	poolMu  sync.Mutex
 	pool    []*buildDirs // reusable dirs of finished sandboxed builds
+	// inits starts sandboxes, each build's init started during the one before.
+	inits sandbox.Pool
 
 	mu    sync.Mutex
 	goals map[goalKey]*goal
@@ -237,6 +240,10 @@ func New(st *local.Store, buildsDir string) (*Builder, error) {
 	}
 	return &Builder{store: st, buildsDir: buildsDir, rootDir: root, goals: map[goalKey]*goal{}}, nil
 }
+
+// Close ends the sandbox inits kept for the next builds. Builds may still
+// start afterwards, each paying for its init.
+func (b *Builder) Close() { b.inits.Close() }
 
 // Store returns the store the builder builds into.
 func (b *Builder) Store() *local.Store { return b.store }

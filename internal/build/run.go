@@ -218,7 +218,7 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 			return MiscFailure, err
 		}
 		spec.Log = pw
-		sp, err := sandbox.Start(ctx, spec)
+		sp, err := b.inits.Start(ctx, spec)
 		pw.Close()
 		if err != nil {
 			return MiscFailure, fmt.Errorf("while setting up the build environment: %w", err)

@@ -183,6 +183,7 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	if err != nil {
 		return err
 	}
+	defer b.Close()
 	log := &cliBuildLog{w: stderr}
 	opts := build.OptionsFrom(settings)
 	opts.Mode = a.mode

@@ -40,6 +40,7 @@ func newStoreVerifyCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				defer b.Close()
 				log := &cliBuildLog{w: cmd.ErrOrStderr()}
 				opts.RepairPath = func(ctx context.Context, p storepath.StorePath) error {
 					return b.RepairPath(ctx, p, build.OptionsFrom(settings), log)

@@ -35,6 +35,15 @@ func (c *conn) builder() (*build.Builder, error) {
 	return bo.b, bo.err
 }
 
+// closeBuilder ends what the Server's Builder keeps between builds.
+func (s *Server) closeBuilder() {
+	if v, ok := builders.LoadAndDelete(s); ok {
+		if bo := v.(*builderOnce); bo.b != nil {
+			bo.b.Close()
+		}
+	}
+}
+
 // buildOptions are the daemon's settings with the client's on top: its
 // overrides (through c.settings) and the fixed SetOptions fields, which Nix
 // 2.8 applies for every client.

@@ -76,6 +76,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer func() {
 		cancel()
 		s.wg.Wait()
+		s.closeBuilder()
 	}()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()

@@ -3,7 +3,9 @@ package sandbox
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,7 +15,12 @@ import (
 // DefaultIdle is how long a Pool keeps an unused init.
 const DefaultIdle = 30 * time.Second
 
-// Pool starts sandboxes as Start does, but keeps one init of each shape (ids,
+// DefaultSpares is how many inits of a shape a Pool keeps ready. Starting one
+// takes longer than a trivial build, so with one the next build would often
+// find it still starting.
+const DefaultSpares = 2
+
+// Pool starts sandboxes as Start does, but keeps inits of each shape (ids,
 // cgroup parent) started ahead of need. Starting init is most of a sandbox's
 // cost: cloning the caller (a full fork, since the namespaces include a user
 // namespace), executing the binary and starting its runtime. A pooled init has
@@ -25,11 +32,12 @@ const DefaultIdle = 30 * time.Second
 // An init knows nothing about its build until the spec arrives: it holds no
 // mounts, no ids but the shape's, and reads only from its channel.
 type Pool struct {
-	Idle time.Duration // 0: DefaultIdle
+	Idle   time.Duration // 0: DefaultIdle
+	Spares int           // inits kept ready per shape; 0: DefaultSpares
 
 	mu       sync.Mutex
-	spares   map[string]*spare
-	starting map[string]bool
+	spares   map[string][]*spare
+	starting map[string]int
 	closed   bool
 }
 
@@ -68,7 +76,7 @@ func (pl *Pool) Start(ctx context.Context, spec *Spec) (*Process, error) {
 	}
 	key := shapeOf(spec)
 	sp := pl.take(key)
-	defer pl.refill(key, spec)
+	pl.refill(key, spec)
 	if sp == nil {
 		p, ch, err := spawn(context.Background(), spec, nil)
 		if err != nil {
@@ -76,6 +84,21 @@ func (pl *Pool) Start(ctx context.Context, spec *Spec) (*Process, error) {
 		}
 		sp = &spare{p: p, ch: ch}
 	}
+	p, err := sp.begin(ctx, spec, payload, log)
+	if errors.Is(err, errInitGone) && ctx.Err() == nil {
+		// A spare that died waiting (alive saw it a moment before): once
+		// more with a fresh init.
+		p, ch, err := spawn(context.Background(), spec, nil)
+		if err != nil {
+			return nil, err
+		}
+		return (&spare{p: p, ch: ch}).begin(ctx, spec, payload, log)
+	}
+	return p, err
+}
+
+// begin hands the spare its build.
+func (sp *spare) begin(ctx context.Context, spec *Spec, payload []byte, log *os.File) (*Process, error) {
 	defer sp.ch.Close()
 	p := sp.p
 	p.ctx = ctx
@@ -85,19 +108,22 @@ func (pl *Pool) Start(ctx context.Context, spec *Spec) (*Process, error) {
 
 // take removes and returns a live spare of the shape, or nil.
 func (pl *Pool) take(key string) *spare {
-	pl.mu.Lock()
-	sp := pl.spares[key]
-	delete(pl.spares, key)
-	pl.mu.Unlock()
-	if sp == nil {
-		return nil
-	}
-	sp.timer.Stop()
-	if !alive(sp.ch) {
+	for {
+		pl.mu.Lock()
+		list := pl.spares[key]
+		if len(list) == 0 {
+			pl.mu.Unlock()
+			return nil
+		}
+		sp := list[0]
+		pl.spares[key] = list[1:]
+		pl.mu.Unlock()
+		sp.timer.Stop()
+		if alive(sp.ch) {
+			return sp
+		}
 		go sp.drop()
-		return nil
 	}
-	return sp
 }
 
 // alive reports whether init is still at the other end of ch: a dead one's
@@ -108,52 +134,67 @@ func alive(ch *os.File) bool {
 	return err == nil && n == 0
 }
 
-// refill starts a spare of the shape in the background unless one is there
-// or on its way.
+// refill starts spares of the shape in the background, up to Spares ready
+// or on their way.
 func (pl *Pool) refill(key string, spec *Spec) {
+	want := pl.Spares
+	if want == 0 {
+		want = DefaultSpares
+	}
 	pl.mu.Lock()
-	if pl.closed || pl.spares[key] != nil || pl.starting[key] {
+	n := 0
+	if !pl.closed {
+		n = want - len(pl.spares[key]) - pl.starting[key]
+	}
+	if n <= 0 {
 		pl.mu.Unlock()
 		return
 	}
 	if pl.starting == nil {
-		pl.starting = map[string]bool{}
+		pl.starting = map[string]int{}
 	}
-	pl.starting[key] = true
+	pl.starting[key] += n
 	pl.mu.Unlock()
 	shaped := &Spec{UIDMap: spec.UIDMap, GIDMap: spec.GIDMap, Setgroups: spec.Setgroups, Cgroup: spec.Cgroup}
-	go func() {
-		p, ch, err := spawn(context.Background(), shaped, nil)
+	for range n {
+		go pl.add(key, shaped)
+	}
+}
+
+// add starts one spare.
+func (pl *Pool) add(key string, shaped *Spec) {
+	p, ch, err := spawn(context.Background(), shaped, nil)
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	pl.starting[key]--
+	if err != nil {
+		return
+	}
+	sp := &spare{p: p, ch: ch}
+	if pl.closed {
+		go sp.drop()
+		return
+	}
+	if pl.spares == nil {
+		pl.spares = map[string][]*spare{}
+	}
+	idle := pl.Idle
+	if idle == 0 {
+		idle = DefaultIdle
+	}
+	sp.timer = time.AfterFunc(idle, func() {
 		pl.mu.Lock()
-		defer pl.mu.Unlock()
-		delete(pl.starting, key)
-		if err != nil {
-			return
-		}
-		sp := &spare{p: p, ch: ch}
-		if pl.closed || pl.spares[key] != nil {
-			go sp.drop()
-			return
-		}
-		if pl.spares == nil {
-			pl.spares = map[string]*spare{}
-		}
-		idle := pl.Idle
-		if idle == 0 {
-			idle = DefaultIdle
-		}
-		sp.timer = time.AfterFunc(idle, func() {
-			pl.mu.Lock()
-			if pl.spares[key] != sp {
-				pl.mu.Unlock()
-				return
-			}
-			delete(pl.spares, key)
+		list := pl.spares[key]
+		i := slices.Index(list, sp)
+		if i < 0 {
 			pl.mu.Unlock()
-			sp.drop()
-		})
-		pl.spares[key] = sp
-	}()
+			return
+		}
+		pl.spares[key] = slices.Delete(list, i, i+1)
+		pl.mu.Unlock()
+		sp.drop()
+	})
+	pl.spares[key] = append(pl.spares[key], sp)
 }
 
 // drop ends an unused init.
@@ -170,8 +211,10 @@ func (pl *Pool) Close() {
 	spares := pl.spares
 	pl.spares = nil
 	pl.mu.Unlock()
-	for _, sp := range spares {
-		sp.timer.Stop()
-		sp.drop()
+	for _, list := range spares {
+		for _, sp := range list {
+			sp.timer.Stop()
+			sp.drop()
+		}
 	}
 }

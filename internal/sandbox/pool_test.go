@@ -116,7 +116,7 @@ func TestPoolCancel(t *testing.T) {
 // and an idle spare goes away.
 func TestPoolSpareDies(t *testing.T) {
 	m := modes()[0]
-	pool := &sandbox.Pool{Idle: 300 * time.Millisecond}
+	pool := &sandbox.Pool{Idle: 300 * time.Millisecond, Spares: 1}
 	defer pool.Close()
 	run := func() {
 		t.Helper()

@@ -143,6 +143,8 @@ func (p *Process) begin(ctx context.Context, spec *Spec, ch *os.File, payload []
 		st, _ := p.Wait()
 		if errors.Is(err, errNoExec) {
 			err = fmt.Errorf("sandbox: init ended before exec (%v); see the build log", st)
+		} else if st != (Status{}) {
+			err = fmt.Errorf("%w (init: %v)", err, st)
 		}
 		if ctx.Err() != nil {
 			err = fmt.Errorf("sandbox: %w (%v)", ctx.Err(), err)
@@ -152,7 +154,10 @@ func (p *Process) begin(ctx context.Context, spec *Spec, ch *os.File, payload []
 	return p, nil
 }
 
-var errNoExec = errors.New("no exec")
+var (
+	errNoExec   = errors.New("no exec")
+	errInitGone = errors.New("init is gone")
+)
 
 func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payload []byte, log *os.File) error {
 	msg := make([]byte, 4, 4+len(payload))
@@ -162,7 +167,7 @@ func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payloa
 		if _, rerr := readReports(ch); rerr != nil {
 			return rerr
 		}
-		return fmt.Errorf("sandbox: send spec: %w", err)
+		return fmt.Errorf("sandbox: send spec: %w: %w", errInitGone, err)
 	}
 	if spec.NetworkSetup != nil {
 		if err := spec.NetworkSetup(ctx, p.cmd.Process.Pid); err != nil {
