@@ -29,6 +29,35 @@ func BenchmarkSetup(b *testing.B) {
 	}
 }
 
+// BenchmarkPoolSetup is BenchmarkSetup through a Pool, builds back to back:
+// the init of the next build starts while this one runs, so "exec-ms" is what
+// a build waits for when a spare is ready, and ns/op shows whether spares keep
+// up with builds that take no time at all.
+func BenchmarkPoolSetup(b *testing.B) {
+	for _, m := range modes() {
+		b.Run(m.name, func(b *testing.B) {
+			f := newFixture(b, m, "/bin/busybox", "true")
+			f.spec.Log = nil
+			pool := &sandbox.Pool{}
+			defer pool.Close()
+			var toExec []time.Duration
+			b.ReportAllocs()
+			for b.Loop() {
+				t0 := time.Now()
+				p, err := pool.Start(context.Background(), f.spec)
+				if err != nil {
+					b.Fatal(err)
+				}
+				toExec = append(toExec, time.Since(t0))
+				if st, err := p.Wait(); err != nil || !st.Success() {
+					b.Fatalf("Wait: %v %v", st, err)
+				}
+			}
+			b.ReportMetric(median(toExec), "exec-ms")
+		})
+	}
+}
+
 func benchSetup(b *testing.B, f *fixture, cgroup string) {
 	spec := *f.spec
 	spec.Cgroup.Parent = cgroup
