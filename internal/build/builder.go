@@ -96,6 +96,13 @@ type Options struct {
 	EnforceDeterminism bool
 	// Builtins are the settings of builtin builders (downloads).
 	Builtins builtins.Settings
+	// Network is the user-mode network stack of fixed-output builds
+	// (fixed-output-network): "" or "auto", "pasta", "slirp4netns", an
+	// absolute path to either, or "none".
+	Network string
+	// IsolateLoopback keeps fixed-output builds from the host's loopback
+	// services (fixed-output-host-loopback = false).
+	IsolateLoopback bool
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -130,6 +137,11 @@ func OptionsFrom(s Getter) Options {
 		Repeat:             min(max(atoi("repeat"), 0), maxRepeat),
 		EnforceDeterminism: s.Get("enforce-determinism") != "false",
 		Builtins:           builtins.SettingsFrom(s, os.Getenv),
+		Network:            s.Get("fixed-output-network"),
+	}
+	switch s.Get("fixed-output-host-loopback") {
+	case "false", "no", "0":
+		o.IsolateLoopback = true
 	}
 	if s.Get("max-jobs") == "auto" {
 		o.MaxJobs = numCPU()

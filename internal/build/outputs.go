@@ -28,7 +28,8 @@ import (
 // left in dirs, together, with g's .drv as their deriver. The caller holds
 // the outputs' path locks. Outputs are canonicalised where the builder left
 // them, hashed and scanned in one pass, moved into the store dir and
-// registered in one transaction.
+// registered in one transaction. A fixed output is first copied out of the
+// builder's reach (isolateFixedOutput), and the copy is what is checked.
 //
 // In Check mode nothing is registered: the outputs are compared with the
 // valid ones (compareOutputs). In Repair mode only the bad outputs are
@@ -59,6 +60,17 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, r *request, dirs
 				return MiscFailure, err
 			} else if ok {
 				continue // made by someone else meanwhile; keep theirs
+			}
+		}
+		if !o.Hash.IsZero() {
+			copied, cleanup, err := b.isolateFixedOutput(dir)
+			if err != nil {
+				return MiscFailure, err
+			}
+			defer cleanup()
+			dir = copied
+			if fi, err = os.Lstat(dir); err != nil {
+				return MiscFailure, err
 			}
 		}
 		if err := canonicalise(dir); err != nil {

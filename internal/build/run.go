@@ -513,12 +513,13 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 			sandboxUID, sandboxGID, opts.BuildDirTarget)},
 		{Path: "/etc/group", Content: fmt.Appendf(nil, "root:x:0:\nnixbld:!:%d:\nnogroup:x:65534:\n", sandboxGID)},
 	}
+	var net *sandbox.Net
 	if kind, _ := drv.Type(); kind != derivation.CAFixed {
 		files = append(files, sandbox.File{Path: "/etc/hosts", Content: []byte("127.0.0.1 localhost\n::1 localhost\n")})
 	} else {
-		files = append(files, sandbox.File{Path: "/etc/nsswitch.conf", Content: []byte("hosts: files dns\nservices: files\n")})
-		for _, f := range []string{"/etc/resolv.conf", "/etc/services", "/etc/hosts"} {
-			add(sandbox.Bind{Source: f, Target: f, Optional: true})
+		var err error
+		if net, files, err = fixedOutputNetwork(g.drvPath, opts, files); err != nil {
+			return nil, err
 		}
 	}
 	args := append([]string{filepath.Base(drv.Builder)}, rewriteAll(env.Rewrite, drv.Args)...)
@@ -535,6 +536,7 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 		GIDMap:         []sandbox.IDMap{{Inside: sandboxGID, Outside: os.Getegid(), Count: 1}},
 		Setgroups:      os.Geteuid() == 0,
 		Command:        sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: opts.BuildDirTarget},
+		Net:            net,
 	}
 	return spec, nil
 }

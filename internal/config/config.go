@@ -10,8 +10,8 @@
 //
 // A name "extra-NAME" appends to NAME instead of replacing it. Every name that some Nix
 // version knows is accepted, also the client-side ones Cairn has no use for, so one
-// nix.conf serves both; a name no Nix knows is a warning in a file and an error on
-// the command line.
+// nix.conf serves both, and so are Cairn's own (cairnSettings); any other name is a
+// warning in a file and an error on the command line.
 package config
 
 import (
@@ -56,8 +56,23 @@ var byName = func() map[string]*knownSetting {
 	for _, name := range legacySettings {
 		m[name] = &knownSetting{name: name}
 	}
+	for i := range cairnSettings {
+		m[cairnSettings[i].name] = &cairnSettings[i]
+	}
 	return m
 }()
+
+// cairnSettings are Cairn's own settings, which no Nix knows (Nix warns
+// about them in a shared nix.conf). Their defaults are in defaults.
+var cairnSettings = []knownSetting{
+	// The user-mode network stack of fixed-output builds: auto (pasta,
+	// else slirp4netns), pasta, slirp4netns, an absolute path to either,
+	// or none (such builds get only a loopback interface).
+	{"fixed-output-network", kindString, "cairn", nil},
+	// Whether fixed-output builds reach the host's loopback services (as
+	// their gateway, and with pasta as localhost too).
+	{"fixed-output-host-loopback", kindBool, "cairn", nil},
+}
 
 // lookup resolves name, with or without the "extra-" prefix, to its setting.
 func lookup(name string) (s *knownSetting, extra bool) {

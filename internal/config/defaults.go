@@ -22,6 +22,8 @@ var defaults = map[string]string{
 	"download-attempts":          "5",
 	"fallback":                   "false",
 	"filter-syscalls":            "true",
+	"fixed-output-host-loopback": "true", // Cairn's own
+	"fixed-output-network":       "auto", // Cairn's own
 	"fsync-metadata":             "true",
 	"gc-reserved-space":          "8388608",
 	"hashed-mirrors":             "",

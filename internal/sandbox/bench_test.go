@@ -58,6 +58,31 @@ func BenchmarkPoolSetup(b *testing.B) {
 	}
 }
 
+// BenchmarkNet is BenchmarkSetup with a network stack attached, in a user
+// namespace (what a fixed-output build pays): "none" is the same sandbox
+// without one, measured alongside.
+func BenchmarkNet(b *testing.B) {
+	var m mode
+	for _, m = range modes() {
+		if m.userNS {
+			break
+		}
+	}
+	nets := append([]*sandbox.Net{nil}, stacks(b)...)
+	for _, n := range nets {
+		name := "none"
+		if n != nil {
+			name = n.Tool
+		}
+		b.Run(name, func(b *testing.B) {
+			f := newFixture(b, m, "/bin/busybox", "true")
+			f.spec.Log = nil
+			f.spec.Net = n
+			benchSetup(b, f, "")
+		})
+	}
+}
+
 func benchSetup(b *testing.B, f *fixture, cgroup string) {
 	spec := *f.spec
 	spec.Cgroup.Parent = cgroup

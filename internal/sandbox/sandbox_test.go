@@ -33,8 +33,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(125)
 	}
-	if os.Getenv("CAIRN_SANDBOX_TEST") == "probe" {
+	switch os.Getenv("CAIRN_SANDBOX_TEST") {
+	case "probe":
 		os.Exit(probe())
+	case "net":
+		os.Exit(netProbe())
 	}
 	if bin := os.Getenv("CAIRN_SANDBOX_INIT_BINARY"); bin != "" {
 		// Run init from a cairn binary (`cairn sandbox-init`) instead of
@@ -405,7 +408,10 @@ func TestRootless(t *testing.T) {
 	if err != nil {
 		t.Skipf("no unprivileged user to test with: %v", err)
 	}
-	cmd := exec.Command("/proc/self/exe", "-test.run=^(TestSandbox|TestKill|TestSetupErrors|TestNetworkSetup)$", "-test.v", "-test.count=1")
+	if err := testuser.EnsureTun(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/proc/self/exe", "-test.run=^(TestSandbox|TestKill|TestSetupErrors|TestNetworkSetup|TestNet)$", "-test.v", "-test.count=1")
 	tmp := t.TempDir()
 	if err := os.Chown(tmp, uid, gid); err != nil {
 		t.Fatal(err)

@@ -21,7 +21,7 @@ const (
 	MaxMessageLen = 64 << 10 // one report from child to parent
 )
 
-// Spec describes one sandbox. It is plain data: everything but Log and
+// Spec describes one sandbox. It is plain data: everything but Log, Net and
 // NetworkSetup crosses to the child as JSON.
 type Spec struct {
 	// Root is an existing empty directory, private to the caller. The child
@@ -72,6 +72,10 @@ type Spec struct {
 	// otherwise has only loopback. It is the hook for a user-mode network
 	// stack for fixed-output builds.
 	NetworkSetup func(ctx context.Context, pid int) error `json:"-"`
+	// Net, when set, gives the sandbox's network namespace a user-mode
+	// network stack (see Net; LookNet finds one). It is attached before
+	// NetworkSetup runs and stopped by Wait.
+	Net *Net `json:"-"`
 }
 
 // Bind is a bind mount from the host into the root.
@@ -228,6 +232,19 @@ func (s *Spec) Validate() error {
 		}
 		if r.Soft > r.Hard {
 			return bad("rlimit %s: soft above hard", r.Resource)
+		}
+	}
+	if n := s.Net; n != nil {
+		if n.Tool != NetPasta && n.Tool != NetSlirp4netns {
+			return bad("unknown network stack %q", n.Tool)
+		}
+		if err := checkAbs(n.Path); err != nil {
+			return bad("network stack path: %v", err)
+		}
+		if n.Tool == NetPasta && !s.userNS() {
+			// pasta drops its capabilities before it opens the
+			// namespace, and then may not open a root process's.
+			return bad("pasta needs a user namespace (id maps); slirp4netns does not")
 		}
 	}
 	if s.Cgroup.Parent != "" {

@@ -23,6 +23,7 @@ type Process struct {
 	cgroup string
 	// unwatch stops the watch on a pooled init's build context.
 	unwatch func() bool
+	net     *netProc // the network stack, stopped by Wait
 
 	waitOnce sync.Once
 	status   Status
@@ -61,7 +62,7 @@ func prepare(spec *Spec, logFD bool) ([]byte, error) {
 	if !spec.userNS() && os.Geteuid() != 0 {
 		return nil, errors.New("sandbox: spec: no id maps: a user namespace is needed when not root")
 	}
-	payload, err := json.Marshal(wireSpec{Spec: spec, Wait: spec.NetworkSetup != nil, LogFD: logFD})
+	payload, err := json.Marshal(wireSpec{Spec: spec, Wait: spec.NetworkSetup != nil || spec.Net != nil, LogFD: logFD})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: encode spec: %w", err)
 	}
@@ -169,10 +170,26 @@ func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payloa
 		}
 		return fmt.Errorf("sandbox: send spec: %w: %w", errInitGone, err)
 	}
+	if spec.Net != nil {
+		np, err := spec.Net.start(ctx, p.cmd.Process.Pid)
+		if err != nil {
+			// init may have failed first (and the stack for want of its
+			// namespace): its report is the better error.
+			p.Kill()
+			var se *SetupError
+			if _, rerr := readReports(ch); errors.As(rerr, &se) {
+				return rerr
+			}
+			return fmt.Errorf("sandbox: network: %w", err)
+		}
+		p.net = np
+	}
 	if spec.NetworkSetup != nil {
 		if err := spec.NetworkSetup(ctx, p.cmd.Process.Pid); err != nil {
 			return fmt.Errorf("sandbox: network setup: %w", err)
 		}
+	}
+	if spec.NetworkSetup != nil || spec.Net != nil {
 		if _, err := ch.Write([]byte{msgGo}); err != nil {
 			if _, rerr := readReports(ch); rerr != nil {
 				return rerr
@@ -238,6 +255,9 @@ func (p *Process) Wait() (Status, error) {
 			p.waitErr = fmt.Errorf("sandbox: killed: %w", context.Cause(p.ctx))
 		case err != nil && !errors.As(err, &ee) && !errors.Is(err, p.ctx.Err()):
 			p.waitErr = fmt.Errorf("sandbox: wait: %w", err)
+		}
+		if p.net != nil {
+			p.net.stop()
 		}
 		if err := p.removeCgroup(); err != nil && p.waitErr == nil {
 			p.waitErr = err

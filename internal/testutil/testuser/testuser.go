@@ -26,6 +26,22 @@ func Ensure() (uid, gid int, err error) {
 	return 0, 0, fmt.Errorf("%s not in /etc/passwd after useradd", Name)
 }
 
+// EnsureTun makes /dev/net/tun readable and writable by everyone, as udev
+// leaves it on Debian (some containers and VMs have it 0600): the rootless
+// network stacks (pasta, slirp4netns) open it as the test user. Only root
+// can; a missing device is no error here (the tests then say what fails).
+func EnsureTun() error {
+	const tun = "/dev/net/tun"
+	fi, err := os.Stat(tun)
+	if err != nil || fi.Mode().Perm()&0o666 == 0o666 || os.Geteuid() != 0 {
+		return nil
+	}
+	if err := os.Chmod(tun, fi.Mode().Perm()|0o666); err != nil {
+		return fmt.Errorf("chmod %s: %w", tun, err)
+	}
+	return nil
+}
+
 // lookup reads /etc/passwd itself: the user may have been added after the
 // process's user database was first consulted.
 func lookup() (uid, gid int, ok bool) {

@@ -1,0 +1,78 @@
+package build
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"cairn/internal/sandbox"
+	"cairn/internal/storepath"
+)
+
+// Fixed-output builds differ from the rest in two ways: they get a network,
+// and their outputs are taken out of the builder's reach before their hashes
+// are checked.
+
+// fixedOutputNetwork is the network of a fixed-output build: its own
+// network namespace with a user-mode stack (opts.Network; never the host's
+// namespace, whose abstract Unix sockets would be in reach), and the /etc
+// files that go with it: nsswitch.conf as Nix 2.8 writes it, the host's
+// services and hosts, and a resolv.conf naming the stack's DNS forwarder.
+// With Network "none" the build has only its loopback interface.
+func fixedOutputNetwork(drvPath storepath.StorePath, opts Options, files []sandbox.File) (*sandbox.Net, []sandbox.File, error) {
+	files = append(files, sandbox.File{Path: "/etc/nsswitch.conf", Content: []byte("hosts: files dns\nservices: files\n")})
+	for _, name := range []string{"/etc/services", "/etc/hosts"} {
+		if data, err := readHostFile(name); err == nil {
+			files = append(files, sandbox.File{Path: name, Content: data})
+		}
+	}
+	if opts.Network == "none" {
+		return nil, files, nil
+	}
+	net, err := sandbox.LookNet(opts.Network, !opts.IsolateLoopback)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fixed-output derivation '%s' needs network access (setting fixed-output-network): %w", drvPath, err)
+	}
+	resolv, _ := readHostFile("/etc/resolv.conf")
+	files = append(files, sandbox.File{Path: "/etc/resolv.conf", Content: sandbox.ResolvConf(resolv)})
+	return net, files, nil
+}
+
+// readHostFile reads one of the host's /etc files, up to the size of a
+// sandbox file.
+func readHostFile(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, sandbox.MaxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > sandbox.MaxFileSize {
+		return nil, fmt.Errorf("read %s: larger than %d bytes", name, sandbox.MaxFileSize)
+	}
+	return data, nil
+}
+
+// isolateFixedOutput copies the fixed output the builder left at src, as
+// new inodes, into a new directory of the builds dir (0700, the daemon's),
+// before its hash is checked: a process that kept a descriptor of the
+// builder's files (one passed out of the sandbox, say) cannot change what
+// is hashed and registered. It returns the copy's path and a function that
+// removes the directory.
+func (b *Builder) isolateFixedOutput(src string) (string, func(), error) {
+	dir, err := os.MkdirTemp(b.buildsDir, "fixed-")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup := func() { removeAll(dir) }
+	dst := filepath.Join(dir, filepath.Base(src))
+	if err := copyTree(src, dst); err != nil {
+		cleanup()
+		return "", nil, fmt.Errorf("copy fixed output %s: %w", src, err)
+	}
+	return dst, cleanup, nil
+}
