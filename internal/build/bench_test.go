@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"cairn/internal/derivation"
+	"cairn/internal/nixhash"
+	"cairn/internal/sandbox"
 	"cairn/internal/storepath"
 )
 
@@ -110,4 +113,54 @@ func targetsOf(m map[storepath.StorePath][]string) []Target {
 		ts = append(ts, Target{Drv: p, Outputs: outs})
 	}
 	return ts
+}
+
+// BenchmarkBuildFixed measures what a fixed-output build costs on top of
+// BenchmarkBuild's trivial one: "plain" is that build, the others a
+// fixed-output derivation writing the same few bytes (no download) with
+// fixed-output-network none (the output copied out of the builder's reach
+// before its hash is checked, no network) or each installed stack.
+func BenchmarkBuildFixed(b *testing.B) {
+	requireSandbox(b)
+	ctx := context.Background()
+	for _, kind := range []string{"plain", "none", sandbox.NetPasta, sandbox.NetSlirp4netns} {
+		if kind == sandbox.NetPasta || kind == sandbox.NetSlirp4netns {
+			if _, err := sandbox.LookNet(kind, true); err != nil {
+				continue
+			}
+		}
+		b.Run(kind, func(b *testing.B) {
+			st := testStore(b)
+			bl := newBuilder(b, st)
+			opts := testOptions()
+			opts.Network = kind
+			drvs := make([]storepath.StorePath, b.N)
+			for i := range drvs {
+				name := fmt.Sprintf("bench-%d", i)
+				if kind == "plain" {
+					drvs[i] = addDrv(b, st, name, "printf hello > $out", nil, nil)
+					continue
+				}
+				d := &derivation.Derivation{
+					Name:     name,
+					Outputs:  map[string]derivation.Output{"out": derivation.FixedOutput(storepath.StorePath{}, nixhash.ContentAddress{Method: nixhash.Flat, Hash: nixhash.Sum(nixhash.SHA256, []byte("hello"))})},
+					Platform: "x86_64-linux", Builder: "/bin/sh", Args: []string{"-c", "printf hello > $out"},
+					Env: map[string]string{"name": name, "out": ""},
+				}
+				p, err := AddDerivation(ctx, st, d)
+				if err != nil {
+					b.Fatal(err)
+				}
+				drvs[i] = p
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				res, err := bl.Build(ctx, []Target{{Drv: drvs[i]}}, opts, nil)
+				if err != nil || res[0].Status != Built {
+					b.Fatalf("%v %v", err, res[0].Err)
+				}
+			}
+		})
+	}
 }

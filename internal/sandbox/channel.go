@@ -16,7 +16,7 @@ import (
 //
 //	parent → child:  u32be length, Spec JSON (wireSpec), with the log's fd
 //	                 attached (SCM_RIGHTS) when wireSpec.LogFD is set
-//	                 'G' after NetworkSetup, when wireSpec.Wait is set
+//	                 'G' after Net and NetworkSetup, when wireSpec.Wait is set
 //	child → parent:  'E' u32be length, report JSON   (setup failed)
 //	                 'X'                             (exec is next)
 const (

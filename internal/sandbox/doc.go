@@ -27,10 +27,14 @@
 //     `cairn sandbox-init` (InitPath, InitArgs). It runs Init, which sets the
 //     sandbox up and execs the command, so the command is PID 1 of its PID
 //     namespace: when it exits, the kernel kills everything else in the build.
+//   - Net: a user-mode network stack the parent runs for the sandbox's own
+//     network namespace (fixed-output builds); without one the namespace
+//     has only loopback. Never the host's namespace: its abstract Unix
+//     sockets stay out of reach.
 //   - channel: a socket pair; fd 3 in init. Parent → child: the Spec, then a
-//     go-ahead byte when a NetworkSetup hook runs. Child → parent: an error
-//     report, or 'X' just before exec. The socket is close-on-exec, so EOF
-//     after 'X' means the command is running.
+//     go-ahead byte once a Net or a NetworkSetup hook is set up. Child →
+//     parent: an error report, or 'X' just before exec. The socket is
+//     close-on-exec, so EOF after 'X' means the command is running.
 //
 // # Sequence
 //
@@ -41,8 +45,9 @@
 //     (+NEWUSER with id maps, ambient capabilities so that init keeps
 //     CAP_SYS_ADMIN/CAP_NET_ADMIN/CAP_SETUID/CAP_SETGID in its namespace),
 //     Pdeathsig SIGKILL, clone3 straight into the cgroup;
-//  3. send the Spec; run NetworkSetup (if any) on the child's pid, then send
-//     the go-ahead;
+//  3. send the Spec; attach Spec.Net's stack (pasta or slirp4netns, see Net)
+//     and run NetworkSetup (if any) on the child's pid, then send the
+//     go-ahead;
 //  4. read the channel until EOF: an error report becomes Start's error.
 //
 // Child (Init), on one locked OS thread:
