@@ -153,6 +153,38 @@ func TestDumpWriterFails(t *testing.T) {
 	}
 }
 
+// Files the walker leaves for the consumer to close are closed however the
+// dump ends: written, failed at any point, or canceled.
+func TestDumpClosesFiles(t *testing.T) {
+	src := filepath.Join(runtime.GOROOT(), "src", "crypto")
+	before := openFiles(t)
+	for _, n := range []int{0, 1000, 100000, 3 << 20, 1 << 40} {
+		Dump(context.Background(), &failWriter{n: n}, src)
+		if after := openFiles(t); after != before {
+			t.Fatalf("writer failing after %d bytes: %d open files, %d before", n, after, before)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := writerFunc(func(p []byte) (int, error) { cancel(); return len(p), nil })
+	Dump(ctx, w, src)
+	if after := openFiles(t); after != before {
+		t.Fatalf("canceled dump: %d open files, %d before", after, before)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func openFiles(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	return len(ents)
+}
+
 func TestDumpCanceled(t *testing.T) {
 	root := makeTree(t)
 	ctx, cancel := context.WithCancel(context.Background())
