@@ -32,7 +32,7 @@ const (
 	// bufferSize is the size of one read-ahead buffer; small files share one.
 	bufferSize = 1 << 20
 	// ringBuffers is how many buffers may be in flight between the two goroutines.
-	ringBuffers = 4
+	ringBuffers = 8
 	// maxEventsPerBatch bounds the headers carried by one buffer.
 	maxEventsPerBatch = 512
 )
