@@ -20,7 +20,7 @@ import (
 // files that go with it: nsswitch.conf as Nix 2.8 writes it, the host's
 // services and hosts, and a resolv.conf naming the stack's DNS forwarder.
 // With Network "none" the build has only its loopback interface.
-func fixedOutputNetwork(drvPath storepath.StorePath, opts Options, files []sandbox.File) (*sandbox.Net, []sandbox.File, error) {
+func (b *Builder) fixedOutputNetwork(drvPath storepath.StorePath, opts Options, files []sandbox.File) (*sandbox.Net, []sandbox.File, error) {
 	files = append(files, sandbox.File{Path: "/etc/nsswitch.conf", Content: []byte("hosts: files dns\nservices: files\n")})
 	for _, name := range []string{"/etc/services", "/etc/hosts"} {
 		if data, err := readHostFile(name); err == nil {
@@ -34,6 +34,7 @@ func fixedOutputNetwork(drvPath storepath.StorePath, opts Options, files []sandb
 	if err != nil {
 		return nil, nil, fmt.Errorf("fixed-output derivation '%s' needs network access (setting fixed-output-network): %w", drvPath, err)
 	}
+	net.Dir = b.buildsDir
 	resolv, _ := readHostFile("/etc/resolv.conf")
 	files = append(files, sandbox.File{Path: "/etc/resolv.conf", Content: sandbox.ResolvConf(resolv)})
 	return net, files, nil

@@ -518,7 +518,7 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 		files = append(files, sandbox.File{Path: "/etc/hosts", Content: []byte("127.0.0.1 localhost\n::1 localhost\n")})
 	} else {
 		var err error
-		if net, files, err = fixedOutputNetwork(g.drvPath, opts, files); err != nil {
+		if net, files, err = b.fixedOutputNetwork(g.drvPath, opts, files); err != nil {
 			return nil, err
 		}
 	}

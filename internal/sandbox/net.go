@@ -43,6 +43,10 @@ type Net struct {
 	Tool         string // NetPasta or NetSlirp4netns
 	Path         string // the tool's executable
 	HostLoopback bool
+	// Dir is where a stack's scratch files go (pasta's ready FIFO, in a
+	// fresh 0700 directory): the caller's private directory; "" means
+	// os.TempDir().
+	Dir string
 }
 
 // ErrNoNet is wrapped by LookNet's error when no stack is installed.

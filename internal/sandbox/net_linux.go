@@ -52,7 +52,7 @@ func (n *Net) start(ctx context.Context, pid int) (*netProc, error) {
 		// pasta writes its pid to the --pid file once the namespace is
 		// configured. A FIFO there is the ready signal; opened read-write,
 		// neither our open nor pasta's blocks, and reads never see EOF.
-		dir, err := os.MkdirTemp("", "cairn-pasta-")
+		dir, err := os.MkdirTemp(n.Dir, "cairn-pasta-")
 		if err != nil {
 			return nil, err
 		}
