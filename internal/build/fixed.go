@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"cairn/internal/sandbox"
 	"cairn/internal/storepath"
@@ -71,9 +72,43 @@ func (b *Builder) isolateFixedOutput(src string) (string, func(), error) {
 	}
 	cleanup := func() { removeAll(dir) }
 	dst := filepath.Join(dir, filepath.Base(src))
-	if err := copyTree(src, dst); err != nil {
+	fi, err := os.Lstat(src)
+	if err == nil && fi.Mode().IsRegular() {
+		err = copyFile(src, dst, fi.Mode()&0o100 != 0)
+	} else if err == nil {
+		err = copyTree(src, dst)
+	}
+	if err != nil {
 		cleanup()
 		return "", nil, fmt.Errorf("copy fixed output %s: %w", src, err)
 	}
 	return dst, cleanup, nil
+}
+
+// copyFile copies a regular file (a flat output, the common case: one
+// download) to the new file dst: io.Copy between files is copy_file_range,
+// which shares the blocks where the file system can (a reflink is a copy
+// too: a write through the old file does not change it).
+func copyFile(src, dst string, executable bool) error {
+	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	mode := os.FileMode(0o644)
+	if executable {
+		mode = 0o755
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return canonicalise(dst)
 }
