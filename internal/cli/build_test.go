@@ -78,7 +78,7 @@ func TestBuildExample(t *testing.T) {
 		err := cmd.Run()
 		return stdout.String(), stderr.String(), err
 	}
-	stdout, stderr, err := run("build", "--store", "local?root="+filepath.Join(home, "data", "cairn"), "--option", "sandbox-paths", "/bin/sh=/bin/busybox", example)
+	stdout, stderr, err := run("build", "--store", "local?root="+filepath.Join(home, "data", "cairn"), "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox", example)
 	if err != nil {
 		if strings.Contains(stderr, "setting up the build environment") {
 			t.Skipf("the kernel refuses the sandbox: %s", stderr)
@@ -97,7 +97,7 @@ func TestBuildExample(t *testing.T) {
 		t.Errorf("stderr lacks the builder's output:\n%s", stderr)
 	}
 	// Built again: nothing to do, same path.
-	stdout2, _, err := run("build", "--option", "sandbox-paths", "/bin/sh=/bin/busybox", example)
+	stdout2, _, err := run("build", "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox", example)
 	if err != nil || strings.TrimSpace(stdout2) != out {
 		t.Errorf("second build: %q, %v", stdout2, err)
 	}
