@@ -241,6 +241,11 @@ func (s *Spec) Validate() error {
 		if err := checkAbs(n.Path); err != nil {
 			return bad("network stack path: %v", err)
 		}
+		if n.Dir != "" {
+			if err := checkAbs(n.Dir); err != nil {
+				return bad("network stack dir: %v", err)
+			}
+		}
 		if n.Tool == NetPasta && !s.userNS() {
 			// pasta drops its capabilities before it opens the
 			// namespace, and then may not open a root process's.
