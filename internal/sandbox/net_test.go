@@ -361,3 +361,53 @@ func TestNet(t *testing.T) {
 		t.Errorf("abstract socket received %q, want only the control connection", got)
 	}
 }
+
+// TestPoolNet runs the network probe through a pool: spares of a shape
+// with a network get their stack attached while they wait, and a spec
+// without one never gets such a spare.
+func TestPoolNet(t *testing.T) {
+	var m mode
+	for _, m = range modes() {
+		if m.userNS {
+			break
+		}
+	}
+	for _, n := range stacks(t) {
+		t.Run(n.Tool, func(t *testing.T) {
+			pool := &sandbox.Pool{Spares: 1}
+			defer pool.Close()
+			host := listen(t, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+			port := strconv.Itoa(host.port())
+			for i, withNet := range []bool{true, true, false, true, false} {
+				f := newFixture(t, m)
+				if withNet {
+					f.spec.Net = n
+				}
+				f.spec.Command.Env = []string{"CAIRN_SANDBOX_TEST=net", "NET_TARGETS=gateway=" + sandbox.NetGateway + ":" + port}
+				read := logPipe(t, f.spec)
+				p, err := pool.Start(context.Background(), f.spec)
+				if err != nil {
+					read()
+					t.Fatalf("run %d: Start: %v", i, err)
+				}
+				st, err := p.Wait()
+				log := read()
+				if err != nil || !st.Success() {
+					t.Fatalf("run %d: Wait: %v, %v\n%s", i, st, err, log)
+				}
+				var r netReport
+				if err := json.Unmarshal(log, &r); err != nil {
+					t.Fatalf("run %d: net probe: %v\n%s", i, err, log)
+				}
+				wantIfs, wantConnect := []string{"lo"}, "ENETUNREACH"
+				if withNet {
+					wantIfs, wantConnect = []string{sandbox.NetInterface, "lo"}, "ok"
+				}
+				if !reflect.DeepEqual(r.Interfaces, wantIfs) || r.Connects["gateway"] != wantConnect {
+					t.Errorf("run %d (network %v): interfaces %v, gateway %s", i, withNet, r.Interfaces, r.Connects["gateway"])
+				}
+				waitSpare(t)
+			}
+		})
+	}
+}

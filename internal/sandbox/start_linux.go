@@ -170,7 +170,10 @@ func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payloa
 		}
 		return fmt.Errorf("sandbox: send spec: %w: %w", errInitGone, err)
 	}
-	if spec.Net != nil {
+	if p.net != nil && spec.Net == nil {
+		return errors.New("sandbox: a pooled init with a network given a spec without one")
+	}
+	if spec.Net != nil && p.net == nil { // a pooled init may have its stack already
 		np, err := spec.Net.start(ctx, p.cmd.Process.Pid)
 		if err != nil {
 			// init may have failed first (and the stack for want of its
