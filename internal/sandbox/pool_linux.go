@@ -39,6 +39,7 @@ type Pool struct {
 	spares   map[string][]*spare
 	starting map[string]int
 	closed   bool
+	adding   sync.WaitGroup // spares being started; Close waits for them
 }
 
 type spare struct {
@@ -158,6 +159,7 @@ func (pl *Pool) refill(key string, spec *Spec) {
 		pl.starting = map[string]int{}
 	}
 	pl.starting[key] += n
+	pl.adding.Add(n)
 	pl.mu.Unlock()
 	shaped := &Spec{UIDMap: spec.UIDMap, GIDMap: spec.GIDMap, Setgroups: spec.Setgroups, Cgroup: spec.Cgroup, Net: spec.Net}
 	for range n {
@@ -167,6 +169,7 @@ func (pl *Pool) refill(key string, spec *Spec) {
 
 // add starts one spare.
 func (pl *Pool) add(key string, shaped *Spec) {
+	defer pl.adding.Done()
 	p, ch, err := spawn(context.Background(), shaped, nil)
 	if err == nil && shaped.Net != nil {
 		if p.net, err = shaped.Net.start(context.Background(), p.Pid()); err != nil {
@@ -183,7 +186,7 @@ func (pl *Pool) add(key string, shaped *Spec) {
 	}
 	sp := &spare{p: p, ch: ch}
 	if pl.closed {
-		go sp.drop()
+		defer sp.drop() // before Done: Close waits for it
 		return
 	}
 	if pl.spares == nil {
@@ -215,7 +218,8 @@ func (sp *spare) drop() {
 	sp.p.Wait()
 }
 
-// Close ends the spares; Start still works afterwards, without them.
+// Close ends the spares, those still starting included; Start still works
+// afterwards, without them.
 func (pl *Pool) Close() {
 	pl.mu.Lock()
 	pl.closed = true
@@ -228,4 +232,5 @@ func (pl *Pool) Close() {
 			sp.drop()
 		}
 	}
+	pl.adding.Wait()
 }
