@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -46,8 +45,6 @@ type Batch struct {
 	s      *Store
 	items  []*pending
 	byPath map[storepath.StorePath]*pending
-	temp   *tempDir // made on first use, shared by the batch's paths
-	slots  int      // names handed out in temp
 	// lateValid leaves the check whether an added path is valid already to
 	// Commit (one query for the batch) instead of one query per path; the
 	// infos returned for such paths are then the new ones, not the valid
@@ -64,17 +61,13 @@ type slot struct {
 	name  string // the entry's name in it
 }
 
-// newSlot returns a fresh entry name in the batch's temporary directory.
+// newSlot returns a fresh entry name in the store's add temporary.
 func (b *Batch) newSlot() (*slot, error) {
-	if b.temp == nil {
-		t, err := b.s.newTemp()
-		if err != nil {
-			return nil, err
-		}
-		b.temp = t
+	t, err := b.s.addTemp()
+	if err != nil {
+		return nil, err
 	}
-	b.slots++
-	return &slot{t: b.temp, dirfd: b.temp.fd, name: strconv.Itoa(b.slots)}, nil
+	return &slot{t: t, dirfd: t.fd, name: b.s.newSlotName()}, nil
 }
 
 // contentPath is the slot's path on disk.
@@ -96,9 +89,10 @@ type pending struct {
 	drvOutputs map[string]storepath.StorePath
 	id         int64 // ValidPaths.id once registered
 	skip       bool  // found valid at commit time
-	// rootDir says the root is a directory, which gets its final mode only
-	// once it has been moved into place (CanonicaliseRoot).
-	rootDir bool
+	// stats says what the slot holds: how many entries, whether the root is
+	// a directory, which gets its final mode only once it has been moved into
+	// place (CanonicaliseRoot).
+	stats restoreStats
 }
 
 // NewBatch starts a batch of additions.
@@ -111,9 +105,9 @@ func (b *Batch) Len() int { return len(b.items) }
 
 // Discard drops every path not yet committed and removes the temporaries.
 func (b *Batch) Discard() {
-	if b.temp != nil {
-		b.temp.remove()
-		b.temp = nil
+	for _, it := range b.items {
+		// A moved path's slot is gone, or holds what the move replaced.
+		it.temp.remove()
 	}
 	b.items = nil
 	clear(b.byPath)
@@ -224,6 +218,9 @@ type narResult struct {
 	narHash nixhash.Hash
 	narSize uint64
 	extra   nixhash.Hash // the NAR hashed with the extra algorithm, if any
+	stats   restoreStats
+	// canonical says the restore left every entry canonical already.
+	canonical bool
 }
 
 // restoreNar unpacks the NAR read from r into t, hashing it with sha256 (and
@@ -243,10 +240,13 @@ func restoreNar(t *slot, r io.Reader, extra nixhash.Algorithm, scanner *refscan.
 	if len(ws) > 1 {
 		w = io.MultiWriter(ws...)
 	}
-	if err := nar.Restore(io.TeeReader(r, w), t.contentPath(), nar.RestoreOptions{}); err != nil {
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	stats, err := restoreCanonical(nar.NewReader(io.TeeReader(r, w)), t.dirfd, t.name, t.contentPath(), t.t.s.umask, *bufp, !t.t.s.opts.NoFsync)
+	if err != nil {
 		return narResult{}, err
 	}
-	res := narResult{narHash: sha.Sum(), narSize: uint64(sha.Size())}
+	res := narResult{narHash: sha.Sum(), narSize: uint64(sha.Size()), stats: stats, canonical: !t.t.inherits}
 	switch {
 	case ex != nil:
 		res.extra = ex.Sum()
@@ -297,7 +297,7 @@ func (b *Batch) ingestNar(t *slot, info *store.PathInfo, r io.Reader, extra nixh
 				info.Path, info.CA.Hash, got, store.ErrHashMismatch)
 		}
 	}
-	return b.finish(t, info, false)
+	return b.finish(t, info, res.stats, res.canonical)
 }
 
 // hashFile hashes the contents of the regular file a temporary holds.
@@ -321,14 +321,15 @@ func hashFile(t *slot, a nixhash.Algorithm) (nixhash.Hash, error) {
 // finish canonicalises an unpacked path, reads a derivation's outputs, and
 // makes the pending entry.
 //
-// A file that writeFile wrote is canonical already (canonical).
-func (b *Batch) finish(t *slot, info *store.PathInfo, canonical bool) (*pending, error) {
-	rootDir := false
+// A path restoreCanonical or writeFile made is canonical already (canonical);
+// stats says what it holds.
+func (b *Batch) finish(t *slot, info *store.PathInfo, stats restoreStats, canonical bool) (*pending, error) {
 	if !canonical {
-		var err error
-		if rootDir, err = canonicalise(t.dirfd, t.name, true); err != nil {
+		rootDir, err := canonicalise(t.dirfd, t.name, true)
+		if err != nil {
 			return nil, err
 		}
+		stats.rootDir = rootDir
 	}
 	storepath.SortPaths(info.References)
 	info.References = slices.Compact(info.References)
@@ -340,7 +341,7 @@ func (b *Batch) finish(t *slot, info *store.PathInfo, canonical bool) (*pending,
 	if info.RegistrationTime.IsZero() {
 		info.RegistrationTime = time.Now()
 	}
-	it := &pending{info: info, temp: t, rootDir: rootDir}
+	it := &pending{info: info, temp: t, stats: stats}
 	if info.Path.IsDerivation() {
 		outs, err := b.s.readDrvOutputs(t, info.Path)
 		if err != nil {
@@ -402,7 +403,9 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 	}
 	info := &store.PathInfo{References: slices.Clone(refs)}
 	var caHash nixhash.Hash
-	canonical := false // a file writeFile made
+	// A file writeFile made is canonical and one entry.
+	canonical := true
+	stats := restoreStats{entries: 1}
 	switch method {
 	case nixhash.Recursive:
 		if src.file {
@@ -411,7 +414,6 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 				t.remove()
 				return fail(err)
 			}
-			canonical = true
 			break
 		}
 		res, err := restoreNar(t, src.r, algo, nil)
@@ -420,6 +422,7 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 			return fail(err)
 		}
 		info.NarHash, info.NarSize, caHash = res.narHash, res.narSize, res.extra
+		stats, canonical = res.stats, res.canonical
 	case nixhash.Flat, nixhash.Text:
 		if method == nixhash.Text {
 			src.r = &limitedReader{r: src.r, left: MaxTextSize}
@@ -429,7 +432,6 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 			t.remove()
 			return fail(err)
 		}
-		canonical = true
 	default:
 		t.remove()
 		return fail(fmt.Errorf("%w: unknown ingestion method %v", store.ErrInvalid, method))
@@ -452,7 +454,7 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 			return fail(err)
 		}
 	}
-	it, err := b.finish(t, info, canonical)
+	it, err := b.finish(t, info, stats, canonical)
 	if err != nil {
 		t.remove()
 		return fail(err)
@@ -570,7 +572,7 @@ func writeFile(t *slot, src source, algo nixhash.Algorithm, overNar bool) (ca, n
 	if _, err := narOut.Write(narFileTrailer(frame[:0], size)); err != nil {
 		return ca, narHash, 0, err
 	}
-	if err := canonicaliseFD(fd, mode, t.contentPath()); err != nil {
+	if err := canonicaliseFD(fd, mode, t.contentPath(), t.t.inherits, t.t.s.umask&0o555 != 0); err != nil {
 		return ca, narHash, 0, err
 	}
 	return cah.Sum(), sha.Sum(), uint64(sha.Size()), nil
@@ -725,11 +727,12 @@ func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, 
 	return info, nil
 }
 
-// Commit registers every path of the batch: one sync of the file system, the
-// paths locked (Nix's lock files), moved into the store dir, and registered in
-// one SQLite transaction. Paths that became valid meanwhile (another writer) are
-// dropped, not replaced. References must be valid or in the batch. On error
-// nothing is registered and the batch is discarded.
+// Commit registers every path of the batch: the files made durable, the paths
+// locked (Nix's lock files), moved into the store dir, and registered in one
+// SQLite transaction (durable.go says in which order). Paths that became
+// valid meanwhile (another writer) are dropped, not replaced. References must
+// be valid or in the batch. On error nothing is registered and the batch is
+// discarded.
 func (b *Batch) Commit(ctx context.Context) error {
 	defer b.Discard()
 	if len(b.items) == 0 {
@@ -737,12 +740,14 @@ func (b *Batch) Commit(ctx context.Context) error {
 	}
 	s := b.s
 	// Record what is about to be moved into place (intent.go), durable with the data.
-	if err := b.writeIntent(); err != nil {
+	intent, err := b.writeIntent()
+	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	defer s.releaseIntent(intent)
 	if !s.opts.NoFsync {
-		if err := unix.Syncfs(s.realFD); err != nil {
-			return fmt.Errorf("commit: sync %s: %w", s.cfg.RealStoreDir, err)
+		if err := b.syncSlots(intent); err != nil {
+			return fmt.Errorf("commit: %w", err)
 		}
 	}
 	bases := make([]string, len(b.items))
@@ -774,10 +779,10 @@ func (b *Batch) Commit(ctx context.Context) error {
 			return err
 		}
 		if !s.opts.NoFsync {
-			if err := unix.Fsync(s.realFD); err != nil {
+			if err := b.syncPlaced(moved); err != nil {
 				b.undo(moved)
 				tx.Rollback()
-				return fmt.Errorf("sync %s: %w", s.cfg.RealStoreDir, err)
+				return err
 			}
 		}
 		if err := tx.Commit(); err != nil {
@@ -804,7 +809,9 @@ func (b *Batch) Commit(ctx context.Context) error {
 // of statements whatever the batch's size: each step is one statement over a
 // JSON array (json_each), since SQLite parses a statement in about as long as
 // it takes to run a point lookup.
-func (b *Batch) register(ctx context.Context, tx *sql.Tx) error {
+func (b *Batch) register(ctx context.Context, sqltx *sql.Tx) error {
+	tx := newWriteCache(sqltx, b.s.wstmts)
+	defer tx.Close()
 	// Which of the batch's paths are valid already.
 	batchPaths := make([]string, len(b.items))
 	for i, it := range b.items {
@@ -1047,7 +1054,7 @@ func (b *Batch) moveIntoPlace() ([]*pending, error) {
 		moved = append(moved, it)
 	}
 	for _, it := range moved {
-		if !it.rootDir {
+		if !it.stats.rootDir {
 			continue
 		}
 		if err := CanonicaliseRoot(s.realFD, it.info.Path.Base()); err != nil {

@@ -1,6 +1,7 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -129,4 +130,25 @@ func BenchmarkClosure10000(b *testing.B) {
 			b.Fatalf("closure has %d paths, want %d", len(cl), len(paths))
 		}
 	}
+}
+
+// BenchmarkAddCAOneByOne adds small flat files one call each, as a daemon
+// serving AddToStore does: one batch, sync and transaction per path.
+func BenchmarkAddCAOneByOne(b *testing.B) {
+	s, _ := newStore(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		data := fmt.Sprintf("one by one %d\n", i)
+		if _, err := s.AddCA(ctx, fmt.Sprintf("f%d", i), nixhash.Recursive, nixhash.SHA256, nil, narOfFile(data)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// narOfFile is the NAR of one regular file holding data.
+func narOfFile(data string) *bytes.Reader {
+	b := narFileHeader(nil, int64(len(data)), false)
+	b = append(b, data...)
+	return bytes.NewReader(narFileTrailer(b, int64(len(data))))
 }

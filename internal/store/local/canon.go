@@ -229,9 +229,30 @@ func removeTree(dirfd int, name string) error {
 
 // canonicaliseFD makes the regular file open at fd, which this process just
 // created (so it is owned by the effective user), canonical: mode, no extended
-// attributes but the ignored ones, modification time StoreMtime. It must come
-// after the last write.
-func canonicaliseFD(fd int, mode uint32, disk string) error {
+// attributes but the ignored ones (when xattrs says it may have any), mode
+// (when chmod says the umask may have changed it), modification time
+// StoreMtime. It must come after the last write.
+func canonicaliseFD(fd int, mode uint32, disk string, xattrs, chmod bool) error {
+	if xattrs {
+		if err := stripXattrsFD(fd, disk); err != nil {
+			return err
+		}
+	}
+	if chmod {
+		if err := unix.Fchmod(fd, mode); err != nil {
+			return &os.PathError{Op: "canonicalise: chmod", Path: disk, Err: err}
+		}
+	}
+	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: StoreMtime}}
+	if err := futimens(fd, ts); err != nil {
+		return &os.PathError{Op: "canonicalise: set time", Path: disk, Err: err}
+	}
+	return nil
+}
+
+// stripXattrsFD removes the extended attributes of the file open at fd but
+// the ignored ones.
+func stripXattrsFD(fd int, disk string) error {
 	var small [256]byte
 	buf := small[:]
 	n, err := unix.Flistxattr(fd, buf)
@@ -256,13 +277,6 @@ func canonicaliseFD(fd int, mode uint32, disk string) error {
 	case errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.ENODATA):
 	default:
 		return &os.PathError{Op: "canonicalise: list attributes", Path: disk, Err: err}
-	}
-	if err := unix.Fchmod(fd, mode); err != nil {
-		return &os.PathError{Op: "canonicalise: chmod", Path: disk, Err: err}
-	}
-	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: StoreMtime}}
-	if err := futimens(fd, ts); err != nil {
-		return &os.PathError{Op: "canonicalise: set time", Path: disk, Err: err}
 	}
 	return nil
 }

@@ -155,7 +155,7 @@ func TestCrashSafety(t *testing.T) {
 
 	ctx := context.Background()
 	s := openRoot(t, root)
-	if ents, _ := os.ReadDir(filepath.Join(s.RealStoreDir(), TempDirName)); len(ents) != 0 {
+	if ents := leftoverTemps(t, s.RealStoreDir()); len(ents) != 0 {
 		t.Errorf("%d temporaries left after reopening", len(ents))
 	}
 	all, err := s.QueryAllValidPaths(ctx)

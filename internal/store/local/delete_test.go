@@ -115,7 +115,7 @@ func TestDeleteInvalidLeftover(t *testing.T) {
 	if _, err := os.Lstat(s.RealPath(garbage)); !os.IsNotExist(err) {
 		t.Errorf("leftover still there: %v", err)
 	}
-	if ents, _ := os.ReadDir(s.RealStoreDir() + "/" + TempDirName); len(ents) != 0 {
+	if ents := leftoverTemps(t, s.RealStoreDir()); len(ents) != 0 {
 		t.Errorf("%d temporaries left", len(ents))
 	}
 	if _, err := os.Lstat(s.RealPath(garbage) + ".lock"); !os.IsNotExist(err) {

@@ -180,7 +180,7 @@ func (s *Store) importOne(b *Batch, wr *wire.Reader) (storepath.StorePath, error
 		return info.Path, nil
 	}
 	// A path that is valid already is dropped by Commit, under its lock.
-	it, err := b.finish(t, info, false)
+	it, err := b.finish(t, info, res.stats, res.canonical)
 	if err != nil {
 		return storepath.StorePath{}, fmt.Errorf("import %s: %w", info.Path, err)
 	}

@@ -154,7 +154,7 @@ func TestImportRejectsBadStreams(t *testing.T) {
 			if all, _ := s.QueryAllValidPaths(ctx); len(all) != 0 {
 				t.Errorf("registered %v", all)
 			}
-			if ents, _ := os.ReadDir(filepath.Join(s.RealStoreDir(), TempDirName)); len(ents) != 0 {
+			if ents := leftoverTemps(t, s.RealStoreDir()); len(ents) != 0 {
 				t.Errorf("%d temporaries left", len(ents))
 			}
 			ents, _ := os.ReadDir(s.RealStoreDir())

@@ -70,7 +70,7 @@ func TestFullDisk(t *testing.T) {
 				if len(all) != wantValid {
 					t.Errorf("%d valid paths, want %d", len(all), wantValid)
 				}
-				if ents, _ := os.ReadDir(filepath.Join(s.RealStoreDir(), TempDirName)); len(ents) != 0 {
+				if ents := leftoverTemps(t, s.RealStoreDir()); len(ents) != 0 {
 					t.Errorf("%d temporaries left", len(ents))
 				}
 				ents, _ := os.ReadDir(s.RealStoreDir())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -16,13 +17,16 @@ import (
 //
 //	intent := { base "\n" }      the store path base names it is about to move
 //
-// and makes it durable with the data. If the writer dies, its temporary is
+// and makes it durable with the data (a Batch's intent lives in one of its
+// process's reusable files intent-<n>, rewritten in place: no file is created
+// or removed per commit). If the writer dies, its temporary is
 // stale (nobody holds its lock); the next Open finds the intent there and, for
 // each name, takes the path's lock and removes whatever is at that name unless
 // the path is valid. A path the crashed writer registered stays; one it moved
 // into place but never registered, or invalidated but never moved out, goes.
 
-// intentName is the intent file inside a temporary.
+// intentName is the intent file inside a temporary, and the prefix of the
+// reusable ones (intent-<n>).
 const intentName = "intent"
 
 // maxIntentSize bounds the intent file read back after a crash.
@@ -42,29 +46,103 @@ func writeIntent(t *tempDir, bases []string) error {
 	return err
 }
 
-// writeIntent records the store paths a Commit is about to move into place.
-func (b *Batch) writeIntent() error {
-	if b.temp == nil {
-		return nil
-	}
-	bases := make([]string, 0, len(b.items))
+// intentFile is a reusable intent file in the store's add temporary.
+type intentFile struct {
+	fd   int
+	name string
+}
+
+// writeIntent records the store paths a Commit is about to move into place in
+// an intent file of the store's pool, which it returns (nil when the batch
+// moves nothing); release it once the commit is over.
+func (b *Batch) writeIntent() (*intentFile, error) {
+	var buf []byte
 	for _, it := range b.items {
 		if it.temp != nil {
-			bases = append(bases, it.info.Path.Base())
+			buf = append(buf, it.info.Path.Base()...)
+			buf = append(buf, '\n')
 		}
 	}
-	return writeIntent(b.temp, bases)
+	if buf == nil {
+		return nil, nil
+	}
+	f, err := b.s.acquireIntent()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := unix.Pwrite(f.fd, buf, 0); err != nil {
+		b.s.releaseIntent(f)
+		return nil, &os.PathError{Op: "write", Path: f.name, Err: err}
+	}
+	if err := unix.Ftruncate(f.fd, int64(len(buf))); err != nil {
+		b.s.releaseIntent(f)
+		return nil, &os.PathError{Op: "truncate", Path: f.name, Err: err}
+	}
+	return f, nil
+}
+
+// acquireIntent takes an intent file from the pool, creating one if all are
+// in use.
+func (s *Store) acquireIntent() (*intentFile, error) {
+	t, err := s.addTemp()
+	if err != nil {
+		return nil, err
+	}
+	s.tempMu.Lock()
+	defer s.tempMu.Unlock()
+	if n := len(s.intents); n > 0 {
+		f := s.intents[n-1]
+		s.intents = s.intents[:n-1]
+		return f, nil
+	}
+	s.intentSeq++
+	name := intentName + "-" + strconv.Itoa(s.intentSeq)
+	fd, err := unix.Openat(t.fd, name, unix.O_RDWR|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, &os.PathError{Op: "create", Path: s.tempPath(t.name) + "/" + name, Err: err}
+	}
+	return &intentFile{fd: fd, name: s.tempPath(t.name) + "/" + name}, nil
+}
+
+// releaseIntent empties f (its paths are registered or moved back) and
+// returns it to the pool. Emptying need not be durable: after a crash, a
+// stale name in an intent only costs the recovery a lookup, since a valid
+// path is never removed.
+func (s *Store) releaseIntent(f *intentFile) {
+	if f == nil {
+		return
+	}
+	unix.Ftruncate(f.fd, 0)
+	s.tempMu.Lock()
+	s.intents = append(s.intents, f)
+	s.tempMu.Unlock()
 }
 
 // recoverTemp undoes the unfinished moves a crashed writer recorded in the
 // stale temporary dirfd (called with its lock held, before it is removed).
 // Failures leave garbage behind, no worse than without the intent.
 func (s *Store) recoverTemp(dirfd int) {
-	fd, err := openat(dirfd, intentName, unix.O_RDONLY|unix.O_NOFOLLOW)
+	dup, err := unix.Dup(dirfd)
 	if err != nil {
 		return
 	}
-	f := os.NewFile(uintptr(fd), intentName)
+	d := os.NewFile(uintptr(dup), "temporary")
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		if n == intentName || strings.HasPrefix(n, intentName+"-") {
+			s.recoverIntent(dirfd, n)
+		}
+	}
+}
+
+// recoverIntent handles one intent file of a stale temporary.
+func (s *Store) recoverIntent(dirfd int, name string) {
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW)
+	if err != nil {
+		return
+	}
+	f := os.NewFile(uintptr(fd), name)
 	data, err := io.ReadAll(io.LimitReader(f, maxIntentSize))
 	f.Close()
 	if err != nil {

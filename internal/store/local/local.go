@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -72,6 +73,15 @@ type Store struct {
 	realFD  int      // the real store dir, for *at calls and syncfs
 	tmpFD   int      // realStoreDir/TempDirName
 	ca      caSchema // whether the realisation tables exist
+	umask   uint32   // this process's umask, read once at Open
+
+	// The temporary for adds (temp.go), its slot names and intent files.
+	tempMu    sync.Mutex
+	temp      *tempDir
+	slotSeq   atomic.Uint64
+	intents   []*intentFile // free for the next Commit
+	intentSeq int
+	wstmts    *preparedWrites
 
 	closeOnce sync.Once
 	closeErr  error
@@ -150,6 +160,11 @@ func (s *Store) open(ctx context.Context) error {
 			return err
 		}
 	}
+
+	if s.wstmts, err = newPreparedWrites(ctx, s.wdb, writeQueries); err != nil {
+		return fmt.Errorf("prepare statements: %w", err)
+	}
+	s.umask = readUmask()
 
 	if s.realFD, err = openat(unix.AT_FDCWD, s.cfg.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY); err != nil {
 		return &os.PathError{Op: "open", Path: s.cfg.RealStoreDir, Err: err}
@@ -273,6 +288,24 @@ func (s *Store) makeReserved(path string) {
 	}
 }
 
+// readUmask returns the process's umask from /proc/self/status (reading it
+// with umask(2) would change it for a moment under every other goroutine), or
+// 0o777 when it cannot be read, which makes every create fix its mode.
+func readUmask() uint32 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0o777
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			if n, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+				return uint32(n)
+			}
+		}
+	}
+	return 0o777
+}
+
 // writeFileAtomic writes data to path through a temporary file and a rename.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
@@ -302,6 +335,7 @@ func (s *Store) Close() error {
 			s.reads.Close()
 			s.closeErr = s.rdb.Close()
 		}
+		s.wstmts.Close()
 		if s.wdb != nil {
 			if err := s.wdb.Close(); s.closeErr == nil {
 				s.closeErr = err
@@ -310,6 +344,16 @@ func (s *Store) Close() error {
 		if s.realFD >= 0 {
 			unix.Close(s.realFD)
 		}
+		s.tempMu.Lock()
+		for _, f := range s.intents {
+			unix.Close(f.fd)
+		}
+		s.intents = nil
+		if s.temp != nil {
+			s.temp.remove()
+			s.temp = nil
+		}
+		s.tempMu.Unlock()
 		if s.tmpFD >= 0 {
 			unix.Close(s.tmpFD)
 		}

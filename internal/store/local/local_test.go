@@ -416,9 +416,8 @@ func assertClean(t *testing.T, s *Store, p storepath.StorePath) {
 	if _, err := os.Lstat(s.RealPath(p)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s exists after a failed add (%v)", s.RealPath(p), err)
 	}
-	ents, err := os.ReadDir(filepath.Join(s.RealStoreDir(), TempDirName))
-	if err != nil || len(ents) != 0 {
-		t.Errorf("temporaries left: %v %v", ents, err)
+	if ents := leftoverTemps(t, s.RealStoreDir()); len(ents) != 0 {
+		t.Errorf("temporaries left: %v", ents)
 	}
 }
 
@@ -602,7 +601,7 @@ func TestConcurrentAdds(t *testing.T) {
 					t.Errorf("lock file left: %s", e.Name())
 				}
 			}
-			if ents, _ := os.ReadDir(filepath.Join(s0.RealStoreDir(), TempDirName)); len(ents) != 0 {
+			if ents := leftoverTemps(t, s0.RealStoreDir()); len(ents) != 0 {
 				t.Errorf("%d temporaries left", len(ents))
 			}
 		})
@@ -762,4 +761,33 @@ func TestLayout(t *testing.T) {
 	if _, err := Open(context.Background(), cfg, Options{}); err == nil || !strings.Contains(err.Error(), "schema is version 11") {
 		t.Errorf("opening a schema-11 store: %v", err)
 	}
+}
+
+// leftoverTemps lists what the temporaries under realStoreDir hold besides
+// the add temporaries of open stores with their (reusable) intent files: the
+// slots and trash a finished or failed operation should have removed.
+func leftoverTemps(t testing.TB, realStoreDir string) []string {
+	t.Helper()
+	dir := filepath.Join(realStoreDir, TempDirName)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), tempPrefix) {
+			left = append(left, e.Name())
+			continue
+		}
+		inner, err := os.ReadDir(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range inner {
+			if !strings.HasPrefix(i.Name(), intentName+"-") {
+				left = append(left, e.Name()+"/"+i.Name())
+			}
+		}
+	}
+	return left
 }

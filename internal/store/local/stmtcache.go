@@ -11,6 +11,7 @@ import (
 // Close it before the transaction ends.
 type stmtCache struct {
 	tx    *sql.Tx
+	base  *preparedWrites // statements prepared for the store's life, or nil
 	stmts map[string]*sql.Stmt
 }
 
@@ -18,16 +19,37 @@ func newStmtCache(tx *sql.Tx) *stmtCache {
 	return &stmtCache{tx: tx, stmts: map[string]*sql.Stmt{}}
 }
 
+// newWriteCache is a stmtCache that takes the statements base has prepared
+// on the write connection instead of preparing them again.
+func newWriteCache(tx *sql.Tx, base *preparedWrites) *stmtCache {
+	return &stmtCache{tx: tx, base: base, stmts: map[string]*sql.Stmt{}}
+}
+
 func (c *stmtCache) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	if st, ok := c.stmts[query]; ok {
 		return st, nil
 	}
-	st, err := c.tx.PrepareContext(ctx, query)
+	var st *sql.Stmt
+	var err error
+	if c.base != nil {
+		st, err = c.base.stmt(ctx, c.tx, query)
+	} else {
+		st, err = c.tx.PrepareContext(ctx, query)
+	}
 	if err != nil {
 		return nil, err
 	}
 	c.stmts[query] = st
 	return st, nil
+}
+
+// ExecContext runs query through its prepared statement.
+func (c *stmtCache) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	st, err := c.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
 }
 
 // QueryRowContext runs query through its prepared statement. A preparation
