@@ -226,34 +226,60 @@ type narResult struct {
 // restoreNar unpacks the NAR read from r into t, hashing it with sha256 (and
 // extra, when not zero) and feeding scanner, all in the same pass.
 func restoreNar(t *slot, r io.Reader, extra nixhash.Algorithm, scanner *refscan.Scanner) (narResult, error) {
-	sha := nixhash.NewHasher(nixhash.SHA256)
-	ws := []io.Writer{sha}
-	var ex *nixhash.Hasher
-	if extra != 0 && extra != nixhash.SHA256 {
-		ex = nixhash.NewHasher(extra)
-		ws = append(ws, ex)
-	}
+	h := newNarHashers(extra)
+	var w io.Writer = h
 	if scanner != nil {
-		ws = append(ws, scanner)
+		w = io.MultiWriter(h, scanner)
 	}
-	var w io.Writer = sha
-	if len(ws) > 1 {
-		w = io.MultiWriter(ws...)
-	}
-	bufp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bufp)
-	stats, err := restoreCanonical(nar.NewReader(io.TeeReader(r, w)), t.dirfd, t.name, t.contentPath(), t.t.s.umask, *bufp, !t.t.s.opts.NoFsync)
+	stats, canonical, err := restoreSlot(t, io.TeeReader(r, w))
 	if err != nil {
 		return narResult{}, err
 	}
-	res := narResult{narHash: sha.Sum(), narSize: uint64(sha.Size()), stats: stats, canonical: !t.t.inherits}
+	res := h.result()
+	res.stats, res.canonical = stats, canonical
+	return res, nil
+}
+
+// restoreSlot unpacks the NAR read from r into t.
+func restoreSlot(t *slot, r io.Reader) (stats restoreStats, canonical bool, err error) {
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	stats, err = restoreCanonical(nar.NewReader(r), t.dirfd, t.name, t.contentPath(), t.t.s.umask, *bufp, !t.t.s.opts.NoFsync)
+	return stats, !t.t.inherits, err
+}
+
+// narHashers hashes a NAR with sha256 and, when asked, a second algorithm.
+type narHashers struct {
+	sha, ex *nixhash.Hasher
+	extra   nixhash.Algorithm
+}
+
+func newNarHashers(extra nixhash.Algorithm) *narHashers {
+	h := &narHashers{sha: nixhash.NewHasher(nixhash.SHA256), extra: extra}
+	if extra != 0 && extra != nixhash.SHA256 {
+		h.ex = nixhash.NewHasher(extra)
+	}
+	return h
+}
+
+func (h *narHashers) Write(p []byte) (int, error) {
+	h.sha.Write(p)
+	if h.ex != nil {
+		h.ex.Write(p)
+	}
+	return len(p), nil
+}
+
+// result returns the hashes and size of what was written.
+func (h *narHashers) result() narResult {
+	res := narResult{narHash: h.sha.Sum(), narSize: uint64(h.sha.Size())}
 	switch {
-	case ex != nil:
-		res.extra = ex.Sum()
-	case extra == nixhash.SHA256:
+	case h.ex != nil:
+		res.extra = h.ex.Sum()
+	case h.extra == nixhash.SHA256:
 		res.extra = res.narHash
 	}
-	return res, nil
+	return res
 }
 
 func (b *Batch) ingestNar(t *slot, info *store.PathInfo, r io.Reader, extra nixhash.Algorithm, scanner *refscan.Scanner, scan []storepath.StorePath) (*pending, error) {
@@ -373,6 +399,44 @@ type source struct {
 	// file says r holds the bytes of one regular file even for method
 	// Recursive (a file added from disk: no NAR to parse, one pass).
 	file bool
+	// dump, when set, is the goroutine writing the NAR r reads, which also
+	// hashes it (a tree added from disk).
+	dump *treeDump
+}
+
+// treeDump dumps a tree from disk as a NAR into a pipe, hashing it on the
+// way: the walk and the reads (fsnar's own goroutine), the framing and the
+// hashing (this one) and the restore (the caller's) spread over the cores.
+type treeDump struct {
+	h    *narHashers
+	pr   *io.PipeReader
+	done chan error
+	once sync.Once
+	err  error
+}
+
+func startTreeDump(ctx context.Context, src string, algo nixhash.Algorithm) *treeDump {
+	pr, pw := io.Pipe()
+	d := &treeDump{h: newNarHashers(algo), pr: pr, done: make(chan error, 1)}
+	go func() {
+		bw := bufio.NewWriterSize(pw, copyBufferSize)
+		err := fsnar.Dump(ctx, io.MultiWriter(bw, d.h), src)
+		if err == nil {
+			err = bw.Flush()
+		}
+		pw.CloseWithError(err)
+		d.done <- err
+	}()
+	return d
+}
+
+// wait stops the dump if it still runs and returns its error.
+func (d *treeDump) wait() error {
+	d.once.Do(func() {
+		d.pr.CloseWithError(errors.New("add aborted"))
+		d.err = <-d.done
+	})
+	return d.err
 }
 
 // addCA adds content from src; see AddCA.
@@ -416,7 +480,21 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 			}
 			break
 		}
-		res, err := restoreNar(t, src.r, algo, nil)
+		var res narResult
+		if src.dump != nil {
+			// Hashed by the goroutine that writes the NAR.
+			res.stats, res.canonical, err = restoreSlot(t, src.r)
+			if derr := src.dump.wait(); err == nil {
+				err = derr
+			}
+			if err == nil {
+				res2 := src.dump.h.result()
+				res2.stats, res2.canonical = res.stats, res.canonical
+				res = res2
+			}
+		} else {
+			res, err = restoreNar(t, src.r, algo, nil)
+		}
 		if err != nil {
 			t.remove()
 			return fail(err)
@@ -714,13 +792,9 @@ func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, 
 		return nil, fmt.Errorf("add %s: %w: regular file expected", src, store.ErrInvalid)
 	}
 	// A directory or symlink: dump it into a pipe that the restorer reads.
-	pr, pw := io.Pipe()
-	go func() {
-		pw.CloseWithError(fsnar.Dump(ctx, pw, src))
-	}()
-	br := bufio.NewReaderSize(pr, copyBufferSize)
-	info, err := b.addCA(ctx, name, method, algo, nil, source{r: br, size: -1})
-	pr.CloseWithError(errors.New("add aborted"))
+	d := startTreeDump(ctx, src, algo)
+	info, err := b.addCA(ctx, name, method, algo, nil, source{r: bufio.NewReaderSize(d.pr, copyBufferSize), size: -1, dump: d})
+	d.wait()
 	if err != nil {
 		return nil, err
 	}
@@ -754,7 +828,7 @@ func (b *Batch) Commit(ctx context.Context) error {
 	for i, it := range b.items {
 		bases[i] = it.info.Path.Base()
 	}
-	locks, err := lockPathsAt(ctx, s.realFD, bases)
+	locks, err := s.lockStorePaths(ctx, bases)
 	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}

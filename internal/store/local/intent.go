@@ -104,15 +104,15 @@ func (s *Store) acquireIntent() (*intentFile, error) {
 	return &intentFile{fd: fd, name: s.tempPath(t.name) + "/" + name}, nil
 }
 
-// releaseIntent empties f (its paths are registered or moved back) and
-// returns it to the pool. Emptying need not be durable: after a crash, a
-// stale name in an intent only costs the recovery a lookup, since a valid
-// path is never removed.
+// releaseIntent returns f to the pool once its paths are registered or moved
+// back. It keeps its names until the next Commit overwrites them: emptying it
+// would free its block (with online discard, a trim per commit), and after a
+// crash a stale name only costs the recovery a lookup, since a valid path is
+// never removed.
 func (s *Store) releaseIntent(f *intentFile) {
 	if f == nil {
 		return
 	}
-	unix.Ftruncate(f.fd, 0)
 	s.tempMu.Lock()
 	s.intents = append(s.intents, f)
 	s.tempMu.Unlock()

@@ -81,6 +81,8 @@ type Store struct {
 	slotSeq   atomic.Uint64
 	intents   []*intentFile // free for the next Commit
 	intentSeq int
+	spares    []*spareLock // spare lock files (lock.go), unlocked and stale
+	spareSeq  int
 	wstmts    *preparedWrites
 
 	closeOnce sync.Once
@@ -349,6 +351,10 @@ func (s *Store) Close() error {
 			unix.Close(f.fd)
 		}
 		s.intents = nil
+		for _, sp := range s.spares {
+			unix.Close(sp.fd)
+		}
+		s.spares = nil
 		if s.temp != nil {
 			s.temp.remove()
 			s.temp = nil

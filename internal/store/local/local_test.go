@@ -764,7 +764,7 @@ func TestLayout(t *testing.T) {
 }
 
 // leftoverTemps lists what the temporaries under realStoreDir hold besides
-// the add temporaries of open stores with their (reusable) intent files: the
+// the add temporaries of open stores with their reusable intent and lock files: the
 // slots and trash a finished or failed operation should have removed.
 func leftoverTemps(t testing.TB, realStoreDir string) []string {
 	t.Helper()
@@ -784,7 +784,7 @@ func leftoverTemps(t testing.TB, realStoreDir string) []string {
 			t.Fatal(err)
 		}
 		for _, i := range inner {
-			if !strings.HasPrefix(i.Name(), intentName+"-") {
+			if !strings.HasPrefix(i.Name(), intentName+"-") && !strings.HasPrefix(i.Name(), sparePrefix) {
 				left = append(left, e.Name()+"/"+i.Name())
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,12 +25,14 @@ const maxLockPoll = 50 * time.Millisecond
 type PathLocks struct {
 	dirfd int // what the names are relative to: AT_FDCWD or a directory
 	held  []heldLock
+	s     *Store // owner of the spare lock files among held
 }
 
 // heldLock is one locked lock file.
 type heldLock struct {
-	fd   int
-	name string
+	fd    int
+	name  string
+	spare *spareLock // when the lock file is one of the store's spares
 }
 
 // LockPaths locks the given real paths (each through "<path>.lock"), in sorted
@@ -109,12 +112,18 @@ func flock(ctx context.Context, fd int, how int) error {
 
 // Unlock releases the locks. With remove, each lock file is first unlinked and
 // marked stale (as Nix does once the locked path is valid), which keeps the
-// store dir free of lock files.
+// store dir free of lock files. A spare lock file (see lockStorePaths) is
+// always removed from the store dir, and goes back to the pool.
 func (l *PathLocks) Unlock(remove bool) {
 	if l == nil {
 		return
 	}
 	for _, h := range l.held {
+		if h.spare != nil {
+			unix.Unlinkat(l.dirfd, h.name, 0)
+			l.s.putSpare(h.spare)
+			continue
+		}
 		if remove {
 			unix.Unlinkat(l.dirfd, h.name, 0)
 			// Any size but 0 marks it stale (Nix writes a byte; a
@@ -124,4 +133,159 @@ func (l *PathLocks) Unlock(remove bool) {
 		unix.Close(h.fd)
 	}
 	l.held = nil
+}
+
+// Spare lock files. Creating "<path>.lock" for every path added and deleting
+// it afterwards costs an inode allocation and a free per path; on ext4
+// without a journal, each inode freed in the last minute also makes every
+// later allocation in its block group step over it, so a long run of adds
+// slows down quadratically. A store instead keeps a pool of lock files in its
+// add temporary and hard-links one to "<path>.lock" to lock a path: the same
+// protocol for every other process (Nix's included), no inode allocated or
+// freed. Two rules make the reuse safe:
+//
+//   - A spare's size is 0 only while its owner holds its flock: it is
+//     flock'ed before it is emptied and linked, and unlinked and marked stale
+//     (size 1) before it is unlocked. A process that opened it under an
+//     earlier name and gets the lock later finds it stale and starts over,
+//     as the protocol says.
+//   - A spare is reused only when no other process has it open (a write
+//     lease can be taken on it, which the kernel grants only then). Once
+//     unlinked from the store dir it cannot be opened anew, so nobody who
+//     waited for an earlier path can end up waiting for the next one, which
+//     could deadlock two writers that lock their paths in sorted order.
+
+// maxSpareLocks bounds the pool; a batch that locks more paths at once
+// creates and deletes the extra lock files.
+const maxSpareLocks = 64
+
+// spareLock is one lock file of the pool, open, named sparePrefix<n> in the
+// add temporary.
+type spareLock struct {
+	fd   int
+	name string
+}
+
+const sparePrefix = "lock-"
+
+// lockStorePaths locks the store paths with the given base names (sorted, as
+// LockPaths), through spare lock files where it can.
+func (s *Store) lockStorePaths(ctx context.Context, bases []string) (*PathLocks, error) {
+	sorted := slices.Clone(bases)
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	l := &PathLocks{dirfd: s.realFD, held: make([]heldLock, 0, len(sorted)), s: s}
+	for _, base := range sorted {
+		h, err := s.lockStorePath(ctx, base+".lock")
+		if err != nil {
+			l.Unlock(false)
+			return nil, err
+		}
+		l.held = append(l.held, h)
+	}
+	return l, nil
+}
+
+func (s *Store) lockStorePath(ctx context.Context, name string) (heldLock, error) {
+	sp, t, err := s.getSpare(ctx)
+	if err == nil {
+		if err := unix.Linkat(t.fd, sp.name, s.realFD, name, 0); err == nil {
+			return heldLock{fd: sp.fd, name: name, spare: sp}, nil
+		}
+		// Someone's lock file is there (or no hard links here): the
+		// protocol's way.
+		s.putSpare(sp)
+	} else if ctx.Err() != nil {
+		return heldLock{}, fmt.Errorf("lock %s: %w", name, ctx.Err())
+	}
+	fd, err := lockPath(ctx, s.realFD, name)
+	if err != nil {
+		return heldLock{}, err
+	}
+	return heldLock{fd: fd, name: name}, nil
+}
+
+// getSpare returns a spare lock file, locked and empty, and the temporary
+// it lives in.
+func (s *Store) getSpare(ctx context.Context) (*spareLock, *tempDir, error) {
+	t, err := s.addTemp()
+	if err != nil {
+		return nil, nil, err
+	}
+	var sp *spareLock
+	for sp == nil {
+		s.tempMu.Lock()
+		if n := len(s.spares); n > 0 {
+			sp = s.spares[n-1]
+			s.spares = s.spares[:n-1]
+		} else {
+			s.spareSeq++
+			sp = &spareLock{fd: -1, name: sparePrefix + strconv.Itoa(s.spareSeq)}
+		}
+		s.tempMu.Unlock()
+		if sp.fd >= 0 && !unshared(sp.fd) {
+			// Someone who opened it under its last name has not
+			// closed it yet.
+			s.dropSpare(sp)
+			sp = nil
+		}
+	}
+	if sp.fd < 0 {
+		fd, err := unix.Openat(t.fd, sp.name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil, nil, err
+		}
+		sp.fd = fd
+	}
+	// A process that opened it under an earlier name may hold it for a
+	// moment, until it has seen that it is stale.
+	if err := flock(ctx, sp.fd, unix.LOCK_EX); err != nil {
+		s.dropSpare(sp)
+		return nil, nil, err
+	}
+	if err := unix.Ftruncate(sp.fd, 0); err != nil {
+		s.dropSpare(sp)
+		return nil, nil, err
+	}
+	return sp, t, nil
+}
+
+// unshared reports whether no other open file refers to the file open at fd,
+// by taking a write lease on it (and dropping it at once).
+func unshared(fd int) bool {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
+		return false
+	}
+	unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_UNLCK)
+	return true
+}
+
+// putSpare marks sp stale, unlocks it and returns it to the pool (or deletes
+// it when the pool is full). Its only name must be its own in the temporary.
+func (s *Store) putSpare(sp *spareLock) {
+	if unix.Ftruncate(sp.fd, 1) != nil {
+		s.dropSpare(sp)
+		return
+	}
+	unix.Flock(sp.fd, unix.LOCK_UN)
+	s.tempMu.Lock()
+	if s.temp != nil && len(s.spares) < maxSpareLocks {
+		s.spares = append(s.spares, sp)
+		sp = nil
+	}
+	s.tempMu.Unlock()
+	if sp != nil {
+		s.dropSpare(sp)
+	}
+}
+
+// dropSpare deletes a spare lock file, marked stale first.
+func (s *Store) dropSpare(sp *spareLock) {
+	s.tempMu.Lock()
+	if s.temp != nil {
+		unix.Unlinkat(s.temp.fd, sp.name, 0)
+	}
+	s.tempMu.Unlock()
+	unix.Ftruncate(sp.fd, 1)
+	unix.Close(sp.fd)
 }

@@ -92,7 +92,7 @@ type canonRestorer struct {
 	// writeBehind starts writing big files out early.
 	writeBehind bool
 	dirs        []canonDir
-	st      *restoreStats
+	st          *restoreStats
 }
 
 var storeTimes = []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: StoreMtime}}

@@ -58,7 +58,7 @@ func (s *Store) openTemp() error {
 }
 
 // fsTopDirFlag is FS_TOPDIR_FL of linux/fs.h.
-const fsTopDirFlag = 0x4000
+const fsTopDirFlag = 0x20000
 
 // setTopDir sets FS_TOPDIR_FL on the directory open at fd, if it can.
 func setTopDir(fd int) {
