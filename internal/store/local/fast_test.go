@@ -1,0 +1,212 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"cairn/internal/nar"
+)
+
+// entryMeta is what canonicalisation decides about one entry.
+type entryMeta struct {
+	mode  uint32
+	mtime int64
+	uid   uint32
+	data  string // file contents or symlink target
+}
+
+func treeMeta(t *testing.T, root string) map[string]entryMeta {
+	t.Helper()
+	m := map[string]entryMeta{}
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		e := entryMeta{mode: st.Mode, mtime: st.Mtim.Sec*1e9 + st.Mtim.Nsec, uid: st.Uid}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			e.data = string(b)
+		case unix.S_IFLNK:
+			e.data, _ = os.Readlink(p)
+		}
+		m[rel] = e
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestRestoreCanonical: unpacking with restoreCanonical gives the same tree,
+// modes, times and owner as nar.Restore followed by Canonicalise, for every
+// kind of entry, the root directory included once CanonicaliseRoot ran.
+func TestRestoreCanonical(t *testing.T) {
+	src := t.TempDir()
+	trees := map[string]map[string]string{
+		"tree": {
+			"a": "hello\n", "bin/run": "*#!/bin/sh\necho hi\n", "link": "->a", "empty/": "",
+			"sub/deep/f": "deep", "sub/deep/x": "*", "zero": "", "sub/l2": "->../a",
+		},
+		"file":     {"file": "just a file"},
+		"exec":     {"exec": "*#!/bin/sh\n"},
+		"symlink":  {"symlink": "->somewhere/else"},
+		"emptydir": {"emptydir/": ""},
+	}
+	for name, files := range trees {
+		t.Run(name, func(t *testing.T) {
+			writeTree(t, filepath.Join(src, name), files)
+			narBytes := narOf(t, filepath.Join(src, name))
+			dir := t.TempDir()
+			dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(dfd)
+
+			// The reference: restore, then canonicalise by walking.
+			if err := nar.Restore(bytes.NewReader(narBytes), filepath.Join(dir, "want"), nar.RestoreOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := Canonicalise(dfd, "want", true); err != nil {
+				t.Fatal(err)
+			}
+			st, err := restoreCanonical(nar.NewReader(bytes.NewReader(narBytes)), dfd, "got", dir+"/got",
+				readUmask(), make([]byte, 4096), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rst unix.Stat_t
+			unix.Lstat(filepath.Join(dir, "got"), &rst)
+			if st.rootDir != (rst.Mode&unix.S_IFMT == unix.S_IFDIR) {
+				t.Errorf("rootDir = %v for mode %o", st.rootDir, rst.Mode)
+			}
+			if st.entries != len(treeMeta(t, filepath.Join(dir, "got"))) {
+				t.Errorf("entries = %d", st.entries)
+			}
+			if want := strings.Contains(string(narBytes), "symlink"); st.symlinks != want {
+				t.Errorf("symlinks = %v, want %v", st.symlinks, want)
+			}
+			for _, n := range []string{"want", "got"} {
+				if err := CanonicaliseRoot(dfd, n); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, got := treeMeta(t, filepath.Join(dir, "want")), treeMeta(t, filepath.Join(dir, "got"))
+			var names []string
+			for n := range want {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			for _, n := range names {
+				if got[n] != want[n] {
+					t.Errorf("%s: got %+v, want %+v", n, got[n], want[n])
+				}
+			}
+			if len(got) != len(want) {
+				t.Errorf("%d entries, want %d", len(got), len(want))
+			}
+			os.Chmod(filepath.Join(dir, "want"), 0o755)
+			os.Chmod(filepath.Join(dir, "got"), 0o755)
+			removeTree(dfd, "want")
+			removeTree(dfd, "got")
+		})
+	}
+}
+
+// TestSpareLocks: a path locked through a spare lock file is locked for the
+// Nix protocol (a plain locker waits, then gets a fresh lock file), spares
+// are reused, and a spare that another process still has open is not.
+func TestSpareLocks(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	l, err := s.lockStorePaths(ctx, []string{"aaa-x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockFile := filepath.Join(s.RealStoreDir(), "aaa-x.lock")
+	var held unix.Stat_t
+	if err := unix.Stat(lockFile, &held); err != nil || held.Nlink != 2 || held.Size != 0 {
+		t.Fatalf("lock file %+v, %v: want an empty hard link to a spare", held, err)
+	}
+	got := make(chan *PathLocks)
+	go func() {
+		pl, err := LockPaths(ctx, []string{filepath.Join(s.RealStoreDir(), "aaa-x")})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- pl
+	}()
+	select {
+	case <-got:
+		t.Fatal("a plain locker got a path held through a spare")
+	case <-time.After(100 * time.Millisecond):
+	}
+	l.Unlock(true)
+	var pl *PathLocks
+	select {
+	case pl = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the plain locker did not get the lock once released")
+	}
+	var fresh unix.Stat_t
+	if err := unix.Stat(lockFile, &fresh); err != nil || fresh.Ino == held.Ino || fresh.Size != 0 {
+		t.Errorf("after release the waiter holds %+v (%v), want a fresh lock file", fresh, err)
+	}
+	pl.Unlock(true)
+	// The waiter has closed the spare (it found it stale): it is reused.
+	l2, err := s.lockStorePaths(ctx, []string{"bbb-y"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st2 unix.Stat_t
+	unix.Stat(filepath.Join(s.RealStoreDir(), "bbb-y.lock"), &st2)
+	if st2.Ino != held.Ino {
+		t.Errorf("spare not reused: inode %d, spare %d", st2.Ino, held.Ino)
+	}
+	// A straggler opens it under its name, then the path is released: the
+	// spare must not serve the next path while the straggler has it open.
+	straggler, err := unix.Open(filepath.Join(s.RealStoreDir(), "bbb-y.lock"), unix.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2.Unlock(true)
+	l3, err := s.lockStorePaths(ctx, []string{"ccc-z"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st3 unix.Stat_t
+	unix.Stat(filepath.Join(s.RealStoreDir(), "ccc-z.lock"), &st3)
+	if st3.Ino == held.Ino {
+		t.Errorf("ccc-z locked through a spare a straggler still has open")
+	}
+	var sst unix.Stat_t
+	if unix.Fstat(straggler, &sst); sst.Size == 0 {
+		t.Errorf("the straggler's lock file is not marked stale")
+	}
+	unix.Close(straggler)
+	l3.Unlock(true)
+	ents, _ := os.ReadDir(s.RealStoreDir())
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".lock") {
+			t.Errorf("lock file left: %s", e.Name())
+		}
+	}
+}
