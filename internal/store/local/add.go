@@ -837,6 +837,7 @@ func (b *Batch) Commit(ctx context.Context) error {
 
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	s.wstmts.prepare(ctx)
 	err = retryBusy(ctx, func() error {
 		tx, err := s.wdb.BeginTx(ctx, nil)
 		if err != nil {

@@ -163,9 +163,7 @@ func (s *Store) open(ctx context.Context) error {
 		}
 	}
 
-	if s.wstmts, err = newPreparedWrites(ctx, s.wdb, writeQueries); err != nil {
-		return fmt.Errorf("prepare statements: %w", err)
-	}
+	s.wstmts = newPreparedWrites(s.wdb)
 	s.umask = readUmask()
 
 	if s.realFD, err = openat(unix.AT_FDCWD, s.cfg.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY); err != nil {
@@ -337,7 +335,9 @@ func (s *Store) Close() error {
 			s.reads.Close()
 			s.closeErr = s.rdb.Close()
 		}
-		s.wstmts.Close()
+		if s.wstmts != nil {
+			s.wstmts.Close()
+		}
 		if s.wdb != nil {
 			if err := s.wdb.Close(); s.closeErr == nil {
 				s.closeErr = err
@@ -395,6 +395,7 @@ func (s *Store) RealPath(p storepath.StorePath) string {
 func (s *Store) writeTx(ctx context.Context, f func(tx *sql.Tx) error) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	s.wstmts.prepare(ctx)
 	return retryBusy(ctx, func() error {
 		tx, err := s.wdb.BeginTx(ctx, nil)
 		if err != nil {

@@ -71,46 +71,54 @@ func (p *preparedReads) Close() {
 // preparedWrites keeps the statements of the write path prepared on the one
 // write connection for the store's life; a transaction uses them through
 // tx.StmtContext, which finds the statement already prepared on its
-// connection and does not parse it again. They are prepared when the store
-// opens: preparing needs the connection, which a transaction holds.
+// connection and does not parse it again. They are prepared on the first
+// commit, before its transaction begins (preparing needs the connection,
+// which a transaction holds): a store opened only to read parses none.
 type preparedWrites struct {
-	stmts map[string]*sql.Stmt // read-only after newPreparedWrites
+	db    *sql.DB
+	stmts map[string]*sql.Stmt // nil until prepare succeeds
 }
 
 // writeQueries are the statements a Commit runs.
 var writeQueries = []string{sqlQueryPathIDs, sqlRegisterPaths, sqlRegisterPath, sqlUpdatePathInfo,
 	sqlAddReferences, sqlAddDrvOutputs}
 
-func newPreparedWrites(ctx context.Context, db *sql.DB, queries []string) (*preparedWrites, error) {
-	p := &preparedWrites{stmts: make(map[string]*sql.Stmt, len(queries))}
-	for _, q := range queries {
-		st, err := db.PrepareContext(ctx, q)
-		if err != nil {
-			p.Close()
-			return nil, err
-		}
-		p.stmts[q] = st
+func newPreparedWrites(db *sql.DB) *preparedWrites { return &preparedWrites{db: db} }
+
+// prepare prepares the statements if that has not been done. The caller
+// holds the store's write mutex and no transaction is open on db. A failure
+// only means the transactions prepare their statements themselves.
+func (p *preparedWrites) prepare(ctx context.Context) {
+	if p.stmts != nil {
+		return
 	}
-	return p, nil
+	stmts := make(map[string]*sql.Stmt, len(writeQueries))
+	for _, q := range writeQueries {
+		st, err := p.db.PrepareContext(ctx, q)
+		if err != nil {
+			for _, st := range stmts {
+				st.Close()
+			}
+			return
+		}
+		stmts[q] = st
+	}
+	p.stmts = stmts
 }
 
 // stmt returns query prepared for tx; the caller closes it (which keeps the
 // connection's statement) before tx ends.
 func (p *preparedWrites) stmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
-	if p != nil {
-		if st, ok := p.stmts[query]; ok {
-			return tx.StmtContext(ctx, st), nil
-		}
+	if st, ok := p.stmts[query]; ok {
+		return tx.StmtContext(ctx, st), nil
 	}
 	return tx.PrepareContext(ctx, query)
 }
 
 // Close closes every prepared statement.
 func (p *preparedWrites) Close() {
-	if p == nil {
-		return
-	}
 	for _, st := range p.stmts {
 		st.Close()
 	}
+	p.stmts = nil
 }
