@@ -154,6 +154,7 @@ func (s *Store) open(ctx context.Context) error {
 		return err
 	}
 	s.reads = newPreparedReads(s.rdb)
+	s.wstmts = newPreparedWrites(s.wdb)
 	if cur == 0 {
 		if err := s.createSchema(ctx); err != nil {
 			return err
@@ -163,7 +164,6 @@ func (s *Store) open(ctx context.Context) error {
 		}
 	}
 
-	s.wstmts = newPreparedWrites(s.wdb)
 	s.umask = readUmask()
 
 	if s.realFD, err = openat(unix.AT_FDCWD, s.cfg.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY); err != nil {

@@ -89,7 +89,7 @@ func newPreparedWrites(db *sql.DB) *preparedWrites { return &preparedWrites{db: 
 // holds the store's write mutex and no transaction is open on db. A failure
 // only means the transactions prepare their statements themselves.
 func (p *preparedWrites) prepare(ctx context.Context) {
-	if p.stmts != nil {
+	if p == nil || p.stmts != nil {
 		return
 	}
 	stmts := make(map[string]*sql.Stmt, len(writeQueries))
@@ -109,6 +109,9 @@ func (p *preparedWrites) prepare(ctx context.Context) {
 // stmt returns query prepared for tx; the caller closes it (which keeps the
 // connection's statement) before tx ends.
 func (p *preparedWrites) stmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
+	if p == nil {
+		return tx.PrepareContext(ctx, query)
+	}
 	if st, ok := p.stmts[query]; ok {
 		return tx.StmtContext(ctx, st), nil
 	}
@@ -117,6 +120,9 @@ func (p *preparedWrites) stmt(ctx context.Context, tx *sql.Tx, query string) (*s
 
 // Close closes every prepared statement.
 func (p *preparedWrites) Close() {
+	if p == nil {
+		return
+	}
 	for _, st := range p.stmts {
 		st.Close()
 	}
