@@ -218,6 +218,7 @@ type BuildLog interface {
 // goal.
 type Builder struct {
 	store *local.Store
+	cfg   Config
 	// buildsDir holds the build dirs: daemon-owned, 0700, outside /tmp.
 	buildsDir string
 	// rootDir is the one empty directory every sandbox mounts its root
@@ -228,6 +229,19 @@ type Builder struct {
 	// inits starts sandboxes, each build's init started during the one before.
 	inits sandbox.Pool
 
+	// users hands out build identities (a root daemon with build users);
+	// nil: builds run with the daemon's ids.
+	users *userPool
+	// hostBuildsDir holds the build dirs of builds on the host (sandbox =
+	// false) with build users: BUILDS-host, 0710 root:build-users-group, so
+	// that the builder may enter its own dir and nobody outside the group
+	// may enter any.
+	hostBuildsDir string
+	// cgroupParent is where builds get cgroups of their own (see
+	// sandbox.DetectCgroup); "" when they cannot, cgroupErr says why.
+	cgroupParent string
+	cgroupErr    error
+
 	mu    sync.Mutex
 	goals map[goalKey]*goal
 	seq   atomic.Uint64
@@ -235,8 +249,16 @@ type Builder struct {
 }
 
 // New returns a Builder for st whose build dirs live in buildsDir ("" means
-// STATE/builds), which it creates with mode 0700.
+// STATE/builds), which it creates with mode 0700. Builds run with the
+// daemon's own ids and, where it can make them, in cgroups of their own.
 func New(st *local.Store, buildsDir string) (*Builder, error) {
+	return NewWithConfig(st, Config{BuildsDir: buildsDir})
+}
+
+// NewWithConfig is New with the daemon-wide settings of cfg: build users,
+// cgroups.
+func NewWithConfig(st *local.Store, cfg Config) (*Builder, error) {
+	buildsDir := cfg.BuildsDir
 	if buildsDir == "" {
 		buildsDir = filepath.Join(st.StateDir(), "builds")
 	}
@@ -250,7 +272,31 @@ func New(st *local.Store, buildsDir string) (*Builder, error) {
 	if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("build: %w", err)
 	}
-	return &Builder{store: st, buildsDir: buildsDir, rootDir: root, goals: map[goalKey]*goal{}}, nil
+	b := &Builder{store: st, cfg: cfg, buildsDir: buildsDir, rootDir: root, goals: map[goalKey]*goal{}}
+	users, err := newUserPool(cfg, st.StateDir())
+	if err != nil {
+		return nil, err
+	}
+	b.users = users
+	if users != nil {
+		b.hostBuildsDir = buildsDir + "-host"
+	}
+	if !cfg.NoCgroups {
+		b.cgroupParent, b.cgroupErr = sandbox.DetectCgroup()
+		if b.cgroupErr == nil {
+			sandbox.RemoveStaleCgroups(b.cgroupParent)
+		}
+	}
+	return b, nil
+}
+
+// Cgroups returns the cgroup directory builds get their own cgroups in, or
+// "" and why they get none.
+func (b *Builder) Cgroups() (string, error) {
+	if b.cfg.NoCgroups {
+		return "", errors.New("use-cgroups is false")
+	}
+	return b.cgroupParent, b.cgroupErr
 }
 
 // Close ends the sandbox inits kept for the next builds. Builds may still

@@ -2,9 +2,11 @@ package build
 
 import (
 	"errors"
-	"io/fs"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -20,14 +22,19 @@ const maxPooledDirs = 16
 // input in the scratch store dir. A reused scratch store dir keeps the mount
 // points of the inputs the next build shares with the last one, and
 // nothing else: getDirs deletes every other entry, and any entry that is
-// not an empty regular file or empty directory of ours, so the builder sees
-// exactly its inputs, as with a fresh dir.
+// not an empty regular file or empty directory of the daemon's or the last
+// builder's, so the builder sees exactly its inputs, as with a fresh dir.
+//
+// Everything here that touches what a builder could have touched goes
+// through directory descriptors and never follows a symlink: the build dir
+// and the scratch store dir are the builder's, and a root daemon must not
+// be tricked into deleting, chmodding or chowning anything else.
 
-// getDirs returns build dirs for a build of drvPath whose input closure is
-// inputs: pooled ones cleaned for it, or new ones.
-func (b *Builder) getDirs(drvPath storepath.StorePath, sandboxed bool, inputs []storepath.StorePath) (*buildDirs, error) {
+// getDirs returns build dirs for a build of drvPath, whose input closure is
+// inputs, running as id: pooled ones cleaned for it, or new ones.
+func (b *Builder) getDirs(drvPath storepath.StorePath, sandboxed bool, inputs []storepath.StorePath, id identity) (*buildDirs, error) {
 	if !sandboxed {
-		return b.makeDirs(drvPath, false)
+		return b.makeDirs(drvPath, false, id)
 	}
 	b.poolMu.Lock()
 	var d *buildDirs
@@ -36,24 +43,28 @@ func (b *Builder) getDirs(drvPath storepath.StorePath, sandboxed bool, inputs []
 	}
 	b.poolMu.Unlock()
 	if d == nil {
-		return b.makeDirs(drvPath, true)
+		return b.makeDirs(drvPath, true, id)
 	}
 	keep := make(map[string]bool, len(inputs))
 	for _, p := range inputs {
 		keep[p.Base()] = true
 	}
-	if err := resetDir(d.store, keep); err != nil {
+	// The scratch store dir is the daemon's, writable by the builder's
+	// group; the build dir is the builder's.
+	if err := resetDir(d.store, keep, d.uid, os.Geteuid(), id.gid, 0o1775); err != nil {
 		d.remove()
-		return b.makeDirs(drvPath, true)
+		return b.makeDirs(drvPath, true, id)
 	}
-	if err := resetDir(d.build, nil); err != nil {
+	if err := resetDir(d.build, nil, d.uid, id.uid, id.gid, 0o700); err != nil {
 		d.remove()
-		return b.makeDirs(drvPath, true)
+		return b.makeDirs(drvPath, true, id)
 	}
+	d.uid, d.gid, d.count = id.uid, id.gid, id.count
 	return d, nil
 }
 
 // putDirs takes back a finished build's dirs for reuse, or removes them.
+// Nothing of the build may run any more.
 func (b *Builder) putDirs(d *buildDirs) {
 	if d.store == "" {
 		d.remove()
@@ -68,20 +79,104 @@ func (b *Builder) putDirs(d *buildDirs) {
 	b.pool = append(b.pool, d)
 }
 
-// resetDir empties dir but for the entries named in keep that are empty
-// regular files or empty directories owned by this process, and gives dir
-// back its mode (the builder may have changed it).
-func resetDir(dir string, keep map[string]bool) error {
-	f, err := os.Open(dir)
-	if err != nil {
+// makeDirs makes the build's directories inside the builder's 0700 dir
+// (builds on the host with build users: inside the 0710 host builds dir)
+// as few as possible, since making a directory is the slowest file system
+// call a build makes.
+func (b *Builder) makeDirs(drvPath storepath.StorePath, sandboxed bool, id identity) (*buildDirs, error) {
+	parent := b.buildsDir
+	if !sandboxed && id.user != nil {
+		parent = b.hostBuildsDir
+		if err := ensureDir(parent, 0, id.gid, 0o710); err != nil {
+			return nil, fmt.Errorf("build %s: %w", drvPath, err)
+		}
+	}
+	name := strings.TrimSuffix(drvPath.Name(), ".drv")
+	top := filepath.Join(parent, fmt.Sprintf("nix-build-%s-%d-%d", name, os.Getpid(), b.seq.Add(1)))
+	d := &buildDirs{build: top, uid: id.uid, gid: id.gid, count: id.count}
+	if err := os.Mkdir(d.build, 0o700); err != nil {
+		return nil, fmt.Errorf("build %s: %w", drvPath, err)
+	}
+	if id.uid != os.Geteuid() || id.gid != os.Getegid() {
+		if err := os.Lchown(d.build, id.uid, id.gid); err != nil {
+			removeAll(d.build)
+			return nil, fmt.Errorf("build %s: %w", drvPath, err)
+		}
+	}
+	if !sandboxed {
+		return d, nil
+	}
+	d.root, d.store = b.rootDir, top+".store"
+	// Nix's chroot store dir mode: the build user may write there.
+	if err := os.Mkdir(d.store, 0o1775); err != nil {
+		removeAll(d.build)
+		return nil, fmt.Errorf("build %s: %w", drvPath, err)
+	}
+	if id.gid != os.Getegid() {
+		if err := os.Lchown(d.store, os.Geteuid(), id.gid); err != nil {
+			d.remove()
+			return nil, err
+		}
+	}
+	if err := os.Chmod(d.store, 0o1775); err != nil { // past the umask
+		d.remove()
+		return nil, err
+	}
+	return d, nil
+}
+
+// ensureDir makes dir, or makes it uid:gid and mode if it is not.
+func ensureDir(dir string, uid, gid int, mode uint32) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return &os.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("%s: not a directory", dir)
+	}
+	if int(st.Uid) != uid || int(st.Gid) != gid {
+		if err := os.Lchown(dir, uid, gid); err != nil {
+			return err
+		}
+	}
+	if st.Mode&0o7777 != mode {
+		if err := unix.Chmod(dir, mode); err != nil {
+			return &os.PathError{Op: "chmod", Path: dir, Err: err}
+		}
+	}
+	return nil
+}
+
+// remove deletes the build's directories, in the background: nothing waits
+// for it.
+func (d *buildDirs) remove() {
+	go func() {
+		removeAll(d.build)
+		if d.store != "" {
+			removeAll(d.store)
+		}
+	}()
+}
+
+// resetDir empties dir, but for the entries named in keep that are empty
+// regular files or empty directories owned by the daemon or by prevUID
+// (the mount points the last build's init made), and gives dir the owner
+// and mode of the next build's (the builder may have changed the mode).
+func resetDir(dir string, keep map[string]bool, prevUID, uid, gid int, mode uint32) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), dir)
 	defer f.Close()
 	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if int(st.Uid) != os.Geteuid() || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+	if int(st.Uid) != os.Geteuid() && int(st.Uid) != prevUID {
 		return errors.New("reset build dir: not ours")
 	}
 	names, err := f.Readdirnames(-1)
@@ -89,28 +184,29 @@ func resetDir(dir string, keep map[string]bool) error {
 		return err
 	}
 	for _, name := range names {
-		if keep[name] && isEmptyMountPoint(int(f.Fd()), name) {
+		if keep[name] && isEmptyMountPoint(fd, name, prevUID) {
 			continue
 		}
-		if err := removeAll(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := removeAt(fd, name); err != nil {
 			return err
 		}
 	}
-	mode := uint32(0o700)
-	if keep != nil {
-		mode = 0o1775
+	if int(st.Uid) != uid || int(st.Gid) != gid {
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			return err
+		}
 	}
-	return unix.Fchmod(int(f.Fd()), mode)
+	return unix.Fchmod(fd, mode)
 }
 
 // isEmptyMountPoint reports whether name in dirfd is an empty regular file
-// with one link or an empty directory, owned by this process.
-func isEmptyMountPoint(dirfd int, name string) bool {
+// with one link or an empty directory, owned by the daemon or by prevUID.
+func isEmptyMountPoint(dirfd int, name string, prevUID int) bool {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return false
 	}
-	if int(st.Uid) != os.Geteuid() {
+	if int(st.Uid) != os.Geteuid() && int(st.Uid) != prevUID {
 		return false
 	}
 	switch st.Mode & unix.S_IFMT {
@@ -139,4 +235,86 @@ func isEmptyMountPoint(dirfd int, name string) bool {
 		}
 	}
 	return false
+}
+
+// removeAll deletes the tree at path (its last component is not followed;
+// the directories above it are the daemon's). A missing path is not an
+// error.
+func removeAll(path string) error {
+	path = filepath.Clean(path)
+	fd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return &os.PathError{Op: "remove", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := removeAt(fd, filepath.Base(path)); err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+// removeAt deletes name in dirfd and everything below it, through directory
+// descriptors, never following a symlink: a builder that swaps a symlink
+// for a directory it made cannot make the daemon delete or chmod what the
+// link points to. Read-only directories (outputs, a builder's chmod) are
+// made writable through their own descriptor first. A missing entry is not
+// an error.
+func removeAt(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
+		return &os.PathError{Op: "remove", Path: name, Err: err}
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EACCES) && chmodDir(dirfd, name) == nil {
+		fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return &os.PathError{Op: "remove: open", Path: name, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return &os.PathError{Op: "remove: read", Path: name, Err: err}
+	}
+	chmodded := false
+	for _, n := range names {
+		err := removeAt(fd, n)
+		if err != nil && !chmodded && errors.Is(err, unix.EACCES) {
+			// A directory we may not write in: make it writable (through
+			// its descriptor) and try again.
+			chmodded = true
+			if unix.Fchmod(fd, 0o700) == nil {
+				err = removeAt(fd, n)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return &os.PathError{Op: "remove", Path: name, Err: err}
+	}
+	return nil
+}
+
+// chmodDir makes the directory name in dirfd, which this process may not
+// read, 0700: through an O_PATH descriptor of the directory itself (its
+// /proc/self/fd link resolves to that inode, never to a symlink's target).
+func chmodDir(dirfd int, name string) error {
+	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), 0o700)
 }

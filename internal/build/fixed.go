@@ -110,5 +110,5 @@ func copyFile(src, dst string, executable bool) error {
 	if err := out.Close(); err != nil {
 		return err
 	}
-	return canonicalise(dst)
+	return canonicalise(dst, nil)
 }

@@ -62,18 +62,23 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, r *request, dirs
 				continue // made by someone else meanwhile; keep theirs
 			}
 		}
+		owner := dirs // the builder's ids: what it left must be its own
 		if !o.Hash.IsZero() {
 			copied, cleanup, err := b.isolateFixedOutput(dir)
 			if err != nil {
 				return MiscFailure, err
 			}
 			defer cleanup()
-			dir = copied
+			dir, owner = copied, nil
 			if fi, err = os.Lstat(dir); err != nil {
 				return MiscFailure, err
 			}
 		}
-		if err := canonicalise(dir); err != nil {
+		if err := canonicalise(dir, owner); err != nil {
+			var oe *local.OwnershipError
+			if errors.As(err, &oe) {
+				return OutputRejected, fmt.Errorf("output '%s' of '%s': %w", name, hl(g.drvPath.String()), err)
+			}
 			return MiscFailure, fmt.Errorf("canonicalise output '%s' of '%s': %w", name, g.drvPath, err)
 		}
 		info := &store.PathInfo{Path: o.Path, Deriver: g.drvPath, Ultimate: true}
@@ -131,17 +136,6 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, r *request, dirs
 		return OutputRejected, delayed
 	}
 	return Built, nil
-}
-
-// canonicalise canonicalises the tree at path, keeping a directory root
-// writable so that it can still be moved.
-func canonicalise(path string) error {
-	fd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return local.Canonicalise(fd, filepath.Base(path), true)
 }
 
 // hashAndScan sets info's NAR hash, size and references (the candidates
@@ -242,7 +236,7 @@ func copyTree(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	return canonicalise(dst)
+	return canonicalise(dst, nil)
 }
 
 // fixedHash hashes a fixed output as its content address says: the file's

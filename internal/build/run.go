@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -105,6 +104,10 @@ type buildDirs struct {
 	build string // builds/nix-build-<name>-<pid>-<n>: the builder's /build
 	root  string // the sandbox root: builds/root, shared (each build mounts its own tmpfs on it, privately)
 	store string // builds/nix-build-…-<n>.store: the writable store dir inside the sandbox (sandboxed builds only)
+	// uid, gid and count are the builder's ids on the host: it owns build,
+	// its group may write in store, and what it leaves must be owned by
+	// [uid, uid+count).
+	uid, gid, count int
 }
 
 // outputDir is where the builder leaves output p.
@@ -124,6 +127,12 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	if g.mode != Normal && !sandboxed {
 		return MiscFailure, fmt.Errorf("%w: checking or repairing '%s' without the sandbox", store.ErrUnsupported, g.drvPath)
 	}
+
+	id, release, err := b.identity(g, r, sandboxed)
+	if err != nil {
+		return MiscFailure, err
+	}
+	defer release()
 
 	// Input closure: input sources and the wanted outputs of input drvs.
 	roots := slices.Clone(drv.InputSrcs)
@@ -145,7 +154,7 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 		return MiscFailure, err
 	}
 
-	dirs, err := b.getDirs(g.drvPath, sandboxed, inputs)
+	dirs, err := b.getDirs(g.drvPath, sandboxed, inputs, id)
 	if err != nil {
 		return MiscFailure, err
 	}
@@ -179,10 +188,8 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 			return MiscFailure, err
 		}
 	}
-	for name, data := range env.Files {
-		if err := os.WriteFile(filepath.Join(dirs.build, name), data, 0o644); err != nil {
-			return MiscFailure, fmt.Errorf("build %s: %w", g.drvPath, err)
-		}
+	if err := dirs.writeFiles(env.Files); err != nil {
+		return MiscFailure, fmt.Errorf("build %s: %w", g.drvPath, err)
 	}
 
 	// The log file is created while the sandbox starts.
@@ -209,6 +216,16 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 
 	var p process
 	g.timesBuilt++
+	if !sandboxed {
+		// What a failed build on the host leaves in the store dir is the
+		// builder's, maybe writable by anyone: it goes (or, kept, becomes
+		// the daemon's and read-only) once the builder is gone.
+		defer func() {
+			if !status.Success() {
+				b.secureFailedOutputs(ctx, drv, dirs, keep)
+			}
+		}()
+	}
 	if isBuiltin(drv) {
 		p = b.startBuiltin(g, r, dirs, env, inputs, sandboxed, pw)
 	} else if sandboxed {
@@ -225,18 +242,12 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 		}
 		p = sandboxProcess{sp}
 	} else {
-		cmd := exec.Command(drv.Builder, rewriteAll(env.Rewrite, drv.Args)...)
-		cmd.Args[0] = filepath.Base(drv.Builder)
-		cmd.Env = env.List()
-		cmd.Dir = dirs.build
-		cmd.Stdout, cmd.Stderr = pw, pw
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		err := cmd.Start()
+		hp, err := b.startHost(drv, env, dirs, id, pw)
 		pw.Close()
 		if err != nil {
-			return MiscFailure, fmt.Errorf("executing '%s': %w", drv.Builder, err)
+			return MiscFailure, err
 		}
-		p = &hostProcess{cmd: cmd}
+		p = hp
 	}
 	b.started(g)
 	defer b.finished(g)
@@ -310,7 +321,11 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 	}()
 	code, sig, werr := p.Wait()
 	if hp, ok := p.(*hostProcess); ok {
-		hp.Kill() // whatever the builder left running
+		// Whatever the builder left running, before anything else looks
+		// at what it made.
+		if err := hp.end(); err != nil && werr == nil {
+			werr = err
+		}
 	}
 	<-copyDone
 	lw.Flush()
@@ -416,43 +431,6 @@ func (b *Builder) finished(g *goal) {
 	}
 }
 
-// makeDirs makes the build's directories inside the builder's 0700 dir:
-// as few as possible, since making a directory is the slowest file system
-// call a build makes.
-func (b *Builder) makeDirs(drvPath storepath.StorePath, sandboxed bool) (*buildDirs, error) {
-	name := strings.TrimSuffix(drvPath.Name(), ".drv")
-	top := filepath.Join(b.buildsDir, fmt.Sprintf("nix-build-%s-%d-%d", name, os.Getpid(), b.seq.Add(1)))
-	d := &buildDirs{build: top}
-	if err := os.Mkdir(d.build, 0o700); err != nil {
-		return nil, fmt.Errorf("build %s: %w", drvPath, err)
-	}
-	if !sandboxed {
-		return d, nil
-	}
-	d.root, d.store = b.rootDir, top+".store"
-	// Nix's chroot store dir mode: the build user may write there.
-	if err := os.Mkdir(d.store, 0o1775); err != nil {
-		removeAll(d.build)
-		return nil, fmt.Errorf("build %s: %w", drvPath, err)
-	}
-	if err := os.Chmod(d.store, 0o1775); err != nil { // past the umask
-		d.remove()
-		return nil, err
-	}
-	return d, nil
-}
-
-// remove deletes the build's directories, in the background: nothing waits
-// for it.
-func (d *buildDirs) remove() {
-	go func() {
-		removeAll(d.build)
-		if d.store != "" {
-			removeAll(d.store)
-		}
-	}()
-}
-
 // spec is the sandbox of one build.
 func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs, env *Env, inputs []storepath.StorePath) (*sandbox.Spec, error) {
 	st := b.store
@@ -507,11 +485,17 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 		add(sandbox.Bind{Source: st.RealPath(p), Target: p.String()})
 	}
 
+	// The builder is 1000/100 inside, or 0/0 with a uid range (Nix's
+	// sandboxUid and sandboxGid).
+	uid, gid := sandboxUID, sandboxGID
+	if dirs.count > 1 {
+		uid, gid = 0, 0
+	}
 	files := []sandbox.File{
 		{Path: "/etc/passwd", Content: fmt.Appendf(nil,
 			"root:x:0:0:Nix build user:%[3]s:/noshell\nnixbld:x:%[1]d:%[2]d:Nix build user:%[3]s:/noshell\nnobody:x:65534:65534:Nobody:/:/noshell\n",
-			sandboxUID, sandboxGID, opts.BuildDirTarget)},
-		{Path: "/etc/group", Content: fmt.Appendf(nil, "root:x:0:\nnixbld:!:%d:\nnogroup:x:65534:\n", sandboxGID)},
+			uid, gid, opts.BuildDirTarget)},
+		{Path: "/etc/group", Content: fmt.Appendf(nil, "root:x:0:\nnixbld:!:%d:\nnogroup:x:65534:\n", gid)},
 	}
 	var net *sandbox.Net
 	if kind, _ := drv.Type(); kind != derivation.CAFixed {
@@ -530,13 +514,14 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 		Files:          files,
 		BuildDir:       dirs.build,
 		BuildDirTarget: opts.BuildDirTarget,
-		UID:            sandboxUID,
-		GID:            sandboxGID,
-		UIDMap:         []sandbox.IDMap{{Inside: sandboxUID, Outside: os.Geteuid(), Count: 1}},
-		GIDMap:         []sandbox.IDMap{{Inside: sandboxGID, Outside: os.Getegid(), Count: 1}},
+		UID:            uid,
+		GID:            gid,
+		UIDMap:         []sandbox.IDMap{{Inside: uid, Outside: dirs.uid, Count: dirs.count}},
+		GIDMap:         []sandbox.IDMap{{Inside: gid, Outside: dirs.gid, Count: dirs.count}},
 		Setgroups:      os.Geteuid() == 0,
 		Command:        sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: opts.BuildDirTarget},
 		Net:            net,
+		Cgroup:         sandbox.Cgroup{Parent: b.cgroupParent},
 	}
 	return spec, nil
 }
@@ -600,22 +585,6 @@ func (s sandboxProcess) Wait() (int, syscall.Signal, error) {
 }
 func (s sandboxProcess) Kill() { s.p.Kill() }
 
-type hostProcess struct{ cmd *exec.Cmd }
-
-func (h *hostProcess) Wait() (int, syscall.Signal, error) {
-	err := h.cmd.Wait()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		return -1, 0, err
-	}
-	ws := h.cmd.ProcessState.Sys().(syscall.WaitStatus)
-	if ws.Signaled() {
-		return -1, ws.Signal(), nil
-	}
-	return ws.ExitStatus(), 0, nil
-}
-func (h *hostProcess) Kill() { syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL) }
-
 // lineWriter splits a builder's output into lines as Nix does ("\r"
 // rewinds the line) and keeps the last few.
 type lineWriter struct {
@@ -677,21 +646,6 @@ func (w *lineWriter) Flush() {
 func (w *lineWriter) Tail() []string { return w.tail }
 
 var _ io.Writer = (*lineWriter)(nil)
-
-// removeAll deletes a tree, making read-only directories writable first
-// (outputs and kept build dirs are read-only).
-func removeAll(path string) error {
-	if err := os.RemoveAll(path); err == nil {
-		return nil
-	}
-	filepath.Walk(path, func(p string, info os.FileInfo, err error) error {
-		if err == nil && info.IsDir() {
-			os.Chmod(p, 0o700)
-		}
-		return nil
-	})
-	return os.RemoveAll(path)
-}
 
 func rewriteAll(r *strings.Replacer, ss []string) []string {
 	out := make([]string, len(ss))

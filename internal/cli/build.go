@@ -179,7 +179,7 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 		}
 		targets = append(targets, ts...)
 	}
-	b, err := build.New(st, "")
+	b, err := build.NewWithConfig(st, build.ConfigFrom(settings))
 	if err != nil {
 		return err
 	}

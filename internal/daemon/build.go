@@ -31,7 +31,15 @@ func (c *conn) builder() (*build.Builder, error) {
 	}
 	v, _ := builders.LoadOrStore(c.s, &builderOnce{})
 	bo := v.(*builderOnce)
-	bo.once.Do(func() { bo.b, bo.err = build.New(st, "") })
+	bo.once.Do(func() {
+		// Build users and cgroups are the daemon's settings alone: no
+		// client's reach them.
+		var cfg build.Config
+		if c.s.Settings != nil {
+			cfg = build.ConfigFrom(c.s.Settings)
+		}
+		bo.b, bo.err = build.NewWithConfig(st, cfg)
+	})
 	return bo.b, bo.err
 }
 

@@ -95,12 +95,16 @@ func ownCgroup() (string, error) {
 
 var cgroupSeq atomic.Uint64
 
+// cgroupPrefix starts the name of every build cgroup Start and NewCgroup
+// make: cairn-build-<pid>-<n>.
+const cgroupPrefix = "cairn-build-"
+
 // makeCgroup creates the build's cgroup, sets its limits and returns it with
 // an fd for clone3's CLONE_INTO_CGROUP.
 func makeCgroup(c Cgroup) (dir string, fd int, err error) {
 	name := c.Name
 	if name == "" {
-		name = fmt.Sprintf("cairn-build-%d-%d", os.Getpid(), cgroupSeq.Add(1))
+		name = fmt.Sprintf("%s%d-%d", cgroupPrefix, os.Getpid(), cgroupSeq.Add(1))
 	}
 	dir = filepath.Join(c.Parent, name)
 	if err := unix.Mkdir(dir, 0o755); err != nil {
@@ -180,4 +184,83 @@ func removeCgroup(dir string) error {
 		time.Sleep(delay)
 		delay = min(2*delay, 50*time.Millisecond)
 	}
+}
+
+// A HostCgroup is a build cgroup for processes started outside Start (a
+// build that runs on the host, sandbox = false): start them straight into it
+// with SysProcAttr.UseCgroupFD and CgroupFD = FD(), then Kill and Remove it
+// when the build is over, whatever its processes did (setsid, double forks).
+type HostCgroup struct {
+	dir string
+	fd  int
+}
+
+// NewCgroup makes a build cgroup under c.Parent, as Start does for a
+// sandbox, with c's limits.
+func NewCgroup(c Cgroup) (*HostCgroup, error) {
+	if err := checkAbs(c.Parent); err != nil {
+		return nil, fmt.Errorf("sandbox: cgroup parent %q: %w", c.Parent, err)
+	}
+	dir, fd, err := makeCgroup(c)
+	if err != nil {
+		return nil, err
+	}
+	return &HostCgroup{dir: dir, fd: fd}, nil
+}
+
+// Path is the cgroup's directory.
+func (g *HostCgroup) Path() string { return g.dir }
+
+// FD is an open descriptor of the cgroup's directory, for CLONE_INTO_CGROUP;
+// it stays open until Remove.
+func (g *HostCgroup) FD() int { return g.fd }
+
+// Kill kills every process in the cgroup at once.
+func (g *HostCgroup) Kill() error { return killCgroup(g.dir) }
+
+// Remove kills whatever is left in the cgroup, waits for it to be empty and
+// removes it.
+func (g *HostCgroup) Remove() error {
+	if g.fd >= 0 {
+		unix.Close(g.fd)
+		g.fd = -1
+	}
+	if err := killCgroup(g.dir); err != nil {
+		return err
+	}
+	return removeCgroup(g.dir)
+}
+
+// RemoveStaleCgroups removes the build cgroups under parent that processes
+// which no longer exist left behind (a daemon killed before it could remove
+// them), killing what still runs in them. It returns how many it removed.
+func RemoveStaleCgroups(parent string) (int, error) {
+	ents, err := os.ReadDir(parent)
+	if err != nil {
+		return 0, fmt.Errorf("sandbox: stale cgroups: %w", err)
+	}
+	n := 0
+	var errs []error
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), cgroupPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pidText, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || err != nil || pid <= 0 {
+			continue
+		}
+		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+			continue // alive (or not ours to ask): leave it
+		}
+		dir := filepath.Join(parent, e.Name())
+		killCgroup(dir)
+		if err := removeCgroup(dir); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
 }

@@ -39,3 +39,17 @@ func (p *Process) Pid() int              { return -1 }
 func (p *Process) Cgroup() string        { return "" }
 func (p *Process) Kill() error           { return errNotLinux }
 func (p *Process) Wait() (Status, error) { return Status{}, errNotLinux }
+
+// HostCgroup is a build cgroup (Linux only).
+type HostCgroup struct{}
+
+// NewCgroup fails: cgroups are Linux's.
+func NewCgroup(c Cgroup) (*HostCgroup, error) { return nil, errNotLinux }
+
+func (g *HostCgroup) Path() string  { return "" }
+func (g *HostCgroup) FD() int       { return -1 }
+func (g *HostCgroup) Kill() error   { return errNotLinux }
+func (g *HostCgroup) Remove() error { return errNotLinux }
+
+// RemoveStaleCgroups does nothing: cgroups are Linux's.
+func RemoveStaleCgroups(parent string) (int, error) { return 0, nil }

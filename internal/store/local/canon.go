@@ -42,6 +42,25 @@ func Canonicalise(dirfd int, name string, keepRootWritable bool) error {
 	return err
 }
 
+// CanonicaliseBuilt is Canonicalise for a tree a builder left: every entry
+// must be owned by a uid in [fromUID, fromUID+count), the builder's, or
+// be a further link of a regular file met earlier in the walk (which
+// canonicalising it made ours). Anything else fails with "invalid ownership
+// on file '…'" before it is touched: the builder hard-linked a file that is
+// not its own into its output, and canonicalising it would change the
+// owner and mode of that file wherever else it is linked. Nix 2.8 checks
+// the same.
+func CanonicaliseBuilt(dirfd int, name string, keepRootWritable bool, fromUID, count int) error {
+	c := canon{uid: os.Geteuid(), gid: os.Getegid(), checkFrom: true, fromUID: fromUID, fromCount: count}
+	return c.walk(dirfd, name, name, !keepRootWritable)
+}
+
+// OwnershipError is CanonicaliseBuilt's refusal of an entry a builder did
+// not own.
+type OwnershipError struct{ Path string }
+
+func (e *OwnershipError) Error() string { return fmt.Sprintf("invalid ownership on file '%s'", e.Path) }
+
 // canonicalise is Canonicalise, also reporting whether the root is a
 // directory: only then does keepRootWritable leave anything for CanonicaliseRoot.
 func canonicalise(dirfd int, name string, keepRootWritable bool) (rootIsDir bool, err error) {
@@ -65,7 +84,15 @@ type canon struct {
 	xbuf      []byte
 	small     [256]byte // xbuf's first backing
 	rootIsDir bool
+
+	// With checkFrom, entries must be owned by [fromUID, fromUID+fromCount)
+	// or be links of regular files in seen.
+	checkFrom          bool
+	fromUID, fromCount int
+	seen               map[inode]bool
 }
+
+type inode struct{ dev, ino uint64 }
 
 func (c *canon) walk(dirfd int, name, disk string, setMode bool) error {
 	var st unix.Stat_t
@@ -106,6 +133,21 @@ func (c *canon) fix(dirfd int, name, disk string, st *unix.Stat_t, setMode bool)
 	typ := st.Mode & unix.S_IFMT
 	if typ != unix.S_IFREG && typ != unix.S_IFDIR && typ != unix.S_IFLNK {
 		return fmt.Errorf("canonicalise %s: file has an unsupported type", disk)
+	}
+	if c.checkFrom {
+		id := inode{uint64(st.Dev), st.Ino}
+		if int64(st.Uid) < int64(c.fromUID) || int64(st.Uid) >= int64(c.fromUID)+int64(c.fromCount) {
+			if typ == unix.S_IFREG && c.seen[id] {
+				return nil // a link of a file fixed earlier in this walk
+			}
+			return &OwnershipError{Path: disk}
+		}
+		if typ == unix.S_IFREG && st.Nlink > 1 {
+			if c.seen == nil {
+				c.seen = map[inode]bool{}
+			}
+			c.seen[id] = true
+		}
 	}
 	if err := c.stripXattrs(dirfd, name, disk); err != nil {
 		return err
