@@ -53,10 +53,15 @@ func (b *Builder) identity(g *goal, r *request, sandboxed bool) (id identity, re
 	if err != nil {
 		return id, nil, err
 	}
-	// Nothing an earlier build left running as this uid may see this one.
-	if err := killUser(u.uid); err != nil {
-		u.release()
-		return id, nil, err
+	// Nothing an earlier build left running as this uid may see this one
+	// (as Nix). With cgroups nothing can be left: every build on the host
+	// ran in one and was killed with it, and a killed daemon's are killed
+	// when the next starts; sandboxed builds end with their PID namespace.
+	if b.cgroupParent == "" {
+		if err := killUser(u.uid); err != nil {
+			u.release()
+			return id, nil, err
+		}
 	}
 	return identity{uid: u.uid, gid: u.gid, count: u.count, groups: u.groups, user: u}, u.release, nil
 }
@@ -67,25 +72,31 @@ func (b *Builder) identity(g *goal, r *request, sandboxed bool) (id identity, re
 type hostProcess struct {
 	cmd    *exec.Cmd
 	cgroup *sandbox.HostCgroup // nil: none
-	uid    int                 // a build user's uid, whose every process dies with the build; 0: none
+	// uid, without a cgroup, is the build user whose every process dies
+	// with the build; 0: none.
+	uid int
 }
 
 // startHost starts drv's builder on the host as id, in dirs.build.
-func (b *Builder) startHost(drv *derivation.Derivation, env *Env, dirs *buildDirs, id identity, log *os.File) (*hostProcess, error) {
-	cmd := exec.Command(drv.Builder, rewriteAll(env.Rewrite, drv.Args)...)
+// When ctx is done the build is killed.
+func (b *Builder) startHost(ctx context.Context, drv *derivation.Derivation, env *Env, dirs *buildDirs, id identity, log *os.File) (*hostProcess, error) {
+	cmd := exec.CommandContext(ctx, drv.Builder, rewriteAll(env.Rewrite, drv.Args)...)
 	cmd.Args[0] = filepath.Base(drv.Builder)
 	cmd.Env = env.List()
 	cmd.Dir = dirs.build
 	cmd.Stdout, cmd.Stderr = log, log
 	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	hp := &hostProcess{cmd: cmd}
+	cmd.Cancel = func() error { hp.Kill(); return nil }
 	if id.user != nil {
 		groups := make([]uint32, len(id.groups))
 		for i, g := range id.groups {
 			groups[i] = uint32(g)
 		}
 		attr.Credential = &syscall.Credential{Uid: uint32(id.uid), Gid: uint32(id.gid), Groups: groups}
-		hp.uid = id.uid
+		if b.cgroupParent == "" {
+			hp.uid = id.uid
+		}
 	}
 	if b.cgroupParent != "" {
 		cg, err := sandbox.NewCgroup(sandbox.Cgroup{Parent: b.cgroupParent})

@@ -242,7 +242,7 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 		}
 		p = sandboxProcess{sp}
 	} else {
-		hp, err := b.startHost(drv, env, dirs, id, pw)
+		hp, err := b.startHost(ctx, drv, env, dirs, id, pw)
 		pw.Close()
 		if err != nil {
 			return MiscFailure, err

@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"cairn/internal/sandbox"
 )
 
 // Build identities. A daemon that is not root builds as itself (mapped to
@@ -185,8 +186,11 @@ func (p *userPool) tryAcquire(count int, sandboxed bool) (*buildUser, error) {
 			return nil, fmt.Errorf("the Nix user should not be a member of '%s'", p.group)
 		}
 		lock, err := p.lock(strconv.Itoa(uid))
-		if err != nil || lock == nil {
+		if err != nil {
 			return nil, err
+		}
+		if lock == nil {
+			continue // another build's
 		}
 		u := &buildUser{uid: uid, gid: g.gid, count: 1, lock: lock, pool: p}
 		for _, og := range db.groups {
@@ -353,38 +357,5 @@ func eachEntry(path string, f func([]string)) error {
 	return nil
 }
 
-// killUser kills every process of uid, as Nix does before and after a build
-// with a build user: a leftover of an earlier build on the host could
-// otherwise meddle with (even ptrace) the next build that gets the uid. It
-// runs on a thread of its own that takes on uid with a raw setresuid (not
-// Go's, which changes every thread) and is thrown away afterwards: a
-// goroutine that ends locked to its thread takes the thread with it.
-func killUser(uid int) error {
-	if uid == 0 {
-		return errors.New("kill processes of uid 0: refused")
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// Never unlocked: the thread dies with this goroutine.
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), uintptr(uid)); e != 0 {
-			errc <- fmt.Errorf("kill processes of uid %d: setresuid: %w", uid, e)
-			return
-		}
-		for {
-			// kill(-1) signals every process this thread may signal (those
-			// whose real or saved uid is uid) but the daemon itself.
-			_, _, e := unix.RawSyscall(unix.SYS_KILL, ^uintptr(0), uintptr(unix.SIGKILL), 0)
-			switch e {
-			case 0, unix.ESRCH, unix.EPERM:
-				errc <- nil
-			case unix.EINTR:
-				continue
-			default:
-				errc <- fmt.Errorf("kill processes of uid %d: %w", uid, e)
-			}
-			return
-		}
-	}()
-	return <-errc
-}
+// killUser kills every process of uid (see sandbox.KillUser).
+func killUser(uid int) error { return sandbox.KillUser(uid) }

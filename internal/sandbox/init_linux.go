@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"runtime"
 	"sort"
@@ -24,6 +25,9 @@ import (
 func Init() error {
 	if !IsInit() {
 		return errNotInit
+	}
+	if os.Getenv(initEnv) == killUserMode {
+		return killAll()
 	}
 	runtime.LockOSThread() // namespaces, creds, no_new_privs and seccomp are per thread
 	if _, err := unix.GetsockoptInt(channelFD, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {

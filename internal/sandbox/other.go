@@ -53,3 +53,6 @@ func (g *HostCgroup) Remove() error { return errNotLinux }
 
 // RemoveStaleCgroups does nothing: cgroups are Linux's.
 func RemoveStaleCgroups(parent string) (int, error) { return 0, nil }
+
+// KillUser fails: the sandbox needs Linux.
+func KillUser(uid int) error { return errNotLinux }

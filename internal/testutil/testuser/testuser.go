@@ -56,3 +56,54 @@ func lookup() (uid, gid int, ok bool) {
 	}
 	return 0, 0, false
 }
+
+// EnsurePool returns the gid of group and the uids of its n members
+// <group>1…<group>n, a build-users-group pool for tests, adding the group
+// and users with groupadd and useradd when missing (so calling it again is
+// cheap). They are left in place, like Name.
+func EnsurePool(group string, n int) (gid int, uids []int, err error) {
+	db := func() (map[string]int, map[string]int) {
+		users, groups := map[string]int{}, map[string]int{}
+		for file, m := range map[string]map[string]int{"/etc/passwd": users, "/etc/group": groups} {
+			data, _ := os.ReadFile(file)
+			for _, l := range strings.Split(string(data), "\n") {
+				f := strings.Split(l, ":")
+				if len(f) > 3 {
+					if id, err := strconv.Atoi(f[2]); err == nil {
+						m[f[0]] = id
+					}
+				}
+			}
+		}
+		return users, groups
+	}
+	users, groups := db()
+	if _, ok := groups[group]; !ok {
+		if out, err := exec.Command("groupadd", "--system", group).CombinedOutput(); err != nil {
+			return 0, nil, fmt.Errorf("groupadd %s: %v: %s", group, err, out)
+		}
+	}
+	for i := 1; i <= n; i++ {
+		name := group + strconv.Itoa(i)
+		if _, ok := users[name]; ok {
+			continue
+		}
+		if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+			"--gid", group, "--groups", group, name).CombinedOutput(); err != nil {
+			return 0, nil, fmt.Errorf("useradd %s: %v: %s", name, err, out)
+		}
+	}
+	users, groups = db()
+	gid, ok := groups[group]
+	if !ok {
+		return 0, nil, fmt.Errorf("%s not in /etc/group after groupadd", group)
+	}
+	for i := 1; i <= n; i++ {
+		uid, ok := users[group+strconv.Itoa(i)]
+		if !ok {
+			return 0, nil, fmt.Errorf("%s%d not in /etc/passwd after useradd", group, i)
+		}
+		uids = append(uids, uid)
+	}
+	return gid, uids, nil
+}
