@@ -281,7 +281,11 @@ func NewWithConfig(st *local.Store, cfg Config) (*Builder, error) {
 	if users != nil {
 		b.hostBuildsDir = buildsDir + "-host"
 	}
-	if !cfg.NoCgroups {
+	switch {
+	case cfg.NoCgroups:
+	case cfg.CgroupParent != "":
+		b.cgroupParent = cfg.CgroupParent
+	default:
 		b.cgroupParent, b.cgroupErr = sandbox.DetectCgroup()
 		if b.cgroupErr == nil {
 			sandbox.RemoveStaleCgroups(b.cgroupParent)

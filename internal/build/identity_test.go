@@ -113,10 +113,14 @@ func (m buildMode) setup(t testing.TB, cfg Config) (*local.Store, *Builder, Opti
 		cfg.BuildUsersGroup = testPool
 	}
 	st := hostStore(t, group)
+	if !cfg.NoCgroups && cfg.CgroupParent == "" {
+		cfg.CgroupParent = testCgroup(t)
+	}
 	b, err := NewWithConfig(st, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(b.Close)
 	opts := testOptions()
 	opts.Sandbox = m.sandbox
 	if m.sandbox {
@@ -459,15 +463,30 @@ func withMarker(marker string) []int {
 	return pids
 }
 
-// ourCgroups lists the build cgroups this process has under parent.
-func ourCgroups(parent string) []string {
+// testCgroup makes a cgroup for one test's builds under the one builds
+// would use ("" when there is none), removed at the end of the test.
+func testCgroup(t testing.TB) string {
+	parent, err := sandbox.DetectCgroup()
+	if err != nil {
+		return ""
+	}
+	dir, err := os.MkdirTemp(parent, "cairn-test-")
+	if err != nil {
+		return ""
+	}
+	t.Cleanup(func() { os.Remove(dir) })
+	return dir
+}
+
+// buildCgroups lists the build cgroups under parent.
+func buildCgroups(parent string) []string {
 	if parent == "" {
 		return nil
 	}
 	ents, _ := os.ReadDir(parent)
 	var out []string
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), fmt.Sprintf("cairn-build-%d-", os.Getpid())) {
+		if strings.HasPrefix(e.Name(), "cairn-build-") {
 			out = append(out, e.Name())
 		}
 	}
@@ -549,7 +568,9 @@ while [ ! -e $NIX_BUILD_TOP/detached ]; do sleep 0.01; done
 					}
 					t.Errorf("still running after the build: %v (cgroup %q %v)", left, parent, cgErr)
 				}
-				if cgs := ourCgroups(parent); len(cgs) > 0 {
+				// Spare inits wait in cgroups of their own: end them.
+				b.Close()
+				if cgs := buildCgroups(parent); len(cgs) > 0 {
 					t.Errorf("cgroups left under %s: %v", parent, cgs)
 				}
 			})

@@ -62,6 +62,10 @@ type Config struct {
 	// NoCgroups is use-cgroups = false: builds get no cgroup of their own
 	// even where the daemon could make one.
 	NoCgroups bool
+	// CgroupParent is the cgroup v2 directory build cgroups are made in;
+	// "" means the daemon's own cgroup when it may write there (see
+	// sandbox.DetectCgroup).
+	CgroupParent string
 }
 
 // ConfigFrom reads Config from settings as Nix names them.
