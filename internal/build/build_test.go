@@ -32,6 +32,7 @@ func TestMain(m *testing.M) {
 func testStore(t testing.TB) *local.Store {
 	t.Helper()
 	root := t.TempDir()
+	removable(t, root)
 	cfg, err := store.ParseURL("local?root="+root, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)

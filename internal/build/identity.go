@@ -168,7 +168,7 @@ func (b *Builder) secureFailedOutputs(ctx context.Context, drv *derivation.Deriv
 		if _, err := os.Lstat(real); err != nil {
 			continue
 		}
-		if keep && canonicalise(real, dirs) == nil {
+		if keep && canonicalise(real, dirs) == nil && canonicaliseRoot(real) == nil {
 			continue
 		}
 		removeAll(real)
@@ -221,4 +221,14 @@ func canonicalise(path string, dirs *buildDirs) error {
 		return local.Canonicalise(fd, filepath.Base(path), true)
 	}
 	return local.CanonicaliseBuilt(fd, filepath.Base(path), true, dirs.uid, dirs.count)
+}
+
+// canonicaliseRoot finishes canonicalise for the root of the tree.
+func canonicaliseRoot(path string) error {
+	fd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return local.CanonicaliseRoot(fd, filepath.Base(path))
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,6 +63,7 @@ func pool(t testing.TB) (gid int, uids []int) {
 func hostStore(t testing.TB, group string) *local.Store {
 	t.Helper()
 	dir := t.TempDir()
+	removable(t, dir)
 	for _, d := range []string{dir, filepath.Dir(dir)} {
 		if err := os.Chmod(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -77,6 +79,23 @@ func hostStore(t testing.TB, group string) *local.Store {
 	}
 	t.Cleanup(func() { st.Close() })
 	return st
+}
+
+// removable makes the directories under dir writable at the end of the
+// test, before t.TempDir removes it: not as root, the read-only store
+// paths in it could not be removed.
+func removable(t testing.TB, dir string) {
+	if os.Geteuid() == 0 {
+		return
+	}
+	t.Cleanup(func() {
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				os.Chmod(p, 0o755)
+			}
+			return nil
+		})
+	})
 }
 
 // A buildMode is one way a daemon runs builds: in the sandbox or on the
@@ -530,7 +549,8 @@ while [ ! -e $NIX_BUILD_TOP/detached ]; do sleep 0.01; done
 					script += "; sleep 1000"
 				}
 				p := addDrv(t, st, "daemonize", script, nil, map[string]string{"marker": marker})
-				res, err := b.Build(ctx, []Target{{Drv: p}}, opts, nil)
+				blog := &testLog{}
+				res, err := b.Build(ctx, []Target{{Drv: p}}, opts, blog)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -539,7 +559,7 @@ while [ ! -e $NIX_BUILD_TOP/detached ]; do sleep 0.01; done
 					want = TransientFailure
 				}
 				if res[0].Status != want {
-					t.Errorf("status %d (%v), want %d", res[0].Status, res[0].Err, want)
+					t.Errorf("status %d (%v), want %d; log %q", res[0].Status, res[0].Err, want, blog.lines)
 				}
 				left := withMarker(marker)
 				if m.users && cgErr != nil {
