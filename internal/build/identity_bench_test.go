@@ -92,3 +92,16 @@ func BenchmarkBuildIdentity(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkKillUser is what a build user costs a build without a cgroup,
+// before it and (on the host) after it: a process of the build user's
+// that kills the user's every process.
+func BenchmarkKillUser(b *testing.B) {
+	_, uids := pool(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := killUser(uids[len(uids)-1]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
