@@ -59,6 +59,11 @@ func sendSpec(ch *os.File, msg []byte, log *os.File) error {
 	if serr != nil {
 		return serr
 	}
+	if n == len(msg) {
+		// Nothing more: init may already have executed the command, and
+		// even an empty write to its closed end would fail.
+		return nil
+	}
 	_, err = ch.Write(msg[n:])
 	return err
 }

@@ -165,10 +165,17 @@ func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payloa
 	binary.BigEndian.PutUint32(msg, uint32(len(payload)))
 	msg = append(msg, payload...)
 	if err := sendSpec(ch, msg, log); err != nil {
-		if _, rerr := readReports(ch); rerr != nil {
+		execd, rerr := readReports(ch)
+		if rerr != nil {
 			return rerr
 		}
-		return fmt.Errorf("sandbox: send spec: %w: %w", errInitGone, err)
+		if !execd {
+			return fmt.Errorf("sandbox: send spec: %w: %w", errInitGone, err)
+		}
+		// The spec got through after all and the command runs (init waits
+		// for no go-ahead, or it could not have): only a spare whose init
+		// is gone may be replaced, never one that started its command.
+		return nil
 	}
 	if p.net != nil && spec.Net == nil {
 		return errors.New("sandbox: a pooled init with a network given a spec without one")
