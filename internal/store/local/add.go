@@ -493,7 +493,16 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 				res = res2
 			}
 		} else {
-			res, err = restoreNar(t, src.r, algo, nil)
+			// Read and hashed on other goroutines while this one unpacks.
+			h := newNarHashers(algo)
+			ra := newReadAhead(src.r, h)
+			res.stats, res.canonical, err = restoreSlot(t, ra)
+			ra.finish()
+			if err == nil {
+				res2 := h.result()
+				res2.stats, res2.canonical = res.stats, res.canonical
+				res = res2
+			}
 		}
 		if err != nil {
 			t.remove()
