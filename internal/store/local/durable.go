@@ -117,9 +117,9 @@ func (b *Batch) syncPlaced(moved []*pending) error {
 type fsyncer struct {
 	workers int
 	jobs    chan fsyncJob
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	err  error
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	err     error
 	// first is held back until a second job comes: a lone fsync runs on
 	// the caller's goroutine.
 	first   *fsyncJob
