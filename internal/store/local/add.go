@@ -533,12 +533,18 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 		return it.info.Clone(), nil
 	}
 	if !b.lateValid {
-		if existing, err := s.QueryPathInfo(ctx, info.Path); err == nil {
-			t.remove()
-			return existing, nil
-		} else if !errors.Is(err, store.ErrNotFound) {
+		// A point lookup first: most added paths are new.
+		if valid, err := s.IsValidPath(ctx, info.Path); err != nil {
 			t.remove()
 			return fail(err)
+		} else if valid {
+			if existing, err := s.QueryPathInfo(ctx, info.Path); err == nil {
+				t.remove()
+				return existing, nil
+			} else if !errors.Is(err, store.ErrNotFound) {
+				t.remove()
+				return fail(err)
+			}
 		}
 	}
 	it, err := b.finish(t, info, stats, canonical)
@@ -919,11 +925,12 @@ func (b *Batch) register(ctx context.Context, sqltx *sql.Tx) error {
 			}
 		default:
 			args := registerArgs(it.info)
-			if jsonSafe(args) {
+			if len(b.items) > pointMax && jsonSafe(args) {
 				fresh = append(fresh, args)
 				continue
 			}
-			// JSON would change these bytes: a statement of its own.
+			// A small batch, or JSON would change these bytes: a
+			// statement of its own.
 			res, err := tx.ExecContext(ctx, sqlRegisterPath, args...)
 			if err != nil {
 				return fmt.Errorf("register %s: %w", it.info.Path, err)
@@ -1005,22 +1012,54 @@ func (b *Batch) register(ctx context.Context, sqltx *sql.Tx) error {
 			outs = append(outs, []any{it.id, name, out.String()})
 		}
 	}
-	if len(refs) > 0 {
+	if len(refs) > pointMax {
 		if _, err := tx.ExecContext(ctx, sqlAddReferences, jsonArg(refs)); err != nil {
 			return fmt.Errorf("register references: %w", err)
 		}
+	} else {
+		for _, r := range refs {
+			r := r.([]int64)
+			if _, err := tx.ExecContext(ctx, sqlAddReference, r[0], r[1]); err != nil {
+				return fmt.Errorf("register references: %w", err)
+			}
+		}
 	}
-	if len(outs) > 0 {
+	if len(outs) > pointMax {
 		if _, err := tx.ExecContext(ctx, sqlAddDrvOutputs, jsonArg(outs)); err != nil {
 			return fmt.Errorf("register derivation outputs: %w", err)
+		}
+	} else {
+		for _, o := range outs {
+			if _, err := tx.ExecContext(ctx, sqlAddDrvOutput, o.([]any)...); err != nil {
+				return fmt.Errorf("register derivation outputs: %w", err)
+			}
 		}
 	}
 	return nil
 }
 
+// pointMax is the most rows register handles with one prepared point
+// statement each rather than one statement over a JSON array: for a few rows
+// the JSON costs more than it saves.
+const pointMax = 4
+
 // queryIDs returns the ValidPaths ids of the valid paths among paths.
 func queryIDs(ctx context.Context, q queryer, paths []string) (map[string]int64, error) {
 	ids := make(map[string]int64, len(paths))
+	if len(paths) <= pointMax {
+		for _, p := range paths {
+			var id int64
+			err := q.QueryRowContext(ctx, sqlQueryPathID, p).Scan(&id)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("query path ids: %w", err)
+			}
+			ids[p] = id
+		}
+		return ids, nil
+	}
 	rows, err := q.QueryContext(ctx, sqlQueryPathIDs, jsonArg(paths))
 	if err != nil {
 		return nil, fmt.Errorf("query path ids: %w", err)

@@ -115,7 +115,8 @@ func (b *Batch) syncPlaced(moved []*pending) error {
 // thread in the kernel for about one disk flush; running them side by side
 // lets the block layer serve many with one flush.
 type fsyncer struct {
-	workers int
+	workers int // at most this many goroutines
+	running int
 	jobs    chan fsyncJob
 	wg      sync.WaitGroup
 	mu      sync.Mutex
@@ -143,19 +144,31 @@ func (f *fsyncer) add(fd int, name string, close bool) {
 		}
 		f.started = true
 		f.jobs = make(chan fsyncJob)
-		for range f.workers {
-			f.wg.Add(1)
-			go func() {
-				defer f.wg.Done()
-				for j := range f.jobs {
-					f.run(j)
-				}
-			}()
-		}
+		f.spawn()
 		f.jobs <- *f.first
 		f.first = nil
 	}
-	f.jobs <- j
+	select {
+	case f.jobs <- j:
+	default:
+		// All busy: another worker, up to the limit.
+		if f.running < f.workers {
+			f.spawn()
+		}
+		f.jobs <- j
+	}
+}
+
+// spawn starts a worker.
+func (f *fsyncer) spawn() {
+	f.running++
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for j := range f.jobs {
+			f.run(j)
+		}
+	}()
 }
 
 func (f *fsyncer) run(j fsyncJob) {

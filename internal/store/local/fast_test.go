@@ -3,6 +3,7 @@ package local
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -209,4 +210,60 @@ func TestSpareLocks(t *testing.T) {
 			t.Errorf("lock file left: %s", e.Name())
 		}
 	}
+}
+
+// TestReadAhead: the read-ahead hands out the source's bytes in order and
+// hashes exactly those consumed, whether the source fits in one buffer (read
+// inline) or spans the ring several times.
+func TestReadAhead(t *testing.T) {
+	data := make([]byte, 3*aheadBuffers*aheadBufferSize+12345)
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	tests := []struct {
+		name          string
+		size, consume int
+	}{
+		{"empty", 0, 0},
+		{"small, all", 1000, 1000},
+		{"small, part", 1000, 600},
+		{"one buffer exactly", aheadBufferSize, aheadBufferSize},
+		{"big, all", len(data), len(data)},
+		{"big, part", len(data), 700001},
+		{"big, none", len(data), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newNarHashers(0)
+			ra := newReadAhead(iotestHalfReader{bytes.NewReader(data[:tt.size])}, h)
+			got := make([]byte, tt.consume)
+			if _, err := io.ReadFull(ra, got); err != nil {
+				t.Fatal(err)
+			}
+			if tt.consume == tt.size {
+				if n, err := ra.Read(make([]byte, 10)); n != 0 || err != io.EOF {
+					t.Errorf("Read at the end = %d, %v", n, err)
+				}
+			}
+			ra.finish()
+			if !bytes.Equal(got, data[:tt.consume]) {
+				t.Errorf("bytes differ")
+			}
+			want := newNarHashers(0)
+			want.Write(data[:tt.consume])
+			if g, w := h.result(), want.result(); g.narHash != w.narHash || g.narSize != w.narSize {
+				t.Errorf("hashed %d bytes %v, want %d %v", g.narSize, g.narHash, w.narSize, w.narHash)
+			}
+		})
+	}
+}
+
+// iotestHalfReader returns at most half of what each Read asks for.
+type iotestHalfReader struct{ r io.Reader }
+
+func (h iotestHalfReader) Read(p []byte) (int, error) {
+	if len(p) > 1 {
+		p = p[:len(p)/2]
+	}
+	return h.r.Read(p)
 }

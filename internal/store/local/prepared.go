@@ -80,8 +80,8 @@ type preparedWrites struct {
 }
 
 // writeQueries are the statements a Commit runs.
-var writeQueries = []string{sqlQueryPathIDs, sqlRegisterPaths, sqlRegisterPath, sqlUpdatePathInfo,
-	sqlAddReferences, sqlAddDrvOutputs}
+var writeQueries = []string{sqlQueryPathIDs, sqlQueryPathID, sqlRegisterPaths, sqlRegisterPath, sqlUpdatePathInfo,
+	sqlAddReferences, sqlAddReference, sqlAddDrvOutputs, sqlAddDrvOutput}
 
 func newPreparedWrites(db *sql.DB) *preparedWrites { return &preparedWrites{db: db} }
 

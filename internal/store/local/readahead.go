@@ -34,6 +34,7 @@ type readAhead struct {
 	wg    sync.WaitGroup
 	ended bool
 	ring  *[aheadBuffers]aheadBuf
+	h     io.Writer
 }
 
 // aheadRings recycles the buffers of finished read-aheads.
@@ -47,16 +48,23 @@ var aheadRings = sync.Pool{New: func() any {
 
 // newReadAhead starts reading src and hashing what is consumed into h. The
 // source must end (AddCA's contract: content is read to its end); finish
-// must be called.
+// must be called. Content that fits in one buffer is read here, and nothing
+// runs on other goroutines.
 func newReadAhead(src io.Reader, h io.Writer) *readAhead {
-	ra := &readAhead{
-		full: make(chan *aheadBuf, aheadBuffers),
-		used: make(chan *aheadBuf, aheadBuffers),
-		free: make(chan *aheadBuf, aheadBuffers),
-		stop: make(chan struct{}),
-	}
+	ra := &readAhead{h: h}
 	ra.ring = aheadRings.Get().(*[aheadBuffers]aheadBuf)
-	for i := range ra.ring {
+	first := &ra.ring[0]
+	first.n, first.err = readFull(src, first.data)
+	if first.err != nil {
+		ra.cur = first
+		return ra
+	}
+	ra.full = make(chan *aheadBuf, aheadBuffers)
+	ra.used = make(chan *aheadBuf, aheadBuffers)
+	ra.free = make(chan *aheadBuf, aheadBuffers)
+	ra.stop = make(chan struct{})
+	ra.full <- first
+	for i := 1; i < len(ra.ring); i++ {
 		ra.ring[i].n, ra.ring[i].err = 0, nil
 		ra.free <- &ra.ring[i]
 	}
@@ -110,7 +118,7 @@ func (ra *readAhead) Read(p []byte) (int, error) {
 			if ra.cur.err != nil {
 				return 0, ra.cur.err
 			}
-			ra.used <- ra.cur
+			ra.used <- ra.cur // not inline: only the last buffer has an error
 			ra.cur = nil
 		}
 		ra.cur, ra.off = <-ra.full, 0
@@ -127,6 +135,12 @@ func (ra *readAhead) finish() {
 		return
 	}
 	ra.ended = true
+	if ra.used == nil { // inline
+		ra.h.Write(ra.cur.data[:ra.off])
+		aheadRings.Put(ra.ring)
+		ra.ring, ra.cur = nil, nil
+		return
+	}
 	if ra.cur != nil {
 		ra.cur.n = ra.off
 		ra.used <- ra.cur
