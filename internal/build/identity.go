@@ -79,10 +79,19 @@ type hostProcess struct {
 
 // startHost starts drv's builder on the host as id, in dirs.build.
 // When ctx is done the build is killed.
+// As in Nix 2.8, the builder runs behind the sandbox's seccomp filter (no
+// setuid or setgid files: with build users, an outside user could run one
+// to become the build user and change the output before it is registered)
+// and with no_new_privs, set by init before it executes the builder.
 func (b *Builder) startHost(ctx context.Context, drv *derivation.Derivation, env *Env, dirs *buildDirs, id identity, log *os.File) (*hostProcess, error) {
-	cmd := exec.CommandContext(ctx, drv.Builder, rewriteAll(env.Rewrite, drv.Args)...)
-	cmd.Args[0] = filepath.Base(drv.Builder)
-	cmd.Env = env.List()
+	if _, err := os.Stat(drv.Builder); err != nil {
+		return nil, fmt.Errorf("executing '%s': %w", drv.Builder, err)
+	}
+	args := append([]string{filepath.Base(drv.Builder)}, rewriteAll(env.Rewrite, drv.Args)...)
+	cmd, err := sandbox.HostCommand(ctx, sandbox.Command{Path: drv.Builder, Args: args, Env: env.List()})
+	if err != nil {
+		return nil, err
+	}
 	cmd.Dir = dirs.build
 	cmd.Stdout, cmd.Stderr = log, log
 	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -26,8 +26,11 @@ func Init() error {
 	if !IsInit() {
 		return errNotInit
 	}
-	if os.Getenv(initEnv) == killUserMode {
+	switch os.Getenv(initEnv) {
+	case killUserMode:
 		return killAll()
+	case hostMode:
+		return hostExec()
 	}
 	runtime.LockOSThread() // namespaces, creds, no_new_privs and seccomp are per thread
 	if _, err := unix.GetsockoptInt(channelFD, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {

@@ -5,6 +5,7 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"os/exec"
 )
 
 var errNotLinux = errors.New("sandbox: builds need Linux namespaces")
@@ -56,3 +57,6 @@ func RemoveStaleCgroups(parent string) (int, error) { return 0, nil }
 
 // KillUser fails: the sandbox needs Linux.
 func KillUser(uid int) error { return errNotLinux }
+
+// HostCommand fails: the seccomp filter needs Linux.
+func HostCommand(ctx context.Context, c Command) (*exec.Cmd, error) { return nil, errNotLinux }

@@ -411,7 +411,7 @@ func TestRootless(t *testing.T) {
 	if err := testuser.EnsureTun(); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("/proc/self/exe", "-test.run=^(TestSandbox|TestKill|TestSetupErrors|TestNetworkSetup|TestNet)$", "-test.v", "-test.count=1")
+	cmd := exec.Command("/proc/self/exe", "-test.run=^(TestSandbox|TestKill|TestSetupErrors|TestNetworkSetup|TestNet|TestHostCommand)$", "-test.v", "-test.count=1")
 	tmp := t.TempDir()
 	if err := os.Chown(tmp, uid, gid); err != nil {
 		t.Fatal(err)
