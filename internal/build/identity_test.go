@@ -25,7 +25,8 @@ import (
 )
 
 // testPool is the build-users-group the root tests make (with members
-// cairnbld1…3); it stays, like the cairnbuild user.
+// cairnbld1…3; this package's alone, see testuser.EnsurePool); it stays,
+// like the cairnbuild user.
 const (
 	testPool     = "cairnbld"
 	testPoolSize = 3

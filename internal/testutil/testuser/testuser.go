@@ -61,6 +61,11 @@ func lookup() (uid, gid int, ok bool) {
 // <group>1…<group>n, a build-users-group pool for tests, adding the group
 // and users with groupadd and useradd when missing (so calling it again is
 // cheap). They are left in place, like Name.
+//
+// Each package's tests need a pool of their own: go test runs packages at
+// once, and a daemon (Nix's too) kills every process of a build user before
+// and after using it, so two daemons with separate state dirs sharing uids
+// kill each other's builds.
 func EnsurePool(group string, n int) (gid int, uids []int, err error) {
 	db := func() (map[string]int, map[string]int) {
 		users, groups := map[string]int{}, map[string]int{}
