@@ -101,6 +101,7 @@ func (s *Store) acquireIntent() (*intentFile, error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "create", Path: s.tempPath(t.name) + "/" + name, Err: err}
 	}
+	s.fsyncDir(t.fd)
 	return &intentFile{fd: fd, name: s.tempPath(t.name) + "/" + name}, nil
 }
 

@@ -39,7 +39,10 @@ const (
 
 // openTemp creates and opens the temporaries directory and removes stale entries.
 func (s *Store) openTemp() error {
-	if err := unix.Mkdirat(s.realFD, TempDirName, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := unix.Mkdirat(s.realFD, TempDirName, 0o700); err == nil {
+		// Recovery after a power loss finds intents only under a durable name.
+		s.fsyncDir(s.realFD)
+	} else if !errors.Is(err, unix.EEXIST) {
 		return &os.PathError{Op: "mkdir", Path: s.cfg.RealStoreDir + "/" + TempDirName, Err: err}
 	}
 	fd, err := openat(s.realFD, TempDirName, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
@@ -78,9 +81,20 @@ func (s *Store) addTemp() (*tempDir, error) {
 		if err != nil {
 			return nil, err
 		}
+		s.fsyncDir(s.tmpFD)
 		s.temp = t
 	}
 	return s.temp, nil
+}
+
+// fsyncDir makes the entries of the directory open at fd durable, unless
+// the store runs without fsync. It is for names made once per store or
+// process (the temporaries and intent files): an error only costs the
+// recovery after a power loss its record of unfinished moves.
+func (s *Store) fsyncDir(fd int) {
+	if !s.opts.NoFsync {
+		unix.Fsync(fd)
+	}
 }
 
 // newSlotName returns a name no slot of this process has had.
