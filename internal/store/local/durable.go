@@ -75,7 +75,7 @@ func (b *Batch) syncSlots(intent *intentFile) error {
 		fs.workers = fsyncWorkersBig
 	}
 	if intent != nil {
-		fs.add(intent.fd, intent.name, false)
+		fs.addData(intent.fd, intent.name)
 	}
 	var err error
 	for _, it := range b.items {
@@ -128,15 +128,24 @@ type fsyncer struct {
 }
 
 type fsyncJob struct {
-	fd    int
-	name  string
-	close bool
+	fd       int
+	name     string
+	close    bool
+	datasync bool // fdatasync: the size and block map are unchanged
 }
 
 func newFsyncer() *fsyncer { return &fsyncer{workers: fsyncWorkers} }
 
 func (f *fsyncer) add(fd int, name string, close bool) {
-	j := fsyncJob{fd: fd, name: name, close: close}
+	f.addJob(fsyncJob{fd: fd, name: name, close: close})
+}
+
+// addData adds an fdatasync of fd.
+func (f *fsyncer) addData(fd int, name string) {
+	f.addJob(fsyncJob{fd: fd, name: name, datasync: true})
+}
+
+func (f *fsyncer) addJob(j fsyncJob) {
 	if !f.started {
 		if f.first == nil {
 			f.first = &j
@@ -174,7 +183,11 @@ func (f *fsyncer) spawn() {
 func (f *fsyncer) run(j fsyncJob) {
 	var err error
 	for {
-		err = unix.Fsync(j.fd)
+		if j.datasync {
+			err = unix.Fdatasync(j.fd)
+		} else {
+			err = unix.Fsync(j.fd)
+		}
 		if err != unix.EINTR {
 			break
 		}

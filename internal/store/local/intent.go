@@ -46,11 +46,19 @@ func writeIntent(t *tempDir, bases []string) error {
 	return err
 }
 
-// intentFile is a reusable intent file in the store's add temporary.
+// intentFile is a reusable intent file in the store's add temporary. It only
+// grows, by whole blocks, and everything past the names of the last commit is
+// newlines: rewriting it then changes neither its size nor its block map, so
+// fdatasync makes a commit's names durable without writing the inode.
 type intentFile struct {
 	fd   int
 	name string
+	size int64 // of the file
+	used int64 // bytes of names the last commit wrote; after them, newlines
 }
+
+// intentBlock is the unit the intent files grow by.
+const intentBlock = 4096
 
 // writeIntent records the store paths a Commit is about to move into place in
 // an intent file of the store's pool, which it returns (nil when the batch
@@ -70,14 +78,20 @@ func (b *Batch) writeIntent() (*intentFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	used := int64(len(buf))
+	// Blank the last commit's longer names; grow by whole blocks.
+	end := max(used, f.used)
+	if end > f.size {
+		end = (end + intentBlock - 1) / intentBlock * intentBlock
+	}
+	for int64(len(buf)) < end {
+		buf = append(buf, '\n')
+	}
 	if _, err := unix.Pwrite(f.fd, buf, 0); err != nil {
 		b.s.releaseIntent(f)
 		return nil, &os.PathError{Op: "write", Path: f.name, Err: err}
 	}
-	if err := unix.Ftruncate(f.fd, int64(len(buf))); err != nil {
-		b.s.releaseIntent(f)
-		return nil, &os.PathError{Op: "truncate", Path: f.name, Err: err}
-	}
+	f.size, f.used = max(f.size, end), used
 	return f, nil
 }
 
