@@ -8,6 +8,14 @@
 # With STORE_TMPFS=1 (as root) the stores live on a tmpfs, which takes the
 # file system's cost of creating inodes out of the comparison. Every fresh
 # store is preceded by a sync (see FRESH).
+#
+# With STORE_KEEP=1 the previous round's store is moved aside instead of
+# deleted (all are deleted at the end). On ext4 without a journal, every
+# inode freed in the last minute slows down each later inode allocation in
+# its block group (ext4 steps over recently freed inodes one by one), so
+# deleting a 12,800-entry store just before the next round's add makes that
+# add pay for the deletion; which tool pays more depends on where each
+# allocates (docs/benchmarks.md). STORE_KEEP=1 measures the tools without it.
 set -eu
 ROUNDS=${1:-7}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +39,10 @@ S="local?root=$W/s"
 # timed command starts, for both tools, so ext4 measures the tool and not the
 # journal catching up with the last store's removal.
 FRESH="chmod -R u+w $W/s 2>/dev/null; rm -rf $W/s; sync"
+if [ "${STORE_KEEP:-}" = 1 ]; then
+  mkdir -p "$W/old"
+  FRESH="[ -e $W/s ] && mv $W/s $W/old/\$(date +%s%N); sync"
+fi
 
 echo "== add the Go source tree ($(go env GOROOT)/src)"
 GOSRC=$(go env GOROOT)/src
