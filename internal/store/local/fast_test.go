@@ -267,3 +267,47 @@ func (h iotestHalfReader) Read(p []byte) (int, error) {
 	}
 	return h.r.Read(p)
 }
+
+// TestSpareLocksShared: the paths of one call are locked under one spare,
+// each name is locked for a plain locker, and Unlock removes every name.
+func TestSpareLocksShared(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	bases := []string{"ccc-3", "aaa-1", "bbb-2"}
+	l, err := s.lockStorePaths(ctx, bases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inos []uint64
+	for _, b := range bases {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(s.RealStoreDir(), b+".lock"), &st); err != nil || st.Size != 0 {
+			t.Fatalf("%s.lock: %+v, %v", b, st, err)
+		}
+		inos = append(inos, st.Ino)
+	}
+	if inos[0] != inos[1] || inos[1] != inos[2] {
+		t.Errorf("lock files of one call are inodes %v, want one spare", inos)
+	}
+	got := make(chan *PathLocks)
+	go func() {
+		pl, err := LockPaths(ctx, []string{filepath.Join(s.RealStoreDir(), "bbb-2")})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- pl
+	}()
+	select {
+	case <-got:
+		t.Fatal("a plain locker got bbb-2 while the call held it")
+	case <-time.After(100 * time.Millisecond):
+	}
+	l.Unlock(true)
+	pl := <-got
+	pl.Unlock(true)
+	for _, b := range bases {
+		if _, err := os.Lstat(filepath.Join(s.RealStoreDir(), b+".lock")); !os.IsNotExist(err) {
+			t.Errorf("%s.lock left after Unlock: %v", b, err)
+		}
+	}
+}
