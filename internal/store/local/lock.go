@@ -118,13 +118,10 @@ func (l *PathLocks) Unlock(remove bool) {
 	if l == nil {
 		return
 	}
-	var spares []*spareLock
 	for _, h := range l.held {
 		if h.spare != nil {
 			unix.Unlinkat(l.dirfd, h.name, 0)
-			if !slices.Contains(spares, h.spare) {
-				spares = append(spares, h.spare)
-			}
+			l.s.putSpare(h.spare)
 			continue
 		}
 		if remove {
@@ -135,10 +132,6 @@ func (l *PathLocks) Unlock(remove bool) {
 		}
 		unix.Close(h.fd)
 	}
-	// Only once none of its names is left.
-	for _, sp := range spares {
-		l.s.putSpare(sp)
-	}
 	l.held = nil
 }
 
@@ -147,10 +140,9 @@ func (l *PathLocks) Unlock(remove bool) {
 // without a journal, each inode freed in the last minute also makes every
 // later allocation in its block group step over it, so a long run of adds
 // slows down quadratically. A store instead keeps a pool of lock files in its
-// add temporary and hard-links one to "<path>.lock" to lock a path (one spare
-// serves all the paths locked by one call, which are released together): the
-// same protocol for every other process (Nix's included), no inode allocated
-// or freed. Two rules make the reuse safe:
+// add temporary and hard-links one to "<path>.lock" to lock a path: the same
+// protocol for every other process (Nix's included), no inode allocated or
+// freed. Two rules make the reuse safe:
 //
 //   - A spare's size is 0 only while its owner holds its flock: it is
 //     flock'ed before it is emptied and linked, and unlinked and marked stale
@@ -183,57 +175,34 @@ func (s *Store) lockStorePaths(ctx context.Context, bases []string) (*PathLocks,
 	slices.Sort(sorted)
 	sorted = slices.Compact(sorted)
 	l := &PathLocks{dirfd: s.realFD, held: make([]heldLock, 0, len(sorted)), s: s}
-	// One spare serves every path of the call: each name is a lock held by
-	// this process until Unlock, and all are released together anyway.
-	var sp *spareLock
-	var t *tempDir
-	noLinks := false
 	for _, base := range sorted {
-		name := base + ".lock"
-		if sp == nil && !noLinks {
-			var err error
-			if sp, t, err = s.getSpare(ctx); err != nil {
-				sp = nil
-				noLinks = ctx.Err() == nil
-			}
-		}
-		if sp != nil {
-			err := unix.Linkat(t.fd, sp.name, s.realFD, name, 0)
-			if err == nil {
-				l.held = append(l.held, heldLock{fd: sp.fd, name: name, spare: sp})
-				continue
-			}
-			if !errors.Is(err, unix.EEXIST) {
-				// Out of links (the next path takes another spare), or
-				// no hard links here (the protocol's way from now on).
-				noLinks = !errors.Is(err, unix.EMLINK)
-				sp = s.retireSpare(l, sp)
-			}
-			// EEXIST: someone's lock file is there; wait for it below.
-		}
-		fd, err := lockPath(ctx, s.realFD, name)
+		h, err := s.lockStorePath(ctx, base+".lock")
 		if err != nil {
-			if sp != nil {
-				s.retireSpare(l, sp)
-			}
 			l.Unlock(false)
 			return nil, err
 		}
-		l.held = append(l.held, heldLock{fd: fd, name: name})
-	}
-	if sp != nil {
-		s.retireSpare(l, sp)
+		l.held = append(l.held, h)
 	}
 	return l, nil
 }
 
-// retireSpare stops linking sp for l: if no name of l uses it, it goes back
-// to the pool now, otherwise with l's Unlock. It returns nil.
-func (s *Store) retireSpare(l *PathLocks, sp *spareLock) *spareLock {
-	if !slices.ContainsFunc(l.held, func(h heldLock) bool { return h.spare == sp }) {
+func (s *Store) lockStorePath(ctx context.Context, name string) (heldLock, error) {
+	sp, t, err := s.getSpare(ctx)
+	if err == nil {
+		if err := unix.Linkat(t.fd, sp.name, s.realFD, name, 0); err == nil {
+			return heldLock{fd: sp.fd, name: name, spare: sp}, nil
+		}
+		// Someone's lock file is there (or no hard links here): the
+		// protocol's way.
 		s.putSpare(sp)
+	} else if ctx.Err() != nil {
+		return heldLock{}, fmt.Errorf("lock %s: %w", name, ctx.Err())
 	}
-	return nil
+	fd, err := lockPath(ctx, s.realFD, name)
+	if err != nil {
+		return heldLock{}, err
+	}
+	return heldLock{fd: fd, name: name}, nil
 }
 
 // getSpare returns a spare lock file, locked and empty, and the temporary
