@@ -226,11 +226,12 @@ func (s *Store) getSpare(ctx context.Context) (*spareLock, *tempDir, error) {
 		if sp.fd >= 0 && !unshared(sp.fd) {
 			// Someone who opened it under its last name has not
 			// closed it yet.
-			s.dropSpare(sp)
+			s.dropSpare(sp, true)
 			sp = nil
 		}
 	}
-	if sp.fd < 0 {
+	fresh := sp.fd < 0
+	if fresh {
 		fd, err := unix.Openat(t.fd, sp.name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
 			return nil, nil, err
@@ -240,12 +241,14 @@ func (s *Store) getSpare(ctx context.Context) (*spareLock, *tempDir, error) {
 	// A process that opened it under an earlier name may hold it for a
 	// moment, until it has seen that it is stale.
 	if err := flock(ctx, sp.fd, unix.LOCK_EX); err != nil {
-		s.dropSpare(sp)
+		s.dropSpare(sp, false)
 		return nil, nil, err
 	}
-	if err := unix.Ftruncate(sp.fd, 0); err != nil {
-		s.dropSpare(sp)
-		return nil, nil, err
+	if !fresh { // a new one is empty
+		if err := unix.Ftruncate(sp.fd, 0); err != nil {
+			s.dropSpare(sp, false)
+			return nil, nil, err
+		}
 	}
 	return sp, t, nil
 }
@@ -264,7 +267,14 @@ func unshared(fd int) bool {
 // it when the pool is full). Its only name must be its own in the temporary.
 func (s *Store) putSpare(sp *spareLock) {
 	if unix.Ftruncate(sp.fd, 1) != nil {
-		s.dropSpare(sp)
+		s.dropSpare(sp, false)
+		return
+	}
+	s.tempMu.Lock()
+	full := s.temp == nil || len(s.spares) >= maxSpareLocks
+	s.tempMu.Unlock()
+	if full {
+		s.dropSpare(sp, true)
 		return
 	}
 	unix.Flock(sp.fd, unix.LOCK_UN)
@@ -275,17 +285,20 @@ func (s *Store) putSpare(sp *spareLock) {
 	}
 	s.tempMu.Unlock()
 	if sp != nil {
-		s.dropSpare(sp)
+		s.dropSpare(sp, true)
 	}
 }
 
-// dropSpare deletes a spare lock file, marked stale first.
-func (s *Store) dropSpare(sp *spareLock) {
+// dropSpare deletes a spare lock file, marked stale first unless stale says
+// it is already.
+func (s *Store) dropSpare(sp *spareLock, stale bool) {
 	s.tempMu.Lock()
 	if s.temp != nil {
 		unix.Unlinkat(s.temp.fd, sp.name, 0)
 	}
 	s.tempMu.Unlock()
-	unix.Ftruncate(sp.fd, 1)
+	if !stale {
+		unix.Ftruncate(sp.fd, 1)
+	}
 	unix.Close(sp.fd)
 }
