@@ -15,38 +15,46 @@ func TopoSort(paths []storepath.StorePath, refs func(storepath.StorePath) []stor
 	items := slices.Clone(paths)
 	storepath.SortPaths(items)
 	items = slices.Compact(items)
-	in := make(map[storepath.StorePath]bool, len(items))
-	for _, p := range items {
-		in[p] = true
+	index := make(map[storepath.StorePath]int, len(items))
+	for i, p := range items {
+		index[p] = i
 	}
+	// state: 0 not visited, 1 on the current walk (a parent), 2 done.
+	state := make([]uint8, len(items))
 	sorted := make([]storepath.StorePath, 0, len(items))
-	visited := make(map[storepath.StorePath]bool, len(items))
-	parents := map[storepath.StorePath]bool{}
-	var visit func(p, parent storepath.StorePath) error
-	visit = func(p, parent storepath.StorePath) error {
-		if parents[p] {
-			return fmt.Errorf("cycle detected in the references of '%s' from '%s'", p, parent)
-		}
-		if visited[p] {
+	var children []int
+	var visit func(i int, parent storepath.StorePath) error
+	visit = func(i int, parent storepath.StorePath) error {
+		switch state[i] {
+		case 1:
+			return fmt.Errorf("cycle detected in the references of '%s' from '%s'", items[i], parent)
+		case 2:
 			return nil
 		}
-		visited[p] = true
-		parents[p] = true
-		children := slices.Clone(refs(p))
-		storepath.SortPaths(children)
-		for _, c := range children {
-			if c != p && in[c] {
-				if err := visit(c, p); err != nil {
-					return err
-				}
+		state[i] = 1
+		// The references inside items, in Nix's order: items is sorted, so
+		// their indexes sort the same way.
+		start := len(children)
+		for _, c := range refs(items[i]) {
+			if j, ok := index[c]; ok && j != i {
+				children = append(children, j)
 			}
 		}
-		sorted = append(sorted, p)
-		delete(parents, p)
+		mine := children[start:]
+		slices.Sort(mine)
+		mine = slices.Compact(mine)
+		for k := range mine {
+			if err := visit(mine[k], items[i]); err != nil {
+				return err
+			}
+		}
+		children = children[:start]
+		sorted = append(sorted, items[i])
+		state[i] = 2
 		return nil
 	}
-	for _, p := range items {
-		if err := visit(p, storepath.StorePath{}); err != nil {
+	for i := range items {
+		if err := visit(i, storepath.StorePath{}); err != nil {
 			return nil, err
 		}
 	}

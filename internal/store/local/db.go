@@ -107,10 +107,10 @@ func retryBusy(ctx context.Context, f func() error) error {
 
 // SQL statements. Paths are full store paths, hashes "sha256:<base16>".
 const (
-	sqlQueryPathInfo = `select v.id, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca,
+	sqlQueryPathInfo = `select v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca,
   (select group_concat(r.path, ' ') from Refs join ValidPaths r on r.id = Refs.reference where Refs.referrer = v.id)
   from ValidPaths v where v.path = ?`
-	sqlQueryPathInfos = `select j.key, v.id, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca,
+	sqlQueryPathInfos = `select j.key, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca,
   (select group_concat(r.path, ' ') from Refs join ValidPaths r on r.id = Refs.reference where Refs.referrer = v.id)
   from json_each(?) j join ValidPaths v on v.path = j.value`
 	sqlQueryPathIDs = `select v.id, v.path from json_each(?) j join ValidPaths v on v.path = j.value`

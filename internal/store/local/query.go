@@ -59,7 +59,7 @@ func (s *Store) QueryPathInfos(ctx context.Context, paths []storepath.StorePath)
 				i   int
 				row pathInfoRow
 			)
-			if err := rows.Scan(&i, &row.id, &row.hash, &row.regTime, &row.deriver, &row.narSize, &row.ultimate, &row.sigs, &row.ca, &row.refs); err != nil {
+			if err := rows.Scan(&i, &row.hash, &row.regTime, &row.deriver, &row.narSize, &row.ultimate, &row.sigs, &row.ca, &row.refs); err != nil {
 				return err
 			}
 			if i < 0 || i >= len(out) {
@@ -88,7 +88,6 @@ func (s *Store) QueryPathInfos(ctx context.Context, paths []storepath.StorePath)
 
 // pathInfoRow is a ValidPaths row with its references (space-separated).
 type pathInfoRow struct {
-	id                int64
 	hash              string
 	regTime           int64
 	deriver, sigs, ca sql.NullString
@@ -101,7 +100,7 @@ func (s *Store) queryPathInfo(ctx context.Context, q queryer, p storepath.StoreP
 		return nil, err
 	}
 	var row pathInfoRow
-	err := q.QueryRowContext(ctx, sqlQueryPathInfo, p.String()).Scan(&row.id, &row.hash, &row.regTime, &row.deriver, &row.narSize, &row.ultimate, &row.sigs, &row.ca, &row.refs)
+	err := q.QueryRowContext(ctx, sqlQueryPathInfo, p.String()).Scan(&row.hash, &row.regTime, &row.deriver, &row.narSize, &row.ultimate, &row.sigs, &row.ca, &row.refs)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, store.NotValid(p)
 	}
