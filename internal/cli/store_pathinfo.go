@@ -3,7 +3,6 @@ package cli
 import (
 	"bufio"
 	"errors"
-	"fmt"
 	"io"
 	"slices"
 	"strconv"
@@ -57,7 +56,8 @@ func newStorePathInfoCmd() *cobra.Command {
 				}
 				slices.Reverse(sorted)
 				for _, p := range sorted {
-					fmt.Fprintln(w, p)
+					w.WriteString(p.String())
+					w.WriteByte('\n')
 				}
 				return w.Flush()
 			}
