@@ -384,17 +384,7 @@ func TestPoolNet(t *testing.T) {
 					f.spec.Net = n
 				}
 				f.spec.Command.Env = []string{"CAIRN_SANDBOX_TEST=net", "NET_TARGETS=gateway=" + sandbox.NetGateway + ":" + port}
-				read := logPipe(t, f.spec)
-				p, err := pool.Start(context.Background(), f.spec)
-				if err != nil {
-					read()
-					t.Fatalf("run %d: Start: %v", i, err)
-				}
-				st, err := p.Wait()
-				log := read()
-				if err != nil || !st.Success() {
-					t.Fatalf("run %d: Wait: %v, %v\n%s", i, st, err, log)
-				}
+				log := runPooled(t, pool, f, i)
 				var r netReport
 				if err := json.Unmarshal(log, &r); err != nil {
 					t.Fatalf("run %d: net probe: %v\n%s", i, err, log)

@@ -46,17 +46,7 @@ func TestPool(t *testing.T) {
 			defer pool.Close()
 			for i := range 3 {
 				f := newFixture(t, m)
-				read := logPipe(t, f.spec)
-				p, err := pool.Start(context.Background(), f.spec)
-				if err != nil {
-					read()
-					t.Fatalf("run %d: Start: %v", i, err)
-				}
-				st, err := p.Wait()
-				log := read()
-				if err != nil || !st.Success() {
-					t.Fatalf("run %d: Wait: %v, %v\nlog:\n%s", i, st, err, log)
-				}
+				log := runPooled(t, pool, f, i)
 				var r probeReport
 				if err := json.Unmarshal(log, &r); err != nil {
 					t.Fatalf("run %d: probe report: %v\nlog:\n%s", i, err, log)
@@ -68,6 +58,24 @@ func TestPool(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runPooled runs f's sandbox through pool, which must succeed, and returns its
+// log; run numbers the messages.
+func runPooled(t *testing.T, pool *sandbox.Pool, f *fixture, run int) []byte {
+	t.Helper()
+	read := logPipe(t, f.spec)
+	p, err := pool.Start(context.Background(), f.spec)
+	if err != nil {
+		read()
+		t.Fatalf("run %d: Start: %v", run, err)
+	}
+	st, err := p.Wait()
+	log := read()
+	if err != nil || !st.Success() {
+		t.Fatalf("run %d: Wait: %v, %v\nlog:\n%s", run, st, err, log)
+	}
+	return log
 }
 
 // waitSpare waits until the pool's spare init has started.
