@@ -1,7 +1,6 @@
 package build
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 	"cairn/internal/sandbox"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
+	"cairn/internal/testutil/proctest"
 	"cairn/internal/testutil/testuser"
 )
 
@@ -466,23 +466,6 @@ func keptDir(log *testLog) string {
 	return ""
 }
 
-// withMarker lists host pids whose environment holds marker.
-func withMarker(marker string) []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err == nil && bytes.Contains(env, []byte(marker)) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // testCgroup makes a cgroup for one test's builds under the one builds
 // would use ("" when there is none), removed at the end of the test.
 func testCgroup(t testing.TB) string {
@@ -562,12 +545,12 @@ while [ ! -e $NIX_BUILD_TOP/detached ]; do sleep 0.01; done
 				if res[0].Status != want {
 					t.Errorf("status %d (%v), want %d; log %q", res[0].Status, res[0].Err, want, blog.lines)
 				}
-				left := withMarker(marker)
+				left := proctest.WithEnv(marker)
 				if m.users && cgErr != nil {
 					// Killed by kill(-1) as the build user: SIGKILL is sent,
 					// the processes take a moment to go.
 					for deadline := time.Now().Add(5 * time.Second); len(left) > 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-						left = withMarker(marker)
+						left = proctest.WithEnv(marker)
 					}
 				}
 				if !m.sandbox && cgErr != nil && !m.users {

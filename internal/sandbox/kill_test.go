@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"cairn/internal/sandbox"
+	"cairn/internal/testutil/proctest"
 )
 
 // forkTree is a build that leaves processes behind: background jobs, a
@@ -21,23 +22,6 @@ const forkTree = `for i in 1 2 3; do /bin/busybox sleep 1000 & done
 ( /bin/busybox sleep 1000 & )
 /bin/busybox sh -c '/bin/busybox sleep 1000 & /bin/busybox sleep 1000' &
 /bin/busybox sleep 1000`
-
-// withMarker lists host pids whose environment holds marker.
-func withMarker(marker string) []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err == nil && strings.Contains(string(env), marker) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
 
 func TestKill(t *testing.T) {
 	for _, how := range []string{"Kill", "context"} {
@@ -60,7 +44,7 @@ func TestKill(t *testing.T) {
 				// (it execs its last command), the last sleep: 7.
 				var pids []int
 				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-					if pids = withMarker(marker); len(pids) >= 7 {
+					if pids = proctest.WithEnv(marker); len(pids) >= 7 {
 						break
 					}
 				}
@@ -84,7 +68,7 @@ func TestKill(t *testing.T) {
 				}
 				// The namespace's init waits for its members, so nothing
 				// should be left once Wait returns.
-				if left := withMarker(marker); len(left) > 0 {
+				if left := proctest.WithEnv(marker); len(left) > 0 {
 					t.Errorf("survivors on the host: %v", left)
 				}
 				if p.Cgroup() != "" {
