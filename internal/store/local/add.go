@@ -834,7 +834,10 @@ func (b *Batch) Commit(ctx context.Context) error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	defer s.releaseIntent(intent)
-	if !s.opts.NoFsync {
+	// Sync now, or leave it to the syncer (durable.go): only a repair, whose
+	// path may keep its old row and id, must be on disk before it registers.
+	syncFirst := !s.opts.NoFsync && (!s.deferred.Load() || b.repairs())
+	if syncFirst {
 		if err := b.syncSlots(intent); err != nil {
 			return fmt.Errorf("commit: %w", err)
 		}
@@ -868,7 +871,7 @@ func (b *Batch) Commit(ctx context.Context) error {
 			tx.Rollback()
 			return err
 		}
-		if !s.opts.NoFsync {
+		if syncFirst {
 			if err := b.syncPlaced(moved); err != nil {
 				b.undo(moved)
 				tx.Rollback()
@@ -885,6 +888,9 @@ func (b *Batch) Commit(ctx context.Context) error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	ok = true
+	if !syncFirst && s.syncer != nil {
+		s.syncer.notify()
+	}
 	b.skipped = b.skipped[:0]
 	for _, it := range b.items {
 		if it.skip {
@@ -892,6 +898,16 @@ func (b *Batch) Commit(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// repairs reports whether the batch replaces the files of some path.
+func (b *Batch) repairs() bool {
+	for _, it := range b.items {
+		if it.repair {
+			return true
+		}
+	}
+	return false
 }
 
 // register writes the batch's rows inside tx: paths first, then references
@@ -1295,9 +1311,39 @@ func (s *Store) RegisterValidPaths(ctx context.Context, infos []*store.PathInfo)
 		}
 		b.push(it)
 	}
+	if err := s.syncBeforeRegister(ctx, infos); err != nil {
+		return fmt.Errorf("register valid paths: %w", err)
+	}
 	err := s.writeTx(ctx, func(tx *sql.Tx) error { return b.register(ctx, tx) })
 	if err != nil {
 		return fmt.Errorf("register valid paths: %w", err)
 	}
+	if s.deferred.Load() {
+		s.syncer.notify()
+	}
 	return nil
+}
+
+// syncBeforeRegister makes the files of infos durable before
+// RegisterValidPaths registers them, when the syncer cannot do it afterwards:
+// a path that is valid already keeps its row and id (its files may have been
+// replaced: a repair), and without the syncer nothing would.
+func (s *Store) syncBeforeRegister(ctx context.Context, infos []*store.PathInfo) error {
+	if s.opts.NoFsync {
+		return nil
+	}
+	if s.deferred.Load() {
+		paths := make([]string, len(infos))
+		for i, info := range infos {
+			paths[i] = info.Path.String()
+		}
+		valid, err := queryIDs(ctx, s.rdb, paths)
+		if err != nil {
+			return err
+		}
+		if len(valid) == 0 {
+			return nil
+		}
+	}
+	return s.syncNow()
 }

@@ -3,10 +3,13 @@ package local
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -76,6 +79,16 @@ func (b *Batch) syncSlots(intent *intentFile) error {
 	}
 	if intent != nil {
 		fs.addData(intent.fd, intent.name)
+	}
+	if b.s.deferred.Load() {
+		// The temporaries' names were left to the syncer (fsyncDir).
+		t, err := b.s.addTemp()
+		if err != nil {
+			fs.wait()
+			return err
+		}
+		fs.add(t.fd, b.s.tempPath(t.name), false)
+		fs.add(b.s.tmpFD, b.s.tempPath(""), false)
 	}
 	var err error
 	for _, it := range b.items {
@@ -285,4 +298,324 @@ func dirtyBytes() int64 {
 		}
 	}
 	return total
+}
+
+// Deferred durability. An add is acknowledged once its rows are committed;
+// its files reach the disk shortly after, when the store's syncer runs
+// syncfs and records in the marker (marker.go) the highest row id that
+// sync covered:
+//
+//	commit (no sync) → notify ─ delay ─→ N := max(ValidPaths.id)
+//	  → syncfs of the store's file system (and the database's, if another)
+//	  → marker := (boot id, N), fdatasync
+//
+// Every row with id <= N was committed before N was read, so its files were
+// in place before the syncfs began; rows committed later have higher ids and
+// wait for the next round. One syncfs serves every commit of a round, of
+// every process on the store (Nix's included). Close runs a last round, so a
+// process that exits normally leaves its adds durable. Batches that replace
+// the files of a path that is already valid (repairs) keep the synchronous
+// order above, since their rows keep their old ids.
+
+// syncDelay is how long the syncer lets commits gather before a round.
+const syncDelay = 30 * time.Millisecond
+
+// syncer makes a store's committed adds durable, one round at a time.
+type syncer struct {
+	s      *Store
+	marker *markerFile
+	boot   string
+	// fds are the file systems to sync: the store dir's, and the
+	// database dir's when it is on another one (not owned).
+	fds   []int
+	dbFD  int // the database dir, open when it is on another file system
+	delay time.Duration
+
+	round sync.Mutex // held for a round (syncfs and marker)
+	mu    sync.Mutex
+	// pending says something was committed since the last round began.
+	pending bool
+	running bool // the goroutine was started
+	closed  bool
+	wake    chan struct{}
+	quit    chan struct{}
+	done    chan struct{}
+	// err is the first failed round's: after it no marker advances, and
+	// adds go back to syncing before they register.
+	err    error
+	synced int64 // the highest id this process knows to be durable
+	rounds int   // rounds that ran syncfs (for tests; under round)
+}
+
+func newSyncer(s *Store, m *markerFile, boot string) (*syncer, error) {
+	sy := &syncer{s: s, marker: m, boot: boot, dbFD: -1, delay: syncDelay,
+		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	sy.fds = []int{s.realFD}
+	dbDir := filepath.Join(s.cfg.StateDir, "db")
+	var st, dst unix.Stat_t
+	if err := unix.Fstat(s.realFD, &st); err != nil {
+		return nil, &os.PathError{Op: "stat", Path: s.cfg.RealStoreDir, Err: err}
+	}
+	if err := unix.Stat(dbDir, &dst); err != nil {
+		return nil, &os.PathError{Op: "stat", Path: dbDir, Err: err}
+	}
+	if st.Dev != dst.Dev {
+		fd, err := openat(unix.AT_FDCWD, dbDir, unix.O_RDONLY|unix.O_DIRECTORY)
+		if err != nil {
+			return nil, &os.PathError{Op: "open", Path: dbDir, Err: err}
+		}
+		sy.dbFD = fd
+		sy.fds = append(sy.fds, fd)
+	}
+	return sy, nil
+}
+
+// notify tells the syncer that rows were committed, starting its goroutine
+// on the first call.
+func (sy *syncer) notify() {
+	sy.mu.Lock()
+	sy.pending = true
+	if !sy.running && !sy.closed {
+		sy.running = true
+		go sy.loop()
+	}
+	sy.mu.Unlock()
+	select {
+	case sy.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (sy *syncer) loop() {
+	defer close(sy.done)
+	t := time.NewTimer(0)
+	<-t.C
+	for {
+		select {
+		case <-sy.wake:
+		case <-sy.quit:
+			return
+		}
+		t.Reset(sy.delay)
+		select {
+		case <-t.C:
+		case <-sy.quit:
+			t.Stop()
+			return
+		}
+		if err := sy.syncRound(); err != nil {
+			sy.s.warnf("warning: %v", err)
+		}
+	}
+}
+
+// failed returns the error of a failed round, if any.
+func (sy *syncer) failed() error {
+	sy.mu.Lock()
+	defer sy.mu.Unlock()
+	return sy.err
+}
+
+// syncRound makes every row committed so far durable and advances the marker.
+func (sy *syncer) syncRound() error {
+	sy.round.Lock()
+	defer sy.round.Unlock()
+	sy.mu.Lock()
+	pending, err := sy.pending, sy.err
+	sy.pending = false
+	sy.mu.Unlock()
+	if !pending || err != nil {
+		return err
+	}
+	n, err := sy.s.maxPathID(context.Background())
+	if err != nil {
+		return sy.fail(err, false)
+	}
+	if n <= sy.synced {
+		return nil
+	}
+	sy.rounds++
+	if err := sy.syncfs(); err != nil {
+		return sy.fail(err, true)
+	}
+	if err := sy.advance(n); err != nil {
+		return sy.fail(err, false)
+	}
+	return nil
+}
+
+// syncfs syncs the file systems of the store and its database.
+func (sy *syncer) syncfs() error {
+	for _, fd := range sy.fds {
+		if err := unix.Syncfs(fd); err != nil {
+			return fmt.Errorf("sync %s: %w", sy.s.cfg.RealStoreDir, err)
+		}
+	}
+	return nil
+}
+
+// advance records that every row up to n is durable, unless the marker says
+// as much already, or says a sync failed (which only an open's check clears).
+func (sy *syncer) advance(n int64) error {
+	if err := sy.marker.lock(context.Background()); err != nil {
+		return err
+	}
+	defer sy.marker.unlock()
+	cur, slot, ok, err := sy.marker.read()
+	if err != nil {
+		return err
+	}
+	if ok && cur.seq > 0 {
+		if cur.boot != sy.boot {
+			return nil // a failed sync: left to the next open's check
+		}
+		if cur.synced >= n {
+			sy.synced = n
+			return nil
+		}
+	}
+	if err := sy.marker.write(markerRecord{seq: cur.seq + 1, boot: sy.boot, synced: n}, slot); err != nil {
+		return err
+	}
+	sy.synced = n
+	return nil
+}
+
+// fail makes err sticky: adds sync before they register from now on. After
+// a failed syncfs, written data may be lost, so the marker says so and the
+// next open checks every row above it.
+func (sy *syncer) fail(err error, poison bool) error {
+	sy.mu.Lock()
+	if sy.err == nil {
+		sy.err = err
+	}
+	sy.mu.Unlock()
+	sy.s.deferred.Store(false)
+	if poison && sy.marker.lock(context.Background()) == nil {
+		if cur, slot, ok, rerr := sy.marker.read(); rerr == nil {
+			synced := int64(0)
+			if ok {
+				synced = cur.synced
+			}
+			sy.marker.write(markerRecord{seq: cur.seq + 1, boot: markerFailed, synced: synced}, slot)
+		}
+		sy.marker.unlock()
+	}
+	return err
+}
+
+// close stops the goroutine and runs a last round if anything is pending.
+func (sy *syncer) close() error {
+	sy.mu.Lock()
+	sy.closed = true
+	running := sy.running
+	sy.mu.Unlock()
+	close(sy.quit)
+	if running {
+		<-sy.done
+	}
+	err := sy.syncRound()
+	if err != nil {
+		sy.s.warnf("warning: %v", err)
+	}
+	sy.marker.close()
+	if sy.dbFD >= 0 {
+		unix.Close(sy.dbFD)
+	}
+	return err
+}
+
+// maxPathID returns the highest id among the committed rows of ValidPaths.
+func (s *Store) maxPathID(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.rdb.QueryRowContext(ctx, `select coalesce(max(id), 0) from ValidPaths`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("query highest path id: %w", err)
+	}
+	return n, nil
+}
+
+// openDurable opens the marker and, when the system went down since the
+// last sync it records, checks the rows that sync did not cover. With it,
+// adds no longer sync before they register. Without it (no marker could be
+// made: a read-only or full state dir), they do, as before.
+func (s *Store) openDurable(ctx context.Context) error {
+	if s.opts.NoFsync {
+		return nil
+	}
+	m, err := openMarker(filepath.Join(s.cfg.StateDir, "db"))
+	if err != nil {
+		s.warnf("warning: %v; adds will wait for their sync", err)
+		return nil
+	}
+	sy, err := newSyncer(s, m, bootID())
+	if err != nil {
+		m.close()
+		return err
+	}
+	if err := m.lock(ctx); err != nil {
+		sy.marker.close()
+		return err
+	}
+	err = s.checkMarker(ctx, sy)
+	m.unlock()
+	if err != nil {
+		sy.close()
+		return err
+	}
+	s.syncer = sy
+	s.deferred.Store(true)
+	return nil
+}
+
+// checkMarker reads the marker (locked) and acts on it: a fresh one adopts
+// the store as it is; one of this boot only needs a round if rows were added
+// since; any other one has its suspects checked, and is rewritten.
+func (s *Store) checkMarker(ctx context.Context, sy *syncer) error {
+	cur, slot, ok, err := sy.marker.read()
+	if err != nil {
+		return err
+	}
+	if ok && cur.seq > 0 && cur.boot == sy.boot && sy.boot != bootUnknown {
+		sy.synced = cur.synced
+		n, err := s.maxPathID(ctx)
+		if err != nil {
+			return err
+		}
+		if n > cur.synced {
+			sy.notify()
+		}
+		return nil
+	}
+	if !ok || cur.seq > 0 {
+		after := int64(0)
+		if ok {
+			after = cur.synced
+		} else {
+			s.warnf("warning: %s is unreadable: checking the contents of every valid path", sy.marker.path)
+		}
+		if err := s.recoverSuspects(ctx, after); err != nil {
+			return err
+		}
+	}
+	n, err := s.maxPathID(ctx)
+	if err != nil {
+		return err
+	}
+	if err := sy.syncfs(); err != nil {
+		return err
+	}
+	if err := sy.marker.write(markerRecord{seq: cur.seq + 1, boot: sy.boot, synced: n}, slot); err != nil {
+		return err
+	}
+	sy.synced = n
+	return nil
+}
+
+// syncNow makes everything written to the store's file systems durable, for
+// the writes that cannot wait for the syncer: a valid path's files replaced.
+func (s *Store) syncNow() error {
+	if err := unix.Syncfs(s.realFD); err != nil {
+		return fmt.Errorf("sync %s: %w", s.cfg.RealStoreDir, err)
+	}
+	return nil
 }

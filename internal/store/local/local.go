@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -45,6 +46,10 @@ type Options struct {
 	// ReservedSize is the size of db/reserved; 0 means DefaultReservedSize and a
 	// negative value creates none.
 	ReservedSize int64
+	// Warnings receives the store's warnings (a path invalidated at open
+	// because a crash left its contents incomplete, a failed sync), one per
+	// line; nil means standard error.
+	Warnings io.Writer
 }
 
 // DefaultOptions returns Nix's defaults for this process: fsync on, and the
@@ -84,6 +89,13 @@ type Store struct {
 	spares    []*spareLock // spare lock files (lock.go), unlocked and stale
 	spareSeq  int
 	wstmts    *preparedWrites
+
+	// syncer makes committed adds durable after they are acknowledged
+	// (durable.go); deferred says adds leave their sync to it.
+	syncer   *syncer
+	deferred atomic.Bool
+	// What the last check of suspects at open did (suspects.go).
+	suspectsChecked, suspectsInvalidated atomic.Int64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -169,7 +181,19 @@ func (s *Store) open(ctx context.Context) error {
 	if s.realFD, err = openat(unix.AT_FDCWD, s.cfg.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY); err != nil {
 		return &os.PathError{Op: "open", Path: s.cfg.RealStoreDir, Err: err}
 	}
-	return s.openTemp()
+	if err := s.openTemp(); err != nil {
+		return err
+	}
+	return s.openDurable(ctx)
+}
+
+// warnf writes a warning line.
+func (s *Store) warnf(format string, args ...any) {
+	w := s.opts.Warnings
+	if w == nil {
+		w = os.Stderr
+	}
+	fmt.Fprintf(w, format+"\n", args...)
 }
 
 // createSchema runs the DDL in one write transaction; two processes creating a
@@ -331,9 +355,15 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 // Close releases the database and locks. It does not wait for other calls.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		if s.syncer != nil {
+			// The last round: a process that exits leaves its adds durable.
+			s.closeErr = s.syncer.close()
+		}
 		if s.rdb != nil {
 			s.reads.Close()
-			s.closeErr = s.rdb.Close()
+			if err := s.rdb.Close(); s.closeErr == nil {
+				s.closeErr = err
+			}
 		}
 		if s.wstmts != nil {
 			s.wstmts.Close()

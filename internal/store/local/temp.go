@@ -88,11 +88,13 @@ func (s *Store) addTemp() (*tempDir, error) {
 }
 
 // fsyncDir makes the entries of the directory open at fd durable, unless
-// the store runs without fsync. It is for names made once per store or
-// process (the temporaries and intent files): an error only costs the
-// recovery after a power loss its record of unfinished moves.
+// the store runs without fsync or leaves it to the syncer. It is for names
+// made once per store or process (the temporaries and intent files): an
+// error only costs the recovery after a power loss its record of unfinished
+// moves (and a batch that syncs before it registers syncs these names too,
+// see Batch.syncSlots).
 func (s *Store) fsyncDir(fd int) {
-	if !s.opts.NoFsync {
+	if !s.opts.NoFsync && !s.deferred.Load() {
 		unix.Fsync(fd)
 	}
 }
