@@ -306,16 +306,17 @@ func dirtyBytes() int64 {
 // sync covered:
 //
 //	commit (no sync) → notify ─ delay ─→ N := max(ValidPaths.id)
-//	  → syncfs of the store's file system (and the database's, if another)
-//	  → marker := (boot id, N), fdatasync
+//	  → lock the marker → syncfs of the store's file system (and the
+//	  database's, if another) → marker := (boot id, N) → unlock
 //
 // Every row with id <= N was committed before N was read, so its files were
 // in place before the syncfs began; rows committed later have higher ids and
 // wait for the next round. One syncfs serves every commit of a round, of
-// every process on the store (Nix's included). Close runs a last round, so a
-// process that exits normally leaves its adds durable. Batches that replace
-// the files of a path that is already valid (repairs) keep the synchronous
-// order above, since their rows keep their old ids.
+// every process on the store (Nix's included): a round that finds the marker
+// at N already skips its syncfs. Close runs a last round, so a process that
+// exits normally leaves its adds durable. Batches that replace the files of a
+// path that is already valid (repairs) keep the synchronous order above,
+// since their rows keep their old ids.
 
 // syncDelay is how long the syncer lets commits gather before a round.
 const syncDelay = 30 * time.Millisecond
@@ -325,13 +326,13 @@ type syncer struct {
 	s      *Store
 	marker *markerFile
 	boot   string
-	// fds are the file systems to sync: the store dir's, and the
-	// database dir's when it is on another one (not owned).
+	// fds are the file systems to sync: the store dir's (not owned), and
+	// the database dir's when it is on another one.
 	fds   []int
 	dbFD  int // the database dir, open when it is on another file system
 	delay time.Duration
 
-	round sync.Mutex // held for a round (syncfs and marker)
+	round sync.Mutex // held for a round; guards synced and rounds
 	mu    sync.Mutex
 	// pending says something was committed since the last round began.
 	pending bool
@@ -427,80 +428,61 @@ func (sy *syncer) syncRound() error {
 	if !pending || err != nil {
 		return err
 	}
-	n, err := sy.s.maxPathID(context.Background())
+	ctx := context.Background()
+	n, err := sy.s.maxPathID(ctx)
 	if err != nil {
-		return sy.fail(err, false)
+		return sy.fail(err)
 	}
 	if n <= sy.synced {
 		return nil
 	}
-	sy.rounds++
-	if err := sy.syncfs(); err != nil {
-		return sy.fail(err, true)
-	}
-	if err := sy.advance(n); err != nil {
-		return sy.fail(err, false)
-	}
-	return nil
-}
-
-// syncfs syncs the file systems of the store and its database.
-func (sy *syncer) syncfs() error {
-	for _, fd := range sy.fds {
-		if err := unix.Syncfs(fd); err != nil {
-			return fmt.Errorf("sync %s: %w", sy.s.cfg.RealStoreDir, err)
-		}
-	}
-	return nil
-}
-
-// advance records that every row up to n is durable, unless the marker says
-// as much already, or says a sync failed (which only an open's check clears).
-func (sy *syncer) advance(n int64) error {
-	if err := sy.marker.lock(context.Background()); err != nil {
-		return err
+	if err := sy.marker.lock(ctx); err != nil {
+		return sy.fail(err)
 	}
 	defer sy.marker.unlock()
 	cur, slot, ok, err := sy.marker.read()
 	if err != nil {
-		return err
+		return sy.fail(err)
 	}
-	if ok && cur.seq > 0 {
-		if cur.boot != sy.boot {
-			return nil // a failed sync: left to the next open's check
-		}
-		if cur.synced >= n {
-			sy.synced = n
-			return nil
+	if ok && cur.seq > 0 && cur.boot == sy.boot && cur.synced >= n {
+		// Another process's round, begun after our rows were committed.
+		sy.synced = n
+		return nil
+	}
+	return sy.syncLocked(cur, slot, ok, n)
+}
+
+// syncLocked (marker locked, cur read from it) syncs the file systems and
+// records n in the marker, unless it says a sync failed: that stays for the
+// next open's check.
+func (sy *syncer) syncLocked(cur markerRecord, slot int, ok bool, n int64) error {
+	sy.rounds++
+	for _, fd := range sy.fds {
+		if err := unix.Syncfs(fd); err != nil {
+			err = fmt.Errorf("sync %s: %w", sy.s.cfg.RealStoreDir, err)
+			// Written data may be lost: the marker says so (keeping its
+			// synced), and the next open checks every row above it.
+			sy.marker.write(markerRecord{seq: cur.seq + 1, boot: markerFailed, synced: cur.synced}, slot)
+			return sy.fail(err)
 		}
 	}
-	if err := sy.marker.write(markerRecord{seq: cur.seq + 1, boot: sy.boot, synced: n}, slot); err != nil {
-		return err
+	if !ok || cur.seq == 0 || cur.boot == sy.boot {
+		if err := sy.marker.write(markerRecord{seq: cur.seq + 1, boot: sy.boot, synced: n}, slot); err != nil {
+			return sy.fail(err)
+		}
 	}
 	sy.synced = n
 	return nil
 }
 
-// fail makes err sticky: adds sync before they register from now on. After
-// a failed syncfs, written data may be lost, so the marker says so and the
-// next open checks every row above it.
-func (sy *syncer) fail(err error, poison bool) error {
+// fail makes err sticky: adds sync before they register from now on.
+func (sy *syncer) fail(err error) error {
 	sy.mu.Lock()
 	if sy.err == nil {
 		sy.err = err
 	}
 	sy.mu.Unlock()
 	sy.s.deferred.Store(false)
-	if poison && sy.marker.lock(context.Background()) == nil {
-		if cur, slot, ok, rerr := sy.marker.read(); rerr == nil {
-			synced := int64(0)
-			if ok {
-				synced = cur.synced
-			}
-			sy.marker.write(markerRecord{seq: cur.seq + 1, boot: markerFailed, synced: synced}, slot)
-		}
-		sy.marker.unlock()
-	}
 	return err
 }
 
@@ -518,11 +500,17 @@ func (sy *syncer) close() error {
 	if err != nil {
 		sy.s.warnf("warning: %v", err)
 	}
+	sy.release()
+	return err
+}
+
+// release closes the marker and the descriptors the syncer owns.
+func (sy *syncer) release() {
 	sy.marker.close()
 	if sy.dbFD >= 0 {
 		unix.Close(sy.dbFD)
+		sy.dbFD = -1
 	}
-	return err
 }
 
 // maxPathID returns the highest id among the committed rows of ValidPaths.
@@ -537,50 +525,65 @@ func (s *Store) maxPathID(ctx context.Context) (int64, error) {
 // openDurable opens the marker and, when the system went down since the
 // last sync it records, checks the rows that sync did not cover. With it,
 // adds no longer sync before they register. Without it (no marker could be
-// made: a read-only or full state dir), they do, as before.
+// made: a full state dir), they do, as before.
 func (s *Store) openDurable(ctx context.Context) error {
 	if s.opts.NoFsync {
 		return nil
 	}
-	m, err := openMarker(filepath.Join(s.cfg.StateDir, "db"))
+	boot := bootID()
+	// A new marker starts fresh (the first opener adopts the rows there
+	// are), or, on a store without rows, as synced for this boot.
+	first := markerRecord{boot: markerNew}
+	if n, err := s.maxPathID(ctx); err != nil {
+		return err
+	} else if n == 0 {
+		first = markerRecord{seq: 1, boot: boot}
+	}
+	m, err := openMarker(filepath.Join(s.cfg.StateDir, "db"), first)
 	if err != nil {
 		s.warnf("warning: %v; adds will wait for their sync", err)
 		return nil
 	}
-	sy, err := newSyncer(s, m, bootID())
+	sy, err := newSyncer(s, m, boot)
 	if err != nil {
 		m.close()
 		return err
 	}
 	if err := m.lock(ctx); err != nil {
-		sy.marker.close()
+		sy.release()
 		return err
 	}
 	err = s.checkMarker(ctx, sy)
 	m.unlock()
 	if err != nil {
-		sy.close()
-		return err
+		sy.release()
+		if sy.failed() == nil {
+			return err
+		}
+		// The suspects are checked but the sync failed: carry on as
+		// before the syncer.
+		s.warnf("warning: %v; adds will wait for their sync", err)
+		return nil
 	}
 	s.syncer = sy
 	s.deferred.Store(true)
 	return nil
 }
 
-// checkMarker reads the marker (locked) and acts on it: a fresh one adopts
-// the store as it is; one of this boot only needs a round if rows were added
-// since; any other one has its suspects checked, and is rewritten.
+// checkMarker reads the marker (locked) and acts on it: one of this boot only
+// needs a round if rows were added since; a fresh one adopts the store as it
+// is; any other one has its suspects checked, and is rewritten.
 func (s *Store) checkMarker(ctx context.Context, sy *syncer) error {
 	cur, slot, ok, err := sy.marker.read()
 	if err != nil {
 		return err
 	}
+	n, err := s.maxPathID(ctx)
+	if err != nil {
+		return err
+	}
 	if ok && cur.seq > 0 && cur.boot == sy.boot && sy.boot != bootUnknown {
 		sy.synced = cur.synced
-		n, err := s.maxPathID(ctx)
-		if err != nil {
-			return err
-		}
 		if n > cur.synced {
 			sy.notify()
 		}
@@ -596,19 +599,15 @@ func (s *Store) checkMarker(ctx context.Context, sy *syncer) error {
 		if err := s.recoverSuspects(ctx, after); err != nil {
 			return err
 		}
+		if n, err = s.maxPathID(ctx); err != nil {
+			return err
+		}
 	}
-	n, err := s.maxPathID(ctx)
-	if err != nil {
-		return err
+	if !ok {
+		cur = markerRecord{}
 	}
-	if err := sy.syncfs(); err != nil {
-		return err
-	}
-	if err := sy.marker.write(markerRecord{seq: cur.seq + 1, boot: sy.boot, synced: n}, slot); err != nil {
-		return err
-	}
-	sy.synced = n
-	return nil
+	cur.boot = sy.boot // rewrite whatever boot it had
+	return sy.syncLocked(cur, slot, true, n)
 }
 
 // syncNow makes everything written to the store's file systems durable, for

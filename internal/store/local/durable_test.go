@@ -35,7 +35,7 @@ func openRootWarn(t *testing.T, root string, w *bytes.Buffer) *Store {
 // readMarker returns the marker of the store at root.
 func readMarker(t *testing.T, root string) (markerRecord, int, bool) {
 	t.Helper()
-	m, err := openMarker(filepath.Join(root, "nix/var/nix/db"))
+	m, err := openMarker(filepath.Join(root, "nix/var/nix/db"), markerRecord{boot: markerNew})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func readMarker(t *testing.T, root string) (markerRecord, int, bool) {
 // with rec, or both slots with garbage when torn.
 func setMarker(t *testing.T, root string, rec markerRecord, torn bool) {
 	t.Helper()
-	m, err := openMarker(filepath.Join(root, "nix/var/nix/db"))
+	m, err := openMarker(filepath.Join(root, "nix/var/nix/db"), markerRecord{boot: markerNew})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,11 +38,16 @@ import (
 // (recoverSuspects). A marker is "fresh" (seq 0) when it was just created: the
 // first opener adopts the store's rows as they are.
 //
-// A slot is rewritten in place (pwrite and fdatasync of a file whose size
-// never changes: one disk flush, no inode made or freed); the slots are in
-// separate 4 KiB blocks, so a write torn by a power loss spoils only the slot
-// being written, and the other still holds an older, smaller, still true
-// synced. Writers hold the file's flock, and synced only grows within a boot.
+// A slot is rewritten in place (a pwrite into a file whose size never
+// changes: no inode made or freed) and is not synced by itself. It need not
+// be: it only ever claims what a finished syncfs made durable, so losing it
+// costs the next open after a crash some rehashing, never a wrong answer.
+// Writers hold the file's flock from before their syncfs (of the database's
+// file system too) to after their write, so every write is preceded by a
+// syncfs that flushed the one before it: at most one slot is waiting to be
+// written at any time. The slots are in separate 4 KiB blocks, so a write torn
+// by a power loss spoils only that slot, and the other holds the previous,
+// smaller, still true synced (and is on disk). Within a boot synced only grows.
 const (
 	markerName  = "cairn-durable"
 	markerSlot  = 4096
@@ -113,10 +118,11 @@ type markerFile struct {
 	path string
 }
 
-// openMarker opens the marker in dbDir, creating a fresh one if there is
-// none: written in full under a temporary name, made durable and renamed
-// into place without replacing one another process made meanwhile.
-func openMarker(dbDir string) (*markerFile, error) {
+// openMarker opens the marker in dbDir, creating one holding first (in both
+// slots) if there is none: written in full under a temporary name, made
+// durable and renamed into place without replacing one another process made
+// meanwhile.
+func openMarker(dbDir string, first markerRecord) (*markerFile, error) {
 	path := filepath.Join(dbDir, markerName)
 	for {
 		fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -126,20 +132,20 @@ func openMarker(dbDir string) (*markerFile, error) {
 		if !errors.Is(err, unix.ENOENT) {
 			return nil, &os.PathError{Op: "open", Path: path, Err: err}
 		}
-		if err := createMarker(dbDir, path); err != nil {
+		if err := createMarker(dbDir, path, first); err != nil {
 			return nil, err
 		}
 	}
 }
 
-func createMarker(dbDir, path string) error {
+func createMarker(dbDir, path string, first markerRecord) error {
 	tmp, err := os.CreateTemp(dbDir, ".tmp-"+markerName+"-")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	fresh := markerRecord{boot: markerNew}.encode()
-	_, err = tmp.Write(append(fresh, fresh...))
+	rec := first.encode()
+	_, err = tmp.Write(append(rec, rec...))
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -207,22 +213,14 @@ func (m *markerFile) read() (r markerRecord, slot int, ok bool, err error) {
 }
 
 // write records r (whose seq must exceed the current one) in the slot that
-// does not hold the current record, and makes it durable.
+// does not hold the current record. It does not wait for the disk: see the
+// package's note on the marker above.
 func (m *markerFile) write(r markerRecord, cur int) error {
 	off := int64((1 - cur) * markerSlot)
 	if _, err := unix.Pwrite(m.fd, r.encode(), off); err != nil {
 		return &os.PathError{Op: "write", Path: m.path, Err: err}
 	}
-	for {
-		err := unix.Fdatasync(m.fd)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return &os.PathError{Op: "fdatasync", Path: m.path, Err: err}
-		}
-		return nil
-	}
+	return nil
 }
 
 func (m *markerFile) close() {

@@ -36,14 +36,14 @@ func (s *Store) recoverSuspects(ctx context.Context, after int64) error {
 	var bad []suspect
 	checked := 0
 	for last := after; ; {
-		ids, paths, err := s.suspectRows(ctx, last)
+		ids, paths, next, err := s.suspectRows(ctx, last)
 		if err != nil {
 			return err
 		}
-		if len(ids) == 0 {
+		if next == last {
 			break
 		}
-		last = ids[len(ids)-1]
+		last = next
 		checked += len(ids)
 		for i, p := range paths {
 			if why := s.checkSuspect(ctx, p); why != "" {
@@ -58,22 +58,22 @@ func (s *Store) recoverSuspects(ctx context.Context, after int64) error {
 	return s.invalidateSuspects(ctx, bad)
 }
 
-// suspectRows returns up to suspectChunk valid paths with ids above after,
-// in id order.
-func (s *Store) suspectRows(ctx context.Context, after int64) ([]int64, []storepath.StorePath, error) {
+// suspectRows returns the valid paths among the suspectChunk rows with ids
+// above after, in id order, and the highest id read (after, if none).
+func (s *Store) suspectRows(ctx context.Context, after int64) (ids []int64, paths []storepath.StorePath, last int64, err error) {
+	last = after
 	rows, err := s.rdb.QueryContext(ctx, `select id, path from ValidPaths where id > ? order by id limit ?`, after, suspectChunk)
 	if err != nil {
-		return nil, nil, fmt.Errorf("query paths added since the last sync: %w", err)
+		return nil, nil, after, fmt.Errorf("query paths added since the last sync: %w", err)
 	}
 	defer rows.Close()
-	var ids []int64
-	var paths []storepath.StorePath
 	for rows.Next() {
 		var id int64
 		var path string
 		if err := rows.Scan(&id, &path); err != nil {
-			return nil, nil, fmt.Errorf("query paths added since the last sync: %w", err)
+			return nil, nil, after, fmt.Errorf("query paths added since the last sync: %w", err)
 		}
+		last = id
 		p, err := s.dir.Parse(path)
 		if err != nil {
 			// Not a path of this store: nothing to rehash; Nix's verify reports it.
@@ -83,9 +83,9 @@ func (s *Store) suspectRows(ctx context.Context, after int64) ([]int64, []storep
 		paths = append(paths, p)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("query paths added since the last sync: %w", err)
+		return nil, nil, after, fmt.Errorf("query paths added since the last sync: %w", err)
 	}
-	return ids, paths, nil
+	return ids, paths, last, nil
 }
 
 // checkSuspect rehashes p and says what is wrong with it, or "" if nothing is
