@@ -132,6 +132,10 @@ type walker struct {
 	full chan *batch
 	cur  *batch
 	made int // batches taken from batchPool, at most ringBuffers
+
+	ring   *ring // nil until a directory has a run of files, and without io_uring
+	noRing bool  // io_uring is unavailable or failed: use plain system calls
+	ringState
 }
 
 var errCanceled = errors.New("canceled")
@@ -139,6 +143,9 @@ var errCanceled = errors.New("canceled")
 func (w *walker) run(root string) {
 	defer close(w.full)
 	err := w.root(root)
+	if w.ring != nil {
+		w.ring.close()
+	}
 	if errors.Is(err, errCanceled) {
 		return
 	}
@@ -246,7 +253,17 @@ func (w *walker) dir(dirfd int, name, path, rel string) error {
 	}
 	// Byte-wise order of names, as Nix orders entries.
 	slices.SortFunc(entries, func(a, b os.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
-	for _, e := range entries {
+	for i := 0; i < len(entries); {
+		// A run of regular files goes to the ring, when there is one.
+		if j := regularRun(entries, i); j-i >= minRingRun && w.useRing() {
+			if err := w.files(fd, path, rel, entries[i:j]); err != nil {
+				return err
+			}
+			i = j
+			continue
+		}
+		e := entries[i]
+		i++
 		child := e.Name()
 		if rel != "" {
 			child = rel + "/" + e.Name()
@@ -260,6 +277,16 @@ func (w *walker) dir(dirfd int, name, path, rel string) error {
 		}
 	}
 	return nil
+}
+
+// regularRun returns the end of the run of regular files starting at entries[i],
+// at most ringSlots long.
+func regularRun(entries []os.DirEntry, i int) int {
+	j := i
+	for j < len(entries) && j-i < ringSlots && entries[j].Type().IsRegular() {
+		j++
+	}
+	return j
 }
 
 // entryType maps a directory entry's type to S_IFMT bits, asking the file system
@@ -352,6 +379,35 @@ func (w *walker) file(dirfd int, name, path, rel string) error {
 			b.events = append(b.events, event{data: chunk})
 		}
 		left -= int64(n)
+	}
+	return nil
+}
+
+// reread reads the file the ring could not into chunk, through plain system
+// calls; h, its header, is not sent yet and takes the file's executable bit.
+func reread(dirfd int, name, path string, h *nar.Header, chunk []byte) error {
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "fstat", Path: path, Err: err})
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("dump %s: file changed type while dumping", path)
+	}
+	if st.Size != int64(len(chunk)) {
+		return fmt.Errorf("dump %s: file changed size while dumping", path)
+	}
+	h.Executable = st.Mode&unix.S_IXUSR != 0
+	n, err := readFull(fd, chunk)
+	if err != nil {
+		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "read", Path: path, Err: err})
+	}
+	if n < len(chunk) {
+		return fmt.Errorf("dump %s: file shrank while dumping", path)
 	}
 	return nil
 }
