@@ -144,7 +144,7 @@ func (w *walker) run(root string) {
 	defer close(w.full)
 	err := w.root(root)
 	if w.ring != nil {
-		w.ring.close()
+		w.closeRing()
 	}
 	if errors.Is(err, errCanceled) {
 		return
@@ -339,6 +339,11 @@ func (w *walker) file(dirfd int, name, path, rel string) error {
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
 	}
 	defer unix.Close(fd)
+	return w.contents(fd, path, rel)
+}
+
+// contents dumps the regular file open as fd.
+func (w *walker) contents(fd int, path, rel string) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "fstat", Path: path, Err: err})
@@ -379,35 +384,6 @@ func (w *walker) file(dirfd int, name, path, rel string) error {
 			b.events = append(b.events, event{data: chunk})
 		}
 		left -= int64(n)
-	}
-	return nil
-}
-
-// reread reads the file the ring could not into chunk, through plain system
-// calls; h, its header, is not sent yet and takes the file's executable bit.
-func reread(dirfd int, name, path string, h *nar.Header, chunk []byte) error {
-	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "fstat", Path: path, Err: err})
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("dump %s: file changed type while dumping", path)
-	}
-	if st.Size != int64(len(chunk)) {
-		return fmt.Errorf("dump %s: file changed size while dumping", path)
-	}
-	h.Executable = st.Mode&unix.S_IXUSR != 0
-	n, err := readFull(fd, chunk)
-	if err != nil {
-		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "read", Path: path, Err: err})
-	}
-	if n < len(chunk) {
-		return fmt.Errorf("dump %s: file shrank while dumping", path)
 	}
 	return nil
 }

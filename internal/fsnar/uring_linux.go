@@ -3,13 +3,10 @@ package fsnar
 import (
 	"fmt"
 	"os"
-	"sync"
 	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"cairn/internal/nar"
 )
 
 // The io_uring ABI, as include/uapi/linux/io_uring.h defines it: only what the
@@ -202,59 +199,36 @@ func (r *ring) wait(want int, done func(userData uint64, res int32)) error {
 	}
 }
 
-// statxEntry queues a STATX of name (NUL-terminated) in dirfd into st.
-func statxEntry(dirfd int, name *byte, st *unix.Statx_t, userData uint64) uringSQE {
-	return uringSQE{
-		opcode: opStatx, fd: int32(dirfd), addr: uint64(uintptr(unsafe.Pointer(name))),
-		len: unix.STATX_TYPE | unix.STATX_MODE | unix.STATX_SIZE, opFlags: unix.AT_SYMLINK_NOFOLLOW,
-		off: uint64(uintptr(unsafe.Pointer(st))), userData: userData,
-	}
+// openEntry is an OPENAT of name (NUL-terminated) in dirfd, for reading.
+func openEntry(dirfd int, name *byte, userData uint64) uringSQE {
+	return uringSQE{opcode: opOpenat, fd: int32(dirfd), addr: uint64(uintptr(unsafe.Pointer(name))),
+		opFlags: unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC, userData: userData}
 }
 
-// readChain returns OPENAT of name into slot, READ of len(buf) bytes from its start,
-// CLOSE of the slot; the close runs even when the read fails.
-func readChain(dirfd int, name *byte, slot int, buf []byte, userData uint64) [3]uringSQE {
-	var p uint64
-	if len(buf) > 0 {
-		p = uint64(uintptr(unsafe.Pointer(&buf[0])))
-	}
-	return [3]uringSQE{
-		{opcode: opOpenat, flags: sqeIOLink, fd: int32(dirfd), addr: uint64(uintptr(unsafe.Pointer(name))),
-			opFlags: unix.O_RDONLY | unix.O_NOFOLLOW, fileIndex: uint32(slot + 1), userData: userData},
-		{opcode: opRead, flags: sqeFixedFile | sqeIOHardlink, fd: int32(slot), addr: p, len: uint32(len(buf)),
-			userData: userData | 1},
-		{opcode: opClose, fileIndex: uint32(slot + 1), userData: userData | 2},
-	}
+// closeEntry is a CLOSE of fd.
+func closeEntry(fd int32) uringSQE {
+	return uringSQE{opcode: opClose, fd: fd, userData: closeTag}
 }
 
 const (
-	// ringSlots is how many files one ring round opens, reads and closes; the
-	// ring holds the three entries of each.
+	// ringSlots is how many files one ring round opens; the closes of the
+	// previous round's files go with it.
 	ringSlots = 64
 	// ringEntries is the submission queue's size.
-	ringEntries = 4 * ringSlots
+	ringEntries = 2 * ringSlots
 	// minRingRun is the shortest run of regular files worth a ring round.
 	minRingRun = 2
+	// closeTag marks a CLOSE's completion.
+	closeTag = 1 << 63
 )
 
 // ringState is the walker's scratch for one round: the names (NUL-terminated, in
-// one buffer), their statx results, and what each read returned.
+// one buffer) and the descriptors the ring opened.
 type ringState struct {
 	names   []byte
 	nameOff [ringSlots]int
-	stx     [ringSlots]unix.Statx_t
-	stxRes  [ringSlots]int32
-	readRes [ringSlots]int32
-	failed  [ringSlots]bool
-	hdrs    [ringSlots]*nar.Header
-	chunks  [ringSlots][]byte
-}
-
-// leaked keeps batches the kernel may still write into after a failed
-// io_uring_enter, so that their memory is never reused.
-var leaked struct {
-	sync.Mutex
-	batches []*batch
+	fds     [ringSlots]int32
+	closes  int // CLOSEs queued for the next round
 }
 
 // useRing reports whether the walker has a ring, setting one up on first use.
@@ -274,11 +248,10 @@ func (w *walker) useRing() bool {
 	return true
 }
 
-// files dumps a run of regular files of the directory dirfd through the ring: one
-// round of STATX for all of them, then, for the files that fit the current buffer,
-// one round of OPENAT, READ and CLOSE each. A file the ring cannot serve (an error,
-// a short read, a file larger than the buffer's room) takes the plain path, which
-// also gives the error messages.
+// files dumps a run of regular files of the directory dirfd, opening them all in
+// one round of the ring (which also closes the files of the previous round), then
+// reading each with plain system calls. A file the ring could not open takes the
+// plain path, which gives the error.
 func (w *walker) files(dirfd int, path, rel string, entries []os.DirEntry) error {
 	s := &w.ringState
 	s.names = s.names[:0]
@@ -288,104 +261,49 @@ func (w *walker) files(dirfd int, path, rel string, entries []os.DirEntry) error
 		s.names = append(s.names, 0)
 	}
 	for i := range entries {
-		w.ring.push(statxEntry(dirfd, &s.names[s.nameOff[i]], &s.stx[i], uint64(i)))
+		w.ring.push(openEntry(dirfd, &s.names[s.nameOff[i]], uint64(i)))
 	}
-	if err := w.ring.wait(len(entries), func(ud uint64, res int32) { s.stxRes[ud] = res }); err != nil {
-		return w.ringBroken(path, err)
+	want := len(entries) + s.closes
+	s.closes = 0
+	err := w.ring.wait(want, func(ud uint64, res int32) {
+		if ud&closeTag == 0 {
+			s.fds[ud] = res
+		}
+	})
+	if err != nil {
+		w.noRing = true
+		return fmt.Errorf("dump %s: %w", path, err)
 	}
-	first := 0 // the first file of the round being queued
 	for i, e := range entries {
 		name := e.Name()
 		child := name
 		if rel != "" {
 			child = rel + "/" + name
 		}
-		st := &s.stx[i]
-		size := int64(st.Size)
-		if s.stxRes[i] != 0 || st.Mode&unix.S_IFMT != unix.S_IFREG {
-			if err := w.round(dirfd, path, entries, first, i); err != nil {
-				return err
-			}
-			first = i + 1
-			if err := w.file(dirfd, name, path+"/"+name, child); err != nil {
-				return err
-			}
-			continue
+		if s.fds[i] < 0 {
+			err = w.file(dirfd, name, path+"/"+name, child)
+		} else {
+			err = w.contents(int(s.fds[i]), path+"/"+name, child)
+			w.ring.push(closeEntry(s.fds[i]))
+			s.closes++
 		}
-		if w.cur == nil || len(w.cur.events) == cap(w.cur.events) || size > int64(cap(w.cur.buf)-len(w.cur.buf)) {
-			if err := w.round(dirfd, path, entries, first, i); err != nil {
-				return err
-			}
-			first = i
-			if size > int64(cap(w.cur.buf)-len(w.cur.buf)) {
-				// Larger than the room left: the plain path streams it.
-				first = i + 1
-				if err := w.file(dirfd, name, path+"/"+name, child); err != nil {
-					return err
-				}
-				continue
-			}
-			if len(w.cur.events) == cap(w.cur.events) {
-				if err := w.flush(); err != nil {
-					return err
+		if err != nil {
+			for _, fd := range s.fds[i+1 : len(entries)] {
+				if fd >= 0 {
+					unix.Close(int(fd))
 				}
 			}
+			return err
 		}
-		h := &nar.Header{Path: child, Type: nar.TypeRegular, Executable: st.Mode&unix.S_IXUSR != 0, Size: size}
-		b := w.cur
-		start := len(b.buf)
-		b.buf = b.buf[:start+int(size)]
-		chunk := b.buf[start:]
-		b.events = append(b.events, event{hdr: h, data: chunk})
-		s.hdrs[i], s.chunks[i] = h, chunk
-		for _, e := range readChain(dirfd, &s.names[s.nameOff[i]], i, chunk, uint64(i)<<2) {
-			w.ring.push(e)
-		}
-	}
-	return w.round(dirfd, path, entries, first, len(entries))
-}
-
-// round waits for the queued chains of entries[first:end] and rereads, through
-// plain system calls, each file the ring did not read whole.
-func (w *walker) round(dirfd int, path string, entries []os.DirEntry, first, end int) error {
-	if w.ring.queued == 0 {
-		return nil
-	}
-	s := &w.ringState
-	for i := first; i < end; i++ {
-		s.failed[i] = false
-	}
-	err := w.ring.wait(3*(end-first), func(ud uint64, res int32) {
-		i := ud >> 2
-		if res < 0 {
-			s.failed[i] = true
-		}
-		if ud&3 == 1 {
-			s.readRes[i] = res
-		}
-	})
-	if err != nil {
-		return w.ringBroken(path, err)
-	}
-	for i := first; i < end; i++ {
-		if s.failed[i] || int(s.readRes[i]) != len(s.chunks[i]) {
-			name := entries[i].Name()
-			if err := reread(dirfd, name, path+"/"+name, s.hdrs[i], s.chunks[i]); err != nil {
-				return err
-			}
-		}
-		s.hdrs[i], s.chunks[i] = nil, nil
 	}
 	return nil
 }
 
-// ringBroken fails the dump after io_uring_enter itself failed, keeping the batch
-// the kernel may still be writing into.
-func (w *walker) ringBroken(path string, err error) error {
-	leaked.Lock()
-	leaked.batches = append(leaked.batches, w.cur)
-	leaked.Unlock()
-	w.cur = nil
-	w.noRing = true
-	return fmt.Errorf("dump %s: %w", path, err)
+// closeRing submits the last round's closes and closes the ring.
+func (w *walker) closeRing() {
+	if w.ringState.closes > 0 {
+		w.ring.wait(w.ringState.closes, func(uint64, int32) {})
+	}
+	w.ring.close()
+	w.ring = nil
 }
