@@ -14,7 +14,9 @@
 package fsnar
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -133,6 +135,9 @@ type walker struct {
 	cur  *batch
 	made int // batches taken from batchPool, at most ringBuffers
 
+	direntBuf []byte // getdents64 buffer
+	nameBuf   []byte // the names of the directory being listed
+
 	ring   *ring // nil until a directory has a run of files, and without io_uring
 	noRing bool  // io_uring is unavailable or failed: use plain system calls
 	ringState
@@ -242,17 +247,16 @@ func (w *walker) dir(dirfd int, name, path, rel string) error {
 	if err != nil {
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
 	}
-	d := os.NewFile(uintptr(fd), path)
-	defer d.Close()
+	defer unix.Close(fd)
 	if err := w.emit(&nar.Header{Path: rel, Type: nar.TypeDirectory}); err != nil {
 		return err
 	}
-	entries, err := d.ReadDir(-1)
+	entries, err := w.readDir(fd)
 	if err != nil {
-		return fmt.Errorf("dump %s: %w", path, err)
+		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "getdents", Path: path, Err: err})
 	}
 	// Byte-wise order of names, as Nix orders entries.
-	slices.SortFunc(entries, func(a, b os.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	slices.SortFunc(entries, func(a, b dirent) int { return strings.Compare(a.name, b.name) })
 	for i := 0; i < len(entries); {
 		// A run of regular files goes to the ring, when there is one.
 		if j := regularRun(entries, i); j-i >= minRingRun && w.useRing() {
@@ -264,15 +268,15 @@ func (w *walker) dir(dirfd int, name, path, rel string) error {
 		}
 		e := entries[i]
 		i++
-		child := e.Name()
+		child := e.name
 		if rel != "" {
-			child = rel + "/" + e.Name()
+			child = rel + "/" + e.name
 		}
 		ifmt, err := entryType(fd, e)
 		if err != nil {
-			return fmt.Errorf("dump %s/%s: %w", path, e.Name(), err)
+			return fmt.Errorf("dump %s/%s: %w", path, e.name, err)
 		}
-		if err := w.node(fd, e.Name(), path+"/"+e.Name(), child, ifmt); err != nil {
+		if err := w.node(fd, e.name, path+"/"+e.name, child, ifmt); err != nil {
 			return err
 		}
 	}
@@ -281,27 +285,94 @@ func (w *walker) dir(dirfd int, name, path, rel string) error {
 
 // regularRun returns the end of the run of regular files starting at entries[i],
 // at most ringSlots long.
-func regularRun(entries []os.DirEntry, i int) int {
+func regularRun(entries []dirent, i int) int {
 	j := i
-	for j < len(entries) && j-i < ringSlots && entries[j].Type().IsRegular() {
+	for j < len(entries) && j-i < ringSlots && entries[j].typ == unix.DT_REG {
 		j++
 	}
 	return j
 }
 
+// dirent is one entry of a directory listing.
+type dirent struct {
+	// name is a substring of one string holding all the directory's names, each
+	// followed by a NUL, so that its bytes can go to the kernel as they are.
+	name string
+	typ  uint8 // DT_REG, DT_DIR, DT_LNK, DT_UNKNOWN, ...
+}
+
+// direntBufferSize is the buffer for one getdents64 call; dirent names are at most
+// 255 bytes, so any entry fits.
+const direntBufferSize = 32 << 10
+
+// readDir lists the directory open as fd, without "." and "..".
+func (w *walker) readDir(fd int) ([]dirent, error) {
+	if w.direntBuf == nil {
+		w.direntBuf = make([]byte, direntBufferSize)
+	}
+	type span struct {
+		off, len int
+		typ      uint8
+	}
+	var spans []span
+	names := w.nameBuf[:0]
+	for {
+		n, err := unix.Getdents(fd, w.direntBuf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			break
+		}
+		for b := w.direntBuf[:n]; len(b) > 0; {
+			// struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, d_name
+			if len(b) < 19 {
+				return nil, errBadDirent
+			}
+			reclen := int(binary.NativeEndian.Uint16(b[16:]))
+			if reclen < 19 || reclen > len(b) {
+				return nil, errBadDirent
+			}
+			typ, name := b[18], b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			b = b[reclen:]
+			if len(name) == 0 || string(name) == "." || string(name) == ".." {
+				continue
+			}
+			spans = append(spans, span{len(names), len(name), typ})
+			names = append(names, name...)
+			names = append(names, 0)
+		}
+	}
+	w.nameBuf = names
+	all := string(names)
+	entries := make([]dirent, len(spans))
+	for i, sp := range spans {
+		entries[i] = dirent{name: all[sp.off : sp.off+sp.len], typ: sp.typ}
+	}
+	return entries, nil
+}
+
+var errBadDirent = errors.New("malformed directory entry")
+
 // entryType maps a directory entry's type to S_IFMT bits, asking the file system
 // only when the listing did not say.
-func entryType(dirfd int, e os.DirEntry) (uint32, error) {
-	switch t := e.Type(); {
-	case t.IsRegular():
+func entryType(dirfd int, e dirent) (uint32, error) {
+	switch e.typ {
+	case unix.DT_REG:
 		return unix.S_IFREG, nil
-	case t.IsDir():
+	case unix.DT_DIR:
 		return unix.S_IFDIR, nil
-	case t&os.ModeSymlink != 0:
+	case unix.DT_LNK:
 		return unix.S_IFLNK, nil
 	}
 	var st unix.Stat_t
-	if err := unix.Fstatat(dirfd, e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.Fstatat(dirfd, e.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return 0, err
 	}
 	return st.Mode & unix.S_IFMT, nil

@@ -2,7 +2,6 @@ package fsnar
 
 import (
 	"fmt"
-	"os"
 	"sync/atomic"
 	"unsafe"
 
@@ -10,20 +9,12 @@ import (
 )
 
 // The io_uring ABI, as include/uapi/linux/io_uring.h defines it: only what the
-// walker submits (OPENAT into a registered-file slot, READ and CLOSE of that slot,
-// STATX by name).
+// walker submits (OPENAT and CLOSE).
 const (
 	opOpenat = 18
 	opClose  = 19
-	opStatx  = 21
-	opRead   = 22
-
-	sqeFixedFile  = 1 << 0 // fd is a registered-file slot
-	sqeIOLink     = 1 << 2 // the next entry runs after this one, and is cancelled if it fails
-	sqeIOHardlink = 1 << 3 // the next entry runs after this one whatever its result
 
 	enterGetEvents = 1 << 0
-	registerFiles  = 2
 	featSingleMmap = 1 << 0
 
 	offSQRing = 0
@@ -43,7 +34,7 @@ type uringSQE struct {
 	userData    uint64
 	bufIndex    uint16
 	personality uint16
-	fileIndex   uint32 // OPENAT and CLOSE: registered slot + 1
+	fileIndex   uint32
 	addr3       uint64
 	_           uint64
 }
@@ -67,9 +58,8 @@ type uringParams struct {
 	}
 }
 
-// ring is one io_uring owned by the walker's goroutine, with ringSlots registered
-// file slots. Everything it submits is complete when wait returns, so the kernel
-// never writes into Go memory outside a call to wait.
+// ring is one io_uring owned by the walker's goroutine. Everything it submits is
+// complete when wait returns.
 type ring struct {
 	fd           int
 	sqMem, cqMem []byte
@@ -101,15 +91,6 @@ func setupRing(entries uint32) (*ring, error) {
 	if err := r.mapRings(&p); err != nil {
 		r.close()
 		return nil, err
-	}
-	fds := make([]int32, ringSlots)
-	for i := range fds {
-		fds[i] = -1
-	}
-	if _, _, errno := unix.Syscall6(unix.SYS_IO_URING_REGISTER, uintptr(r.fd), registerFiles,
-		uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), 0, 0); errno != 0 {
-		r.close()
-		return nil, fmt.Errorf("io_uring_register files: %w", errno)
 	}
 	return r, nil
 }
@@ -222,13 +203,11 @@ const (
 	closeTag = 1 << 63
 )
 
-// ringState is the walker's scratch for one round: the names (NUL-terminated, in
-// one buffer) and the descriptors the ring opened.
+// ringState is the walker's scratch for one round: the descriptors the ring
+// opened, and how many closes wait for the next round.
 type ringState struct {
-	names   []byte
-	nameOff [ringSlots]int
-	fds     [ringSlots]int32
-	closes  int // CLOSEs queued for the next round
+	fds    [ringSlots]int32
+	closes int
 }
 
 // useRing reports whether the walker has a ring, setting one up on first use.
@@ -252,16 +231,12 @@ func (w *walker) useRing() bool {
 // one round of the ring (which also closes the files of the previous round), then
 // reading each with plain system calls. A file the ring could not open takes the
 // plain path, which gives the error.
-func (w *walker) files(dirfd int, path, rel string, entries []os.DirEntry) error {
+func (w *walker) files(dirfd int, path, rel string, entries []dirent) error {
 	s := &w.ringState
-	s.names = s.names[:0]
 	for i, e := range entries {
-		s.nameOff[i] = len(s.names)
-		s.names = append(s.names, e.Name()...)
-		s.names = append(s.names, 0)
-	}
-	for i := range entries {
-		w.ring.push(openEntry(dirfd, &s.names[s.nameOff[i]], uint64(i)))
+		// The name's bytes are followed by a NUL (see dirent); the kernel copies
+		// them when the entry is submitted.
+		w.ring.push(openEntry(dirfd, unsafe.StringData(e.name), uint64(i)))
 	}
 	want := len(entries) + s.closes
 	s.closes = 0
@@ -275,7 +250,7 @@ func (w *walker) files(dirfd int, path, rel string, entries []os.DirEntry) error
 		return fmt.Errorf("dump %s: %w", path, err)
 	}
 	for i, e := range entries {
-		name := e.Name()
+		name := e.name
 		child := name
 		if rel != "" {
 			child = rel + "/" + name
