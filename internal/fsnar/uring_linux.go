@@ -168,13 +168,20 @@ func (r *ring) wait(want int, done func(userData uint64, res int32)) error {
 		if got >= want && submit == 0 {
 			return nil
 		}
-		_, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(submit),
-			uintptr(max(want-got, 0)), enterGetEvents, 0, 0)
+		var errno unix.Errno
+		if submit > 0 {
+			// Submitting runs each entry without blocking (one that would block,
+			// such as an open that must read the disk, goes to the kernel's
+			// workers), so the call is short, if long for a system call: made
+			// raw, it keeps its P, which Go would otherwise hand to another thread
+			// (a futex wake and a spinning thread on the hasher's core).
+			_, _, errno = unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(submit), 0, 0, 0, 0)
+		} else {
+			_, _, errno = unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), 0, uintptr(want-got), enterGetEvents, 0, 0)
+		}
 		switch errno {
 		case 0, unix.EINTR, unix.EAGAIN, unix.EBUSY:
 		default:
-			// Entries may still be in flight: the caller must not reuse the
-			// memory they point to, so the dump fails.
 			return fmt.Errorf("io_uring_enter: %w", errno)
 		}
 	}
