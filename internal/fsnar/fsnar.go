@@ -7,6 +7,17 @@
 // the walk and the reads on the other, which is what makes `cairn hash path` and
 // adding a tree to the store faster than Nix's single-threaded dump.
 //
+// The walker's vocabulary: a directory is listed with getdents64 into one buffer
+// and sorted; a run is up to ringSlots consecutive regular files of one listing.
+// Where io_uring is available, each run is one round of the ring: one
+// io_uring_enter opens every file of the run (OPENAT) and closes the files of the
+// previous round (CLOSE); fstat and read stay plain system calls, as they were
+// slower through the ring (STATX always goes to the kernel's worker threads).
+// Where io_uring is missing or refused (ENOSYS, EPERM from seccomp or
+// io_uring_disabled), or for a single file, files are opened and closed by plain
+// system calls; a file the ring could not open is retried that way, which gives
+// the error.
+//
 // The archive is byte-identical to nar.Dump's and `nix-store --dump`'s: entries in
 // byte-wise order of their names, the executable flag from the owner's x bit, only
 // regular files, directories and symlinks. Memory use is bounded by the ring
