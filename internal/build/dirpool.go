@@ -17,13 +17,16 @@ import (
 const maxPooledDirs = 16
 
 // Build dirs are reused. Making an inode is the slowest file system call a
-// sandboxed build makes (ext4 scans its bitmaps for one that was not
-// recently freed), and a build makes one per input: the mount point of each
+// sandboxed build makes (ext4 without a journal scans its bitmaps for one
+// that was not recently freed: up to a millisecond when builds come one
+// after another), and a build needs one per input: the mount point of each
 // input in the scratch store dir. A reused scratch store dir keeps the mount
-// points of the inputs the next build shares with the last one, and
-// nothing else: getDirs deletes every other entry, and any entry that is
-// not an empty regular file or empty directory of the daemon's or the last
-// builder's, so the builder sees exactly its inputs, as with a fresh dir.
+// points of the inputs the next build shares with the last one, and gives
+// the last build's other mount points the names of the next build's inputs
+// (a rename allocates no inode); getDirs deletes every other entry, and any
+// entry that is not an empty regular file or empty directory of the
+// daemon's or the last builder's, so the builder sees exactly its inputs,
+// as with a fresh dir.
 //
 // Everything here that touches what a builder could have touched goes
 // through directory descriptors and never follows a symlink: the build dir
@@ -45,9 +48,9 @@ func (b *Builder) getDirs(drvPath storepath.StorePath, sandboxed bool, inputs []
 	if d == nil {
 		return b.makeDirs(drvPath, true, id)
 	}
-	keep := make(map[string]bool, len(inputs))
+	keep := make(map[string]string, len(inputs))
 	for _, p := range inputs {
-		keep[p.Base()] = true
+		keep[p.Base()] = b.store.RealPath(p)
 	}
 	// The scratch store dir is the daemon's, writable by the builder's
 	// group; the build dir is the builder's.
@@ -161,11 +164,14 @@ func (d *buildDirs) remove() {
 	}()
 }
 
-// resetDir empties dir, but for the entries named in keep that are empty
-// regular files or empty directories owned by the daemon or by prevUID
-// (the mount points the last build's init made), and gives dir the owner
-// and mode of the next build's (the builder may have changed the mode).
-func resetDir(dir string, keep map[string]bool, prevUID, uid, gid int, mode uint32) error {
+// resetDir empties dir but for mount points of the entries named in keep
+// (name to the real path the mount's source is), and gives dir the owner and
+// mode of the next build's (the builder may have changed the mode). A mount
+// point is an empty regular file with one link or an empty directory, owned
+// by the daemon or by prevUID (the last build's init made it): one named in
+// keep stays, one of another name is renamed to a name in keep that lacks
+// one, of the type the source's (the mount's) is.
+func resetDir(dir string, keep map[string]string, prevUID, uid, gid int, mode uint32) error {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return &os.PathError{Op: "open", Path: dir, Err: err}
@@ -183,12 +189,46 @@ func resetDir(dir string, keep map[string]bool, prevUID, uid, gid int, mode uint
 	if err != nil {
 		return err
 	}
+	present := make(map[string]bool, len(names))
+	var spare [2][]string // mount points of other names: files, directories
 	for _, name := range names {
-		if keep[name] && isEmptyMountPoint(fd, name, prevUID) {
+		if kind := mountPointKind(fd, name, prevUID); kind >= 0 {
+			if _, ok := keep[name]; ok {
+				present[name] = true
+				continue
+			}
+			spare[kind] = append(spare[kind], name)
 			continue
 		}
 		if err := removeAt(fd, name); err != nil {
 			return err
+		}
+	}
+	if len(spare[0])+len(spare[1]) > 0 {
+		for name, src := range keep {
+			if present[name] {
+				continue
+			}
+			var sst unix.Stat_t
+			if unix.Stat(src, &sst) != nil { // init's error, if any, is the better one
+				continue
+			}
+			kind := 0
+			if sst.Mode&unix.S_IFMT == unix.S_IFDIR {
+				kind = 1
+			}
+			if n := len(spare[kind]); n > 0 {
+				if unix.Renameat2(fd, spare[kind][n-1], fd, name, unix.RENAME_NOREPLACE) == nil {
+					spare[kind] = spare[kind][:n-1]
+				}
+			}
+		}
+	}
+	for _, list := range spare {
+		for _, name := range list {
+			if err := removeAt(fd, name); err != nil {
+				return err
+			}
 		}
 	}
 	if int(st.Uid) != uid || int(st.Gid) != gid {
@@ -199,42 +239,45 @@ func resetDir(dir string, keep map[string]bool, prevUID, uid, gid int, mode uint
 	return unix.Fchmod(fd, mode)
 }
 
-// isEmptyMountPoint reports whether name in dirfd is an empty regular file
-// with one link or an empty directory, owned by the daemon or by prevUID.
-func isEmptyMountPoint(dirfd int, name string, prevUID int) bool {
+// mountPointKind says whether name in dirfd is an empty regular file with
+// one link (0) or an empty directory (1), owned by the daemon or by prevUID;
+// -1 if it is neither.
+func mountPointKind(dirfd int, name string, prevUID int) int {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return false
+		return -1
 	}
 	if int(st.Uid) != os.Geteuid() && int(st.Uid) != prevUID {
-		return false
+		return -1
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		return st.Size == 0 && st.Nlink == 1
+		if st.Size == 0 && st.Nlink == 1 {
+			return 0
+		}
 	case unix.S_IFDIR:
 		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return false
+			return -1
 		}
 		defer unix.Close(fd)
 		buf := make([]byte, 256)
 		for {
 			n, err := unix.Getdents(fd, buf)
 			if err != nil {
-				return false
+				return -1
 			}
 			if n == 0 {
-				return true
+				return 1
 			}
 			var entries []string
 			_, _, entries = unix.ParseDirent(buf[:n], -1, entries)
 			if len(entries) > 0 {
-				return false
+				return -1
 			}
 		}
 	}
-	return false
+	return -1
 }
 
 // removeAll deletes the tree at path (its last component is not followed;
