@@ -10,7 +10,7 @@ rounds=$1; shift
 dag=$(realpath -m "${DAG:-$(dirname "$0")/../../shared/bench/dag.nix}")
 [ -f "$dag" ] || { echo "no $dag: set DAG to ../shared/bench/dag.nix" >&2; exit 2; }
 work=$(mktemp -d /var/tmp/build-dag.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 run_one() { # cmd salt -> ms
 	local cmd=$1 salt=$2 d=$work/run sock pid s e
