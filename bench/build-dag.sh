@@ -19,6 +19,10 @@ run_one() { # cmd salt -> ms
 	NIX_DAEMON_SOCKET_PATH=$sock setsid $cmd --store "local?root=$d/root" --option sandbox true \
 		--option substituters '' --option sandbox-paths /bin/sh=/bin/busybox >"$d/daemon.log" 2>&1 &
 	pid=$!
+	# setsid gave the daemon an autogroup of its own: give it the priority of
+	# the caller's (under /tmp/prio-style wrappers, -20), whatever it is.
+	cat /proc/self/autogroup 2>/dev/null | sed -n 's/.*nice \(-\?[0-9]*\).*/\1/p' >"$d/nice" || true
+	[ -s "$d/nice" ] && echo "$(cat "$d/nice")" >/proc/$pid/autogroup 2>/dev/null || true
 	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 	client() { NIX_REMOTE=unix://$sock NIX_CONFIG=$'substituters =\nwarn-dirty = false' \
 		unshare -m --propagation private sh -c 'mkdir -p /nix && mount --bind "$0" /nix && exec "$@"' "$d/root/nix" "$@"; }

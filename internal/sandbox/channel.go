@@ -21,6 +21,7 @@ import (
 //	                 'X'                             (exec is next)
 const (
 	initEnv   = "CAIRN_SANDBOX_INIT"
+	earlyEnv  = "CAIRN_SANDBOX_EARLY" // init's shape (early, JSON)
 	channelFD = 3
 
 	msgExec  = 'X'

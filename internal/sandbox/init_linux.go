@@ -53,6 +53,7 @@ func fail(step string, err error) error {
 func readSpec() (*wireSpec, error) {
 	var n [4]byte
 	logFD, err := readFirst(n[:])
+	trMark("specin")
 	if err != nil {
 		return nil, fail("read spec", err)
 	}
@@ -137,113 +138,176 @@ type mountReq struct {
 
 var devNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}
 
+// early is what init knows of its sandbox before the spec comes: the shape
+// of the spare (see shapeOf), from the environment. It lets a pooled init
+// do, while it waits, every step that does not depend on its build.
+type early struct {
+	Root       string `json:"root"`
+	RootSize   int64  `json:"root_size,omitempty"`
+	Hostname   string `json:"hostname,omitempty"`
+	Domainname string `json:"domainname,omitempty"`
+	UID        int    `json:"uid"`
+	GID        int    `json:"gid"`
+	UserNS     bool   `json:"user_ns,omitempty"`
+	Setgroups  bool   `json:"setgroups,omitempty"`
+}
+
+func earlyOf(s *Spec) early {
+	return early{Root: s.Root, RootSize: s.RootSize, Hostname: s.Hostname, Domainname: s.Domainname,
+		UID: s.UID, GID: s.GID, UserNS: s.userNS(), Setgroups: s.Setgroups}
+}
+
+// setup is init's state between the early steps and the spec's.
+type setup struct {
+	e      early
+	devs   []mountReq // the device nodes, cloned from the host's /dev
+	rootFD int        // the new root, once mounted; -1 before
+	t      *tree
+}
+
 func initSandbox() error {
+	var e early
+	if err := json.Unmarshal([]byte(os.Getenv(earlyEnv)), &e); err != nil {
+		return fail("read shape", err)
+	}
+	trMark("main")
+	trOpen()
+	st := &setup{e: e, rootFD: -1}
+	if err := st.before(); err != nil {
+		return err
+	}
+	trMark("ready")
 	w, err := readSpec()
 	if err != nil {
 		return err
 	}
-	s := w.Spec
-	unix.Umask(0o022)
-	userNS := s.userNS()
+	trMark("parsed")
+	if got := earlyOf(w.Spec); got != e {
+		return fail("read spec", fmt.Errorf("spec %+v does not match init's shape %+v", got, e))
+	}
+	return st.finish(w)
+}
 
+const (
+	mountRO     = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+	mountRW     = unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+	mountDevice = unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NOEXEC
+)
+
+// cloneMount clones src into a detached mount with attr set, for target.
+// optional: a missing src is skipped (ok false).
+func cloneMount(src, target string, attr uint64, optional bool) (m mountReq, ok bool, err error) {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, src,
+		unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		if optional && errors.Is(err, unix.ENOENT) {
+			return m, false, nil
+		}
+		if errors.Is(err, unix.ENOSYS) {
+			err = fmt.Errorf("%w (Linux 5.12 or later needed)", err)
+		}
+		return m, false, fail("bind "+src, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(tree, &st); err != nil {
+		unix.Close(tree)
+		return m, false, fail("bind "+src, err)
+	}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE,
+		&unix.MountAttr{Attr_set: attr}); err != nil {
+		unix.Close(tree)
+		return m, false, fail("set attributes of bind "+src, err)
+	}
+	return mountReq{target: target, tree: tree, isDir: st.Mode&unix.S_IFMT == unix.S_IFDIR}, true, nil
+}
+
+// before takes the steps that need nothing from the spec: namespaces made
+// private, the device nodes cloned, host name and loopback set, and, when
+// init already has the build's ids (no build user to switch to), the root
+// tmpfs with /proc and /dev. A pooled init takes them while it waits.
+func (st *setup) before() error {
+	e := st.e
+	unix.Umask(0o022)
 	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
 		return fail("unshare cgroup namespace", err)
 	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fail("make mounts private", err)
 	}
-
-	// With the identity init started with, clone every source into a
-	// detached mount: the daemon's private directories are reachable now,
-	// and may not be after the switch to the build's ids.
-	var mounts []mountReq
-	clone := func(src, target string, attr uint64, optional bool) error {
-		tree, err := unix.OpenTree(unix.AT_FDCWD, src,
-			unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
-		if err != nil {
-			if optional && errors.Is(err, unix.ENOENT) {
-				return nil
-			}
-			if errors.Is(err, unix.ENOSYS) {
-				err = fmt.Errorf("%w (Linux 5.12 or later needed)", err)
-			}
-			return fail("bind "+src, err)
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(tree, &st); err != nil {
-			return fail("bind "+src, err)
-		}
-		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE,
-			&unix.MountAttr{Attr_set: attr}); err != nil {
-			return fail("set attributes of bind "+src, err)
-		}
-		mounts = append(mounts, mountReq{target: target, tree: tree, isDir: st.Mode&unix.S_IFMT == unix.S_IFDIR})
-		return nil
-	}
-	const (
-		ro     = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
-		rw     = unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
-		device = unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NOEXEC
-	)
 	for _, name := range devNodes {
-		if err := clone("/dev/"+name, "/dev/"+name, device, name == "tty"); err != nil {
+		m, ok, err := cloneMount("/dev/"+name, "/dev/"+name, mountDevice, name == "tty")
+		if err != nil {
 			return err
 		}
-	}
-	nDev := len(mounts)
-	for _, b := range s.Binds {
-		attr := uint64(ro)
-		if b.Writable {
-			attr = rw
-		}
-		if err := clone(b.Source, b.Target, attr, b.Optional); err != nil {
-			return err
+		if ok {
+			st.devs = append(st.devs, m)
 		}
 	}
-	if s.BuildDir != "" {
-		if err := clone(s.BuildDir, s.BuildDirTarget, rw, false); err != nil {
-			return err
-		}
+	hostname, domain := e.Hostname, e.Domainname
+	if hostname == "" {
+		hostname = "localhost"
 	}
-	for i := range s.Tmpfs {
-		mounts = append(mounts, mountReq{target: s.Tmpfs[i].Target, tree: -1, isDir: true, tmpfs: &s.Tmpfs[i]})
+	if domain == "" {
+		domain = "(none)"
 	}
+	if err := unix.Sethostname([]byte(hostname)); err != nil {
+		return fail("set host name", err)
+	}
+	if err := unix.Setdomainname([]byte(domain)); err != nil {
+		return fail("set domain name", err)
+	}
+	if err := loopbackUp(); err != nil {
+		return fail("bring up loopback", err)
+	}
+	// Switching to a build user's ids would lock init out of the daemon's
+	// private directories, whose binds come with the spec: then the root
+	// waits for them.
+	if !e.UserNS || (unix.Getuid() == e.UID && unix.Getgid() == e.GID) {
+		return st.makeRoot()
+	}
+	return nil
+}
 
-	size := s.RootSize
+// makeRoot mounts the root tmpfs and, under it, /proc and /dev. In a user
+// namespace init takes the build's ids first: files made on the root need
+// owners mapped in the namespace.
+func (st *setup) makeRoot() error {
+	e := st.e
+	size := e.RootSize
 	if size == 0 {
 		size = 16 << 20
 	}
 	opts := "mode=0755,size=" + strconv.FormatInt(size, 10)
-	if userNS {
-		opts += ",uid=" + strconv.Itoa(s.UID) + ",gid=" + strconv.Itoa(s.GID)
+	if e.UserNS {
+		opts += ",uid=" + strconv.Itoa(e.UID) + ",gid=" + strconv.Itoa(e.GID)
 	}
-	if err := unix.Mount("tmpfs", s.Root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
-		return fail("mount root tmpfs on "+s.Root, err)
+	if err := unix.Mount("tmpfs", e.Root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+		return fail("mount root tmpfs on "+e.Root, err)
 	}
-	rootFD, err := unix.Open(s.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	rootFD, err := unix.Open(e.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fail("open root", err)
 	}
-
-	if userNS {
-		// Files made on the root tmpfs need owners mapped in the namespace.
-		if err := switchIDs(s); err != nil {
+	st.rootFD = rootFD
+	if e.UserNS {
+		if err := switchIDs(e); err != nil {
 			return err
 		}
 	}
-
 	t := &tree{root: rootFD, dirs: map[string]int{}}
+	st.t = t
 	if err := t.mountFS("/proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return err
 	}
 	if err := t.mountFS("/dev", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=65536"); err != nil {
 		return err
 	}
-	for _, m := range mounts[:nDev] {
+	for _, m := range st.devs {
 		if err := t.attach(m); err != nil {
 			return err
 		}
 	}
+	st.devs = nil
 	if err := t.mountFS("/dev/pts", "devpts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC,
 		"newinstance,ptmxmode=0666,mode=0620"); err != nil {
 		return err
@@ -263,14 +327,56 @@ func initSandbox() error {
 			return fail("symlink /dev/"+l[0], err)
 		}
 	}
+	return nil
+}
+
+// finish builds the rest of the root from the spec and executes the command.
+func (st *setup) finish(w *wireSpec) error {
+	s := w.Spec
+	userNS := s.userNS()
+
+	// With the ids init started with, clone every source into a detached
+	// mount: the daemon's private directories are reachable now, and may
+	// not be after a switch to a build user's ids.
+	var mounts []mountReq
+	clone := func(src, target string, attr uint64, optional bool) error {
+		m, ok, err := cloneMount(src, target, attr, optional)
+		if ok {
+			mounts = append(mounts, m)
+		}
+		return err
+	}
+	for _, b := range s.Binds {
+		attr := uint64(mountRO)
+		if b.Writable {
+			attr = mountRW
+		}
+		if err := clone(b.Source, b.Target, attr, b.Optional); err != nil {
+			return err
+		}
+	}
+	if s.BuildDir != "" {
+		if err := clone(s.BuildDir, s.BuildDirTarget, mountRW, false); err != nil {
+			return err
+		}
+	}
+	for i := range s.Tmpfs {
+		mounts = append(mounts, mountReq{target: s.Tmpfs[i].Target, tree: -1, isDir: true, tmpfs: &s.Tmpfs[i]})
+	}
+	if st.rootFD < 0 {
+		if err := st.makeRoot(); err != nil {
+			return err
+		}
+	}
+	trMark("binds")
+	t, rootFD := st.t, st.rootFD
 	for _, f := range s.Files {
 		if err := t.writeFile(f); err != nil {
 			return err
 		}
 	}
-	rest := mounts[nDev:]
-	sort.SliceStable(rest, func(i, j int) bool { return rest[i].target < rest[j].target })
-	for _, m := range rest {
+	sort.SliceStable(mounts, func(i, j int) bool { return mounts[i].target < mounts[j].target })
+	for _, m := range mounts {
 		if err := t.attach(m); err != nil {
 			return err
 		}
@@ -291,23 +397,7 @@ func initSandbox() error {
 	}
 	t.closeAll()
 
-	hostname, domain := s.Hostname, s.Domainname
-	if hostname == "" {
-		hostname = "localhost"
-	}
-	if domain == "" {
-		domain = "(none)"
-	}
-	if err := unix.Sethostname([]byte(hostname)); err != nil {
-		return fail("set host name", err)
-	}
-	if err := unix.Setdomainname([]byte(domain)); err != nil {
-		return fail("set domain name", err)
-	}
-	if err := loopbackUp(); err != nil {
-		return fail("bring up loopback", err)
-	}
-
+	trMark("attached")
 	if err := unix.Fchdir(rootFD); err != nil {
 		return fail("chdir to root", err)
 	}
@@ -326,6 +416,7 @@ func initSandbox() error {
 		return fail("chdir "+dir, err)
 	}
 
+	trMark("pivoted")
 	for _, r := range s.Rlimits {
 		lim := syscall.Rlimit{Cur: r.Soft, Max: r.Hard}
 		if err := syscall.Setrlimit(rlimitResource(r.Resource), &lim); err != nil {
@@ -339,7 +430,7 @@ func initSandbox() error {
 		}
 	}
 	if !userNS {
-		if err := switchIDs(s); err != nil {
+		if err := switchIDs(st.e); err != nil {
 			return err
 		}
 	}
@@ -359,6 +450,8 @@ func initSandbox() error {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fail("close inherited fds", err)
 	}
+	trMark("sealed")
+	trFlush()
 	if err := writeAll(channelFD, []byte{msgExec}); err != nil {
 		return fail("report exec", err)
 	}
@@ -370,8 +463,8 @@ func initSandbox() error {
 // dropped (when allowed), then gid, then uid. Only this thread: it is the one
 // that executes the command, and asking every thread of the Go runtime
 // (syscall.Setresuid) costs up to 100 ms when some are asleep.
-func switchIDs(s *Spec) error {
-	if !s.userNS() || s.Setgroups {
+func switchIDs(s early) error {
+	if !s.UserNS || s.Setgroups {
 		if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 {
 			return fail("setgroups", e)
 		}

@@ -29,8 +29,9 @@ const DefaultSpares = 2
 // init starts on another core during the build. A spare that waits longer
 // than Idle is dropped.
 //
-// An init knows nothing about its build until the spec arrives: it holds no
-// mounts, no ids but the shape's, and reads only from its channel.
+// An init knows only its shape until the spec arrives: it holds the mounts
+// every sandbox of the shape has (see initSandbox), no ids but the shape's,
+// and reads only from its channel.
 type Pool struct {
 	Idle   time.Duration // 0: DefaultIdle
 	Spares int           // inits kept ready per shape; 0: DefaultSpares

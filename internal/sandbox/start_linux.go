@@ -118,7 +118,12 @@ func spawn(ctx context.Context, spec *Spec, stdio io.Writer) (*Process, *os.File
 	cmd.Args = InitArgs
 	// init is short-lived: no garbage collection, one P (fewer threads).
 	// The command gets exactly its own environment, not this one.
-	cmd.Env = []string{initEnv + "=1", "GOGC=off", "GOMAXPROCS=1"}
+	shape, err := json.Marshal(earlyOf(spec))
+	if err != nil {
+		parentEnd.Close()
+		return nil, nil, fmt.Errorf("sandbox: encode shape: %w", err)
+	}
+	cmd.Env = []string{initEnv + "=1", earlyEnv + "=" + string(shape), "GOGC=off", "GOMAXPROCS=1"}
 	if stdio != nil {
 		cmd.Stdout = stdio
 		cmd.Stderr = stdio
