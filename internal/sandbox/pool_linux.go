@@ -51,6 +51,7 @@ type spare struct {
 
 // shape is what an init must be started with: everything spawn reads.
 type shape struct {
+	Early     early    `json:"early"`
 	Init      string   `json:"init"`
 	UIDMap    []IDMap  `json:"uid_map"`
 	GIDMap    []IDMap  `json:"gid_map"`
@@ -64,7 +65,7 @@ type shape struct {
 }
 
 func shapeOf(spec *Spec) string {
-	b, _ := json.Marshal(shape{Init: InitPath, Args: InitArgs, UIDMap: spec.UIDMap, GIDMap: spec.GIDMap,
+	b, _ := json.Marshal(shape{Early: earlyOf(spec), Init: InitPath, Args: InitArgs, UIDMap: spec.UIDMap, GIDMap: spec.GIDMap,
 		Setgroups: spec.Setgroups, Cgroup: spec.Cgroup, Net: spec.Net})
 	return string(b)
 }
@@ -105,7 +106,6 @@ func (pl *Pool) Start(ctx context.Context, spec *Spec) (*Process, error) {
 
 // begin hands the spare its build.
 func (sp *spare) begin(ctx context.Context, spec *Spec, payload []byte, log *os.File) (*Process, error) {
-	defer sp.ch.Close()
 	p := sp.p
 	p.ctx = ctx
 	p.unwatch = context.AfterFunc(ctx, func() { p.Kill() })
@@ -162,7 +162,9 @@ func (pl *Pool) refill(key string, spec *Spec) {
 	pl.starting[key] += n
 	pl.adding.Add(n)
 	pl.mu.Unlock()
-	shaped := &Spec{UIDMap: spec.UIDMap, GIDMap: spec.GIDMap, Setgroups: spec.Setgroups, Cgroup: spec.Cgroup, Net: spec.Net}
+	shaped := &Spec{Root: spec.Root, RootSize: spec.RootSize, Hostname: spec.Hostname, Domainname: spec.Domainname,
+		UID: spec.UID, GID: spec.GID, UIDMap: spec.UIDMap, GIDMap: spec.GIDMap, Setgroups: spec.Setgroups,
+		Cgroup: spec.Cgroup, Net: spec.Net}
 	for range n {
 		go pl.add(key, shaped)
 	}
