@@ -76,6 +76,12 @@ type Spec struct {
 	// network stack (see Net; LookNet finds one). It is attached before
 	// NetworkSetup runs and stopped by Wait.
 	Net *Net `json:"-"`
+	// Hold makes Start return once init has the spec (and the network, if
+	// any, is attached), before the command is executed: init sets the
+	// sandbox up and waits for Process.Go. A caller that limits how many
+	// commands run at once can so set up the next sandbox while the last
+	// command runs.
+	Hold bool `json:"-"`
 }
 
 // Bind is a bind mount from the host into the root.

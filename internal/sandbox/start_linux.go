@@ -25,6 +25,9 @@ type Process struct {
 	unwatch func() bool
 	net     *netProc // the network stack, stopped by Wait
 
+	// held is the channel to an init that waits for Go (Spec.Hold).
+	held *os.File
+
 	waitOnce sync.Once
 	status   Status
 	waitErr  error
@@ -49,7 +52,6 @@ func Start(ctx context.Context, spec *Spec) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer ch.Close()
 	return p.begin(ctx, spec, ch, payload, nil)
 }
 
@@ -62,7 +64,7 @@ func prepare(spec *Spec, logFD bool) ([]byte, error) {
 	if !spec.userNS() && os.Geteuid() != 0 {
 		return nil, errors.New("sandbox: spec: no id maps: a user namespace is needed when not root")
 	}
-	payload, err := json.Marshal(wireSpec{Spec: spec, Wait: spec.NetworkSetup != nil || spec.Net != nil, LogFD: logFD})
+	payload, err := json.Marshal(wireSpec{Spec: spec, Wait: spec.NetworkSetup != nil || spec.Net != nil || spec.Hold, LogFD: logFD})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: encode spec: %w", err)
 	}
@@ -141,23 +143,61 @@ func spawn(ctx context.Context, spec *Spec, stdio io.Writer) (*Process, *os.File
 }
 
 // begin sends init the spec (with log, when not nil, as its stdout and
-// stderr) and waits until the command is executed; on failure init is killed
-// and reaped.
+// stderr) and waits until the command is executed, or, with spec.Hold,
+// until init has the spec; it takes ch. On failure init is killed and
+// reaped.
 func (p *Process) begin(ctx context.Context, spec *Spec, ch *os.File, payload []byte, log *os.File) (*Process, error) {
 	if err := p.handshake(ctx, spec, ch, payload, log); err != nil {
-		p.Kill()
-		st, _ := p.Wait()
-		if errors.Is(err, errNoExec) {
-			err = fmt.Errorf("sandbox: init ended before exec (%v); see the build log", st)
-		} else if st != (Status{}) {
-			err = fmt.Errorf("%w (init: %v)", err, st)
-		}
-		if ctx.Err() != nil {
-			err = fmt.Errorf("sandbox: %w (%v)", ctx.Err(), err)
-		}
-		return nil, err
+		ch.Close()
+		return nil, p.abort(ctx, err)
 	}
+	if spec.Hold {
+		p.held = ch
+		return p, nil
+	}
+	ch.Close()
 	return p, nil
+}
+
+// Go lets a held init (Spec.Hold) execute its command and returns once it
+// has, or with the error that stopped the sandbox's setup; then init is
+// killed and reaped. Without Hold it does nothing.
+func (p *Process) Go(ctx context.Context) error {
+	ch := p.held
+	if ch == nil {
+		return nil
+	}
+	p.held = nil
+	defer ch.Close()
+	if _, err := ch.Write([]byte{msgGo}); err != nil {
+		if _, rerr := readReports(ch); rerr != nil {
+			return p.abort(ctx, rerr)
+		}
+		return p.abort(ctx, fmt.Errorf("sandbox: send go-ahead: %w", err))
+	}
+	execd, err := readReports(ch)
+	if err == nil && !execd {
+		err = errNoExec
+	}
+	if err != nil {
+		return p.abort(ctx, err)
+	}
+	return nil
+}
+
+// abort kills and reaps init after err stopped its setup, and says so.
+func (p *Process) abort(ctx context.Context, err error) error {
+	p.Kill()
+	st, _ := p.Wait()
+	if errors.Is(err, errNoExec) {
+		err = fmt.Errorf("sandbox: init ended before exec (%v); see the build log", st)
+	} else if st != (Status{}) {
+		err = fmt.Errorf("%w (init: %v)", err, st)
+	}
+	if ctx.Err() != nil {
+		err = fmt.Errorf("sandbox: %w (%v)", ctx.Err(), err)
+	}
+	return err
 }
 
 var (
@@ -203,6 +243,9 @@ func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payloa
 		if err := spec.NetworkSetup(ctx, p.cmd.Process.Pid); err != nil {
 			return fmt.Errorf("sandbox: network setup: %w", err)
 		}
+	}
+	if spec.Hold {
+		return nil // Go sends the go-ahead
 	}
 	if spec.NetworkSetup != nil || spec.Net != nil {
 		if _, err := ch.Write([]byte{msgGo}); err != nil {
