@@ -315,7 +315,9 @@ type request struct {
 	b    *Builder
 	opts Options
 	log  Logger
-	jobs chan struct{}
+	// jobs holds a place per running builder, prep a place per build set up
+	// ahead of its run: max-jobs each (see slot).
+	jobs, prep chan struct{}
 
 	mu                              sync.Mutex
 	done, expected, running, failed int
@@ -357,6 +359,7 @@ func (b *Builder) newRequest(opts Options, log Logger) *request {
 	r := &request{b: b, opts: opts, log: log, reported: map[storepath.StorePath]bool{}, good: map[storepath.StorePath]bool{}}
 	if opts.MaxJobs > 0 {
 		r.jobs = make(chan struct{}, opts.MaxJobs)
+		r.prep = make(chan struct{}, opts.MaxJobs)
 	}
 	return r
 }

@@ -22,10 +22,12 @@
 // A goal, in order: read the .drv; start (or join) a goal for every input
 // derivation whose wanted outputs are not valid and wait for them (without
 // keep-going the first failure ends the wait); check the input sources;
-// take a job slot (max-jobs per request; 0 means none) and the outputs'
-// path locks (Nix's <path>.lock, so Nix itself and other Cairn processes
+// take a place to prepare (max-jobs per request; 0 means none) and the
+// outputs' path locks (Nix's <path>.lock, so Nix itself and other Cairn processes
 // agree); look again whether another builder made the outputs meanwhile;
-// run the builder with Nix 2.8's environment (Env); for each output:
+// set the sandbox up, held; take a place to run (max-jobs per request) and
+// run the builder with Nix 2.8's environment (Env); give the place back
+// when the builder has exited; for each output:
 // check it exists, check a fixed output's hash, scan references against
 // the input closure and the outputs, canonicalise and register all outputs
 // in one transaction with the .drv as deriver.

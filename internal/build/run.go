@@ -55,12 +55,11 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 		return MiscFailure, errors.New("unable to start any build; either increase '--max-jobs' or enable remote builds." +
 			"\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html")
 	}
-	select {
-	case r.jobs <- struct{}{}:
-	case <-ctx.Done():
-		return MiscFailure, ctx.Err()
+	sl := &slot{r: r}
+	if err := sl.prepare(ctx); err != nil {
+		return MiscFailure, err
 	}
-	defer func() { <-r.jobs }()
+	defer sl.release()
 
 	st := b.store
 	var reals []string
@@ -90,11 +89,66 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 		g.rounds += opts.Repeat
 	}
 	for g.round = 1; ; g.round++ {
-		status, err := b.runBuild(g, r)
+		status, err := b.runBuild(g, r, sl)
 		if err != nil || !status.Success() || g.round >= g.rounds {
 			built = status.Success()
 			return status, err
 		}
+	}
+}
+
+// slot is one build's place among its request's builds: max-jobs of them
+// may be set up ahead (prepare: dirs, sandbox, everything but the builder's
+// exec) while max-jobs builders run (run). Registering the outputs happens
+// after the run's place is given back, so with max-jobs 1 the next builder
+// runs while the last one's outputs are hashed and registered, and no more
+// than max-jobs builders ever run at once.
+type slot struct {
+	r                  *request
+	preparing, running bool
+}
+
+func (s *slot) prepare(ctx context.Context) error {
+	select {
+	case s.r.prep <- struct{}{}:
+		s.preparing = true
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run waits for a place to run the builder and gives back the place
+// prepare took.
+func (s *slot) run(ctx context.Context) error {
+	if s.running {
+		return nil
+	}
+	select {
+	case s.r.jobs <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.running = true
+	if s.preparing {
+		<-s.r.prep
+		s.preparing = false
+	}
+	return nil
+}
+
+func (s *slot) stopRunning() {
+	if s.running {
+		<-s.r.jobs
+		s.running = false
+	}
+}
+
+func (s *slot) release() {
+	s.stopRunning()
+	if s.preparing {
+		<-s.r.prep
+		s.preparing = false
 	}
 }
 
@@ -118,7 +172,7 @@ func (d *buildDirs) outputDir(st *local.Store, p storepath.StorePath) string {
 	return st.RealPath(p)
 }
 
-func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
+func (b *Builder) runBuild(g *goal, r *request, sl *slot) (status Status, err error) {
 	ctx := g.ctx
 	drv := g.drv
 	opts := r.opts
@@ -226,7 +280,12 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 			}
 		}()
 	}
+	defer sl.stopRunning()
 	if isBuiltin(drv) {
+		if err := sl.run(ctx); err != nil {
+			pw.Close()
+			return MiscFailure, err
+		}
 		p = b.startBuiltin(g, r, dirs, env, inputs, sandboxed, pw)
 	} else if sandboxed {
 		spec, err := b.spec(ctx, g, r, dirs, env, inputs)
@@ -235,13 +294,28 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 			return MiscFailure, err
 		}
 		spec.Log = pw
+		// The sandbox is set up while the request's last builds run; the
+		// builder starts when one of them has ended.
+		spec.Hold = true
 		sp, err := b.inits.Start(ctx, spec)
 		pw.Close()
 		if err != nil {
 			return MiscFailure, fmt.Errorf("while setting up the build environment: %w", err)
 		}
+		if err := sl.run(ctx); err != nil {
+			sp.Kill()
+			sp.Wait()
+			return MiscFailure, err
+		}
+		if err := sp.Go(ctx); err != nil {
+			return MiscFailure, fmt.Errorf("while setting up the build environment: %w", err)
+		}
 		p = sandboxProcess{sp}
 	} else {
+		if err := sl.run(ctx); err != nil {
+			pw.Close()
+			return MiscFailure, err
+		}
 		hp, err := b.startHost(ctx, drv, env, dirs, id, pw)
 		pw.Close()
 		if err != nil {
@@ -327,6 +401,7 @@ func (b *Builder) runBuild(g *goal, r *request) (status Status, err error) {
 			werr = err
 		}
 	}
+	sl.stopRunning() // nothing of the builder runs any more
 	<-copyDone
 	lw.Flush()
 	if <-logOpened; logErr != nil {
