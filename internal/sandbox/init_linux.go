@@ -53,7 +53,6 @@ func fail(step string, err error) error {
 func readSpec() (*wireSpec, error) {
 	var n [4]byte
 	logFD, err := readFirst(n[:])
-	trMark("specin")
 	if err != nil {
 		return nil, fail("read spec", err)
 	}
@@ -170,18 +169,14 @@ func initSandbox() error {
 	if err := json.Unmarshal([]byte(os.Getenv(earlyEnv)), &e); err != nil {
 		return fail("read shape", err)
 	}
-	trMark("main")
-	trOpen()
 	st := &setup{e: e, rootFD: -1}
 	if err := st.before(); err != nil {
 		return err
 	}
-	trMark("ready")
 	w, err := readSpec()
 	if err != nil {
 		return err
 	}
-	trMark("parsed")
 	if got := earlyOf(w.Spec); got != e {
 		return fail("read spec", fmt.Errorf("spec %+v does not match init's shape %+v", got, e))
 	}
@@ -368,7 +363,6 @@ func (st *setup) finish(w *wireSpec) error {
 			return err
 		}
 	}
-	trMark("binds")
 	t, rootFD := st.t, st.rootFD
 	for _, f := range s.Files {
 		if err := t.writeFile(f); err != nil {
@@ -397,7 +391,6 @@ func (st *setup) finish(w *wireSpec) error {
 	}
 	t.closeAll()
 
-	trMark("attached")
 	if err := unix.Fchdir(rootFD); err != nil {
 		return fail("chdir to root", err)
 	}
@@ -416,7 +409,6 @@ func (st *setup) finish(w *wireSpec) error {
 		return fail("chdir "+dir, err)
 	}
 
-	trMark("pivoted")
 	for _, r := range s.Rlimits {
 		lim := syscall.Rlimit{Cur: r.Soft, Max: r.Hard}
 		if err := syscall.Setrlimit(rlimitResource(r.Resource), &lim); err != nil {
@@ -450,8 +442,6 @@ func (st *setup) finish(w *wireSpec) error {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fail("close inherited fds", err)
 	}
-	trMark("sealed")
-	trFlush()
 	if err := writeAll(channelFD, []byte{msgExec}); err != nil {
 		return fail("report exec", err)
 	}
