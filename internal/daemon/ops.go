@@ -810,7 +810,7 @@ func (c *conn) addSignatures(q *protocol.AddSignaturesRequest) error {
 			return fmt.Errorf("add signatures to %s: %w", q.Path, err)
 		}
 	}
-	sigs := append(info.Signatures, q.Signatures...)
+	sigs := slices.Concat(info.Signatures, q.Signatures)
 	slices.Sort(sigs)
 	info.Signatures = slices.Compact(sigs)
 	if err := reg.RegisterValidPaths(c.ctx, []*store.PathInfo{info}); err != nil {

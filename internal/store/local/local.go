@@ -89,6 +89,7 @@ type Store struct {
 	spares    []*spareLock // spare lock files (lock.go), unlocked and stale
 	spareSeq  int
 	wstmts    *preparedWrites
+	infos     infoCache // QueryPathInfo's cache (infocache.go)
 
 	// syncer makes committed adds durable after they are acknowledged
 	// (durable.go); deferred says adds leave their sync to it.
@@ -360,6 +361,7 @@ func (s *Store) Close() error {
 			s.closeErr = s.syncer.close()
 		}
 		if s.rdb != nil {
+			s.infos.close()
 			s.reads.Close()
 			if err := s.rdb.Close(); s.closeErr == nil {
 				s.closeErr = err

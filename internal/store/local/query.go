@@ -24,8 +24,15 @@ type queryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-// QueryPathInfo returns the info of a valid path.
+// QueryPathInfo returns the info of a valid path. It is answered from a cache
+// while the database is unchanged (infocache.go); the slices of the info may
+// be shared with it, so a caller must not change their elements in place.
 func (s *Store) QueryPathInfo(ctx context.Context, p storepath.StorePath) (*store.PathInfo, error) {
+	return s.cachedPathInfo(ctx, p)
+}
+
+// queryPathInfoDB reads the info of a valid path from the database.
+func (s *Store) queryPathInfoDB(ctx context.Context, p storepath.StorePath) (*store.PathInfo, error) {
 	var info *store.PathInfo
 	err := retryBusy(ctx, func() error {
 		var err error
@@ -182,8 +189,12 @@ func (s *Store) checkPath(p storepath.StorePath) error {
 
 // IsValidPath reports whether p is valid.
 func (s *Store) IsValidPath(ctx context.Context, p storepath.StorePath) (bool, error) {
-	if p.Dir() != s.dir {
+	if p.IsZero() || p.Dir() != s.dir {
 		return false, nil
+	}
+	info, found, st := s.infos.get(s, p)
+	if found {
+		return info != nil, nil
 	}
 	var ok bool
 	err := retryBusy(ctx, func() error {
@@ -191,6 +202,9 @@ func (s *Store) IsValidPath(ctx context.Context, p storepath.StorePath) (bool, e
 		ok, err = isValid(ctx, s.reads, p)
 		return err
 	})
+	if err == nil && !ok {
+		s.infos.put(p, nil, st)
+	}
 	return ok, err
 }
 
