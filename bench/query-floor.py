@@ -14,7 +14,9 @@ without `{socket}` gets sbs.py's daemon flags and its socket through NIX_DAEMON_
 Printed per daemon: median wall seconds of the pair, median client CPU (user+sys of the wrapper and both
 nix-store processes, from getrusage of children), median daemon CPU (utime+stime of the daemon and its reaped
 children, from /proc/PID/stat), and the wall ratio against the first daemon. `--empty` adds a row for the
-wrapper running `nix-store --version` twice: the clients' start-up alone, no connection.
+wrapper running `nix-store --version` twice: the clients' start-up alone, no connection. `--invalidate` has
+another process commit to each store before each timed pair (`nix-store --store local?root=… --add` of a new
+file), as sbs.py's add-2000-small does before query-4000, so a daemon's cache starts empty.
 """
 import argparse, os, resource, shutil, signal, statistics, subprocess, sys, tempfile, time
 
@@ -86,6 +88,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--paths", type=int, default=2000)
     ap.add_argument("--empty", action="store_true")
+    ap.add_argument("--invalidate", action="store_true")
     a = ap.parse_args()
     base = tempfile.mkdtemp(prefix="qfloor-")
     seed = os.path.join(base, "seed")
@@ -109,6 +112,12 @@ def main():
         for r in range(a.rounds):
             order = ds[r % len(ds):] + ds[:r % len(ds)]
             for d in order:
+                if a.invalidate:
+                    fresh = os.path.join(base, f"fresh-{r}")
+                    with open(fresh, "w") as f:
+                        f.write(f"{os.getpid()} {r} fresh\n")
+                    subprocess.run(["nix-store", "--store", f"local?root={d.root}", "--add", fresh],
+                                   check=True, stdout=subprocess.DEVNULL)
                 cpu0 = daemon_cpu(d.proc.pid)
                 dt, ccpu = timed(lambda: (client(d.root, d.sock, ["nix-store", "-q", "--hash"] + paths),
                                           client(d.root, d.sock, ["nix-store", "-q", "--references"] + paths)))
@@ -121,7 +130,8 @@ def main():
         for d in ds:
             d.stop()
         shutil.rmtree(base, ignore_errors=True)
-    print(f"query-4000 on {a.paths} paths, {a.rounds} rounds, medians")
+    print(f"query-4000 on {a.paths} paths, {a.rounds} rounds, medians; load average at the end: "
+          + open("/proc/loadavg").read().split(" ", 1)[0])
     print(f"{'daemon':10} {'wall s':>8} {'client CPU s':>13} {'daemon CPU s':>13} {'ratio':>6}   walls")
     first = statistics.median(x[0] for x in res[ds[0].label])
     for label, xs in res.items():
