@@ -58,9 +58,10 @@ type event struct {
 }
 
 type batch struct {
-	events []event
-	buf    []byte
-	err    error // set on the last batch when the walk failed
+	events  []event
+	headers []nar.Header // what the events' headers point to; never grows past cap
+	buf     []byte
+	err     error // set on the last batch when the walk failed
 }
 
 // Dump writes the NAR serialisation of the file system object at path to w.
@@ -129,13 +130,18 @@ func writeBatch(nw *nar.Writer, b *batch) error {
 // batchPool keeps batches between dumps: a build registers many tiny outputs,
 // and a fresh ring of megabyte buffers for each was most of a build's garbage.
 var batchPool = sync.Pool{New: func() any {
-	return &batch{buf: make([]byte, 0, bufferSize), events: make([]event, 0, maxEventsPerBatch)}
+	return &batch{
+		buf:     make([]byte, 0, bufferSize),
+		events:  make([]event, 0, maxEventsPerBatch),
+		headers: make([]nar.Header, 0, maxEventsPerBatch),
+	}
 }}
 
 // reset empties b for reuse, dropping what its events point to.
 func (b *batch) reset() {
 	clear(b.events)
-	b.events, b.buf, b.err = b.events[:0], b.buf[:0], nil
+	clear(b.headers)
+	b.events, b.headers, b.buf, b.err = b.events[:0], b.headers[:0], b.buf[:0], nil
 }
 
 // walker runs on its own goroutine and owns the batch it is filling.
@@ -216,13 +222,15 @@ func (w *walker) flush() error {
 }
 
 // emit adds an event, flushing first if the batch has no room for the header.
-func (w *walker) emit(h *nar.Header) error {
+func (w *walker) emit(h nar.Header) error {
 	if w.cur == nil || len(w.cur.events) == cap(w.cur.events) {
 		if err := w.flush(); err != nil {
 			return err
 		}
 	}
-	w.cur.events = append(w.cur.events, event{hdr: h})
+	b := w.cur
+	b.headers = append(b.headers, h)
+	b.events = append(b.events, event{hdr: &b.headers[len(b.headers)-1]})
 	return nil
 }
 
@@ -232,21 +240,24 @@ func (w *walker) root(path string) error {
 	if err := unix.Lstat(path, &st); err != nil {
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "lstat", Path: path, Err: err})
 	}
-	return w.node(unix.AT_FDCWD, path, path, "", st.Mode&unix.S_IFMT)
+	return w.node(unix.AT_FDCWD, "", path, "", st.Mode&unix.S_IFMT)
 }
 
-// node dumps the entry name of the directory dirfd; path is for messages, rel is the
-// archive path, and ifmt the entry's type as the directory listing told it.
-func (w *walker) node(dirfd int, name, path, rel string, ifmt uint32) error {
+// node dumps the entry name of the directory dirfd; dir is that directory's path
+// ("" for the root, whose name is its path), rel the archive path, and ifmt the
+// entry's type as the directory listing told it.
+func (w *walker) node(dirfd int, dir, name, rel string, ifmt uint32) error {
+	if ifmt == unix.S_IFREG {
+		return w.file(dirfd, dir, name, rel)
+	}
+	path := join(dir, name)
 	switch ifmt {
-	case unix.S_IFREG:
-		return w.file(dirfd, name, path, rel)
 	case unix.S_IFLNK:
 		target, err := readlinkat(dirfd, name)
 		if err != nil {
 			return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "readlink", Path: path, Err: err})
 		}
-		return w.emit(&nar.Header{Path: rel, Type: nar.TypeSymlink, LinkTarget: target})
+		return w.emit(nar.Header{Path: rel, Type: nar.TypeSymlink, LinkTarget: target})
 	case unix.S_IFDIR:
 		return w.dir(dirfd, name, path, rel)
 	}
@@ -259,7 +270,7 @@ func (w *walker) dir(dirfd int, name, path, rel string) error {
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
 	}
 	defer unix.Close(fd)
-	if err := w.emit(&nar.Header{Path: rel, Type: nar.TypeDirectory}); err != nil {
+	if err := w.emit(nar.Header{Path: rel, Type: nar.TypeDirectory}); err != nil {
 		return err
 	}
 	entries, err := w.readDir(fd)
@@ -287,7 +298,7 @@ func (w *walker) dir(dirfd int, name, path, rel string) error {
 		if err != nil {
 			return fmt.Errorf("dump %s/%s: %w", path, e.name, err)
 		}
-		if err := w.node(fd, e.name, path+"/"+e.name, child, ifmt); err != nil {
+		if err := w.node(fd, path, e.name, child, ifmt); err != nil {
 			return err
 		}
 	}
@@ -415,25 +426,35 @@ func readlinkat(dirfd int, name string) (string, error) {
 	}
 }
 
-func (w *walker) file(dirfd int, name, path, rel string) error {
+// join is dir/name, or name for the root.
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+func (w *walker) file(dirfd int, dir, name, rel string) error {
 	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 	if err != nil {
+		path := join(dir, name)
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
 	}
 	defer unix.Close(fd)
-	return w.contents(fd, path, rel)
+	return w.contents(fd, dir, name, rel)
 }
 
-// contents dumps the regular file open as fd.
-func (w *walker) contents(fd int, path, rel string) error {
+// contents dumps the regular file open as fd, the entry name of directory dir.
+func (w *walker) contents(fd int, dir, name, rel string) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
+		path := join(dir, name)
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "fstat", Path: path, Err: err})
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("dump %s: file changed type while dumping", path)
+		return fmt.Errorf("dump %s: file changed type while dumping", join(dir, name))
 	}
-	h := &nar.Header{Path: rel, Type: nar.TypeRegular, Executable: st.Mode&unix.S_IXUSR != 0, Size: st.Size}
+	h := nar.Header{Path: rel, Type: nar.TypeRegular, Executable: st.Mode&unix.S_IXUSR != 0, Size: st.Size}
 	if err := w.emit(h); err != nil {
 		return err
 	}
@@ -453,10 +474,11 @@ func (w *walker) contents(fd int, path, rel string) error {
 		chunk := b.buf[start : start+int(want)]
 		n, err := readFull(fd, chunk)
 		if err != nil {
+			path := join(dir, name)
 			return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "read", Path: path, Err: err})
 		}
 		if n < len(chunk) {
-			return fmt.Errorf("dump %s: file shrank while dumping", path)
+			return fmt.Errorf("dump %s: file shrank while dumping", join(dir, name))
 		}
 		b.buf = b.buf[:start+n]
 		if first {

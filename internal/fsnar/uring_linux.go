@@ -263,9 +263,9 @@ func (w *walker) files(dirfd int, path, rel string, entries []dirent) error {
 			child = rel + "/" + name
 		}
 		if s.fds[i] < 0 {
-			err = w.file(dirfd, name, path+"/"+name, child)
+			err = w.file(dirfd, path, name, child)
 		} else {
-			err = w.contents(int(s.fds[i]), path+"/"+name, child)
+			err = w.contents(int(s.fds[i]), path, name, child)
 			w.ring.push(closeEntry(s.fds[i]))
 			s.closes++
 		}
