@@ -48,7 +48,7 @@ func BenchmarkPoolSetup(b *testing.B) {
 func benchPool(b *testing.B, f *fixture, gap time.Duration) {
 	pool := &sandbox.Pool{}
 	defer pool.Close()
-	var toExec []time.Duration
+	var toExec, toEnd []time.Duration
 	b.ReportAllocs()
 	for b.Loop() {
 		t0 := time.Now()
@@ -56,13 +56,16 @@ func benchPool(b *testing.B, f *fixture, gap time.Duration) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		toExec = append(toExec, time.Since(t0))
+		t1 := time.Now()
+		toExec = append(toExec, t1.Sub(t0))
 		if st, err := p.Wait(); err != nil || !st.Success() {
 			b.Fatalf("Wait: %v %v", st, err)
 		}
+		toEnd = append(toEnd, time.Since(t1))
 		time.Sleep(gap)
 	}
 	b.ReportMetric(median(toExec), "exec-ms")
+	b.ReportMetric(median(toEnd), "wait-ms")
 }
 
 // BenchmarkNet is BenchmarkSetup with a network stack attached, in a user

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 
@@ -27,6 +28,10 @@ type Process struct {
 
 	// held is the channel to an init that waits for Go (Spec.Hold).
 	held *os.File
+	// mountNS holds the sandbox's mount namespace (-1: none), so that its
+	// mounts are not torn down by the command's exit, on the build's path,
+	// but when Wait lets go of it, in the background.
+	mountNS int
 
 	waitOnce sync.Once
 	status   Status
@@ -89,7 +94,7 @@ func spawn(ctx context.Context, spec *Spec, stdio io.Writer) (*Process, *os.File
 	childEnd := os.NewFile(uintptr(pair[1]), "sandbox channel")
 	defer childEnd.Close()
 
-	p := &Process{ctx: ctx}
+	p := &Process{ctx: ctx, mountNS: -1}
 	attr := &syscall.SysProcAttr{
 		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET |
 			unix.CLONE_NEWIPC | unix.CLONE_NEWUTS,
@@ -138,6 +143,9 @@ func spawn(ctx context.Context, spec *Spec, stdio io.Writer) (*Process, *os.File
 		p.removeCgroup()
 		parentEnd.Close()
 		return nil, nil, fmt.Errorf("sandbox: start init: %w", err)
+	}
+	if fd, err := unix.Open("/proc/"+strconv.Itoa(cmd.Process.Pid)+"/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		p.mountNS = fd
 	}
 	return p, parentEnd, nil
 }
@@ -322,6 +330,10 @@ func (p *Process) Wait() (Status, error) {
 		}
 		if p.unwatch != nil {
 			p.unwatch()
+		}
+		if fd := p.mountNS; fd >= 0 {
+			p.mountNS = -1
+			go unix.Close(fd) // unmounts everything: an RCU grace period or more
 		}
 	})
 	return p.status, p.waitErr
