@@ -9,14 +9,16 @@
 //
 // The walker's vocabulary: a directory is listed with getdents64 into one buffer
 // and sorted; a run is up to ringSlots consecutive regular files of one listing.
-// Where io_uring is available, each run is one round of the ring: one
-// io_uring_enter opens every file of the run (OPENAT) and closes the files of the
-// previous round (CLOSE); fstat and read stay plain system calls, as they were
-// slower through the ring (STATX always goes to the kernel's worker threads).
-// Where io_uring is missing or refused (ENOSYS, EPERM from seccomp or
-// io_uring_disabled), or for a single file, files are opened and closed by plain
-// system calls; a file the ring could not open is retried that way, which gives
-// the error.
+// Where io_uring is available, a run takes two rounds of the ring, each one
+// io_uring_enter: the open round opens every file of the run (OPENAT, and the
+// CLOSEs left from before); then each file is fstat'ed (a plain call: STATX
+// through the ring always goes to the kernel's worker threads), and the read round
+// reads every file that fits the current batch straight into it, each READ
+// followed by the file's CLOSE. A file larger than the batch's room is streamed by
+// plain reads. Where io_uring is missing or refused (ENOSYS, EPERM from seccomp or
+// io_uring_disabled), or for a single file, files are opened, read and closed by
+// plain system calls; a file the ring could not open or read whole is retried that
+// way, which gives the error.
 //
 // The archive is byte-identical to nar.Dump's and `nix-store --dump`'s: entries in
 // byte-wise order of their names, the executable flag from the owner's x bit, only
@@ -447,13 +449,27 @@ func (w *walker) file(dirfd int, dir, name, rel string) error {
 // contents dumps the regular file open as fd, the entry name of directory dir.
 func (w *walker) contents(fd int, dir, name, rel string) error {
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	if err := fstatRegular(fd, dir, name, &st); err != nil {
+		return err
+	}
+	return w.stream(fd, &st, rel, dir, name)
+}
+
+// fstatRegular stats the file open as fd, which must still be a regular file.
+func fstatRegular(fd int, dir, name string, st *unix.Stat_t) error {
+	if err := unix.Fstat(fd, st); err != nil {
 		path := join(dir, name)
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "fstat", Path: path, Err: err})
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("dump %s: file changed type while dumping", join(dir, name))
 	}
+	return nil
+}
+
+// stream emits the header of the file open as fd and reads its contents into as
+// many batches as they take.
+func (w *walker) stream(fd int, st *unix.Stat_t, rel, dir, name string) error {
 	h := nar.Header{Path: rel, Type: nar.TypeRegular, Executable: st.Mode&unix.S_IXUSR != 0, Size: st.Size}
 	if err := w.emit(h); err != nil {
 		return err
@@ -488,6 +504,33 @@ func (w *walker) contents(fd int, dir, name, rel string) error {
 			b.events = append(b.events, event{data: chunk})
 		}
 		left -= int64(n)
+	}
+	return nil
+}
+
+// reread reads the file the ring could not read into chunk, through plain system
+// calls.
+func reread(dirfd int, dir, name string, chunk []byte) error {
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	if err != nil {
+		path := join(dir, name)
+		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := fstatRegular(fd, dir, name, &st); err != nil {
+		return err
+	}
+	if st.Size != int64(len(chunk)) {
+		return fmt.Errorf("dump %s: file changed size while dumping", join(dir, name))
+	}
+	n, err := readFull(fd, chunk)
+	if err != nil {
+		path := join(dir, name)
+		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "read", Path: path, Err: err})
+	}
+	if n < len(chunk) {
+		return fmt.Errorf("dump %s: file shrank while dumping", join(dir, name))
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"cairn/internal/nar"
 )
 
 // The io_uring ABI, as include/uapi/linux/io_uring.h defines it: only what the
@@ -13,6 +15,9 @@ import (
 const (
 	opOpenat = 18
 	opClose  = 19
+	opRead   = 22
+
+	sqeIOHardlink = 1 << 3 // the next entry runs after this one whatever its result
 
 	enterGetEvents = 1 << 0
 	featSingleMmap = 1 << 0
@@ -193,6 +198,13 @@ func openEntry(dirfd int, name *byte, userData uint64) uringSQE {
 		opFlags: unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC, userData: userData}
 }
 
+// readEntry is a READ of len(buf) bytes from the start of fd, followed (whatever
+// its result) by the next entry.
+func readEntry(fd int32, buf []byte, userData uint64) uringSQE {
+	return uringSQE{opcode: opRead, flags: sqeIOHardlink, fd: fd, addr: uint64(uintptr(unsafe.Pointer(&buf[0]))),
+		len: uint32(len(buf)), userData: userData}
+}
+
 // closeEntry is a CLOSE of fd.
 func closeEntry(fd int32) uringSQE {
 	return uringSQE{opcode: opClose, fd: fd, userData: closeTag}
@@ -203,7 +215,7 @@ const (
 	// previous round's files go with it.
 	ringSlots = 64
 	// ringEntries is the submission queue's size.
-	ringEntries = 2 * ringSlots
+	ringEntries = 4 * ringSlots
 	// minRingRun is the shortest run of regular files worth a ring round.
 	minRingRun = 2
 	// closeTag marks a CLOSE's completion.
@@ -213,8 +225,11 @@ const (
 // ringState is the walker's scratch for one round: the descriptors the ring
 // opened, and how many closes wait for the next round.
 type ringState struct {
-	fds    [ringSlots]int32
-	closes int
+	fds     [ringSlots]int32
+	closes  int
+	reads   int // READs queued for the read round
+	chunk   [ringSlots][]byte
+	readRes [ringSlots]int32
 }
 
 // useRing reports whether the walker has a ring, setting one up on first use.
@@ -263,11 +278,11 @@ func (w *walker) files(dirfd int, path, rel string, entries []dirent) error {
 			child = rel + "/" + name
 		}
 		if s.fds[i] < 0 {
-			err = w.file(dirfd, path, name, child)
+			if err = w.readRound(dirfd, path, entries); err == nil {
+				err = w.file(dirfd, path, name, child)
+			}
 		} else {
-			err = w.contents(int(s.fds[i]), path, name, child)
-			w.ring.push(closeEntry(s.fds[i]))
-			s.closes++
+			err = w.ringFile(dirfd, s.fds[i], path, name, child, i, entries)
 		}
 		if err != nil {
 			for _, fd := range s.fds[i+1 : len(entries)] {
@@ -275,7 +290,78 @@ func (w *walker) files(dirfd int, path, rel string, entries []dirent) error {
 					unix.Close(int(fd))
 				}
 			}
+			w.readRound(dirfd, path, entries) // the reads fill the batch: finish them
 			return err
+		}
+	}
+	return w.readRound(dirfd, path, entries)
+}
+
+// ringFile dumps entries[i], open as fd: a file that fits the batch is read in the
+// read round; a larger one is streamed by plain reads.
+func (w *walker) ringFile(dirfd int, fd int32, dir, name, rel string, i int, entries []dirent) error {
+	s := &w.ringState
+	var st unix.Stat_t
+	if err := fstatRegular(int(fd), dir, name, &st); err != nil {
+		unix.Close(int(fd))
+		return err
+	}
+	b := w.cur
+	if st.Size == 0 || st.Size > int64(cap(b.buf)-len(b.buf)) || len(b.events) == cap(b.events) {
+		// stream may flush the batch, which the round's reads are filling.
+		if st.Size != 0 || len(b.events) == cap(b.events) {
+			if err := w.readRound(dirfd, dir, entries); err != nil {
+				unix.Close(int(fd))
+				return err
+			}
+		}
+		err := w.stream(int(fd), &st, rel, dir, name)
+		w.ring.push(closeEntry(fd))
+		s.closes++
+		return err
+	}
+	h := nar.Header{Path: rel, Type: nar.TypeRegular, Executable: st.Mode&unix.S_IXUSR != 0, Size: st.Size}
+	if err := w.emit(h); err != nil { // there is room: emit does not flush
+		return err
+	}
+	start := len(b.buf)
+	b.buf = b.buf[:start+int(st.Size)]
+	chunk := b.buf[start:]
+	b.events[len(b.events)-1].data = chunk
+	s.chunk[i] = chunk
+	w.ring.push(readEntry(fd, chunk, uint64(i)))
+	w.ring.push(closeEntry(fd))
+	s.reads++
+	return nil
+}
+
+// readRound submits the queued reads (and closes) and waits for them; a file the
+// ring did not read whole is read again by plain system calls.
+func (w *walker) readRound(dirfd int, dir string, entries []dirent) error {
+	s := &w.ringState
+	if s.reads == 0 {
+		return nil
+	}
+	want := 2*s.reads + s.closes
+	s.reads, s.closes = 0, 0
+	err := w.ring.wait(want, func(ud uint64, res int32) {
+		if ud&closeTag == 0 {
+			s.readRes[ud] = res
+		}
+	})
+	if err != nil {
+		w.noRing = true
+		return fmt.Errorf("dump %s: %w", dir, err)
+	}
+	for i, chunk := range s.chunk[:len(entries)] {
+		if chunk == nil {
+			continue
+		}
+		s.chunk[i] = nil
+		if int(s.readRes[i]) != len(chunk) {
+			if err := reread(dirfd, dir, entries[i].name, chunk); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
