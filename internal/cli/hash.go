@@ -93,7 +93,7 @@ func hashPath(ctx context.Context, path string, algo nixhash.Algorithm) (nixhash
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(hashGCLimit))
 	h := nixhash.NewHasher(algo)
-	if err := fsnar.Dump(ctx, h, path); err != nil {
+	if err := fsnar.DumpDirect(ctx, h, path); err != nil {
 		return nixhash.Hash{}, err
 	}
 	return h.Sum(), nil

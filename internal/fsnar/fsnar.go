@@ -67,7 +67,18 @@ type batch struct {
 }
 
 // Dump writes the NAR serialisation of the file system object at path to w.
-func Dump(parent context.Context, w io.Writer, path string) error {
+func Dump(ctx context.Context, w io.Writer, path string) error {
+	return dumpNAR(ctx, nar.NewWriter(w), path)
+}
+
+// DumpDirect is Dump for a destination that is as cheap to call as to copy into,
+// such as a hash: the contents of files go to w without a copy (see
+// nar.NewWriterDirect).
+func DumpDirect(ctx context.Context, w io.Writer, path string) error {
+	return dumpNAR(ctx, nar.NewWriterDirect(w), path)
+}
+
+func dumpNAR(parent context.Context, nw *nar.Writer, path string) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	free := make(chan *batch, ringBuffers)
@@ -86,7 +97,6 @@ func Dump(parent context.Context, w io.Writer, path string) error {
 	w1 := &walker{ctx: ctx, free: free, full: full}
 	go w1.run(path)
 
-	nw := nar.NewWriter(w)
 	var err error
 	for b := range full {
 		if err == nil {

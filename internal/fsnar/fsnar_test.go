@@ -95,6 +95,13 @@ func TestDumpMatchesNarDump(t *testing.T) {
 			if got := dump(t, p); !bytes.Equal(got, want.Bytes()) {
 				t.Errorf("fsnar.Dump differs from nar.Dump (%d vs %d bytes)", len(got), want.Len())
 			}
+			var direct bytes.Buffer
+			if err := DumpDirect(context.Background(), &direct, p); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(direct.Bytes(), want.Bytes()) {
+				t.Errorf("fsnar.DumpDirect differs from nar.Dump (%d vs %d bytes)", direct.Len(), want.Len())
+			}
 		})
 	}
 }

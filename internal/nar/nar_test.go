@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -394,5 +395,59 @@ func TestCopy(t *testing.T) {
 	}
 	if _, err := Copy(io.Discard, bytes.NewReader(entryNAR("b", "a"))); !errors.Is(err, ErrFormat) {
 		t.Fatalf("Copy of a bad archive: %v", err)
+	}
+}
+
+// recordWriter keeps each Write's length.
+type recordWriter struct {
+	bytes.Buffer
+	writes []int
+}
+
+func (r *recordWriter) Write(p []byte) (int, error) {
+	r.writes = append(r.writes, len(p))
+	return r.Buffer.Write(p)
+}
+
+// A direct Writer writes the same archive, handing large contents over as they are.
+func TestWriterDirect(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), 300) // 4800 bytes
+	for _, tc := range []struct {
+		name   string
+		writes [][]byte // one file per element
+	}{
+		{"small", [][]byte{[]byte("a"), []byte("hello world"), {}}},
+		{"at the threshold", [][]byte{big[:directMin-1], big[:directMin], big[:directMin+1]}},
+		{"large", [][]byte{big, []byte("x"), big}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var plain bytes.Buffer
+			var direct recordWriter
+			for _, nw := range []*Writer{NewWriter(&plain), NewWriterDirect(&direct)} {
+				must(t, nw.WriteHeader(&Header{Type: TypeDirectory}))
+				for i, data := range tc.writes {
+					must(t, nw.WriteHeader(&Header{Path: string(rune('a' + i)), Type: TypeRegular, Size: int64(len(data))}))
+					if _, err := nw.Write(data); err != nil {
+						t.Fatal(err)
+					}
+				}
+				must(t, nw.Close())
+			}
+			if !bytes.Equal(plain.Bytes(), direct.Bytes()) {
+				t.Fatalf("direct Writer's archive differs (%d vs %d bytes)", direct.Len(), plain.Len())
+			}
+			for _, data := range tc.writes {
+				if len(data) >= directMin && !slices.Contains(direct.writes, len(data)) {
+					t.Errorf("contents of %d bytes not written as they are; writes %v", len(data), direct.writes)
+				}
+			}
+		})
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
