@@ -232,13 +232,20 @@ type ringState struct {
 	readRes [ringSlots]int32
 }
 
+// unsupported reports whether a completion's result says the kernel does not know
+// the operation (OPENAT, READ and CLOSE came in Linux 5.6): the walk goes on with
+// plain calls, the ring only finishing what it has queued.
+func unsupported(res int32) bool {
+	return res == -int32(unix.EINVAL) || res == -int32(unix.EOPNOTSUPP)
+}
+
 // useRing reports whether the walker has a ring, setting one up on first use.
 func (w *walker) useRing() bool {
-	if w.ring != nil {
-		return true
-	}
 	if w.noRing {
 		return false
+	}
+	if w.ring != nil {
+		return true
 	}
 	r, err := newRing(ringEntries)
 	if err != nil {
@@ -249,10 +256,10 @@ func (w *walker) useRing() bool {
 	return true
 }
 
-// files dumps a run of regular files of the directory dirfd, opening them all in
-// one round of the ring (which also closes the files of the previous round), then
-// reading each with plain system calls. A file the ring could not open takes the
-// plain path, which gives the error.
+// files dumps a run of regular files of the directory dirfd: the open round opens
+// them all (and closes what the previous rounds left), ringFile stats each and
+// queues its read, and the read round reads them. A file the ring could not open
+// takes the plain path, which gives the error.
 func (w *walker) files(dirfd int, path, rel string, entries []dirent) error {
 	s := &w.ringState
 	for i, e := range entries {
@@ -265,6 +272,7 @@ func (w *walker) files(dirfd int, path, rel string, entries []dirent) error {
 	err := w.ring.wait(want, func(ud uint64, res int32) {
 		if ud&closeTag == 0 {
 			s.fds[ud] = res
+			w.noRing = w.noRing || unsupported(res)
 		}
 	})
 	if err != nil {
@@ -347,6 +355,7 @@ func (w *walker) readRound(dirfd int, dir string, entries []dirent) error {
 	err := w.ring.wait(want, func(ud uint64, res int32) {
 		if ud&closeTag == 0 {
 			s.readRes[ud] = res
+			w.noRing = w.noRing || unsupported(res)
 		}
 	})
 	if err != nil {
