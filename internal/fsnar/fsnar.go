@@ -164,8 +164,8 @@ type walker struct {
 	cur  *batch
 	made int // batches taken from batchPool, at most ringBuffers
 
-	direntBuf []byte // getdents64 buffer
-	nameBuf   []byte // the names of the directory being listed
+	direntBuf *[direntBufferSize]byte // getdents64 buffer, from direntPool
+	nameBuf   []byte                  // the names of the directory being listed
 
 	ring   *ring // nil until a directory has a run of files, and without io_uring
 	noRing bool  // io_uring is unavailable or failed: use plain system calls
@@ -179,6 +179,9 @@ func (w *walker) run(root string) {
 	err := w.root(root)
 	if w.ring != nil {
 		w.closeRing()
+	}
+	if w.direntBuf != nil {
+		direntPool.Put(w.direntBuf)
 	}
 	if errors.Is(err, errCanceled) {
 		return
@@ -339,10 +342,12 @@ type dirent struct {
 // 255 bytes, so any entry fits.
 const direntBufferSize = 32 << 10
 
+var direntPool = sync.Pool{New: func() any { return new([direntBufferSize]byte) }}
+
 // readDir lists the directory open as fd, without "." and "..".
 func (w *walker) readDir(fd int) ([]dirent, error) {
 	if w.direntBuf == nil {
-		w.direntBuf = make([]byte, direntBufferSize)
+		w.direntBuf = direntPool.Get().(*[direntBufferSize]byte)
 	}
 	type span struct {
 		off, len int
@@ -351,7 +356,7 @@ func (w *walker) readDir(fd int) ([]dirent, error) {
 	var spans []span
 	names := w.nameBuf[:0]
 	for {
-		n, err := unix.Getdents(fd, w.direntBuf)
+		n, err := unix.Getdents(fd, w.direntBuf[:])
 		if err == unix.EINTR {
 			continue
 		}

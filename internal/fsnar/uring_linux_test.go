@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,11 +20,24 @@ import (
 // withNewRing replaces newRing for one test, counting the rings it sets up.
 func withNewRing(t *testing.T, f func(uint32) (*ring, error)) *int {
 	t.Helper()
+	closeIdleRings()
 	old := newRing
 	t.Cleanup(func() { newRing = old })
 	calls := new(int)
 	newRing = func(n uint32) (*ring, error) { *calls++; return f(n) }
 	return calls
+}
+
+// closeIdleRings empties idleRings, so that the next dump sets up its ring.
+func closeIdleRings() {
+	for {
+		select {
+		case r := <-idleRings:
+			r.close()
+		default:
+			return
+		}
+	}
 }
 
 func requireRing(t *testing.T) {
@@ -83,6 +97,23 @@ func TestDumpWithRing(t *testing.T) {
 	}
 }
 
+// A dump leaves its ring for the next one.
+func TestRingReused(t *testing.T) {
+	requireRing(t)
+	calls := withNewRing(t, setupRing)
+	root := makeTree(t)
+	want := narDump(t, root)
+	for i := 0; i < 3; i++ {
+		if got := dump(t, root); !bytes.Equal(got, want) {
+			t.Fatalf("dump %d differs from nar.Dump", i)
+		}
+	}
+	if *calls != 1 {
+		t.Errorf("newRing called %d times in three dumps, want once", *calls)
+	}
+	closeIdleRings()
+}
+
 // A file that the ring cannot open takes the plain path, which reports it; the
 // files opened around it are closed.
 func TestRingFileVanished(t *testing.T) {
@@ -106,6 +137,7 @@ func TestRingFileVanished(t *testing.T) {
 		t.Errorf("run with a missing file: %v, want ErrNotExist naming it", err)
 	}
 	w.closeRing()
+	closeIdleRings()
 	unix.Close(fd)
 	if after := openFiles(t); after != before {
 		t.Errorf("%d open files after the run, %d before", after, before)
@@ -165,4 +197,42 @@ func denyIOURing() error {
 		return errno
 	}
 	return nil
+}
+
+// BenchmarkDumpSmallTree dumps a build output's worth of files (a directory of
+// 12 small files), through a kept ring and through plain calls.
+func BenchmarkDumpSmallTree(b *testing.B) {
+	root := b.TempDir()
+	var size countWriter
+	for i := 0; i < 12; i++ {
+		data := bytes.Repeat([]byte{'a' + byte(i)}, 100*i)
+		if err := os.WriteFile(filepath.Join(root, string(rune('a'+i))), data, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := Dump(context.Background(), &size, root); err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name    string
+		newRing func(uint32) (*ring, error)
+	}{
+		{"ring", setupRing},
+		{"plain", func(uint32) (*ring, error) { return nil, unix.ENOSYS }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			old := newRing
+			defer func() { newRing = old }()
+			newRing = bc.newRing
+			closeIdleRings()
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := Dump(context.Background(), io.Discard, root); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	closeIdleRings()
 }
