@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -205,10 +206,15 @@ func resetDir(dir string, keep map[string]string, prevUID, uid, gid int, mode ui
 		}
 	}
 	if len(spare[0])+len(spare[1]) > 0 {
-		for name, src := range keep {
-			if present[name] {
-				continue
+		var missing []string
+		for name := range keep {
+			if !present[name] {
+				missing = append(missing, name)
 			}
+		}
+		slices.Sort(missing) // the same dir, the same result
+		for _, name := range missing {
+			src := keep[name]
 			var sst unix.Stat_t
 			if unix.Stat(src, &sst) != nil { // init's error, if any, is the better one
 				continue

@@ -55,11 +55,11 @@ func TestResetDirReusesMountPoints(t *testing.T) {
 	spareFiles := []uint64{inode(t, filepath.Join(dir, "oldfile")), inode(t, filepath.Join(dir, "unneeded"))}
 
 	keep := map[string]string{
-		"shared":  srcFile,
-		"newfile": srcFile,
-		"newdir":  srcDir,
-		"missing": srcDir, // no spare directory left for it: init makes it
-		"link":    srcFile,
+		"shared":   srcFile,
+		"newfile":  srcFile,
+		"newdir":   srcDir,
+		"zmissing": srcDir, // no spare directory left for it (names are served in order): init makes it
+		"link":     srcFile,
 	}
 	uid, gid := os.Geteuid(), os.Getegid()
 	if err := resetDir(dir, keep, uid, uid, gid, 0o1775); err != nil {
