@@ -11,7 +11,7 @@ import (
 )
 
 // The io_uring ABI, as include/uapi/linux/io_uring.h defines it: only what the
-// walker submits (OPENAT and CLOSE).
+// walker submits (OPENAT, READ and CLOSE).
 const (
 	opOpenat = 18
 	opClose  = 19
@@ -32,10 +32,10 @@ type uringSQE struct {
 	flags       uint8
 	ioprio      uint16
 	fd          int32
-	off         uint64 // file offset; for STATX the address of the statx buffer
+	off         uint64 // file offset
 	addr        uint64
 	len         uint32
-	opFlags     uint32 // open flags, statx flags, read flags
+	opFlags     uint32 // open flags, read flags
 	userData    uint64
 	bufIndex    uint16
 	personality uint16
@@ -176,10 +176,11 @@ func (r *ring) wait(want int, done func(userData uint64, res int32)) error {
 		var errno unix.Errno
 		if submit > 0 {
 			// Submitting runs each entry without blocking (one that would block,
-			// such as an open that must read the disk, goes to the kernel's
-			// workers), so the call is short, if long for a system call: made
-			// raw, it keeps its P, which Go would otherwise hand to another thread
-			// (a futex wake and a spinning thread on the hasher's core).
+			// an open or a read that must go to the disk, is finished later by
+			// the kernel's workers or task work), so the call is short, if long
+			// for a system call (up to a batch's worth of page-cache copies):
+			// made raw, it keeps its P, which Go would otherwise hand to another
+			// thread (a futex wake and a spinning thread on the hasher's core).
 			_, _, errno = unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(submit), 0, 0, 0, 0)
 		} else {
 			_, _, errno = unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), 0, uintptr(want-got), enterGetEvents, 0, 0)
