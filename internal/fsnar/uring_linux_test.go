@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -231,6 +233,37 @@ func BenchmarkDumpSmallTree(b *testing.B) {
 				if err := Dump(context.Background(), io.Discard, root); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+	closeIdleRings()
+}
+
+// Runs of files of every size the ring treats differently: empty, small, filling
+// the rest of a batch, larger than the room left, larger than a batch; executable
+// or not; more files than one round takes.
+func TestRingRuns(t *testing.T) {
+	requireRing(t)
+	withNewRing(t, setupRing)
+	for _, tc := range []struct {
+		name  string
+		sizes []int
+	}{
+		{"empty files", []int{0, 0, 0}},
+		{"small", []int{1, 7, 8, 9, 100, 4096}},
+		{"fill a batch", []int{bufferSize / 2, bufferSize/2 - 200, 10, 0, 5}},
+		{"larger than the room", []int{100, bufferSize - 50, 300, 2 * bufferSize, 1}},
+		{"larger than a batch", []int{3*bufferSize + 7, 3, 3*bufferSize + 7}},
+		{"more than a round", slices.Repeat([]int{10, 1000}, ringSlots)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for i, size := range tc.sizes {
+				data := bytes.Repeat([]byte{byte(i)}, size)
+				must(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%03d", i)), data, os.FileMode(0o644|(i%3/2)*0o111)))
+			}
+			if got, want := dump(t, dir), narDump(t, dir); !bytes.Equal(got, want) {
+				t.Errorf("dump differs from nar.Dump (%d vs %d bytes)", len(got), len(want))
 			}
 		})
 	}
