@@ -889,7 +889,15 @@ func (b *Batch) Commit(ctx context.Context) error {
 	}
 	ok = true
 	if !syncFirst && s.syncer != nil {
-		s.syncer.notify()
+		items := make([]syncItem, 0, len(b.items))
+		for _, it := range b.items {
+			if !it.skip {
+				items = append(items, syncItem{base: it.info.Path.Base(), stats: it.stats})
+			}
+		}
+		if len(items) > 0 {
+			s.syncer.notify(items...)
+		}
 	}
 	b.skipped = b.skipped[:0]
 	for _, it := range b.items {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -334,8 +335,12 @@ type syncer struct {
 
 	round sync.Mutex // held for a round; guards synced and rounds
 	mu    sync.Mutex
-	// pending says something was committed since the last round began.
+	// pending says something was committed since the last round began;
+	// items are the paths it moved into place, unless whole says they are
+	// not all known.
 	pending bool
+	items   []syncItem
+	whole   bool
 	running bool // the goroutine was started
 	closed  bool
 	wake    chan struct{}
@@ -371,11 +376,28 @@ func newSyncer(s *Store, m *markerFile, boot string) (*syncer, error) {
 	return sy, nil
 }
 
+// syncItem is a path a commit of this process moved into place, for a
+// round that fsyncs what it holds rather than syncfs everything.
+type syncItem struct {
+	base  string
+	stats restoreStats
+}
+
+// maxRoundItems bounds the paths a syncer remembers for its next round;
+// past it, the round uses syncfs.
+const maxRoundItems = 4096
+
 // notify tells the syncer that rows were committed, starting its goroutine
-// on the first call.
-func (sy *syncer) notify() {
+// on the first call. items are the paths they moved into place; nil means
+// unknown (the round will syncfs).
+func (sy *syncer) notify(items ...syncItem) {
 	sy.mu.Lock()
 	sy.pending = true
+	if items == nil || sy.whole || len(sy.items)+len(items) > maxRoundItems {
+		sy.whole, sy.items = true, nil
+	} else {
+		sy.items = append(sy.items, items...)
+	}
 	if !sy.running && !sy.closed {
 		sy.running = true
 		go sy.loop()
@@ -422,8 +444,8 @@ func (sy *syncer) syncRound() error {
 	sy.round.Lock()
 	defer sy.round.Unlock()
 	sy.mu.Lock()
-	pending, err := sy.pending, sy.err
-	sy.pending = false
+	pending, err, items, whole := sy.pending, sy.err, sy.items, sy.whole
+	sy.pending, sy.items, sy.whole = false, nil, false
 	sy.mu.Unlock()
 	if !pending || err != nil {
 		return err
@@ -449,7 +471,93 @@ func (sy *syncer) syncRound() error {
 		sy.synced = n
 		return nil
 	}
+	if !whole && sy.fsyncEach(ctx, cur, n, items) {
+		return sy.syncItems(cur, slot, n, items)
+	}
 	return sy.syncLocked(cur, slot, ok, n)
+}
+
+// fsyncEach reports whether a round should fsync the entries of items rather
+// than syncfs: items must be every row between the marker and n (no other
+// writer's), hold no symlink (only syncfs makes a symlink's inode durable),
+// and be few, or much other data must be waiting to be written (which syncfs
+// would write too). The rule is Commit's of before the syncer (syncSlots).
+func (sy *syncer) fsyncEach(ctx context.Context, cur markerRecord, n int64, items []syncItem) bool {
+	if len(items) == 0 {
+		return false
+	}
+	var entries int
+	var size int64
+	bases := make(map[string]bool, len(items))
+	for _, it := range items {
+		if it.stats.symlinks {
+			return false
+		}
+		entries += it.stats.entries
+		size += it.stats.bytes
+		bases[it.base] = true
+	}
+	if entries > fsyncEachMax && dirtyBytes()-size <= otherDirtyMax {
+		return false
+	}
+	rows, err := sy.s.rdb.QueryContext(ctx, `select path from ValidPaths where id > ? and id <= ?`, cur.synced, n)
+	if err != nil {
+		return false
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var path string
+		if rows.Scan(&path) != nil {
+			return false
+		}
+		p, err := sy.s.dir.Parse(path)
+		if err != nil || !bases[p.Base()] {
+			return false // another writer's row
+		}
+	}
+	return rows.Err() == nil
+}
+
+// syncItems (marker locked) fsyncs every entry of items, the store dir and
+// the marker (whose last write the next must not overtake: see marker.go),
+// side by side, and records n.
+func (sy *syncer) syncItems(cur markerRecord, slot int, n int64, items []syncItem) error {
+	sy.rounds++
+	s := sy.s
+	fs := newFsyncer()
+	entries := 0
+	for _, it := range items {
+		entries += it.stats.entries
+	}
+	if entries > fsyncEachMax {
+		fs.workers = fsyncWorkersBig
+	}
+	fs.add(s.realFD, s.cfg.RealStoreDir, false)
+	fs.addData(sy.marker.fd, sy.marker.path)
+	var err error
+	for _, it := range items {
+		err = fs.tree(s.realFD, it.base, s.cfg.RealStoreDir+"/"+it.base)
+		if errors.Is(err, unix.ENOENT) {
+			err = nil // deleted meanwhile
+		}
+		if err != nil {
+			break
+		}
+	}
+	if ferr := fs.wait(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		sy.marker.write(markerRecord{seq: cur.seq + 1, boot: markerFailed, synced: cur.synced}, slot)
+		return sy.fail(fmt.Errorf("sync %s: %w", s.cfg.RealStoreDir, err))
+	}
+	if cur.seq == 0 || cur.boot == sy.boot {
+		if err := sy.marker.write(markerRecord{seq: cur.seq + 1, boot: sy.boot, synced: n}, slot); err != nil {
+			return sy.fail(err)
+		}
+	}
+	sy.synced = n
+	return nil
 }
 
 // syncLocked (marker locked, cur read from it) syncs the file systems and

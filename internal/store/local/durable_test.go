@@ -280,3 +280,57 @@ func TestAddsDeferTheirSync(t *testing.T) {
 		t.Errorf("warnings: %s", warn.String())
 	}
 }
+
+// TestRoundChoice: a round fsyncs each entry only when every row since the
+// marker is its own, holds no symlink and is small; otherwise syncfs.
+func TestRoundChoice(t *testing.T) {
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "root")
+	var warn bytes.Buffer
+	s := openRootWarn(t, root, &warn)
+	other := openRootWarn(t, root, &warn) // another process on the same store
+	s.syncer.delay, other.syncer.delay = time.Hour, time.Hour
+	add := func(st *Store, name string) syncItem {
+		info, err := st.AddText(ctx, name, "text of "+name, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return syncItem{base: info.Path.Base(), stats: restoreStats{entries: 1}}
+	}
+	a, b := add(s, "a"), add(s, "b")
+	cur, _, _ := readMarker(t, root)
+	n, err := s.maxPathID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := a
+	link.stats.symlinks = true
+	big := a
+	big.stats.entries = fsyncEachMax + 1
+	tests := []struct {
+		name  string
+		items []syncItem
+		want  bool
+	}{
+		{"own rows", []syncItem{a, b}, true},
+		{"a row missing from the list", []syncItem{a}, false},
+		{"a symlink", []syncItem{link, b}, false},
+		{"too many entries", []syncItem{big, b}, false},
+		{"no list", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := s.syncer.fsyncEach(ctx, cur, n, tt.items); got != tt.want {
+				t.Errorf("fsyncEach = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	add(other, "c")
+	n2, err := s.maxPathID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.syncer.fsyncEach(ctx, cur, n2, []syncItem{a, b}) {
+		t.Error("fsyncEach with another writer's row = true, want false")
+	}
+}
