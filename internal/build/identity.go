@@ -29,7 +29,7 @@ type identity struct {
 // identity gives g's build its ids: a build user's (root with build users),
 // else the daemon's own. release gives them back; call it when the build is
 // over and nothing of it runs any more.
-func (b *Builder) identity(g *goal, r *request, sandboxed bool) (id identity, release func(), err error) {
+func (b *Builder) identity(g *goal, r *request, sandboxed bool, sl *slot) (id identity, release func(), err error) {
 	uidRange := slices.Contains(strings.Fields(g.drv.Env["requiredSystemFeatures"]), "uid-range")
 	if uidRange && !sandboxed {
 		return id, nil, errors.New("feature 'uid-range' is only supported in sandboxed builds")
@@ -45,6 +45,21 @@ func (b *Builder) identity(g *goal, r *request, sandboxed bool) (id identity, re
 	if uidRange {
 		count = idsPerSlot
 	}
+	if sl.preparing {
+		// A build is set up ahead of its turn only with a uid to spare:
+		// otherwise it waits for its turn first and then, if need be, for a
+		// uid, as without setting up ahead (and says so only then).
+		u, err := b.users.tryAcquire(count, sandboxed)
+		if err != nil {
+			return id, nil, err
+		}
+		if u != nil {
+			return b.userIdentity(u)
+		}
+		if err := sl.run(g.ctx); err != nil {
+			return id, nil, err
+		}
+	}
 	u, err := b.users.acquire(g.ctx, count, sandboxed, func() {
 		if r.log != nil {
 			r.log.Error(fmt.Sprintf("waiting for UID to build '%s'", hl(g.drvPath.String())))
@@ -53,14 +68,19 @@ func (b *Builder) identity(g *goal, r *request, sandboxed bool) (id identity, re
 	if err != nil {
 		return id, nil, err
 	}
-	// Nothing an earlier build left running as this uid may see this one
-	// (as Nix). With cgroups nothing can be left: every build on the host
-	// ran in one and was killed with it, and a killed daemon's are killed
-	// when the next starts; sandboxed builds end with their PID namespace.
+	return b.userIdentity(u)
+}
+
+// userIdentity is the identity of build user u, whose uid nothing an earlier
+// build left running may use any more (as Nix). With cgroups nothing can be
+// left: every build on the host ran in one and was killed with it, and a
+// killed daemon's are killed when the next starts; sandboxed builds end with
+// their PID namespace.
+func (b *Builder) userIdentity(u *buildUser) (identity, func(), error) {
 	if b.cgroupParent == "" {
 		if err := killUser(u.uid); err != nil {
 			u.release()
-			return id, nil, err
+			return identity{}, nil, err
 		}
 	}
 	return identity{uid: u.uid, gid: u.gid, count: u.count, groups: u.groups, user: u}, u.release, nil
