@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -32,6 +33,8 @@ Serve a store over the Nix worker protocol, as nix-daemon does (everything but b
                           unix://PATH), relay it to that daemon's socket instead
   --force-trusted         trust every client
   --force-untrusted       trust no client (--stdio trusts its client by default)
+  --spin-wait DURATION    after a reply, poll the socket this long for the client's next operation
+                          while the daemon is otherwise idle (default 50µs; 0: sleep at once)
   --version               print the version (as nix-daemon's: field 3 is the Nix release reproduced)
 
 The socket is $NIX_DAEMON_SOCKET_PATH, else $NIX_STATE_DIR/daemon-socket/socket, or the one systemd
@@ -47,12 +50,13 @@ type daemonArgs struct {
 	forceUntrusted bool
 	version        bool
 	help           bool
+	spinWait       time.Duration
 }
 
 // parseDaemonArgs parses nix-daemon's command line (cobra cannot take the
 // two-valued --option).
 func parseDaemonArgs(args []string) (*daemonArgs, error) {
-	a := &daemonArgs{}
+	a := &daemonArgs{spinWait: daemon.DefaultSpinWait}
 	for i := 0; i < len(args); i++ {
 		arg := args[i]
 		need := func(n int) ([]string, error) {
@@ -80,6 +84,16 @@ func parseDaemonArgs(args []string) (*daemonArgs, error) {
 			a.options = append(a.options, [2]string{v[0], v[1]})
 		case arg == "--stdio":
 			a.stdio = true
+		case arg == "--spin-wait":
+			v, err := need(1)
+			if err != nil {
+				return nil, err
+			}
+			d, err := time.ParseDuration(v[0])
+			if err != nil || d < 0 {
+				return nil, fmt.Errorf("--spin-wait: invalid duration '%s'", v[0])
+			}
+			a.spinWait = d
 		case arg == "--daemon": // ignored, as by nix-daemon
 		case arg == "--force-trusted":
 			a.forceTrusted = true
@@ -185,6 +199,7 @@ func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stde
 		Roots:    gcroots.New(cfg.StateDir, cfg.StoreDir, cfg.RealStoreDir),
 		LogDir:   cfg.LogDir,
 		ErrorLog: logf,
+		SpinWait: a.spinWait,
 	}
 	if a.stdio {
 		d := daemon.Decision{Allowed: true, Trusted: !a.forceUntrusted, UID: uint32(os.Geteuid())}

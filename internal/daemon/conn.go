@@ -25,6 +25,7 @@ type conn struct {
 	settings connSettings
 	options  protocol.ClientOptions
 	temp     *gcroots.TempRoots // made on the first AddTempRoot
+	spin     *spinReader        // the socket, polled after replies; nil for streams
 }
 
 func newConn(ctx context.Context, s *Server, r io.Reader, w io.Writer) *conn {
@@ -119,36 +120,51 @@ func (c *conn) run() error {
 			}
 			return fmt.Errorf("read op: %w", err)
 		}
-		req, err := protocol.NewRequest(op, c.p)
-		if err != nil {
-			return c.fatal(fmt.Errorf("invalid operation %s", hl(fmt.Sprint(uint64(op)))))
+		c.s.busy.Add(1)
+		done, err := c.operation(op)
+		c.s.busy.Add(-1)
+		if done {
+			return err
 		}
-		req.Read(c.r, c.p)
-		if err := c.r.Err(); err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return c.fatal(fmt.Errorf("reading %v: %w", op, err))
-		}
-		err = c.perform(req)
-		if err == nil {
-			if err := c.w.Flush(); err != nil {
-				return err
-			}
-			continue
-		}
-		var ae *abortError
-		if errors.As(err, &ae) {
-			return ae.err
-		}
-		var be *brokenError
-		if !c.log.working() || errors.As(err, &be) {
-			return c.fatal(err)
-		}
-		if ferr := c.log.fail(nixError(err)); ferr != nil {
-			return ferr
+		if c.spin != nil {
+			c.spin.replied()
 		}
 	}
+}
+
+// operation reads, performs and answers one operation whose code is read.
+// done means the connection ends, with err.
+func (c *conn) operation(op protocol.Op) (done bool, err error) {
+	req, err := protocol.NewRequest(op, c.p)
+	if err != nil {
+		return true, c.fatal(fmt.Errorf("invalid operation %s", hl(fmt.Sprint(uint64(op)))))
+	}
+	req.Read(c.r, c.p)
+	if err := c.r.Err(); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return true, c.fatal(fmt.Errorf("reading %v: %w", op, err))
+	}
+	err = c.perform(req)
+	if err == nil {
+		if err := c.w.Flush(); err != nil {
+			return true, err
+		}
+		return false, nil
+	}
+	var ae *abortError
+	if errors.As(err, &ae) {
+		return true, ae.err
+	}
+	var be *brokenError
+	if !c.log.working() || errors.As(err, &be) {
+		return true, c.fatal(err)
+	}
+	if ferr := c.log.fail(nixError(err)); ferr != nil {
+		return true, ferr
+	}
+	return false, nil
 }
 
 // fatal reports err and ends the connection. Like nix-daemon 2.8, which reports

@@ -64,6 +64,7 @@ func newTestDaemon(t *testing.T, settings ...[2]string) *testDaemon {
 		Settings: s,
 		Roots:    gcroots.New(cfg.StateDir, cfg.StoreDir, cfg.RealStoreDir),
 		LogDir:   cfg.LogDir,
+		SpinWait: DefaultSpinWait, // as cairn daemon runs
 		Auth: func(ctx context.Context, peer Peer) (Decision, error) {
 			if p := td.policy.Load(); p != nil {
 				return p.Authorize(ctx, peer)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"cairn/internal/config"
 	"cairn/internal/gcroots"
@@ -57,9 +58,15 @@ type Server struct {
 	// ErrorLog receives the daemon's own messages (accepted connections,
 	// errors that could not reach a client); nil discards them.
 	ErrorLog func(string)
+	// SpinWait is how long a socket connection polls for the client's next
+	// operation after a reply while the daemon is otherwise idle (wait.go);
+	// 0 never polls.
+	SpinWait time.Duration
 
-	nextID atomic.Uint64
-	wg     sync.WaitGroup
+	nextID  atomic.Uint64
+	wg      sync.WaitGroup
+	busy    atomic.Int32 // connections in an operation
+	polling atomic.Int32 // connections polling for their next operation (at most 1)
 }
 
 func (s *Server) logf(format string, args ...any) {
@@ -137,21 +144,29 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	} else {
 		s.logf("refused connection from uid %d: %s", peer.UID, d.Refusal)
 	}
-	return s.serve(ctx, c, c, d, peer)
+	var r io.Reader = c
+	var sr *spinReader
+	if uc, ok := c.(*net.UnixConn); ok {
+		if sr = newSpinReader(s, uc); sr != nil {
+			r = sr
+		}
+	}
+	return s.serve(ctx, r, c, d, peer, sr)
 }
 
 // ServeStream serves one connection on r and w (--stdio) with a decision made
 // by the caller: nobody can be asked who is on the other end.
 func (s *Server) ServeStream(ctx context.Context, r io.Reader, w io.Writer, d Decision) error {
-	return s.serve(ctx, r, w, d, Peer{})
+	return s.serve(ctx, r, w, d, Peer{}, nil)
 }
 
-func (s *Server) serve(ctx context.Context, r io.Reader, w io.Writer, d Decision, peer Peer) error {
+func (s *Server) serve(ctx context.Context, r io.Reader, w io.Writer, d Decision, peer Peer, sr *spinReader) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cl := &Client{Decision: d, Peer: peer, ID: s.nextID.Add(1)}
 	ctx = WithClient(ctx, cl)
 	c := newConn(ctx, s, r, w)
+	c.spin = sr
 	defer c.close()
 	return c.run()
 }
