@@ -62,11 +62,11 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 	defer sl.release()
 
 	st := b.store
-	var reals []string
+	var outs []storepath.StorePath
 	for _, name := range drv.OutputNames() {
-		reals = append(reals, st.RealPath(drv.Outputs[name].Path))
+		outs = append(outs, drv.Outputs[name].Path)
 	}
-	locks, err := local.LockPaths(ctx, reals)
+	locks, err := st.LockStorePaths(ctx, outs)
 	if err != nil {
 		return MiscFailure, err
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"cairn/internal/storepath"
 )
 
 // Path locks, compatible with Nix's: the lock for a store path is the file
@@ -167,6 +169,17 @@ type spareLock struct {
 }
 
 const sparePrefix = "lock-"
+
+// LockStorePaths locks the store paths ps as LockPaths locks their real
+// paths, through the store's spare lock files where it can: no lock file is
+// made and freed per path.
+func (s *Store) LockStorePaths(ctx context.Context, ps []storepath.StorePath) (*PathLocks, error) {
+	bases := make([]string, len(ps))
+	for i, p := range ps {
+		bases[i] = p.Base()
+	}
+	return s.lockStorePaths(ctx, bases)
+}
 
 // lockStorePaths locks the store paths with the given base names (sorted, as
 // LockPaths), through spare lock files where it can.
