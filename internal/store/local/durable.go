@@ -661,7 +661,7 @@ func (s *Store) openDurable(ctx context.Context) error {
 		sy.release()
 		return err
 	}
-	err = s.checkMarker(ctx, sy)
+	schedule, err := s.checkMarker(ctx, sy)
 	m.unlock()
 	if err != nil {
 		sy.release()
@@ -675,27 +675,29 @@ func (s *Store) openDurable(ctx context.Context) error {
 	}
 	s.syncer = sy
 	s.deferred.Store(true)
+	if schedule {
+		// After the unlock: a round locks the marker through the same
+		// descriptor, which would not wait for this open's lock.
+		sy.notify()
+	}
 	return nil
 }
 
 // checkMarker reads the marker (locked) and acts on it: one of this boot only
-// needs a round if rows were added since; a fresh one adopts the store as it
-// is; any other one has its suspects checked, and is rewritten.
-func (s *Store) checkMarker(ctx context.Context, sy *syncer) error {
+// needs a round if rows were added since (schedule); a fresh one adopts the
+// store as it is; any other one has its suspects checked, and is rewritten.
+func (s *Store) checkMarker(ctx context.Context, sy *syncer) (schedule bool, err error) {
 	cur, slot, ok, err := sy.marker.read()
 	if err != nil {
-		return err
+		return false, err
 	}
 	n, err := s.maxPathID(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if ok && cur.seq > 0 && cur.boot == sy.boot && sy.boot != bootUnknown {
 		sy.synced = cur.synced
-		if n > cur.synced {
-			sy.notify()
-		}
-		return nil
+		return n > cur.synced, nil
 	}
 	if !ok || cur.seq > 0 {
 		after := int64(0)
@@ -705,17 +707,17 @@ func (s *Store) checkMarker(ctx context.Context, sy *syncer) error {
 			s.warnf("warning: %s is unreadable: checking the contents of every valid path", sy.marker.path)
 		}
 		if err := s.recoverSuspects(ctx, after); err != nil {
-			return err
+			return false, err
 		}
 		if n, err = s.maxPathID(ctx); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if !ok {
 		cur = markerRecord{}
 	}
 	cur.boot = sy.boot // rewrite whatever boot it had
-	return sy.syncLocked(cur, slot, true, n)
+	return false, sy.syncLocked(cur, slot, true, n)
 }
 
 // syncNow makes everything written to the store's file systems durable, for
