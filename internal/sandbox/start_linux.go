@@ -302,6 +302,10 @@ func (p *Process) Kill() error {
 // context given to Start was done; the command's own failure is in Status.
 func (p *Process) Wait() (Status, error) {
 	p.waitOnce.Do(func() {
+		if p.held != nil { // killed while held: never let go
+			p.held.Close()
+			p.held = nil
+		}
 		err := p.cmd.Wait()
 		ps := p.cmd.ProcessState
 		if ps == nil {
