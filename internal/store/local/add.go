@@ -51,7 +51,8 @@ type Batch struct {
 	// ones, until the caller looks them up again (see AddPaths).
 	lateValid bool
 	// skipped are the paths the last Commit found valid already.
-	skipped []storepath.StorePath
+	skipped    []storepath.StorePath
+	cacheStamp stamp // the WAL-index header inside the last register's transaction (infocache.go)
 }
 
 // slot is the entry in a batch's temporary directory where one path is unpacked.
@@ -887,6 +888,7 @@ func (b *Batch) Commit(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	s.infos.registered(b.cacheStamp, b.items)
 	ok = true
 	if !syncFirst && s.syncer != nil {
 		items := make([]syncItem, 0, len(b.items))
@@ -926,6 +928,7 @@ func (b *Batch) repairs() bool {
 func (b *Batch) register(ctx context.Context, sqltx *sql.Tx) error {
 	tx := newWriteCache(sqltx, b.s.wstmts)
 	defer tx.Close()
+	b.cacheStamp = b.s.infos.writeStamp()
 	// Which of the batch's paths are valid already.
 	batchPaths := make([]string, len(b.items))
 	for i, it := range b.items {

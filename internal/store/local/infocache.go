@@ -3,11 +3,15 @@ package local
 import (
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -27,8 +31,9 @@ import (
 // every SQLite since 3.7.0 shares. If the first copy reads the same as
 // before, nothing was committed in between.
 const (
-	walHdrSize   = 48
-	walHdrIsInit = 12 // offset of isInit, 1 once the header is valid
+	walHdrSize    = 48
+	walHdrIChange = 8  // offset of iChange, the commit counter
+	walHdrIsInit  = 12 // offset of isInit, 1 once the header is valid
 	// maxCachedInfos bounds the cache; beyond it an entry is dropped for each
 	// one added (a QueryPathInfo reply holds a few hundred bytes).
 	maxCachedInfos = 1 << 14
@@ -44,9 +49,10 @@ const (
 // The -shm file is only deleted or truncated by the last connection to
 // close, so the cache holds a read connection open for its life (pin).
 type infoCache struct {
-	once sync.Once
-	shm  *os.File // nil: no cache
-	pin  *sql.Conn
+	once  sync.Once
+	shm   *os.File // nil: no cache
+	pin   *sql.Conn
+	ready atomic.Bool // init has run and opened shm
 
 	mu  sync.Mutex
 	hdr [walHdrSize]byte                        // the header the entries were read under
@@ -81,6 +87,7 @@ func (c *infoCache) init(s *Store) {
 		}
 		c.shm, c.pin = f, pin
 		c.m = make(map[storepath.StorePath]*store.PathInfo)
+		c.ready.Store(true)
 	})
 }
 
@@ -130,6 +137,78 @@ func (c *infoCache) put(p storepath.StorePath, info *store.PathInfo, st stamp) {
 		}
 	}
 	c.m[p] = info
+}
+
+// writeStamp reads the header inside a write transaction, for registered;
+// it reads nothing until a lookup has started the cache.
+func (c *infoCache) writeStamp() stamp {
+	if !c.ready.Load() {
+		return stamp{}
+	}
+	return c.read()
+}
+
+// iChange is the header's commit counter (native byte order).
+func (st stamp) iChange() uint32 { return binary.NativeEndian.Uint32(st.hdr[walHdrIChange:]) }
+
+// registered puts in the cache the infos a commit of this process has just
+// registered, so that a client asking for a path it has added is answered
+// without a lookup. before is the header read inside the commit's
+// transaction: no other connection can commit while a write transaction is
+// open, and every commit adds exactly one to iChange, so if the header now
+// shows one commit more, that commit was this one and the cache can move to
+// the new header with the batch's infos. The entries already there stay when
+// they were read under before: a commit of fresh paths changes no other
+// path's info. Paths registered again (repairs, RegisterValidPaths) keep
+// their old deriver and registration time in the database, so they are
+// dropped rather than put. Otherwise nothing is done, and the next lookup
+// finds the header changed and empties the cache.
+func (c *infoCache) registered(before stamp, items []*pending) {
+	if !before.ok || !c.ready.Load() {
+		return
+	}
+	after := c.read()
+	if !after.ok || after.iChange() != before.iChange()+1 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hdr != before.hdr && c.hdr != after.hdr {
+		clear(c.m)
+	}
+	c.hdr = after.hdr
+	for _, it := range items {
+		switch {
+		case it.skip:
+		case it.repair:
+			delete(c.m, it.info.Path)
+		case len(c.m) < maxCachedInfos:
+			c.m[it.info.Path] = asStored(it.info)
+		}
+	}
+}
+
+// asStored returns info as a lookup of its fresh row reads it back
+// (parsePathInfo): registration time in whole seconds, signatures split,
+// sorted and without duplicates, references sorted and without duplicates,
+// slices clipped.
+func asStored(info *store.PathInfo) *store.PathInfo {
+	cp := *info
+	cp.RegistrationTime = time.Time{}
+	if t := info.RegistrationTime.Unix(); t != 0 {
+		cp.RegistrationTime = time.Unix(t, 0)
+	}
+	cp.Signatures = nil
+	if len(info.Signatures) > 0 {
+		cp.Signatures = slices.Clip(splitSorted(strings.Join(info.Signatures, " "), " "))
+	}
+	cp.References = nil
+	if len(info.References) > 0 {
+		refs := slices.Clone(info.References)
+		storepath.SortPaths(refs)
+		cp.References = slices.Clip(slices.Compact(refs))
+	}
+	return &cp
 }
 
 // close releases the -shm file and the pinned connection.

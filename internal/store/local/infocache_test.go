@@ -1,8 +1,10 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"reflect"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -210,4 +212,69 @@ func TestInfoCacheNix(t *testing.T) {
 	if s.infos.shm == nil {
 		t.Error("the store had no cache")
 	}
+}
+
+// TestInfoCacheWriteThrough adds paths of every shape and checks that the
+// infos the commit put in the cache are the ones the database gives back,
+// and that a commit followed by another's is not put.
+func TestInfoCacheWriteThrough(t *testing.T) {
+	ctx := context.Background()
+	s, root := newStore(t)
+	if ok, err := s.IsValidPath(ctx, d0(s.StoreDir())); ok || err != nil { // starts the cache
+		t.Fatal(ok, err)
+	}
+	src := t.TempDir()
+	writeTree(t, src, map[string]string{"dep": "dep\n", "main/x": "x\n", "drv": "drv\n", "plain": "plain\n"})
+	dep := addFiles(t, s, map[string]string{"dep2": "dep2\n"})[0]
+	narDep, narMain := narOf(t, filepath.Join(src, "dep")), narOf(t, filepath.Join(src, "main"))
+	infoDep := infoFor(t, s.StoreDir(), "dep", narDep)
+	infoMain := infoFor(t, s.StoreDir(), "main", narMain, dep, infoDep.Path, dep) // unsorted, a duplicate
+	infoMain.References = append(infoMain.References, infoMain.Path)           // self-reference
+	infoMain.Deriver = infoFor(t, s.StoreDir(), "main.drv", narMain).Path
+	infoMain.Signatures = []string{"b.example:Yg==", "a.example:YQ==", "b.example:Yg=="}
+	infoMain.Ultimate = true
+	batch := s.NewBatch()
+	for _, x := range []struct {
+		info *store.PathInfo
+		nar  []byte
+	}{{infoDep, narDep}, {infoMain, narMain}} {
+		if err := batch.AddNar(ctx, x.info, bytes.NewReader(x.nar), store.AddNarOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := batch.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	added := []storepath.StorePath{dep, infoDep.Path, infoMain.Path}
+	added = append(added, addFiles(t, s, map[string]string{"plain": "plain\n"})...)
+	for _, p := range added {
+		t.Run(p.Name(), func(t *testing.T) {
+			s.infos.mu.Lock()
+			cached, ok := s.infos.m[p]
+			s.infos.mu.Unlock()
+			if !ok || cached == nil {
+				t.Fatal("not in the cache after its commit")
+			}
+			got, err := s.QueryPathInfo(ctx, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := s.queryPathInfoDB(ctx, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("from the cache:\n%+v\nfrom the database:\n%+v", got, want)
+			}
+		})
+	}
+
+	// Two commits between the stamp and the check: nothing is put.
+	other := openRoot(t, root)
+	before := s.infos.writeStamp()
+	addFiles(t, other, map[string]string{"o1": "1\n"})
+	addFiles(t, other, map[string]string{"o2": "2\n"})
+	ghost := &pending{info: infoFor(t, s.StoreDir(), "ghost", narDep)}
+	s.infos.registered(before, []*pending{ghost})
+	wantInvalid(t, s, ghost.info.Path)
 }
