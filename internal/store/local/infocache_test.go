@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"reflect"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -229,7 +229,7 @@ func TestInfoCacheWriteThrough(t *testing.T) {
 	narDep, narMain := narOf(t, filepath.Join(src, "dep")), narOf(t, filepath.Join(src, "main"))
 	infoDep := infoFor(t, s.StoreDir(), "dep", narDep)
 	infoMain := infoFor(t, s.StoreDir(), "main", narMain, dep, infoDep.Path, dep) // unsorted, a duplicate
-	infoMain.References = append(infoMain.References, infoMain.Path)           // self-reference
+	infoMain.References = append(infoMain.References, infoMain.Path)              // self-reference
 	infoMain.Deriver = infoFor(t, s.StoreDir(), "main.drv", narMain).Path
 	infoMain.Signatures = []string{"b.example:Yg==", "a.example:YQ==", "b.example:Yg=="}
 	infoMain.Ultimate = true
