@@ -215,7 +215,9 @@ const (
 	// ringSlots is how many files one ring round opens; the closes of the
 	// previous round's files go with it.
 	ringSlots = 64
-	// ringEntries is the submission queue's size.
+	// ringEntries is the submission queue's size: between two waits the walker
+	// queues at most a round's opens or reads and closes (2 × ringSlots) and the
+	// closes left from streamed files (ringSlots).
 	ringEntries = 4 * ringSlots
 	// minRingRun is the shortest run of regular files worth a ring round.
 	minRingRun = 2
