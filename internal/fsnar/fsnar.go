@@ -9,8 +9,8 @@
 //
 // The walker's vocabulary: a directory is listed with getdents64 into one buffer
 // and sorted; a run is up to ringSlots consecutive regular files of one listing.
-// Where io_uring is available, a run takes two rounds of the ring, each one
-// io_uring_enter: the open round opens every file of the run (OPENAT, and the
+// Where io_uring is available, a run takes two rounds of an io_uring (type ring;
+// not to be confused with the ring of buffers), each one io_uring_enter: the open round opens every file of the run (OPENAT, and the
 // CLOSEs left from before); then each file is fstat'ed (a plain call: STATX
 // through the ring always goes to the kernel's worker threads), and the read round
 // reads every file that fits the current batch straight into it, each READ
