@@ -31,6 +31,8 @@ func Init() error {
 		return killAll()
 	case hostMode:
 		return hostExec()
+	case spawnerMode:
+		return runSpawner()
 	}
 	runtime.LockOSThread() // namespaces, creds, no_new_privs and seccomp are per thread
 	if _, err := unix.GetsockoptInt(channelFD, unix.SOL_SOCKET, unix.SO_TYPE); err != nil {

@@ -162,15 +162,36 @@ func TestPoolSpareDies(t *testing.T) {
 	}
 }
 
-// initsOf lists this process's children that are sandbox inits.
+// initsOf lists the sandbox inits this process started: its children, or
+// its spawner's.
 func initsOf(t *testing.T) []*os.Process {
+	t.Helper()
+	var out []*os.Process
+	for _, sp := range childrenOf(t, os.Getpid(), "CAIRN_SANDBOX_INIT=spawner") {
+		out = append(out, processes(childrenOf(t, sp, "CAIRN_SANDBOX_INIT=1"))...)
+	}
+	return append(out, processes(childrenOf(t, os.Getpid(), "CAIRN_SANDBOX_INIT=1"))...)
+}
+
+func processes(pids []int) []*os.Process {
+	var out []*os.Process
+	for _, pid := range pids {
+		p, _ := os.FindProcess(pid)
+		out = append(out, p)
+	}
+	return out
+}
+
+// childrenOf lists the live (running or sleeping) children of parent whose
+// environment holds the variable setting env.
+func childrenOf(t *testing.T, parent int, env string) []int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*os.Process
-	me := []byte(" " + strconv.Itoa(os.Getpid()) + " ")
+	var out []int
+	ppid := []byte(" " + strconv.Itoa(parent) + " ")
 	for _, e := range ents {
 		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
 		if err != nil {
@@ -181,19 +202,16 @@ func initsOf(t *testing.T) []*os.Process {
 		if i < 0 || !bytes.HasPrefix(stat[i+2:], []byte("S")) && !bytes.HasPrefix(stat[i+2:], []byte("R")) {
 			continue
 		}
-		if !bytes.HasPrefix(stat[i+3:], me) {
+		if !bytes.HasPrefix(stat[i+3:], ppid) {
 			continue
 		}
-		env, _ := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if !bytes.Contains(env, []byte("CAIRN_SANDBOX_INIT=1")) {
+		environ, _ := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if !bytes.Contains(environ, append([]byte(env), 0)) {
 			continue
 		}
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, pid)
 		}
-		p, _ := os.FindProcess(pid)
-		out = append(out, p)
 	}
 	return out
 }

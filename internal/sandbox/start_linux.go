@@ -20,7 +20,7 @@ import (
 // Process is a running sandbox.
 type Process struct {
 	ctx    context.Context
-	cmd    *exec.Cmd
+	init   initProc
 	cgroup string
 	// unwatch stops the watch on a pooled init's build context.
 	unwatch func() bool
@@ -39,7 +39,7 @@ type Process struct {
 }
 
 // Pid is init's (then the command's) pid in the caller's PID namespace.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+func (p *Process) Pid() int { return p.init.pid() }
 
 // Cgroup is the build's own cgroup directory, or "" when it has none and
 // only the PID namespace holds the build together.
@@ -95,6 +95,69 @@ func spawn(ctx context.Context, spec *Spec, stdio io.Writer) (*Process, *os.File
 	defer childEnd.Close()
 
 	p := &Process{ctx: ctx, mountNS: -1}
+	attr, env, err := initAttr(spec)
+	if err != nil {
+		parentEnd.Close()
+		return nil, nil, err
+	}
+	var cgroupFD = -1
+	if spec.Cgroup.Parent != "" {
+		dir, fd, err := makeCgroup(spec.Cgroup)
+		if err != nil {
+			parentEnd.Close()
+			return nil, nil, err
+		}
+		defer unix.Close(fd)
+		p.cgroup = dir
+		cgroupFD = fd
+	}
+	if sw := spawnerFor(spec, stdio); sw != nil {
+		// A spare: cloned by the small spawner process, not the daemon.
+		ip, err := sw.spawn(spec, childEnd, cgroupFD)
+		if err == nil {
+			p.init = ip
+			if ctx.Done() != nil {
+				p.unwatch = context.AfterFunc(ctx, func() { p.Kill() })
+			}
+			p.holdMountNS()
+			return p, parentEnd, nil
+		}
+		// The spawner is gone; the daemon clones init itself.
+	}
+	if cgroupFD >= 0 {
+		attr.UseCgroupFD = true
+		attr.CgroupFD = cgroupFD
+	}
+	cmd := exec.CommandContext(ctx, InitPath)
+	cmd.Args = InitArgs
+	cmd.Env = env
+	if stdio != nil {
+		cmd.Stdout = stdio
+		cmd.Stderr = stdio
+	}
+	cmd.ExtraFiles = []*os.File{childEnd} // fd 3 = channelFD
+	cmd.SysProcAttr = attr
+	cmd.Cancel = p.Kill
+	p.init = execProc{cmd}
+	if err := cmd.Start(); err != nil {
+		p.removeCgroup()
+		parentEnd.Close()
+		return nil, nil, fmt.Errorf("sandbox: start init: %w", err)
+	}
+	p.holdMountNS()
+	return p, parentEnd, nil
+}
+
+// holdMountNS takes hold of init's mount namespace (see Process.mountNS).
+func (p *Process) holdMountNS() {
+	if fd, err := unix.Open("/proc/"+strconv.Itoa(p.Pid())+"/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		p.mountNS = fd
+	}
+}
+
+// initAttr is how init is cloned for spec (but for its cgroup) and its
+// environment.
+func initAttr(spec *Spec) (*syscall.SysProcAttr, []string, error) {
 	attr := &syscall.SysProcAttr{
 		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET |
 			unix.CLONE_NEWIPC | unix.CLONE_NEWUTS,
@@ -110,44 +173,41 @@ func spawn(ctx context.Context, spec *Spec, stdio io.Writer) (*Process, *os.File
 		// before the command's exec.
 		attr.AmbientCaps = []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_NET_ADMIN, unix.CAP_SETUID, unix.CAP_SETGID}
 	}
-	if spec.Cgroup.Parent != "" {
-		dir, fd, err := makeCgroup(spec.Cgroup)
-		if err != nil {
-			parentEnd.Close()
-			return nil, nil, err
-		}
-		defer unix.Close(fd)
-		p.cgroup = dir
-		attr.UseCgroupFD = true
-		attr.CgroupFD = fd
-	}
-	cmd := exec.CommandContext(ctx, InitPath)
-	cmd.Args = InitArgs
 	// init is short-lived: no garbage collection, one P (fewer threads).
 	// The command gets exactly its own environment, not this one.
 	shape, err := json.Marshal(earlyOf(spec))
 	if err != nil {
-		parentEnd.Close()
 		return nil, nil, fmt.Errorf("sandbox: encode shape: %w", err)
 	}
-	cmd.Env = []string{initEnv + "=1", earlyEnv + "=" + string(shape), "GOGC=off", "GOMAXPROCS=1"}
-	if stdio != nil {
-		cmd.Stdout = stdio
-		cmd.Stderr = stdio
+	return attr, []string{initEnv + "=1", earlyEnv + "=" + string(shape), "GOGC=off", "GOMAXPROCS=1"}, nil
+}
+
+// initProc is init as the parent sees it: its own child, or the spawner's.
+type initProc interface {
+	pid() int
+	kill() error
+	// wait reaps init; ws is nil when that failed.
+	wait() (ws *syscall.WaitStatus, err error)
+}
+
+type execProc struct{ cmd *exec.Cmd }
+
+func (e execProc) pid() int { return e.cmd.Process.Pid }
+
+func (e execProc) kill() error {
+	if err := e.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
 	}
-	cmd.ExtraFiles = []*os.File{childEnd} // fd 3 = channelFD
-	cmd.SysProcAttr = attr
-	cmd.Cancel = p.Kill
-	p.cmd = cmd
-	if err := cmd.Start(); err != nil {
-		p.removeCgroup()
-		parentEnd.Close()
-		return nil, nil, fmt.Errorf("sandbox: start init: %w", err)
+	return nil
+}
+
+func (e execProc) wait() (*syscall.WaitStatus, error) {
+	err := e.cmd.Wait()
+	if e.cmd.ProcessState == nil {
+		return nil, err
 	}
-	if fd, err := unix.Open("/proc/"+strconv.Itoa(cmd.Process.Pid)+"/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
-		p.mountNS = fd
-	}
-	return p, parentEnd, nil
+	ws := e.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return &ws, err
 }
 
 // begin sends init the spec (with log, when not nil, as its stdout and
@@ -234,7 +294,7 @@ func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payloa
 		return errors.New("sandbox: a pooled init with a network given a spec without one")
 	}
 	if spec.Net != nil && p.net == nil { // a pooled init may have its stack already
-		np, err := spec.Net.start(ctx, p.cmd.Process.Pid)
+		np, err := spec.Net.start(ctx, p.Pid())
 		if err != nil {
 			// init may have failed first (and the stack for want of its
 			// namespace): its report is the better error.
@@ -248,7 +308,7 @@ func (p *Process) handshake(ctx context.Context, spec *Spec, ch *os.File, payloa
 		p.net = np
 	}
 	if spec.NetworkSetup != nil {
-		if err := spec.NetworkSetup(ctx, p.cmd.Process.Pid); err != nil {
+		if err := spec.NetworkSetup(ctx, p.Pid()); err != nil {
 			return fmt.Errorf("sandbox: network setup: %w", err)
 		}
 	}
@@ -291,7 +351,7 @@ func (p *Process) Kill() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := p.init.kill(); err != nil {
 		errs = append(errs, fmt.Errorf("sandbox: kill: %w", err))
 	}
 	return errors.Join(errs...)
@@ -306,13 +366,11 @@ func (p *Process) Wait() (Status, error) {
 			p.held.Close()
 			p.held = nil
 		}
-		err := p.cmd.Wait()
-		ps := p.cmd.ProcessState
-		if ps == nil {
+		ws, err := p.init.wait()
+		if ws == nil {
 			p.waitErr = fmt.Errorf("sandbox: wait: %w", err)
 			return
 		}
-		ws := ps.Sys().(syscall.WaitStatus)
 		switch {
 		case ws.Signaled():
 			p.status = Status{Code: -1, Signal: ws.Signal()}
