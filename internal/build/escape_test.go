@@ -586,6 +586,13 @@ func delegate(t *testing.T, uid, gid int) string {
 		return ""
 	}
 	t.Cleanup(func() {
+		// What the user's processes started (the sandbox's spawner) dies
+		// by its parent-death signal, a moment after the test process.
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if ev, err := os.ReadFile(filepath.Join(dir, "cgroup.events")); err != nil || bytes.Contains(ev, []byte("populated 0")) {
+				break
+			}
+		}
 		if err := os.Remove(dir); err != nil {
 			t.Errorf("delegated cgroup: %v (left: %v)", err, buildCgroups(dir))
 		}
