@@ -334,3 +334,34 @@ func TestRoundChoice(t *testing.T) {
 		t.Error("fsyncEach with another writer's row = true, want false")
 	}
 }
+
+// TestSyncerRuns: without Close, the syncer's goroutine makes an add durable
+// on its own and advances the marker.
+func TestSyncerRuns(t *testing.T) {
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "root")
+	var warn bytes.Buffer
+	s := openRootWarn(t, root, &warn)
+	s.syncer.delay = time.Millisecond
+	info, err := s.AddText(ctx, "t", "text\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := s.rdb.QueryRow(sqlQueryPathID, info.Path.String()).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	// Not a timing assertion: the round comes within milliseconds; the
+	// deadline only keeps a broken syncer from hanging the test.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if rec, _, _ := readMarker(t, root); rec.synced >= id {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the marker never reached the add")
+		}
+	}
+	if warn.Len() != 0 {
+		t.Errorf("warnings: %s", warn.String())
+	}
+}
