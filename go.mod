@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/dsnet/compress v0.0.1
+	github.com/klauspost/compress v1.20.3
 	github.com/spf13/cobra v1.10.2
 	github.com/ulikunitz/xz v0.5.17
 	golang.org/x/sys v0.49.0

@@ -98,6 +98,8 @@ func Run(ctx context.Context, j *Job) error {
 		return fetchurl(ctx, j, l)
 	case "builtin:buildenv":
 		return buildenv(j, l)
+	case "builtin:unpack-channel":
+		return unpackChannel(ctx, j)
 	}
 	return fmt.Errorf("unsupported builtin builder '%s'", hl(strings.TrimPrefix(j.Builder, "builtin:")))
 }
