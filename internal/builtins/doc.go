@@ -3,9 +3,8 @@
 //
 // Vocabulary:
 //
-//	builtin     a builder named "builtin:fetchurl" or "builtin:buildenv"
-//	            (Nix 2.8 also has "builtin:unpack-channel", which Cairn
-//	            does not implement)
+//	builtin     a builder named "builtin:fetchurl", "builtin:buildenv" or
+//	            "builtin:unpack-channel"
 //	job         one run of a builtin: the derivation's environment (its
 //	            placeholders rewritten), the host path where output "out"
 //	            is made, the view it reads through, its log
@@ -37,4 +36,33 @@
 // into the output, the lowest priority number winning a collision,
 // directories merged, then the packages named by each package's
 // nix-support/propagated-user-env-packages at priorities 1000, 1001, ….
+//
+// builtin:unpack-channel reads (as nix-channel's unpack-channel.nix sets
+// them):
+//
+//	src          a tarball: tar (ustar, GNU, pax), plain or compressed with
+//	             gzip, bzip2, xz or zstd (recognised by magic bytes, up to
+//	             MaxFilters layers)
+//	channelName  the name the tarball's one top-level entry gets
+//
+// and unpacks src into the output as Nix 2.8 does through libarchive with
+// ARCHIVE_EXTRACT_PERM|_TIME|_FFLAGS|_SECURE_SYMLINKS|_SECURE_NODOTDOT:
+//
+//	name        cleaned: "//" and "." dropped, a leading "/" kept inside
+//	            the output, ".." refused ("Path contains '..'")
+//	parents     made when missing; a symlink among them is refused
+//	            ("Cannot extract through symlink"), another non-directory
+//	            too ("Could not stat")
+//	in the way  a symlink or file at the name is replaced, an empty
+//	            directory too; a full one is an error
+//	file        any type libarchive does not know, "name/" of a regular
+//	            type a directory; executable when the owner's x bit is set
+//	link        a hard link to OUT/target, itself checked as a name; a link
+//	            to a symlink links the symlink
+//	empty link  a symlink or hard link with no target is a regular file
+//	device      refused ("Can't create", as for a build user's mknod)
+//	fifo        refused ("has an unsupported type", Nix's later failure)
+//
+// then the output must hold exactly one entry ("channel tarball '…'
+// contains more than one file"), renamed channelName.
 package builtins
