@@ -12,7 +12,8 @@ import (
 	"cairn/internal/storepath"
 )
 
-// Builtin builders ("builtin:fetchurl", "builtin:buildenv") run in the
+// Builtin builders ("builtin:fetchurl", "builtin:buildenv",
+// "builtin:unpack-channel") run in the
 // daemon's process, in a goroutine that stands for the builder's process:
 // no sandbox is started and no /bin/sh is needed. What a builtin reads
 // goes through a builtins.View: in a sandboxed build only the input
