@@ -14,12 +14,13 @@ import (
 
 // Builtin builders ("builtin:fetchurl", "builtin:buildenv",
 // "builtin:unpack-channel") run in the daemon's process, in a goroutine that
-// stands for the builder's process: no sandbox is started and no /bin/sh is needed. What a builtin reads
-// goes through a builtins.View: in a sandboxed build only the input
-// closure and the sandbox-paths, at the paths the builder would use; it
-// writes only the output "out", where the sandbox's output would be (the
-// scratch store dir, private to the daemon), and the output then goes
-// through the same checks and registration as any builder's.
+// stands for the builder's process: no sandbox is started and no /bin/sh is
+// needed. What a builtin reads goes through a builtins.View: in a sandboxed
+// build only the input closure and the sandbox-paths, at the paths the
+// builder would use; it writes only the output "out", where the sandbox's
+// output would be (the scratch store dir, private to the daemon), and the
+// output then goes through the same checks and registration as any
+// builder's.
 
 func isBuiltin(drv *derivation.Derivation) bool { return strings.HasPrefix(drv.Builder, "builtin:") }
 
