@@ -374,7 +374,7 @@ func TestFetchurlStalled(t *testing.T) {
 }
 
 func TestRunUnknown(t *testing.T) {
-	err := Run(context.Background(), &Job{Builder: "builtin:unpack-channel", Env: map[string]string{}})
+	err := Run(context.Background(), &Job{Builder: "builtin:fetchtree", Env: map[string]string{}})
 	if err == nil || !strings.Contains(err.Error(), "unsupported builtin builder") {
 		t.Fatal(err)
 	}
