@@ -77,7 +77,9 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 func (r markerRecord) encode() []byte {
 	b := fmt.Appendf(nil, "%s %d %s %d", markerMagic, r.seq, r.boot, r.synced)
 	b = fmt.Appendf(b, " %08x\n", crc32.Checksum(b, castagnoli))
-	return append(b, bytes.Repeat([]byte{'\n'}, markerSlot-len(b))...)
+	// The fields are bounded (a boot id of at most maxBootID), so the line
+	// always fits.
+	return append(b, bytes.Repeat([]byte{'\n'}, max(0, markerSlot-len(b)))...)
 }
 
 // parseMarkerSlot reads one slot; ok is false for a torn or empty one.
