@@ -93,6 +93,16 @@ func (s *Store) optimisePaths(ctx context.Context, paths []storepath.StorePath, 
 	if o.log == nil {
 		o.log = io.Discard
 	}
+	// Replacing a file of a valid path by a link to a .links entry changes
+	// what an old row describes, which the syncer does not cover (a repair,
+	// in durable.go's terms): every entry linked here must be on disk
+	// first. The paths were valid, so their files were in place, before this
+	// sync; .links entries are made from them.
+	if s.deferred.Load() {
+		if err := s.syncNow(); err != nil {
+			return nil, fmt.Errorf("optimise: %w", err)
+		}
+	}
 	if err := unix.Mkdirat(s.realFD, linksDirName, 0o777); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, &os.PathError{Op: "mkdir", Path: s.linksPath(""), Err: err}
 	}
