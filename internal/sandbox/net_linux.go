@@ -166,11 +166,15 @@ func pastaArgs(hostLoopback bool, pidFile string, pid int) []string {
 	return append(args, strconv.Itoa(pid))
 }
 
-var syslogNoise = regexp.MustCompile(`(?m)^Failed to send \d+ bytes to syslog\n?`)
+// syslogNoise is compiled on first use: every init links this package,
+// and a package-level regexp would be compiled at each init's start.
+var syslogNoise = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`(?m)^Failed to send \d+ bytes to syslog\n?`)
+})
 
 // failure describes a stack that exited before it was ready.
 func (np *netProc) failure() error {
-	msg := bytes.TrimSpace(syslogNoise.ReplaceAll(np.out.Bytes(), nil))
+	msg := bytes.TrimSpace(syslogNoise().ReplaceAll(np.out.Bytes(), nil))
 	st := "exited"
 	if ps := np.cmd.ProcessState; ps != nil {
 		st = ps.String()
