@@ -25,6 +25,26 @@ const DefaultSpinWait = 50 * time.Microsecond
 // polling after its polls found nothing in time.
 const maxSpinBackoff = 64
 
+// Each connection finds out whether polling pays for its client: it times
+// trialOps operations with polling and trialOps without, then runs the
+// faster way for keepOps operations, and tries again. Polling suits a client
+// that blocks while it waits for the reply (Nix's); a client whose runtime
+// spins while it waits (Go's) is slowed down by a daemon that polls on the
+// same CPU. An operation's time is from one reply to the next, at most
+// maxOpTime (so a pause of the client does not decide).
+const (
+	trialOps  = 64
+	keepOps   = 1024
+	maxOpTime = time.Millisecond
+)
+
+// Phases of the trial.
+const (
+	phaseTryPoll = iota
+	phaseTrySleep
+	phaseKeep
+)
+
 // spinReader reads a Unix socket connection. After a reply (the op loop
 // calls replied), its next Read polls the socket with non-blocking reads,
 // yielding the CPU between them, for up to Server.SpinWait before it lets the
@@ -33,7 +53,8 @@ const maxSpinBackoff = 64
 // connection starts one. A poll that finds nothing in time makes the
 // connection skip the next 1, 2, 4, … up to maxSpinBackoff replies before it
 // polls again (an interactive client pays one SpinWait per 64 replies at
-// most); a poll that finds the request resets that.
+// most); a poll that finds the request resets that. Whether polling pays at
+// all is tried out per connection (trialOps).
 type spinReader struct {
 	s  *Server
 	c  *net.UnixConn
@@ -44,7 +65,14 @@ type spinReader struct {
 	skip      int       // replies still to let pass without polling
 	backoff   int       // the skip after the next miss is twice this
 
-	// The current Read, for poll (a method value made once, so a Read
+	// The trial (see trialOps).
+	phase     int
+	phaseOps  int
+	phaseTime time.Duration
+	pollTime  time.Duration // phaseTime of the last phaseTryPoll
+	poll      bool          // poll after replies in this phase
+
+	// The current Read, for pollRead (a method value made once, so a Read
 	// allocates nothing).
 	buf     []byte
 	n       int
@@ -63,19 +91,48 @@ func newSpinReader(s *Server, c *net.UnixConn) *spinReader {
 	if err != nil {
 		return nil
 	}
-	r := &spinReader{s: s, c: c, rc: rc}
-	r.pollFn = r.poll
+	r := &spinReader{s: s, c: c, rc: rc, poll: true}
+	r.pollFn = r.pollRead
 	return r
 }
 
 // replied arms the next Read to poll: a reply has gone out.
 func (r *spinReader) replied() {
-	if r.skip > 0 {
+	now := time.Now()
+	r.tune(now)
+	r.lastReply = now
+	switch {
+	case !r.poll:
+	case r.skip > 0:
 		r.skip--
+	default:
+		r.armed = true
+	}
+}
+
+// tune counts a reply sent at now towards the trial and moves it on.
+func (r *spinReader) tune(now time.Time) {
+	if !r.lastReply.IsZero() {
+		r.phaseTime += min(now.Sub(r.lastReply), maxOpTime)
+	}
+	r.phaseOps++
+	n := trialOps
+	if r.phase == phaseKeep {
+		n = keepOps
+	}
+	if r.phaseOps < n {
 		return
 	}
-	r.armed = true
-	r.lastReply = time.Now()
+	switch r.phase {
+	case phaseTryPoll:
+		r.pollTime = r.phaseTime
+		r.phase, r.poll = phaseTrySleep, false
+	case phaseTrySleep:
+		r.phase, r.poll = phaseKeep, r.pollTime < r.phaseTime
+	default:
+		r.phase, r.poll = phaseTryPoll, true
+	}
+	r.phaseOps, r.phaseTime = 0, 0
 }
 
 func (r *spinReader) Read(p []byte) (int, error) {
@@ -104,9 +161,9 @@ func (r *spinReader) Read(p []byte) (int, error) {
 	return r.n, nil
 }
 
-// poll is the RawConn.Read callback: true when the read is done, false to
+// pollRead is the RawConn.Read callback: true when the read is done, false to
 // wait in the netpoller.
-func (r *spinReader) poll(fd uintptr) bool {
+func (r *spinReader) pollRead(fd uintptr) bool {
 	for {
 		n, err := unix.Read(int(fd), r.buf)
 		switch err {

@@ -100,3 +100,50 @@ func TestSpinReader(t *testing.T) {
 		})
 	}
 }
+
+// TestSpinTrial times trial phases with made-up operation times and checks
+// which way the connection keeps, and that it tries again afterwards.
+func TestSpinTrial(t *testing.T) {
+	tests := []struct {
+		name            string
+		withPoll, sleep time.Duration // one operation's time in each trial
+		wantPoll        bool
+	}{
+		{"polling faster", 20 * time.Microsecond, 45 * time.Microsecond, true},
+		{"sleeping faster", 30 * time.Microsecond, 19 * time.Microsecond, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &spinReader{poll: true}
+			now := time.Unix(1000, 0)
+			run := func(n int, d time.Duration) {
+				for range n {
+					now = now.Add(d)
+					r.tune(now)
+					r.lastReply = now
+				}
+			}
+			run(trialOps, tt.withPoll)
+			if r.phase != phaseTrySleep || r.poll {
+				t.Fatalf("after the polling trial: phase %d, poll %v", r.phase, r.poll)
+			}
+			run(trialOps, tt.sleep)
+			if r.phase != phaseKeep || r.poll != tt.wantPoll {
+				t.Fatalf("after both trials: phase %d, poll %v; want poll %v", r.phase, r.poll, tt.wantPoll)
+			}
+			run(keepOps, tt.sleep)
+			if r.phase != phaseTryPoll || !r.poll {
+				t.Errorf("after keepOps: phase %d, poll %v; want a new trial", r.phase, r.poll)
+			}
+		})
+	}
+}
+
+// TestSpinTrialPause checks a pause of the client counts as maxOpTime.
+func TestSpinTrialPause(t *testing.T) {
+	r := &spinReader{poll: true, lastReply: time.Unix(1000, 0)}
+	r.tune(r.lastReply.Add(time.Minute))
+	if r.phaseTime != maxOpTime {
+		t.Errorf("a minute's pause counted %v, want %v", r.phaseTime, maxOpTime)
+	}
+}
