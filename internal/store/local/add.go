@@ -90,6 +90,9 @@ type pending struct {
 	drvOutputs map[string]storepath.StorePath
 	id         int64 // ValidPaths.id once registered
 	skip       bool  // found valid at commit time
+	// emptied says the slot was renamed into place and holds nothing
+	// (Discard need not remove it).
+	emptied bool
 	// stats says what the slot holds: how many entries, whether the root is
 	// a directory, which gets its final mode only once it has been moved into
 	// place (CanonicaliseRoot).
@@ -108,7 +111,9 @@ func (b *Batch) Len() int { return len(b.items) }
 func (b *Batch) Discard() {
 	for _, it := range b.items {
 		// A moved path's slot is gone, or holds what the move replaced.
-		it.temp.remove()
+		if !it.emptied {
+			it.temp.remove()
+		}
 	}
 	b.items = nil
 	clear(b.byPath)
@@ -1183,6 +1188,7 @@ func (b *Batch) moveIntoPlace() ([]*pending, error) {
 		}
 		base := it.info.Path.Base()
 		err := unix.Renameat2(it.temp.dirfd, it.temp.name, s.realFD, base, unix.RENAME_NOREPLACE)
+		it.emptied = err == nil
 		if errors.Is(err, unix.EEXIST) {
 			// A directory being moved to another parent must be writable.
 			unix.Fchmodat(s.realFD, base, 0o755, 0)
@@ -1219,6 +1225,7 @@ func (b *Batch) moveIntoPlace() ([]*pending, error) {
 func (b *Batch) undo(moved []*pending) {
 	s := b.s
 	for _, it := range moved {
+		it.emptied = false
 		base := it.info.Path.Base()
 		unix.Fchmodat(s.realFD, base, 0o755, 0)
 		removeTree(it.temp.dirfd, it.temp.name)

@@ -145,7 +145,12 @@ func createMarker(dbDir, path string, first markerRecord) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
+	placed := false
+	defer func() {
+		if !placed {
+			os.Remove(tmp.Name())
+		}
+	}()
 	rec := first.encode()
 	_, err = tmp.Write(append(rec, rec...))
 	if err == nil {
@@ -158,7 +163,9 @@ func createMarker(dbDir, path string, first markerRecord) error {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	err = unix.Renameat2(unix.AT_FDCWD, tmp.Name(), unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
+	placed = err == nil
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		// No renameat2 here: a link does not replace either.
 		err = unix.Linkat(unix.AT_FDCWD, tmp.Name(), unix.AT_FDCWD, path, 0)
 	}
 	if errors.Is(err, unix.EEXIST) {
