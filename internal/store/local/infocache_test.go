@@ -278,3 +278,49 @@ func TestInfoCacheWriteThrough(t *testing.T) {
 	s.infos.registered(before, []*pending{ghost})
 	wantInvalid(t, s, ghost.info.Path)
 }
+
+// TestInfoCacheConcurrent has readers hammer a path while another store
+// deletes and re-adds it: once a delete has returned, no lookup that starts
+// afterwards may find the path, whatever the readers put in the cache
+// meanwhile. Run it with -race.
+func TestInfoCacheConcurrent(t *testing.T) {
+	ctx := context.Background()
+	s, root := newStore(t)
+	other := openRoot(t, root)
+	p := addFiles(t, s, map[string]string{"hot": "hot\n"})[0]
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	for range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s.QueryPathInfo(ctx, p)
+				s.IsValidPath(ctx, p)
+			}
+		}()
+	}
+	for i := range 100 {
+		if _, err := other.Delete(ctx, []storepath.StorePath{p}, DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if info, err := s.QueryPathInfo(ctx, p); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("round %d: QueryPathInfo after the delete = %v, %v", i, info, err)
+		}
+		if ok, err := s.IsValidPath(ctx, p); ok || err != nil {
+			t.Fatalf("round %d: IsValidPath after the delete = %v, %v", i, ok, err)
+		}
+		addFiles(t, other, map[string]string{"hot": "hot\n"})
+		if _, err := s.QueryPathInfo(ctx, p); err != nil {
+			t.Fatalf("round %d: QueryPathInfo after the add: %v", i, err)
+		}
+	}
+	close(stop)
+	for range 4 {
+		<-done
+	}
+}
