@@ -41,6 +41,10 @@ const (
 	maxCachedDirs = 64
 	// unpackBufferSize is the buffer file contents are copied through.
 	unpackBufferSize = 256 << 10
+	// readAheadBuffers and readAheadSize are the ring a decompressed
+	// tarball is read ahead into.
+	readAheadBuffers = 4
+	readAheadSize    = 1 << 20
 	// peekSize is the read-ahead used to recognise a compression (an xz
 	// block header is at most 1024 bytes after the 12-byte stream
 	// header).
@@ -120,11 +124,17 @@ func topLevel(dirfd int) ([]string, error) {
 // device nodes and FIFOs are refused (Nix's output would fail anyway). out
 // names dirfd in messages.
 func unpackTarball(ctx context.Context, r io.Reader, dirfd int, out string) error {
-	dr, closeFn, err := decompress(r)
+	dr, layers, closeFn, err := decompress(r)
 	if err != nil {
 		return fmt.Errorf("failed to open archive: %s", hl(err.Error()))
 	}
 	defer closeFn()
+	if layers > 0 {
+		// Decompressing overlaps the file system work.
+		ra := newReadAhead(dr)
+		defer ra.Close()
+		dr = ra
+	}
 	x := &extractor{root: dirfd, out: out, buf: make([]byte, unpackBufferSize)}
 	defer x.closeDirs(0)
 	tr := tar.NewReader(dr)
@@ -174,8 +184,9 @@ var (
 
 // decompress takes off the compressions r starts with (gzip, bzip2, xz,
 // zstd, recognised by their magic bytes as libarchive's filters are) and
-// returns the plain stream and a function releasing the decoders.
-func decompress(r io.Reader) (io.Reader, func(), error) {
+// returns the plain stream, the number of layers taken off and a function
+// releasing the decoders.
+func decompress(r io.Reader) (io.Reader, int, func(), error) {
 	var closers []func()
 	closeAll := func() {
 		for _, c := range closers {
@@ -187,7 +198,7 @@ func decompress(r io.Reader) (io.Reader, func(), error) {
 		magic, err := br.Peek(10)
 		if err != nil && err != io.EOF && err != bufio.ErrBufferFull {
 			closeAll()
-			return nil, nil, err
+			return nil, 0, nil, err
 		}
 		var next io.Reader
 		switch {
@@ -195,7 +206,7 @@ func decompress(r io.Reader) (io.Reader, func(), error) {
 			zr, err := gzip.NewReader(br)
 			if err != nil {
 				closeAll()
-				return nil, nil, fmt.Errorf("gzip: %w", err)
+				return nil, 0, nil, fmt.Errorf("gzip: %w", err)
 			}
 			next = zr
 		case bytes.HasPrefix(magic, bzip2Magic) && len(magic) == 10 && magic[3] >= '1' && magic[3] <= '9' &&
@@ -204,12 +215,12 @@ func decompress(r io.Reader) (io.Reader, func(), error) {
 		case bytes.HasPrefix(magic, xzMagic):
 			if dict, ok := xzFirstDict(br); ok && dict > MaxXZDict {
 				closeAll()
-				return nil, nil, fmt.Errorf("xz: dictionary of %d bytes exceeds %d", dict, MaxXZDict)
+				return nil, 0, nil, fmt.Errorf("xz: dictionary of %d bytes exceeds %d", dict, MaxXZDict)
 			}
 			zr, err := xz.NewReader(br)
 			if err != nil {
 				closeAll()
-				return nil, nil, err
+				return nil, 0, nil, err
 			}
 			next = zr
 		case bytes.HasPrefix(magic, zstdMagic):
@@ -217,16 +228,16 @@ func decompress(r io.Reader) (io.Reader, func(), error) {
 				zstd.WithDecoderMaxWindow(MaxZstdWindow))
 			if err != nil {
 				closeAll()
-				return nil, nil, fmt.Errorf("zstd: %w", err)
+				return nil, 0, nil, fmt.Errorf("zstd: %w", err)
 			}
 			closers = append(closers, zr.Close)
 			next = zr
 		default:
-			return br, closeAll, nil
+			return br, layer, closeAll, nil
 		}
 		if layer == MaxFilters {
 			closeAll()
-			return nil, nil, fmt.Errorf("more than %d compression layers", MaxFilters)
+			return nil, 0, nil, fmt.Errorf("more than %d compression layers", MaxFilters)
 		}
 		br = bufio.NewReaderSize(next, peekSize)
 	}
@@ -648,4 +659,79 @@ func (x *extractor) hardlink(dirfd int, name, full, link string) error {
 		return extractError("Can't create '%s'", full)
 	}
 	return nil
+}
+
+// readAhead reads r on its own goroutine into a ring of readAheadBuffers
+// buffers, so that decompressing a tarball overlaps making its files.
+type readAhead struct {
+	full chan []byte // read buffers, in order; closed after the last
+	free chan []byte
+	stop chan struct{}
+	done chan struct{}
+	err  error  // why reading stopped; set before full is closed
+	cur  []byte // the unread part of last
+	last []byte
+}
+
+func newReadAhead(r io.Reader) *readAhead {
+	ra := &readAhead{
+		full: make(chan []byte, readAheadBuffers), free: make(chan []byte, readAheadBuffers),
+		stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	for range readAheadBuffers {
+		ra.free <- make([]byte, readAheadSize)
+	}
+	go ra.fill(r)
+	return ra
+}
+
+func (ra *readAhead) fill(r io.Reader) {
+	defer close(ra.done)
+	defer close(ra.full)
+	for {
+		var buf []byte
+		select {
+		case buf = <-ra.free:
+		case <-ra.stop:
+			ra.err = io.ErrClosedPipe
+			return
+		}
+		n := 0
+		var err error
+		for n < len(buf) && err == nil {
+			var m int
+			m, err = r.Read(buf[n:])
+			n += m
+		}
+		if n > 0 {
+			ra.full <- buf[:n] // never blocks: the channel holds every buffer
+		}
+		if err != nil {
+			ra.err = err
+			return
+		}
+	}
+}
+
+func (ra *readAhead) Read(p []byte) (int, error) {
+	for len(ra.cur) == 0 {
+		if ra.last != nil {
+			ra.free <- ra.last[:cap(ra.last)]
+			ra.last = nil
+		}
+		buf, ok := <-ra.full
+		if !ok {
+			return 0, ra.err
+		}
+		ra.last, ra.cur = buf, buf
+	}
+	n := copy(p, ra.cur)
+	ra.cur = ra.cur[n:]
+	return n, nil
+}
+
+// Close stops the reading goroutine and waits for it.
+func (ra *readAhead) Close() {
+	close(ra.stop)
+	<-ra.done
 }

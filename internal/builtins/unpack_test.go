@@ -417,3 +417,43 @@ func FuzzUnpack(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkUnpackChannel unpacks a channel-like .tar.xz: the file named by
+// $CAIRN_UNPACK_TARBALL, else a synthetic one (2,000 files, 16 MiB). The
+// throughput is of the compressed bytes; "MB/s-out" is of the unpacked ones.
+func BenchmarkUnpackChannel(b *testing.B) {
+	data, err := os.ReadFile(os.Getenv("CAIRN_UNPACK_TARBALL"))
+	if err != nil {
+		var ents []tarEntry
+		for i := range 2000 {
+			body := strings.Repeat(fmt.Sprintf("{ pkg%d = callPackage ./pkgs/%d { }; }\n", i, i*7919), 8<<10/40)
+			ents = append(ents, file(fmt.Sprintf("nixexprs/pkgs/%d/%d/default.nix", i%50, i), body, 0o644))
+		}
+		data = makeTar(b, "xz", ents)
+	}
+	src := filepath.Join(b.TempDir(), "src.tar.xz")
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	var unpacked int64
+	if r, _, _, err := decompress(bytes.NewReader(data)); err == nil {
+		unpacked, _ = io.Copy(io.Discard, r)
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		out := filepath.Join(b.TempDir(), fmt.Sprint(i))
+		b.StartTimer()
+		err := Run(context.Background(), &Job{Builder: "builtin:unpack-channel", Out: out, View: HostView(),
+			Env: map[string]string{"out": out, "src": src, "channelName": "nixpkgs"}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		os.RemoveAll(out)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(unpacked)*float64(b.N)/b.Elapsed().Seconds()/1e6, "MB/s-out")
+}
