@@ -69,7 +69,7 @@ func (b *Builder) contentsGood(ctx context.Context, r *request, g *goal, p store
 	good = false
 	if _, err := os.Lstat(b.store.RealPath(p)); err == nil {
 		h := nixhash.NewHasher(info.NarHash.Algorithm())
-		if err := fsnar.Dump(ctx, h, b.store.RealPath(p)); err != nil {
+		if err := fsnar.DumpDirect(ctx, h, b.store.RealPath(p)); err != nil {
 			if ctx.Err() != nil {
 				return false, ctx.Err()
 			}

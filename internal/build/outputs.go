@@ -144,7 +144,7 @@ func hashAndScan(ctx context.Context, info *store.PathInfo, path string, candida
 	sc := refscan.NewForPaths(candidates)
 	h := nixhash.NewHasher(nixhash.SHA256)
 	cw := &countWriter{}
-	if err := fsnar.Dump(ctx, io.MultiWriter(h, sc, cw), path); err != nil {
+	if err := fsnar.DumpDirect(ctx, io.MultiWriter(h, sc, cw), path); err != nil {
 		return err
 	}
 	info.NarHash = h.Sum()
@@ -245,7 +245,7 @@ func fixedHash(ctx context.Context, dir string, fi os.FileInfo, o derivation.Out
 	h := nixhash.NewHasher(o.HashAlgo)
 	switch o.Method {
 	case nixhash.Recursive:
-		if err := fsnar.Dump(ctx, h, dir); err != nil {
+		if err := fsnar.DumpDirect(ctx, h, dir); err != nil {
 			return nixhash.Hash{}, err
 		}
 	default:
