@@ -23,11 +23,13 @@ import (
 
 // tarEntry is one entry of a test tarball.
 type tarEntry struct {
-	name string
-	typ  byte
-	body string
-	mode int64
-	link string
+	name   string
+	typ    byte
+	body   string
+	mode   int64
+	link   string
+	format tar.Format // 0: what archive/tar picks
+	pax    map[string]string
 }
 
 func dir(name string) tarEntry { return tarEntry{name: name, typ: tar.TypeDir, mode: 0o755} }
@@ -50,7 +52,10 @@ func makeTar(t testing.TB, comp string, ents []tarEntry) []byte {
 	tw := tar.NewWriter(&buf)
 	for _, e := range ents {
 		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Linkname: e.link, Size: int64(len(e.body)),
-			Uname: "root", Gname: "root"}
+			Uname: "root", Gname: "root", Format: e.format, PAXRecords: e.pax}
+		if e.typ == tar.TypeXGlobalHeader {
+			h = &tar.Header{Name: e.name, Typeflag: e.typ, PAXRecords: e.pax}
+		}
 		if e.typ != tar.TypeReg {
 			h.Size = 0
 		}
@@ -161,6 +166,13 @@ func unpackCases() []unpackCase {
 			[]string{"nixpkgs/ d", "nixpkgs/a d", "nixpkgs/a/b d", "nixpkgs/a/b/c d", "nixpkgs/a/b/c/d.txt f d", "nixpkgs/a/e x e"}, ""),
 		tarCase("long-names", "", []tarEntry{file("top/"+long, "l", 0o644), symlink("top/s", long)},
 			[]string{"nixpkgs/ d", "nixpkgs/" + long[:120] + " d", "nixpkgs/" + long + " f l", "nixpkgs/s l " + long}, ""),
+		tarCase("gnu-long-names", "", []tarEntry{{name: "top/" + long, typ: tar.TypeReg, body: "g", mode: 0o755, format: tar.FormatGNU},
+			{name: "top/s", typ: tar.TypeSymlink, link: long, format: tar.FormatGNU}, {name: "top/h", typ: tar.TypeLink, link: "top/" + long, format: tar.FormatGNU}},
+			[]string{"nixpkgs/ d", "nixpkgs/" + long[:120] + " d", "nixpkgs/" + long + " x g", "nixpkgs/h x g", "nixpkgs/s l " + long}, ""),
+		// git archive starts with a pax global header (the commit).
+		tarCase("pax-global-header", "gz", []tarEntry{{name: "pax_global_header", typ: tar.TypeXGlobalHeader, pax: map[string]string{"comment": "0123abcd"}},
+			dir("nixpkgs-0123abcd/"), file("nixpkgs-0123abcd/default.nix", "{ }", 0o644)},
+			[]string{"nixpkgs/ d", "nixpkgs/default.nix f { }"}, ""),
 		tarCase("dotdot", "", []tarEntry{dir("chan/"), file("chan/../evil", "x", 0o644)}, nil, "failed to extract archive (Path contains '..')"),
 		tarCase("absolute", "", []tarEntry{file("/chan/a", "x", 0o644)}, []string{"nixpkgs/ d", "nixpkgs/a f x"}, ""),
 		tarCase("dot-slash", "", []tarEntry{dir("./"), dir("./chan/"), file("./chan//x/./y", "y", 0o700)},
