@@ -456,25 +456,54 @@ func (x *extractor) entry(ctx context.Context, h *tar.Header, r io.Reader) error
 		return err
 	}
 	defer unix.Close(fd)
+	// Zeros are skipped, not written: a sparse entry stays sparse on disk
+	// (as libarchive leaves it), whatever size it claims.
+	var off int64
+	hole := false
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		n, rerr := r.Read(x.buf)
-		for p := x.buf[:n]; len(p) > 0; {
-			w, err := unix.Write(fd, p)
+		p := x.buf[:n]
+		if allZero(p) {
+			off += int64(n)
+			hole = hole || n > 0
+			p = nil
+		}
+		for len(p) > 0 {
+			w, err := unix.Pwrite(fd, p, off)
 			if err != nil {
 				return extractError("Write failed for '%s': %s", full, errText(err))
 			}
-			p = p[w:]
+			p, off, hole = p[w:], off+int64(w), false
 		}
 		if rerr == io.EOF {
+			if hole {
+				if err := unix.Ftruncate(fd, off); err != nil {
+					return extractError("Write failed for '%s': %s", full, errText(err))
+				}
+			}
 			return nil
 		}
 		if rerr != nil {
 			return extractError("%s", tarError(rerr))
 		}
 	}
+}
+
+var zeros [4096]byte
+
+// allZero reports whether p holds only zero bytes.
+func allZero(p []byte) bool {
+	for len(p) > 0 {
+		n := min(len(p), len(zeros))
+		if !bytes.Equal(p[:n], zeros[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
 }
 
 // parent opens the directory holding comps's last component, making the

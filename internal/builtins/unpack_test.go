@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	dbzip2 "github.com/dsnet/compress/bzip2"
@@ -149,6 +150,16 @@ type unpackCase struct {
 	looseErr bool
 }
 
+func sparseCase(name string) unpackCase {
+	return unpackCase{name: name, data: func(t testing.TB) []byte {
+		data, err := os.ReadFile(filepath.Join("testdata", name+".tar.gz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}, tree: []string{"nixpkgs/ d", "nixpkgs/hole-at-end f 8388608 bytes", "nixpkgs/sparse f 67108864 bytes"}}
+}
+
 func tarCase(name, comp string, ents []tarEntry, tree []string, err string) unpackCase {
 	return unpackCase{name: name, data: func(t testing.TB) []byte { return makeTar(t, comp, ents) }, tree: tree, err: err}
 }
@@ -173,6 +184,10 @@ func unpackCases() []unpackCase {
 		tarCase("pax-global-header", "gz", []tarEntry{{name: "pax_global_header", typ: tar.TypeXGlobalHeader, pax: map[string]string{"comment": "0123abcd"}},
 			dir("nixpkgs-0123abcd/"), file("nixpkgs-0123abcd/default.nix", "{ }", 0o644)},
 			[]string{"nixpkgs/ d", "nixpkgs/default.nix f { }"}, ""),
+		// GNU tar --sparse of a 64 MiB file holding "middle" at 32 MiB and
+		// "end" at its end, and an 8 MiB file holding "start".
+		sparseCase("sparse-gnu"),
+		sparseCase("sparse-pax"),
 		tarCase("dotdot", "", []tarEntry{dir("chan/"), file("chan/../evil", "x", 0o644)}, nil, "failed to extract archive (Path contains '..')"),
 		tarCase("absolute", "", []tarEntry{file("/chan/a", "x", 0o644)}, []string{"nixpkgs/ d", "nixpkgs/a f x"}, ""),
 		tarCase("dot-slash", "", []tarEntry{dir("./"), dir("./chan/"), file("./chan//x/./y", "y", 0o700)},
@@ -249,11 +264,15 @@ func listTree(t testing.TB, root string) []string {
 			target, _ := os.Readlink(p)
 			lines = append(lines, rel+" l "+target)
 		case fi.Mode().IsRegular():
-			data, _ := os.ReadFile(p)
 			kind := "f"
 			if fi.Mode()&0o100 != 0 {
 				kind = "x"
 			}
+			if fi.Size() > 1<<20 {
+				lines = append(lines, fmt.Sprintf("%s %s %d bytes", rel, kind, fi.Size()))
+				break
+			}
+			data, _ := os.ReadFile(p)
 			lines = append(lines, rel+" "+kind+" "+string(data))
 		default:
 			lines = append(lines, rel+" ?")
@@ -468,4 +487,35 @@ func BenchmarkUnpackChannel(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(unpacked)*float64(b.N)/b.Elapsed().Seconds()/1e6, "MB/s-out")
+}
+
+// TestUnpackSparse checks that a sparse entry stays sparse on disk, with
+// its bytes where they belong.
+func TestUnpackSparse(t *testing.T) {
+	for _, name := range []string{"sparse-gnu", "sparse-pax"} {
+		t.Run(name, func(t *testing.T) {
+			out, err := runUnpack(t, sparseCase(name).data(t), "c")
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.Open(filepath.Join(out, "c", "sparse"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			var st syscall.Stat_t
+			if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Size != 64<<20 || st.Blocks*512 > 1<<20 {
+				t.Errorf("size %d, %d bytes allocated", st.Size, st.Blocks*512)
+			}
+			for off, want := range map[int64]string{32 << 20: "middle", 64<<20 - 3: "end", 1 << 20: "\x00\x00"} {
+				got := make([]byte, len(want))
+				if _, err := f.ReadAt(got, off); err != nil || string(got) != want {
+					t.Errorf("at %d: %q %v, want %q", off, got, err, want)
+				}
+			}
+		})
+	}
 }
