@@ -20,8 +20,8 @@ import (
 
 // Limits of builtin:unpack-channel.
 const (
-	// MaxTarEntries bounds the entries of a channel tarball (nixpkgs has
-	// about 50,000).
+	// MaxTarEntries bounds the entries of a channel tarball (a nixpkgs
+	// channel has tens of thousands).
 	MaxTarEntries = 1 << 22
 	// MaxTarPath bounds an entry's name, and a hard link's target, once
 	// cleaned (PATH_MAX less its NUL; libarchive cannot stat a longer
