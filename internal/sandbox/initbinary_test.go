@@ -3,7 +3,6 @@
 package sandbox_test
 
 import (
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,21 +26,7 @@ func TestInitBinary(t *testing.T) {
 	saved, savedArgs := sandbox.InitPath, sandbox.InitArgs
 	sandbox.InitPath, sandbox.InitArgs = bin, []string{sandbox.InitBinary}
 	defer func() { sandbox.InitPath, sandbox.InitArgs = saved, savedArgs }()
-	for _, m := range modes() {
-		t.Run(m.name, func(t *testing.T) {
-			pool := &sandbox.Pool{}
-			defer pool.Close()
-			for i := range 2 {
-				f := newFixture(t, m)
-				log := runPooled(t, pool, f, i)
-				var r probeReport
-				if err := json.Unmarshal(log, &r); err != nil {
-					t.Fatalf("run %d: probe report: %v\nlog:\n%s", i, err, log)
-				}
-				checkReport(t, m, f, &r)
-			}
-		})
-	}
+	probePooled(t, 2)
 	// By hand it refuses to run.
 	if out, err := exec.Command(bin).CombinedOutput(); err == nil {
 		t.Errorf("%s by hand: no error (%s)", bin, out)
