@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -84,14 +83,10 @@ func newHashFSCmd(name, short string, hash func(context.Context, string, nixhash
 	return cmd
 }
 
-// hashGCLimit is the heap this short-lived command grows to before collecting:
-// hashing a tree leaves a little garbage per entry, and a collection running
-// beside the two busy goroutines (walking, hashing) slows both.
-const hashGCLimit = 256 << 20
-
 func hashPath(ctx context.Context, path string, algo nixhash.Algorithm) (nixhash.Hash, error) {
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	defer debug.SetMemoryLimit(debug.SetMemoryLimit(hashGCLimit))
+	// Hashing a tree leaves a little garbage per entry, and a collection
+	// running beside the two busy goroutines (walking, hashing) slows both.
+	defer collectLate()()
 	h := nixhash.NewHasher(algo)
 	if err := fsnar.DumpDirect(ctx, h, path); err != nil {
 		return nixhash.Hash{}, err

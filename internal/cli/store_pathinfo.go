@@ -24,6 +24,7 @@ func newStorePathInfoCmd() *cobra.Command {
 			"`nix path-info --json` of Nix 2.8 prints.",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			defer collectLate()()
 			s, err := openStore(cmd)
 			if err != nil {
 				return err

@@ -31,6 +31,7 @@ func newStoreQueryCmd() *cobra.Command {
 		Short: "Query store paths, printing what nix-store -q prints",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			defer collectLate()()
 			kind := ""
 			for i, on := range set {
 				if on {
