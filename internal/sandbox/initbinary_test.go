@@ -3,6 +3,7 @@
 package sandbox_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,18 @@ func TestInitBinary(t *testing.T) {
 	sandbox.InitPath, sandbox.InitArgs = bin, []string{sandbox.InitBinary}
 	defer func() { sandbox.InitPath, sandbox.InitArgs = saved, savedArgs }()
 	probePooled(t, 2)
+
+	// The spares were that binary, cloned by a spawner of that binary.
+	pool := &sandbox.Pool{}
+	defer pool.Close()
+	runPooled(t, pool, newFixture(t, modes()[0], "/bin/busybox", "true"), 0)
+	waitSpare(t)
+	spares := initsOf(t)
+	for _, p := range spares {
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.Pid)); err != nil || exe != bin {
+			t.Errorf("spare init %d runs %q (%v), want %s", p.Pid, exe, err, bin)
+		}
+	}
 	// By hand it refuses to run.
 	if out, err := exec.Command(bin).CombinedOutput(); err == nil {
 		t.Errorf("%s by hand: no error (%s)", bin, out)

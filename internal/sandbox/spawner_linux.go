@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -53,6 +54,10 @@ var errSpawnerGone = errors.New("sandbox: the spawner is gone")
 // spawner is the caller's end of a spawner process.
 type spawner struct {
 	sock int
+	// path and args are InitPath and InitArgs when it started: it clones
+	// inits of its own binary.
+	path string
+	args []string
 
 	mu     sync.Mutex
 	next   uint64
@@ -80,9 +85,11 @@ func spawnerFor(spec *Spec, stdio io.Writer) *spawner {
 	if spawnerOff {
 		return nil
 	}
-	if current != nil && !current.isGone() {
+	if current != nil && !current.isGone() && current.path == InitPath && slices.Equal(current.args, InitArgs) {
 		return current
 	}
+	// None yet, gone, or of another init binary (InitPath changed): a new
+	// one. An old one lives on until its caller does, for inits it runs.
 	sw, err := startSpawner()
 	if err != nil {
 		return nil
@@ -113,7 +120,8 @@ func startSpawner() (*spawner, error) {
 		unix.Close(pair[0])
 		return nil, err
 	}
-	sw := &spawner{sock: pair[0], starts: map[uint64]chan spawnMsg{}, exits: map[uint64]chan spawnMsg{}}
+	sw := &spawner{sock: pair[0], path: InitPath, args: slices.Clone(InitArgs),
+		starts: map[uint64]chan spawnMsg{}, exits: map[uint64]chan spawnMsg{}}
 	go func() {
 		sw.read()
 		cmd.Wait()
