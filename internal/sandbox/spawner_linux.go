@@ -89,13 +89,26 @@ func spawnerFor(spec *Spec, stdio io.Writer) *spawner {
 		return current
 	}
 	// None yet, gone, or of another init binary (InitPath changed): a new
-	// one. An old one lives on until its caller does, for inits it runs.
+	// one. An old one with no inits left is told to go (it reads the end
+	// of its socket); one with inits lives on for them.
+	if current != nil {
+		current.retire()
+	}
 	sw, err := startSpawner()
 	if err != nil {
 		return nil
 	}
 	current = sw
 	return sw
+}
+
+// retire ends the spawner if no init of its runs.
+func (sw *spawner) retire() {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if !sw.gone && len(sw.exits) == 0 {
+		unix.Shutdown(sw.sock, unix.SHUT_RDWR)
+	}
 }
 
 func (sw *spawner) isGone() bool {
