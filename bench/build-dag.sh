@@ -14,7 +14,11 @@ trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 run_one() { # cmd salt -> ms
 	local cmd=$1 salt=$2 d=$work/run sock pid s e
-	rm -rf "$d"; mkdir -p "$d/root/nix/store"
+	# The last run's store is moved aside, not deleted: on ext4 without a
+	# journal, inodes freed just before slow down the next run's creates
+	# (nix-daemon's chroot dirs far more than Cairn's reused ones).
+	[ -e "$d" ] && mv "$d" "$work/old.$RANDOM$RANDOM"
+	mkdir -p "$d/root/nix/store"
 	sock=$d/sock
 	NIX_DAEMON_SOCKET_PATH=$sock setsid $cmd --store "local?root=$d/root" --option sandbox true \
 		--option substituters '' --option sandbox-paths /bin/sh=/bin/busybox >"$d/daemon.log" 2>&1 &
