@@ -162,12 +162,18 @@ func (pl *Pool) refill(key string, spec *Spec) {
 	pl.starting[key] += n
 	pl.adding.Add(n)
 	pl.mu.Unlock()
-	shaped := &Spec{Root: spec.Root, RootSize: spec.RootSize, Hostname: spec.Hostname, Domainname: spec.Domainname,
-		UID: spec.UID, GID: spec.GID, UIDMap: spec.UIDMap, GIDMap: spec.GIDMap, Setgroups: spec.Setgroups,
-		Cgroup: spec.Cgroup, Net: spec.Net}
+	shaped := spec.shape()
 	for range n {
 		go pl.add(key, shaped)
 	}
+}
+
+// shape is the part of spec a spare is started with (see shapeOf): what
+// spawn and init's early steps read.
+func (spec *Spec) shape() *Spec {
+	return &Spec{Root: spec.Root, RootSize: spec.RootSize, Hostname: spec.Hostname, Domainname: spec.Domainname,
+		UID: spec.UID, GID: spec.GID, UIDMap: spec.UIDMap, GIDMap: spec.GIDMap, Setgroups: spec.Setgroups,
+		Cgroup: spec.Cgroup, Net: spec.Net}
 }
 
 // add starts one spare.

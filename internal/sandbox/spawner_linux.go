@@ -212,9 +212,7 @@ func (sw *spawner) spawn(spec *Spec, channel *os.File, cgroupFD int) (initProc, 
 	id := sw.next
 	sw.starts[id], sw.exits[id] = started, exited
 	sw.mu.Unlock()
-	shaped := &Spec{Root: spec.Root, RootSize: spec.RootSize, Hostname: spec.Hostname, Domainname: spec.Domainname,
-		UID: spec.UID, GID: spec.GID, UIDMap: spec.UIDMap, GIDMap: spec.GIDMap, Setgroups: spec.Setgroups}
-	req, err := json.Marshal(spawnReq{ID: id, Spec: shaped, Cgroup: cgroupFD >= 0})
+	req, err := json.Marshal(spawnReq{ID: id, Spec: spec.shape(), Cgroup: cgroupFD >= 0})
 	if err == nil && len(req) > maxSpawnMsg {
 		err = fmt.Errorf("sandbox: spawn request of %d bytes", len(req))
 	}
