@@ -38,7 +38,7 @@ func BenchmarkAddTree(b *testing.B) {
 	}
 }
 
-// BenchmarkAdd2000Files adds 2000 small files in one call (one transaction).
+// BenchmarkAdd2000Files adds 2000 small files in one call.
 func BenchmarkAdd2000Files(b *testing.B) {
 	s, _ := newStore(b)
 	dir := b.TempDir()

@@ -791,3 +791,64 @@ func leftoverTemps(t testing.TB, realStoreDir string) []string {
 	}
 	return left
 }
+
+// TestAddPathsChunks: AddPaths registers in chunks of maxSpareLocks; a
+// call spanning several, with the same content in two chunks and a path
+// valid before the call, returns every info in order and leaves each path
+// valid once, with its lock files gone.
+func TestAddPathsChunks(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	n := 2*maxSpareLocks + 7
+	srcs := make([]string, n)
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range srcs {
+		srcs[i] = filepath.Join(dir, fmt.Sprintf("f%03d", i))
+		content := fmt.Sprintf("file %d\n", i)
+		if i == n-1 {
+			// The same name and content as srcs[0], two chunks later.
+			srcs[i], content = filepath.Join(dir, "sub", "f000"), "file 0\n"
+		}
+		if err := os.WriteFile(srcs[i], []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srcs[n-2] = srcs[0] // the very same source, too
+	pre, err := s.AddPaths(ctx, srcs[5:6], nixhash.Recursive, nixhash.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := s.AddPaths(ctx, srcs, nixhash.Recursive, nixhash.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != n {
+		t.Fatalf("%d infos for %d sources", len(infos), n)
+	}
+	if infos[5].Path != pre[0].Path || infos[n-2].Path != infos[0].Path || infos[n-1].Path != infos[0].Path {
+		t.Errorf("infos out of order: %s %s / %s %s %s", infos[5].Path, pre[0].Path, infos[0].Path, infos[n-2].Path, infos[n-1].Path)
+	}
+	for i, info := range infos {
+		want, err := s.QueryPathInfo(ctx, info.Path)
+		if err != nil {
+			t.Fatalf("path %d %s: %v", i, info.Path, err)
+		}
+		if want.NarHash != info.NarHash {
+			t.Errorf("path %d: returned hash %v, registered %v", i, info.NarHash, want.NarHash)
+		}
+	}
+	all, err := s.QueryAllValidPaths(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != n-2 {
+		t.Errorf("%d valid paths, want %d", len(all), n-2)
+	}
+	locks, _ := filepath.Glob(filepath.Join(s.RealPath(infos[0].Path)+"*.lock"))
+	if len(locks) != 0 {
+		t.Errorf("lock files left: %v", locks)
+	}
+}
