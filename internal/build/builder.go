@@ -303,9 +303,20 @@ func (b *Builder) Cgroups() (string, error) {
 	return b.cgroupParent, b.cgroupErr
 }
 
-// Close ends the sandbox inits kept for the next builds. Builds may still
-// start afterwards, each paying for its init.
-func (b *Builder) Close() { b.inits.Close() }
+// Close ends the sandbox inits kept for the next builds and removes the
+// pooled build dirs. Builds may still start
+// afterwards, each paying for its init and dirs.
+func (b *Builder) Close() {
+	b.inits.Close()
+	b.poolMu.Lock()
+	pool := b.pool
+	b.pool = nil
+	b.poolMu.Unlock()
+	for _, d := range pool {
+		removeAll(d.build)
+		removeAll(d.store)
+	}
+}
 
 // Store returns the store the builder builds into.
 func (b *Builder) Store() *local.Store { return b.store }
