@@ -66,6 +66,14 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 	for _, name := range drv.OutputNames() {
 		outs = append(outs, drv.Outputs[name].Path)
 	}
+	// A collector must not take the outputs (or their lock files) for
+	// garbage before they are registered: hold the GC lock shared until
+	// then (a collector that runs now is waited for).
+	releaseGC, err := st.HoldGC(ctx)
+	if err != nil {
+		return MiscFailure, err
+	}
+	defer releaseGC()
 	locks, err := st.LockStorePaths(ctx, outs)
 	if err != nil {
 		return MiscFailure, err

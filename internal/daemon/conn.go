@@ -7,9 +7,11 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 
 	"cairn/internal/gcroots"
 	"cairn/internal/protocol"
+	"cairn/internal/store"
 	"cairn/internal/wire"
 )
 
@@ -24,12 +26,18 @@ type conn struct {
 	log      *connLogger
 	settings connSettings
 	options  protocol.ClientOptions
-	temp     *gcroots.TempRoots // made on the first AddTempRoot
+	tempMu   sync.Mutex
+	temp     *gcroots.TempRoots // made on the first temporary root
 	spin     *spinReader        // the socket, polled after replies; nil for streams
 }
 
 func newConn(ctx context.Context, s *Server, r io.Reader, w io.Writer) *conn {
 	c := &conn{ctx: ctx, s: s, r: wire.NewReader(r), w: wire.NewWriter(w)}
+	if s.Roots != nil {
+		// What this connection adds stays until it closes (Nix's
+		// addTempRoot in every add), also while a collector runs.
+		c.ctx = store.WithTempRooter(ctx, c)
+	}
 	c.settings.global = s.Settings
 	if s.Store != nil {
 		c.r.StoreDir = s.Store.StoreDir()
@@ -38,6 +46,8 @@ func newConn(ctx context.Context, s *Server, r io.Reader, w io.Writer) *conn {
 }
 
 func (c *conn) close() {
+	c.tempMu.Lock()
+	defer c.tempMu.Unlock()
 	if c.temp != nil {
 		if err := c.temp.Close(); err != nil {
 			c.s.logf("%v", err)

@@ -12,6 +12,7 @@ import (
 
 	"cairn/internal/build"
 	"cairn/internal/derivation"
+	"cairn/internal/gc"
 	"cairn/internal/gcroots"
 	"cairn/internal/nar"
 	"cairn/internal/narinfo"
@@ -155,11 +156,7 @@ func (c *conn) perform(req protocol.Request) error {
 	case *protocol.BuildDerivationRequest:
 		return c.buildDerivation(q)
 	case *protocol.CollectGarbageRequest:
-		c.start()
-		if q.IgnoreLiveness {
-			return errors.New("you are not allowed to ignore liveness")
-		}
-		return errNotSupported("garbage collection")
+		return c.collectGarbage(q)
 	case *protocol.RegisterDrvOutputRequest:
 		return c.registerDrvOutput(q)
 	case *protocol.QueryRealisationRequest:
@@ -712,18 +709,54 @@ func (c *conn) importPaths() error {
 	return c.reply(&protocol.StringsReply{Values: out})
 }
 
-func (c *conn) addTempRoot(p storepath.StorePath) error {
+func (c *conn) addTempRoot(p storepath.StorePath) error { return c.AddTempRoot(c.ctx, p) }
+
+// AddTempRoot makes p a temporary root until the connection closes
+// (store.TempRooter: the store calls it before adding a path).
+func (c *conn) AddTempRoot(ctx context.Context, p storepath.StorePath) error {
 	if c.s.Roots == nil {
 		return errNotSupported("adding GC roots")
 	}
+	c.tempMu.Lock()
 	if c.temp == nil {
 		t, err := c.s.Roots.OpenTemp()
 		if err != nil {
+			c.tempMu.Unlock()
 			return err
 		}
 		c.temp = t
 	}
-	return c.temp.Add(c.ctx, p)
+	t := c.temp
+	c.tempMu.Unlock()
+	return t.Add(ctx, p)
+}
+
+// collectGarbage is op 20, for any client (nix-daemon 2.8 asks no trust).
+func (c *conn) collectGarbage(q *protocol.CollectGarbageRequest) error {
+	c.start()
+	if q.IgnoreLiveness {
+		return errors.New("you are not allowed to ignore liveness")
+	}
+	st, ok := c.s.Store.(*local.Store)
+	if !ok || c.s.Roots == nil {
+		return errNotSupported("garbage collection")
+	}
+	if q.DeleteReferrers {
+		return errNotSupported("deleting referrers")
+	}
+	opts := gc.Options{
+		Action:          q.Action,
+		Paths:           q.Paths,
+		MaxFreed:        q.MaxFreed,
+		KeepOutputs:     c.settings.Bool("keep-outputs"),
+		KeepDerivations: c.settings.Bool("keep-derivations"),
+		Log:             func(s string) { c.log.Log(protocol.LvlInfo, s) },
+	}
+	res, err := gc.Collect(c.ctx, st, c.s.Roots, opts)
+	if err != nil {
+		return err
+	}
+	return c.reply(&protocol.GCReply{Paths: res.Paths, BytesFreed: res.BytesFreed})
 }
 
 func (c *conn) addPermRoot(q *protocol.AddPermRootRequest) error {
@@ -747,9 +780,22 @@ func (c *conn) findRoots() error {
 		return errNotSupported("finding GC roots")
 	}
 	vq, _ := c.s.Store.(store.ValidityQuerier)
-	roots, err := c.s.Roots.Find(c.ctx, gcrootsFindOptions(c, vq))
+	opts := gcrootsFindOptions(c, vq)
+	roots, err := c.s.Roots.Find(c.ctx, opts)
 	if err != nil {
 		return err
+	}
+	// Runtime roots, as far as this process may read /proc (Nix's
+	// findRuntimeRoots).
+	if rs, err := gc.ProcRoots(c.ctx, c.s.Store.StoreDir()); err == nil {
+		for _, r := range gc.RuntimeRootsOf(rs, c.s.Store.StoreDir(), opts.Valid) {
+			if opts.Censor {
+				r.Link = gcroots.Censored
+			}
+			if !slices.Contains(roots, r) {
+				roots = append(roots, r)
+			}
+		}
 	}
 	rep := &protocol.RootsReply{}
 	for _, r := range roots {

@@ -230,6 +230,7 @@ type TempRoots struct {
 	name string
 	num  int
 	gc   net.Conn // connection to a running collector's socket
+	lock *os.File // STATE/gc.lock, taken shared while a root is written
 }
 
 // OpenTemp creates a new temporary roots file under a fresh number and locks
@@ -277,13 +278,19 @@ func (t *TempRoots) Add(ctx context.Context, p storepath.StorePath) error {
 	if t.f == nil {
 		return errors.New("add temp root: closed")
 	}
-	lock, err := os.OpenFile(filepath.Join(t.r.stateDir, GCLockName), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("add temp root %s: %w", p, err)
+	if t.lock == nil {
+		lock, err := os.OpenFile(filepath.Join(t.r.stateDir, GCLockName), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("add temp root %s: %w", p, err)
+		}
+		t.lock = lock
 	}
-	defer lock.Close() // also releases the shared lock
+	lockFD := int(t.lock.Fd())
 	for {
-		if err := unix.Flock(int(lock.Fd()), unix.LOCK_SH|unix.LOCK_NB); err == nil {
+		if err := unix.Flock(lockFD, unix.LOCK_SH|unix.LOCK_NB); err == nil {
+			// Released once the root is written (t.mu keeps other Adds
+			// of this file off the lock meanwhile).
+			defer unix.Flock(lockFD, unix.LOCK_UN)
 			break
 		} else if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
 			return fmt.Errorf("add temp root %s: lock: %w", p, err)
@@ -341,6 +348,10 @@ func (t *TempRoots) Close() error {
 	if t.gc != nil {
 		t.gc.Close()
 		t.gc = nil
+	}
+	if t.lock != nil {
+		t.lock.Close()
+		t.lock = nil
 	}
 	err := os.Remove(t.name)
 	if cerr := t.f.Close(); err == nil {

@@ -849,9 +849,17 @@ func (b *Batch) Commit(ctx context.Context) error {
 		}
 	}
 	bases := make([]string, len(b.items))
+	paths := make([]storepath.StorePath, len(b.items))
 	for i, it := range b.items {
 		bases[i] = it.info.Path.Base()
+		paths[i] = it.info.Path
 	}
+	// Keep a collector from taking the paths for garbage (gc.go).
+	release, err := s.protectAdd(ctx, paths)
+	if err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	defer release()
 	locks, err := s.lockStorePaths(ctx, bases)
 	if err != nil {
 		return fmt.Errorf("commit: %w", err)

@@ -160,9 +160,14 @@ func (s *Store) Delete(ctx context.Context, paths []storepath.StorePath, opts De
 	storepath.SortPaths(invalid)
 
 	res := &DeleteResult{}
+	t, err := s.newTemp()
+	if err != nil {
+		return nil, fmt.Errorf("delete: %w", err)
+	}
+	defer t.remove()
 	for _, p := range append(order, invalid...) {
 		logf("deleting '%s'", p)
-		freed, err := s.deleteOne(ctx, p, deletable[p])
+		freed, err := s.deleteOne(ctx, p, deletable[p], t, false)
 		if err != nil {
 			return res, fmt.Errorf("delete %s: %w", p, err)
 		}
@@ -186,21 +191,24 @@ func (s *Store) Delete(ctx context.Context, paths []storepath.StorePath, opts De
 	return res, inUse
 }
 
-// deleteOne invalidates p (when wasValid) and removes its files. The intent
-// (intent.go) is recorded in the trash temporary first, so a crash between
-// the invalidation and the move is cleaned up by the next Open.
-func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid bool) (uint64, error) {
-	locks, err := LockPaths(ctx, []string{s.RealPath(p)})
+// deleteOne invalidates p (when wasValid) and removes its files, through the
+// temporary t (empty but for its intent file). The intent (intent.go) is
+// recorded in t first, so a crash between the invalidation and the move is
+// cleaned up by the next Open. With try, a path whose lock someone holds is
+// left alone (ErrPathLocked) rather than waited for.
+func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid bool, t *tempDir, try bool) (uint64, error) {
+	var locks *PathLocks
+	var err error
+	if try {
+		locks, err = tryLockPath(s.realFD, p.Base()+".lock")
+	} else {
+		locks, err = LockPaths(ctx, []string{s.RealPath(p)})
+	}
 	if err != nil {
 		return 0, err
 	}
 	removeLock := false
 	defer func() { locks.Unlock(removeLock) }()
-	t, err := s.newTemp()
-	if err != nil {
-		return 0, err
-	}
-	defer t.remove()
 	if err := writeIntent(t, []string{p.Base()}); err != nil {
 		return 0, err
 	}
@@ -222,6 +230,8 @@ func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid b
 		// Moving a directory to another parent rewrites its "..": it must be writable.
 		unix.Fchmodat(s.realFD, p.Base(), 0o755, 0)
 	}
+	var leftover uint64
+	removeCounting(t.fd, tempContent, &leftover) // a failed deletion's rest
 	if err := unix.Renameat(s.realFD, p.Base(), t.fd, tempContent); err != nil {
 		return 0, &os.PathError{Op: "move out of the store", Path: s.RealPath(p), Err: err}
 	}

@@ -94,6 +94,7 @@ type Store struct {
 	// syncer makes committed adds durable after they are acknowledged
 	// (durable.go); deferred says adds leave their sync to it.
 	syncer   *syncer
+	gcShared gcShared // this process's shared hold on the GC lock (gc.go)
 	deferred atomic.Bool
 	// What the last check of suspects at open did (suspects.go).
 	suspectsChecked, suspectsInvalidated atomic.Int64

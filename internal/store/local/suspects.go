@@ -170,13 +170,20 @@ func (s *Store) invalidateSuspects(ctx context.Context, bad []suspect) error {
 	if err != nil {
 		return fmt.Errorf("invalidate paths left incomplete by a crash: %w", err)
 	}
+	var t *tempDir
+	if len(gone) > 0 {
+		if t, err = s.newTemp(); err != nil {
+			return fmt.Errorf("invalidate paths left incomplete by a crash: %w", err)
+		}
+		defer t.remove()
+	}
 	for _, b := range gone {
 		reason, ok := why[b.id]
 		if !ok {
 			reason = "it refers to another path invalidated here"
 		}
 		s.warnf("warning: invalidating path '%s', registered after the last sync the store recorded: %s", b.path, reason)
-		if _, err := s.deleteOne(ctx, b.path, false); err != nil {
+		if _, err := s.deleteOne(ctx, b.path, false, t, false); err != nil {
 			s.warnf("warning: removing the files of '%s': %v", b.path, err)
 		}
 	}

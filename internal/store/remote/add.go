@@ -258,3 +258,30 @@ func skipU64(c *conn) error {
 	c.r.Uint64()
 	return c.r.Err()
 }
+
+// CollectGarbage runs the daemon's garbage collector (op 20).
+func (s *Store) CollectGarbage(ctx context.Context, q *protocol.CollectGarbageRequest) (*protocol.GCReply, error) {
+	var rep protocol.GCReply
+	err := s.do(ctx, q, nil, func(c *conn) error {
+		rep.Read(c.r, c.p)
+		return c.r.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &rep, nil
+}
+
+// FindRoots returns the daemon's GC roots (links censored for an untrusted
+// client).
+func (s *Store) FindRoots(ctx context.Context) (*protocol.RootsReply, error) {
+	var rep protocol.RootsReply
+	err := s.do(ctx, &protocol.EmptyRequest{Code: protocol.OpFindRoots}, nil, func(c *conn) error {
+		rep.Read(c.r, c.p)
+		return c.r.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &rep, nil
+}
