@@ -176,7 +176,6 @@ func copyTree(t *testing.T, from, to string) {
 	}
 }
 
-
 // TestCollectMatchesNix collects two identical stores, one with nix-store
 // --gc and one with Collect, and compares what each lists and deletes.
 func TestCollectMatchesNix(t *testing.T) {
