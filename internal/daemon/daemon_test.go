@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -310,10 +311,11 @@ func TestUntrusted(t *testing.T) {
 	}
 	// The connection is still in step.
 	cl.mustCall(&protocol.EmptyRequest{Code: protocol.OpSyncWithGC}, nil)
-	// FindRoots: links are censored.
+	// FindRoots: links are censored. (The paths this connection added are
+	// temporary roots too, as with Nix.)
 	cl.mustCall(&protocol.PathRequest{Code: protocol.OpAddTempRoot, Path: info.Path}, nil)
 	roots := cl.mustCall(&protocol.EmptyRequest{Code: protocol.OpFindRoots}, nil).(*protocol.RootsReply)
-	if len(roots.Links) != 1 || roots.Links[0] != "{censored}" || roots.Targets[0] != info.Path {
+	if !slices.Contains(roots.Targets, info.Path) || slices.ContainsFunc(roots.Links, func(l string) bool { return l != "{censored}" }) {
 		t.Fatalf("roots %+v", roots)
 	}
 }

@@ -1,0 +1,67 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"cairn/internal/testutil/nixtest"
+)
+
+// TestNixGC runs Nix 2.8's nix-store --gc (and --print-dead, --print-live,
+// --print-roots, --delete) against the daemon on a chroot store.
+func TestNixGC(t *testing.T) {
+	nixtest.Require(t, "nix-store")
+	td := newTestDaemon(t)
+	files := t.TempDir()
+	add := func(name, contents string) string {
+		p := filepath.Join(files, name)
+		os.WriteFile(p, []byte(contents), 0o644)
+		return td.nix(t, "nix-store", "--add", p)
+	}
+	kept := add("kept", "kept\n")
+	dead := add("dead", strings.Repeat("dead\n", 100000))
+	dead2 := add("dead2", "dead too\n")
+	root := filepath.Join(files, "result")
+	td.nix(t, "nix-store", "--add-root", root, "--indirect", "-r", kept)
+
+	if got := td.nix(t, "nix-store", "--gc", "--print-dead"); got != strings.Join(sorted2(dead, dead2), "\n") {
+		t.Errorf("--print-dead: %q", got)
+	}
+	if got := td.nix(t, "nix-store", "--gc", "--print-live"); got != kept {
+		t.Errorf("--print-live: %q, want %q", got, kept)
+	}
+	if got := td.nix(t, "nix-store", "--gc", "--print-roots"); !strings.Contains(got, " -> "+kept) {
+		t.Errorf("--print-roots: %q", got)
+	}
+	msg := td.nixFails(t, "nix-store", "--delete", kept)
+	if !strings.Contains(msg, "Cannot delete path '"+kept+"' since it is still alive") {
+		t.Errorf("--delete of a root: %s", msg)
+	}
+	if got := td.nix(t, "nix-store", "--delete", dead2); got != "1 store paths deleted, 0.00 MiB freed" {
+		t.Errorf("--delete: %q", got)
+	}
+	got := td.nix(t, "nix-store", "--gc")
+	if !regexp.MustCompile(`^1 store paths deleted, 0\.4[78] MiB freed$`).MatchString(got) {
+		t.Errorf("--gc: %q", got)
+	}
+	for p, want := range map[string]bool{kept: true, dead: false, dead2: false} {
+		_, err := os.Lstat(filepath.Join(td.cfg.RealStoreDir, filepath.Base(p)))
+		if (err == nil) != want {
+			t.Errorf("%s: exists %v after the collection, want %v", p, err == nil, want)
+		}
+	}
+	td.nix(t, "nix-store", "--verify", "--check-contents")
+	if got := td.nix(t, "nix-store", "--gc", "--print-dead"); got != "" {
+		t.Errorf("--print-dead after the collection: %q", got)
+	}
+}
+
+func sorted2(a, b string) []string {
+	if b < a {
+		return []string{b, a}
+	}
+	return []string{a, b}
+}
