@@ -518,9 +518,13 @@ func (sy *syncer) fsyncEach(ctx context.Context, cur markerRecord, n int64, item
 	return rows.Err() == nil
 }
 
-// syncItems (marker locked) fsyncs every entry of items, the store dir and
-// the marker (whose last write the next must not overtake: see marker.go),
-// side by side, and records n.
+// syncItems (marker locked) fsyncs every entry of items side by side, then
+// the store dir and the marker (whose last write the next must not
+// overtake: see marker.go), and records n. The store dir comes last: an
+// fsync of a directory holds its lock until its blocks are written, so
+// queued behind a big tree's writes it would stall every add's rename into
+// the store dir for as long (adds of 2000 small files right after the Go
+// tree took twice as long).
 func (sy *syncer) syncItems(cur markerRecord, slot int, n int64, items []syncItem) error {
 	sy.rounds++
 	s := sy.s
@@ -532,8 +536,6 @@ func (sy *syncer) syncItems(cur markerRecord, slot int, n int64, items []syncIte
 	if entries > fsyncEachMax {
 		fs.workers = fsyncWorkersBig
 	}
-	fs.add(s.realFD, s.cfg.RealStoreDir, false)
-	fs.addData(sy.marker.fd, sy.marker.path)
 	var err error
 	for _, it := range items {
 		err = fs.tree(s.realFD, it.base, s.cfg.RealStoreDir+"/"+it.base)
@@ -546,6 +548,12 @@ func (sy *syncer) syncItems(cur markerRecord, slot int, n int64, items []syncIte
 	}
 	if ferr := fs.wait(); err == nil {
 		err = ferr
+	}
+	if err == nil {
+		fs = newFsyncer()
+		fs.add(s.realFD, s.cfg.RealStoreDir, false)
+		fs.addData(sy.marker.fd, sy.marker.path)
+		err = fs.wait()
 	}
 	if err != nil {
 		sy.marker.write(markerRecord{seq: cur.seq + 1, boot: markerFailed, synced: cur.synced}, slot)
