@@ -331,13 +331,8 @@ func (c *collector) sweep(ctx context.Context, del bool) error {
 		}
 		return nil
 	}
-	for _, i := range c.order(deadSet) {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := c.deleteValid(ctx, i); err != nil {
-			return err
-		}
+	if err := c.deleteValid(ctx, c.order(deadSet)); err != nil {
+		return err
 	}
 	for _, n := range junk {
 		if err := ctx.Err(); err != nil {
@@ -361,27 +356,59 @@ func (c *collector) sweep(ctx context.Context, del bool) error {
 	return nil
 }
 
-// deleteValid deletes the valid path i, unless a temporary root for it
-// arrived meanwhile or it gained a referrer or a lock holder (then it stays,
-// and so does what it refers to).
-func (c *collector) deleteValid(ctx context.Context, i int32) error {
-	p := c.g.Paths[i]
-	if !c.srv.claim(p.HashPart()) {
-		c.markAlive(i)
-		return nil
+// sweepBatch is how many paths one transaction invalidates (each is locked
+// meanwhile, through one of the store's 64 spare lock files); with a limit
+// on the bytes freed, one (Nix stops right after the path that passes it).
+const sweepBatch = 64
+
+// deleteValid deletes the valid paths order (referrers first), in batches,
+// except those for which a temporary root arrived meanwhile, or which gained
+// a referrer or a lock holder: those stay, and so does what they refer to.
+func (c *collector) deleteValid(ctx context.Context, order []int32) error {
+	n := sweepBatch
+	if c.opts.Action == protocol.GCDeleteDead && c.opts.MaxFreed != NoLimit {
+		n = 1
 	}
-	freed, err := c.sw.DeleteValid(ctx, p)
-	c.srv.release()
-	switch {
-	case errors.Is(err, local.ErrPathInUse), errors.Is(err, local.ErrPathLocked):
-		c.markAlive(i)
-		return nil
-	case err != nil:
-		return fmt.Errorf("collect garbage: delete %s: %w", p, err)
+	for len(order) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		batch := order[:min(n, len(order))]
+		order = order[len(batch):]
+		var idx []int32
+		var ps []storepath.StorePath
+		for _, i := range batch {
+			if c.alive[i] {
+				continue // a referrer above stayed
+			}
+			if !c.srv.claim(c.g.Paths[i].HashPart()) {
+				c.markAlive(i)
+				continue
+			}
+			idx = append(idx, i)
+			ps = append(ps, c.g.Paths[i])
+		}
+		if len(ps) == 0 {
+			continue
+		}
+		res, err := c.sw.DeleteValid(ctx, ps)
+		c.srv.release()
+		if err != nil {
+			return fmt.Errorf("collect garbage: %w", err)
+		}
+		for k, i := range idx {
+			if res[k].Err != nil {
+				c.markAlive(i)
+				continue
+			}
+			c.logf("deleting '%s'", ps[k])
+			c.dead[i] = true
+			if err := c.freed(ps[k].String(), res[k].Freed); err != nil {
+				return err
+			}
+		}
 	}
-	c.logf("deleting '%s'", p)
-	c.dead[i] = true
-	return c.freed(p.String(), freed)
+	return nil
 }
 
 // freed records a deletion and stops the sweep past MaxFreed.
@@ -488,10 +515,8 @@ func (c *collector) deleteSpecific(ctx context.Context) error {
 		for _, j := range group {
 			set[j] = true
 		}
-		for _, j := range c.order(set) {
-			if err := c.deleteValid(ctx, j); err != nil {
-				return err
-			}
+		if err := c.deleteValid(ctx, c.order(set)); err != nil {
+			return err
 		}
 		if !c.dead[i] {
 			return alive(p)

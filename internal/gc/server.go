@@ -26,7 +26,7 @@ type rootServer struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	temp    map[string]bool // hash parts
-	pending string          // hash part being deleted
+	pending map[string]bool // hash parts being deleted
 	closed  bool
 	conns   map[net.Conn]bool
 	wg      sync.WaitGroup
@@ -49,7 +49,7 @@ func startServer(stateDir string, dir storepath.StoreDir, log func(string)) (*ro
 		ln.Close()
 		return nil, err
 	}
-	s := &rootServer{dir: dir, ln: ln, log: log, temp: map[string]bool{}, conns: map[net.Conn]bool{}}
+	s := &rootServer{dir: dir, ln: ln, log: log, temp: map[string]bool{}, pending: map[string]bool{}, conns: map[net.Conn]bool{}}
 	s.cond = sync.NewCond(&s.mu)
 	s.wg.Add(1)
 	go s.accept()
@@ -94,7 +94,7 @@ func (s *rootServer) serve(c net.Conn) {
 			h := p.HashPart()
 			s.mu.Lock()
 			s.temp[h] = true
-			for s.pending == h && !s.closed {
+			for s.pending[h] && !s.closed {
 				s.cond.Wait()
 			}
 			s.mu.Unlock()
@@ -142,21 +142,22 @@ func (s *rootServer) isTemp(hashPart string) bool {
 }
 
 // claim marks hashPart as being deleted, unless a temporary root names it
-// (then it reports false): a root sent from now on waits for release.
+// (then it reports false): a root sent for it from now on waits for
+// release.
 func (s *rootServer) claim(hashPart string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.temp[hashPart] {
 		return false
 	}
-	s.pending = hashPart
+	s.pending[hashPart] = true
 	return true
 }
 
-// release ends the deletion claim made.
+// release ends every claim.
 func (s *rootServer) release() {
 	s.mu.Lock()
-	s.pending = ""
+	clear(s.pending)
 	s.cond.Broadcast()
 	s.mu.Unlock()
 }
@@ -165,7 +166,7 @@ func (s *rootServer) release() {
 func (s *rootServer) close() {
 	s.mu.Lock()
 	s.closed = true
-	s.pending = ""
+	clear(s.pending)
 	s.cond.Broadcast()
 	for c := range s.conns {
 		c.Close()

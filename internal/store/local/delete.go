@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -192,96 +193,175 @@ func (s *Store) Delete(ctx context.Context, paths []storepath.StorePath, opts De
 }
 
 // deleteOne invalidates p (when wasValid) and removes its files, through the
-// temporary t (empty but for its intent file). The intent (intent.go) is
-// recorded in t first, so a crash between the invalidation and the move is
-// cleaned up by the next Open. With try, a path whose lock someone holds is
-// left alone (ErrPathLocked) rather than waited for.
+// temporary t (empty but for its intent file): deleteBatch for one path.
 func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid bool, t *tempDir, try bool) (uint64, error) {
-	var locks *PathLocks
-	var err error
-	if try {
-		locks, err = tryLockPath(s.realFD, p.Base()+".lock")
-	} else {
-		locks, err = LockPaths(ctx, []string{s.RealPath(p)})
-	}
+	res, err := s.deleteBatch(ctx, []storepath.StorePath{p}, wasValid, t, try)
 	if err != nil {
 		return 0, err
 	}
-	removeLock := false
-	defer func() { locks.Unlock(removeLock) }()
-	if err := writeIntent(t, []string{p.Base()}); err != nil {
-		return 0, err
+	return res[0].Freed, res[0].Err
+}
+
+// Deletion is what deleteBatch did to one path: deleted (Err nil, Freed
+// counted), or left alone because it is locked (ErrPathLocked), in use
+// (ErrPathInUse) or valid after all.
+type Deletion struct {
+	Freed uint64
+	Err   error
+}
+
+// deleteBatch deletes ps (referrers before what they refer to) through the
+// temporary t (empty but for its intent file): each path is locked (with
+// try, a path whose lock someone holds is left alone rather than waited
+// for), the names recorded in t's intent (intent.go) so that a crash between
+// the invalidation and the move is cleaned up by the next Open, the valid
+// ones (wasValid) invalidated in one transaction that leaves any path a valid
+// path still refers to, then each is moved into t and removed. An error that
+// is not about one path stops it.
+func (s *Store) deleteBatch(ctx context.Context, ps []storepath.StorePath, wasValid bool, t *tempDir, try bool) ([]Deletion, error) {
+	res := make([]Deletion, len(ps))
+	locks := make([]*PathLocks, len(ps))
+	defer func() {
+		for _, l := range locks {
+			l.Unlock(false)
+		}
+	}()
+	var bases []string
+	for i, p := range ps {
+		var err error
+		if try {
+			locks[i], err = s.tryLockStorePath(ctx, p.Base()+".lock")
+			if errors.Is(err, ErrPathLocked) {
+				res[i].Err = err
+				continue
+			}
+		} else {
+			locks[i], err = LockPaths(ctx, []string{s.RealPath(p)})
+		}
+		if err != nil {
+			return nil, err
+		}
+		bases = append(bases, p.Base())
+	}
+	if len(bases) == 0 {
+		return res, nil
+	}
+	if err := writeIntent(t, bases); err != nil {
+		return nil, err
 	}
 	if wasValid {
-		if err := s.invalidate(ctx, p); err != nil {
-			return 0, err
+		if err := s.invalidateBatch(ctx, ps, res); err != nil {
+			return nil, err
 		}
-	} else if ok, err := s.IsValidPath(ctx, p); err != nil {
-		return 0, err
-	} else if ok {
-		return 0, fmt.Errorf("became valid meanwhile: %w", ErrPathInUse)
+	} else {
+		for i, p := range ps {
+			if res[i].Err != nil {
+				continue
+			}
+			if ok, err := s.IsValidPath(ctx, p); err != nil {
+				return nil, err
+			} else if ok {
+				res[i].Err = fmt.Errorf("became valid meanwhile: %w", ErrPathInUse)
+			}
+		}
 	}
-	removeLock = true
-	var st unix.Stat_t
-	if err := fstatat(s.realFD, p.Base(), &st); errors.Is(err, unix.ENOENT) {
-		return 0, nil
+	for i, p := range ps {
+		if res[i].Err != nil {
+			continue
+		}
+		name := tempContent + strconv.Itoa(i)
+		var st unix.Stat_t
+		if err := fstatat(s.realFD, p.Base(), &st); errors.Is(err, unix.ENOENT) {
+			locks[i].Unlock(true)
+			locks[i] = nil
+			continue
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			// Moving a directory to another parent rewrites its "..": it must be writable.
+			unix.Fchmodat(s.realFD, p.Base(), 0o755, 0)
+		}
+		var leftover uint64
+		removeCounting(t.fd, name, &leftover) // a failed deletion's rest
+		if err := unix.Renameat(s.realFD, p.Base(), t.fd, name); err != nil {
+			return nil, &os.PathError{Op: "move out of the store", Path: s.RealPath(p), Err: err}
+		}
+		// From here on the path is gone from the store dir; the temporary
+		// is removed now or, after a crash, when the store is next opened.
+		locks[i].Unlock(true)
+		locks[i] = nil
+		if err := removeCounting(t.fd, name, &res[i].Freed); err != nil {
+			return nil, err
+		}
 	}
-	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		// Moving a directory to another parent rewrites its "..": it must be writable.
-		unix.Fchmodat(s.realFD, p.Base(), 0o755, 0)
-	}
-	var leftover uint64
-	removeCounting(t.fd, tempContent, &leftover) // a failed deletion's rest
-	if err := unix.Renameat(s.realFD, p.Base(), t.fd, tempContent); err != nil {
-		return 0, &os.PathError{Op: "move out of the store", Path: s.RealPath(p), Err: err}
-	}
-	// From here on the path is gone from the store dir; the temporary is
-	// removed now or, after a crash, when the store is next opened.
-	locks.Unlock(true)
-	removeLock = false
-	var freed uint64
-	if err := removeCounting(t.fd, tempContent, &freed); err != nil {
-		return freed, err
-	}
-	return freed, nil
+	return res, nil
+}
+
+// invalidateBatch removes the rows of ps in one transaction, in order, each
+// provided no other valid path refers to it then (res[i].Err says why not);
+// paths with res[i].Err set already, and paths that are not valid, are left
+// alone.
+func (s *Store) invalidateBatch(ctx context.Context, ps []storepath.StorePath, res []Deletion) error {
+	return s.writeTx(ctx, func(tx *sql.Tx) error {
+		inUse := make([]error, len(ps))
+		for i, p := range ps {
+			if res[i].Err != nil {
+				continue
+			}
+			if err := invalidateIn(ctx, tx, p); errors.Is(err, ErrPathInUse) {
+				inUse[i] = err
+			} else if err != nil {
+				return err
+			}
+		}
+		// Only once the transaction is sure to commit (a retry starts over).
+		for i, err := range inUse {
+			if err != nil {
+				res[i].Err = err
+			}
+		}
+		return nil
+	})
 }
 
 // invalidate removes p's row in one transaction, provided no other valid path
 // refers to it. A path that is not valid is left alone.
 func (s *Store) invalidate(ctx context.Context, p storepath.StorePath) error {
-	return s.writeTx(ctx, func(tx *sql.Tx) error {
-		var id int64
-		err := tx.QueryRowContext(ctx, sqlQueryPathID, p.String()).Scan(&id)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		rows, err := tx.QueryContext(ctx, `select v.path from Refs join ValidPaths v on v.id = Refs.referrer
-  where Refs.reference = ? and Refs.referrer != ?`, id, id)
-		if err != nil {
-			return err
-		}
-		var users []string
-		for rows.Next() {
-			var u string
-			if err := rows.Scan(&u); err != nil {
-				rows.Close()
-				return err
-			}
-			users = append(users, "'"+u+"'")
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		if len(users) > 0 {
-			return fmt.Errorf("cannot delete path '%s' because it is in use by %s: %w", p, strings.Join(users, ", "), ErrPathInUse)
-		}
-		_, err = tx.ExecContext(ctx, `delete from ValidPaths where id = ?`, id)
+	return s.writeTx(ctx, func(tx *sql.Tx) error { return invalidateIn(ctx, tx, p) })
+}
+
+// invalidateIn is invalidate inside the transaction tx.
+func invalidateIn(ctx context.Context, tx *sql.Tx, p storepath.StorePath) error {
+	var id int64
+	err := tx.QueryRowContext(ctx, sqlQueryPathID, p.String()).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
 		return err
-	})
+	}
+	rows, err := tx.QueryContext(ctx, `select v.path from Refs join ValidPaths v on v.id = Refs.referrer
+  where Refs.reference = ? and Refs.referrer != ?`, id, id)
+	if err != nil {
+		return err
+	}
+	var users []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			rows.Close()
+			return err
+		}
+		users = append(users, "'"+u+"'")
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		return fmt.Errorf("cannot delete path '%s' because it is in use by %s: %w", p, strings.Join(users, ", "), ErrPathInUse)
+	}
+	_, err = tx.ExecContext(ctx, `delete from ValidPaths where id = ?`, id)
+	return err
 }
 
 // removeCounting deletes the tree name in dirfd, fd-relative and without

@@ -243,17 +243,17 @@ func (w *Sweeper) temp() (*tempDir, error) {
 	return w.t, nil
 }
 
-// DeleteValid deletes the valid path p as Delete does (invalidated in a
-// transaction that checks nobody refers to it, then moved out and removed),
-// unless someone holds its lock (ErrPathLocked) or a valid path refers to it
-// (ErrPathInUse): both leave p as it is. It returns the bytes freed as Nix
-// counts them.
-func (w *Sweeper) DeleteValid(ctx context.Context, p storepath.StorePath) (uint64, error) {
+// DeleteValid deletes the valid paths ps, referrers before what they refer
+// to, as Delete does (invalidated in one transaction that checks that no
+// valid path refers to each, then moved out and removed). A path whose lock
+// someone holds (ErrPathLocked) or to which a valid path still refers
+// (ErrPathInUse) is left as it is. Freed counts bytes as Nix does.
+func (w *Sweeper) DeleteValid(ctx context.Context, ps []storepath.StorePath) ([]Deletion, error) {
 	t, err := w.temp()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return w.s.deleteOne(ctx, p, true, t, true)
+	return w.s.deleteBatch(ctx, ps, true, t, true)
 }
 
 // DeleteEntry removes the store dir entry name, which is not a valid path (a
@@ -321,6 +321,21 @@ func (s *Store) RemoveUnusedLinks(ctx context.Context) (int64, error) {
 // collector on a full disk (it is made again on the next open).
 func (s *Store) RemoveReserved() {
 	os.Remove(s.cfg.StateDir + "/db/reserved")
+}
+
+// tryLockStorePath locks the lock file name in the store dir without
+// waiting: through one of the store's spare lock files (a hard link, which
+// makes no inode: a collector that just freed thousands would find making
+// one slow on ext4, see docs/store.md) where nobody's lock file is there
+// already, else through that file (tryLockPath).
+func (s *Store) tryLockStorePath(ctx context.Context, name string) (*PathLocks, error) {
+	if sp, t, err := s.getSpare(ctx); err == nil {
+		if err := unix.Linkat(t.fd, sp.name, s.realFD, name, 0); err == nil {
+			return &PathLocks{dirfd: s.realFD, held: []heldLock{{fd: sp.fd, name: name, spare: sp}}, s: s}, nil
+		}
+		s.putSpare(sp)
+	}
+	return tryLockPath(s.realFD, name)
 }
 
 // tryLockPath locks the lock file name in dirfd as LockPaths does, but fails
