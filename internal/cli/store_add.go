@@ -41,15 +41,17 @@ func newStoreAddCmd() *cobra.Command {
 				return err
 			}
 			defer s.Close()
+			// Like nix-store --add, the paths added before a failing
+			// source are printed before its error.
 			infos, err := s.AddPaths(cmd.Context(), args, method, algo)
-			if err != nil {
-				return err
-			}
 			w := bufio.NewWriter(cmd.OutOrStdout())
 			for _, info := range infos {
 				fmt.Fprintln(w, info.Path)
 			}
-			return w.Flush()
+			if ferr := w.Flush(); err == nil {
+				err = ferr
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&fixed, "fixed", "", "hash with `ALGO` (md5, sha1, sha256, sha512) as a fixed-output path")

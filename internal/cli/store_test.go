@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -220,5 +221,54 @@ func TestStoreDumpMatchesNixStoreDump(t *testing.T) {
 		if got != string(out) {
 			t.Errorf("cairn store dump %s differs from nix-store --dump", p)
 		}
+	}
+}
+
+// TestStoreAddStopsAtBadSourceAsNix: a source that cannot be added ends
+// `cairn store add` as it ends `nix-store --add`: the paths before it are
+// added and printed, the ones after are not, and the command fails. 70
+// sources put the bad one past the first registration chunk.
+func TestStoreAddStopsAtBadSourceAsNix(t *testing.T) {
+	nixtest.Require(t, "nix-store")
+	src := t.TempDir()
+	var args []string
+	for i := range 70 {
+		p := filepath.Join(src, fmt.Sprintf("f%02d", i))
+		if i == 66 {
+			p = filepath.Join(src, "missing")
+		} else if err := os.WriteFile(p, []byte(fmt.Sprintf("file %d\n", i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, p)
+	}
+	root := filepath.Join(t.TempDir(), "root")
+	got, err := runStore(t, "local?root="+root, append([]string{"add"}, args...)...)
+	if err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("cairn store add with a missing source: %v", err)
+	}
+	ns := nixtest.NewStore(t)
+	want, nerr := nixtest.Output(nil, "nix-store", append([]string{"--store", ns.URL(), "--add"}, args...)...)
+	if nerr == nil {
+		t.Fatal("nix-store --add with a missing source succeeded")
+	}
+	if got != string(want) {
+		t.Errorf("cairn store add printed\n%s\nnix-store printed\n%s", got, want)
+	}
+	if n := strings.Count(got, "\n"); n != 66 {
+		t.Errorf("%d paths printed, want 66", n)
+	}
+	valid, err := runStore(t, "local?root="+root, "query", "--requisites", strings.Fields(got)[65])
+	if err != nil || strings.TrimSpace(valid) != strings.Fields(got)[65] {
+		t.Errorf("the last path printed is not valid: %q %v", valid, err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(root, "nix/store"))
+	var paths int
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), ".") && !strings.HasSuffix(e.Name(), ".lock") {
+			paths++
+		}
+	}
+	if paths != 66 {
+		t.Errorf("%d entries in the store dir, want the 66 added", paths)
 	}
 }

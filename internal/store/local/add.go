@@ -1275,27 +1275,31 @@ func (s *Store) AddText(ctx context.Context, name, text string, refs []storepath
 
 // AddPaths adds the files or trees at srcs (see Batch.AddPath), returning
 // their infos in order. They are registered maxSpareLocks at a time, one
-// transaction each (as nix-store --add, which adds one at a time), so that
-// every path lock is a spare lock file of the pool (lock.go): a batch
-// locking more paths at once makes and deletes a lock file for each extra
-// one, which cost a quarter of an add of 2000 small files.
+// transaction each, so that every path lock is a spare lock file of the pool
+// (lock.go): a batch locking more paths at once makes and deletes a lock
+// file for each extra one, which cost a quarter of an add of 2000 small
+// files. As with nix-store --add, which adds one at a time, a source that
+// cannot be added ends the call with the ones before it added: the infos
+// returned with the error are theirs.
 func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Method, algo nixhash.Algorithm) ([]*store.PathInfo, error) {
-	out := make([]*store.PathInfo, len(srcs))
+	out := make([]*store.PathInfo, 0, len(srcs))
 	var skipped []storepath.StorePath
-	for start := 0; start < len(srcs); start += maxSpareLocks {
+	var srcErr error
+	for start := 0; start < len(srcs) && srcErr == nil; start += maxSpareLocks {
 		end := min(start+maxSpareLocks, len(srcs))
 		b := s.NewBatch()
 		b.lateValid = true
-		for i, src := range srcs[start:end] {
+		n := len(out)
+		for _, src := range srcs[start:end] {
 			info, err := b.AddPath(ctx, src, method, algo)
 			if err != nil {
-				b.Discard()
-				return nil, err
+				srcErr = err
+				break
 			}
-			out[start+i] = info
+			out = append(out, info)
 		}
 		if err := b.Commit(ctx); err != nil {
-			return nil, err
+			return out[:n], err
 		}
 		skipped = append(skipped, b.skipped...)
 	}
@@ -1315,7 +1319,7 @@ func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Meth
 			}
 		}
 	}
-	return out, nil
+	return out, srcErr
 }
 
 // RegisterValidPaths records infos in the database in one transaction, for paths

@@ -173,15 +173,16 @@ func (s *Store) AddText(ctx context.Context, name, text string, refs []storepath
 // AddPaths adds the files or trees at srcs under their base names, as
 // `nix-store --add` (method Recursive, sha256) and `--add-fixed` do: the NAR
 // (or for Flat the file's bytes) is made here and streamed to the daemon. The
-// paths are added one by one, not atomically together.
+// paths are added one by one, not atomically together: after an error, the
+// infos returned are those of the sources before the failing one, all added.
 func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Method, algo nixhash.Algorithm) ([]*store.PathInfo, error) {
-	out := make([]*store.PathInfo, len(srcs))
-	for i, src := range srcs {
+	out := make([]*store.PathInfo, 0, len(srcs))
+	for _, src := range srcs {
 		info, err := s.addPath(ctx, src, method, algo)
 		if err != nil {
-			return nil, err
+			return out, err
 		}
-		out[i] = info
+		out = append(out, info)
 	}
 	return out, nil
 }
