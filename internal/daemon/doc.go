@@ -30,8 +30,14 @@
 //     missing outputs as to be built and every other invalid path as
 //     unknown. There are no substituters: the substitute queries answer
 //     "none".
-//   - CollectGarbage is not supported (the collector will come with package
-//     gc); the root operations are (package gcroots).
+//   - CollectGarbage runs package gc on the local store for any client (as
+//     nix-daemon 2.8 asks no trust; ignoreLiveness is refused, as there), with
+//     the connection's keep-outputs and keep-derivations. Every path a
+//     connection adds is a temporary root until it closes (the store calls the
+//     connection, a store.TempRooter, before the path reaches the store dir),
+//     as Nix's addTempRoot in each add. FindRoots also reports the runtime
+//     roots this process can read in /proc. The newer feature form's
+//     deleteReferrers is not supported.
 //   - RegisterDrvOutput needs the ca-derivations feature (as in Nix) and, unlike
 //     nix-daemon 2.8, a trusted client: a realisation decides what every later
 //     build of that output resolves to.

@@ -356,14 +356,13 @@ func (c *collector) sweep(ctx context.Context, del bool) error {
 	return nil
 }
 
-// sweepBatch is how many paths one transaction invalidates (each is locked
-// meanwhile, through one of the store's 64 spare lock files); with a limit
-// on the bytes freed, one (Nix stops right after the path that passes it).
-const sweepBatch = 64
+// sweepBatch is how many paths one transaction invalidates; with a limit on
+// the bytes freed, one (Nix stops right after the path that passes it).
+const sweepBatch = 256
 
 // deleteValid deletes the valid paths order (referrers first), in batches,
 // except those for which a temporary root arrived meanwhile, or which gained
-// a referrer or a lock holder: those stay, and so does what they refer to.
+// a referrer: those stay, and so does what they refer to.
 func (c *collector) deleteValid(ctx context.Context, order []int32) error {
 	n := sweepBatch
 	if c.opts.Action == protocol.GCDeleteDead && c.opts.MaxFreed != NoLimit {

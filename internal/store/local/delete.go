@@ -168,7 +168,7 @@ func (s *Store) Delete(ctx context.Context, paths []storepath.StorePath, opts De
 	defer t.remove()
 	for _, p := range append(order, invalid...) {
 		logf("deleting '%s'", p)
-		freed, err := s.deleteOne(ctx, p, deletable[p], t, false)
+		freed, err := s.deleteOne(ctx, p, deletable[p], t)
 		if err != nil {
 			return res, fmt.Errorf("delete %s: %w", p, err)
 		}
@@ -194,8 +194,8 @@ func (s *Store) Delete(ctx context.Context, paths []storepath.StorePath, opts De
 
 // deleteOne invalidates p (when wasValid) and removes its files, through the
 // temporary t (empty but for its intent file): deleteBatch for one path.
-func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid bool, t *tempDir, try bool) (uint64, error) {
-	res, err := s.deleteBatch(ctx, []storepath.StorePath{p}, wasValid, t, try)
+func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid bool, t *tempDir) (uint64, error) {
+	res, err := s.deleteBatch(ctx, []storepath.StorePath{p}, wasValid, t, false)
 	if err != nil {
 		return 0, err
 	}
@@ -203,22 +203,23 @@ func (s *Store) deleteOne(ctx context.Context, p storepath.StorePath, wasValid b
 }
 
 // Deletion is what deleteBatch did to one path: deleted (Err nil, Freed
-// counted), or left alone because it is locked (ErrPathLocked), in use
-// (ErrPathInUse) or valid after all.
+// counted), or left alone because it is in use (ErrPathInUse) or valid
+// after all.
 type Deletion struct {
 	Freed uint64
 	Err   error
 }
 
 // deleteBatch deletes ps (referrers before what they refer to) through the
-// temporary t (empty but for its intent file): each path is locked (with
-// try, a path whose lock someone holds is left alone rather than waited
-// for), the names recorded in t's intent (intent.go) so that a crash between
+// temporary t (empty but for its intent file): each path is locked (not for
+// a collector, which holds the GC lock: every writer takes a temp root or the
+// shared GC lock before it locks a path, and a temp root keeps the path from
+// the collector; Nix's collector locks nothing either), the names recorded in t's intent (intent.go) so that a crash between
 // the invalidation and the move is cleaned up by the next Open, the valid
 // ones (wasValid) invalidated in one transaction that leaves any path a valid
 // path still refers to, then each is moved into t and removed. An error that
 // is not about one path stops it.
-func (s *Store) deleteBatch(ctx context.Context, ps []storepath.StorePath, wasValid bool, t *tempDir, try bool) ([]Deletion, error) {
+func (s *Store) deleteBatch(ctx context.Context, ps []storepath.StorePath, wasValid bool, t *tempDir, collector bool) ([]Deletion, error) {
 	res := make([]Deletion, len(ps))
 	locks := make([]*PathLocks, len(ps))
 	defer func() {
@@ -228,18 +229,11 @@ func (s *Store) deleteBatch(ctx context.Context, ps []storepath.StorePath, wasVa
 	}()
 	var bases []string
 	for i, p := range ps {
-		var err error
-		if try {
-			locks[i], err = s.tryLockStorePath(ctx, p.Base()+".lock")
-			if errors.Is(err, ErrPathLocked) {
-				res[i].Err = err
-				continue
+		if !collector {
+			var err error
+			if locks[i], err = LockPaths(ctx, []string{s.RealPath(p)}); err != nil {
+				return nil, err
 			}
-		} else {
-			locks[i], err = LockPaths(ctx, []string{s.RealPath(p)})
-		}
-		if err != nil {
-			return nil, err
 		}
 		bases = append(bases, p.Base())
 	}
@@ -276,10 +270,17 @@ func (s *Store) deleteBatch(ctx context.Context, ps []storepath.StorePath, wasVa
 			locks[i] = nil
 			continue
 		}
-		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			// Moving a directory to another parent rewrites its "..": it must be writable.
-			unix.Fchmodat(s.realFD, p.Base(), 0o755, 0)
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			// One unlink makes it vanish at once: no need to move it.
+			if err := removeCounting(s.realFD, p.Base(), &res[i].Freed); err != nil {
+				return nil, err
+			}
+			locks[i].Unlock(true)
+			locks[i] = nil
+			continue
 		}
+		// Moving a directory to another parent rewrites its "..": it must be writable.
+		unix.Fchmodat(s.realFD, p.Base(), 0o755, 0)
 		var leftover uint64
 		removeCounting(t.fd, name, &leftover) // a failed deletion's rest
 		if err := unix.Renameat(s.realFD, p.Base(), t.fd, name); err != nil {
@@ -302,12 +303,17 @@ func (s *Store) deleteBatch(ctx context.Context, ps []storepath.StorePath, wasVa
 // alone.
 func (s *Store) invalidateBatch(ctx context.Context, ps []storepath.StorePath, res []Deletion) error {
 	return s.writeTx(ctx, func(tx *sql.Tx) error {
+		st, err := prepareInvalidate(ctx, tx)
+		if err != nil {
+			return err
+		}
+		defer st.close()
 		inUse := make([]error, len(ps))
 		for i, p := range ps {
 			if res[i].Err != nil {
 				continue
 			}
-			if err := invalidateIn(ctx, tx, p); errors.Is(err, ErrPathInUse) {
+			if err := st.invalidate(ctx, p); errors.Is(err, ErrPathInUse) {
 				inUse[i] = err
 			} else if err != nil {
 				return err
@@ -326,21 +332,57 @@ func (s *Store) invalidateBatch(ctx context.Context, ps []storepath.StorePath, r
 // invalidate removes p's row in one transaction, provided no other valid path
 // refers to it. A path that is not valid is left alone.
 func (s *Store) invalidate(ctx context.Context, p storepath.StorePath) error {
-	return s.writeTx(ctx, func(tx *sql.Tx) error { return invalidateIn(ctx, tx, p) })
+	return s.writeTx(ctx, func(tx *sql.Tx) error {
+		st, err := prepareInvalidate(ctx, tx)
+		if err != nil {
+			return err
+		}
+		defer st.close()
+		return st.invalidate(ctx, p)
+	})
 }
 
-// invalidateIn is invalidate inside the transaction tx.
-func invalidateIn(ctx context.Context, tx *sql.Tx, p storepath.StorePath) error {
+// invalidateStmts are invalidate's statements, prepared in one transaction.
+type invalidateStmts struct{ id, users, del *sql.Stmt }
+
+func prepareInvalidate(ctx context.Context, tx *sql.Tx) (*invalidateStmts, error) {
+	var st invalidateStmts
+	var err error
+	if st.id, err = tx.PrepareContext(ctx, sqlQueryPathID); err != nil {
+		return nil, err
+	}
+	if st.users, err = tx.PrepareContext(ctx, `select v.path from Refs join ValidPaths v on v.id = Refs.referrer
+  where Refs.reference = ? and Refs.referrer != ?`); err != nil {
+		st.close()
+		return nil, err
+	}
+	if st.del, err = tx.PrepareContext(ctx, `delete from ValidPaths where id = ?`); err != nil {
+		st.close()
+		return nil, err
+	}
+	return &st, nil
+}
+
+func (st *invalidateStmts) close() {
+	for _, s := range []*sql.Stmt{st.id, st.users, st.del} {
+		if s != nil {
+			s.Close()
+		}
+	}
+}
+
+// invalidate removes p's row unless another valid path refers to it
+// (ErrPathInUse); a path that is not valid is left alone.
+func (st *invalidateStmts) invalidate(ctx context.Context, p storepath.StorePath) error {
 	var id int64
-	err := tx.QueryRowContext(ctx, sqlQueryPathID, p.String()).Scan(&id)
+	err := st.id.QueryRowContext(ctx, p.String()).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	rows, err := tx.QueryContext(ctx, `select v.path from Refs join ValidPaths v on v.id = Refs.referrer
-  where Refs.reference = ? and Refs.referrer != ?`, id, id)
+	rows, err := st.users.QueryContext(ctx, id, id)
 	if err != nil {
 		return err
 	}
@@ -360,7 +402,7 @@ func invalidateIn(ctx context.Context, tx *sql.Tx, p storepath.StorePath) error 
 	if len(users) > 0 {
 		return fmt.Errorf("cannot delete path '%s' because it is in use by %s: %w", p, strings.Join(users, ", "), ErrPathInUse)
 	}
-	_, err = tx.ExecContext(ctx, `delete from ValidPaths where id = ?`, id)
+	_, err = st.del.ExecContext(ctx, id)
 	return err
 }
 

@@ -216,9 +216,6 @@ func (s *Store) LoadGCGraph(ctx context.Context) (*GCGraph, error) {
 	return g, nil
 }
 
-// ErrPathLocked: someone holds the path's lock, so the collector leaves it.
-var ErrPathLocked = errors.New("path is locked")
-
 // A Sweeper deletes paths for a collector that holds the GC lock (LockGC): one
 // temporary serves every deletion. Not safe for concurrent use.
 type Sweeper struct {
@@ -245,9 +242,9 @@ func (w *Sweeper) temp() (*tempDir, error) {
 
 // DeleteValid deletes the valid paths ps, referrers before what they refer
 // to, as Delete does (invalidated in one transaction that checks that no
-// valid path refers to each, then moved out and removed). A path whose lock
-// someone holds (ErrPathLocked) or to which a valid path still refers
-// (ErrPathInUse) is left as it is. Freed counts bytes as Nix does.
+// valid path refers to each, then removed). A path to which a valid path
+// still refers (ErrPathInUse) is left as it is. Freed counts bytes as Nix
+// does.
 func (w *Sweeper) DeleteValid(ctx context.Context, ps []storepath.StorePath) ([]Deletion, error) {
 	t, err := w.temp()
 	if err != nil {
@@ -321,42 +318,4 @@ func (s *Store) RemoveUnusedLinks(ctx context.Context) (int64, error) {
 // collector on a full disk (it is made again on the next open).
 func (s *Store) RemoveReserved() {
 	os.Remove(s.cfg.StateDir + "/db/reserved")
-}
-
-// tryLockStorePath locks the lock file name in the store dir without
-// waiting: through one of the store's spare lock files (a hard link, which
-// makes no inode: a collector that just freed thousands would find making
-// one slow on ext4, see docs/store.md) where nobody's lock file is there
-// already, else through that file (tryLockPath).
-func (s *Store) tryLockStorePath(ctx context.Context, name string) (*PathLocks, error) {
-	if sp, t, err := s.getSpare(ctx); err == nil {
-		if err := unix.Linkat(t.fd, sp.name, s.realFD, name, 0); err == nil {
-			return &PathLocks{dirfd: s.realFD, held: []heldLock{{fd: sp.fd, name: name, spare: sp}}, s: s}, nil
-		}
-		s.putSpare(sp)
-	}
-	return tryLockPath(s.realFD, name)
-}
-
-// tryLockPath locks the lock file name in dirfd as LockPaths does, but fails
-// with ErrPathLocked at once when someone holds it.
-func tryLockPath(dirfd int, name string) (*PathLocks, error) {
-	fd, err := openat(dirfd, name, unix.O_RDWR|unix.O_CREAT)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", name, err)
-	}
-	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		unix.Close(fd)
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("lock %s: %w", name, ErrPathLocked)
-		}
-		return nil, fmt.Errorf("lock %s: %w", name, err)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Size != 0 {
-		// Stale: its holder removed it after we opened it, so it is busy.
-		unix.Close(fd)
-		return nil, fmt.Errorf("lock %s: %w", name, ErrPathLocked)
-	}
-	return &PathLocks{dirfd: dirfd, held: []heldLock{{fd: fd, name: name}}}, nil
 }

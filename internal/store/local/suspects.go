@@ -183,7 +183,7 @@ func (s *Store) invalidateSuspects(ctx context.Context, bad []suspect) error {
 			reason = "it refers to another path invalidated here"
 		}
 		s.warnf("warning: invalidating path '%s', registered after the last sync the store recorded: %s", b.path, reason)
-		if _, err := s.deleteOne(ctx, b.path, false, t, false); err != nil {
+		if _, err := s.deleteOne(ctx, b.path, false, t); err != nil {
 			s.warnf("warning: removing the files of '%s': %v", b.path, err)
 		}
 	}
