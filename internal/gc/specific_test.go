@@ -157,4 +157,3 @@ func TestNixTempRootHonoured(t *testing.T) {
 		t.Errorf("deleted %q, want %s", res.Paths, held)
 	}
 }
-
