@@ -242,8 +242,11 @@ func (c *collector) markAlive(i int32) {
 	}
 }
 
-// order returns the dead valid paths, referrers before what they refer to.
-func (c *collector) order(deadSet []bool) []int32 {
+// order returns the dead valid paths, referrers before what they refer to,
+// visiting them from starts (the store dir's order, as Nix does), then the
+// rest.
+func (c *collector) order(deadSet []bool, starts []int32) []int32 {
+	c.reverse()
 	g := c.g
 	var out []int32
 	state := make([]uint8, len(g.Paths)) // 0 new, 1 on the stack, 2 done
@@ -252,15 +255,15 @@ func (c *collector) order(deadSet []bool) []int32 {
 		k int
 	}
 	var stack []frame
-	for start := range g.Paths {
+	visit := func(start int32) {
 		if !deadSet[start] || state[start] != 0 {
-			continue
+			return
 		}
-		stack = append(stack[:0], frame{i: int32(start)})
+		stack = append(stack[:0], frame{i: start})
 		state[start] = 1
 		for len(stack) > 0 {
 			f := &stack[len(stack)-1]
-			refs := g.Refs[f.i]
+			refs := c.referrers[f.i]
 			if f.k < len(refs) {
 				j := refs[f.k]
 				f.k++
@@ -270,13 +273,18 @@ func (c *collector) order(deadSet []bool) []int32 {
 				}
 				continue
 			}
+			// Post-order over referrers: every referrer is out already.
 			state[f.i] = 2
 			out = append(out, f.i)
 			stack = stack[:len(stack)-1]
 		}
 	}
-	// Post-order puts references first; referrers go first.
-	slices.Reverse(out)
+	for _, i := range starts {
+		visit(i)
+	}
+	for i := range g.Paths {
+		visit(int32(i))
+	}
 	return out
 }
 
@@ -292,13 +300,15 @@ func (c *collector) sweep(ctx context.Context, del bool) error {
 	// Entries that are not valid paths.
 	var junk []string
 	var liveJunk []string
+	var starts []int32
 	for _, n := range names {
 		p, err := dir.FromBase(n)
 		if err != nil {
 			junk = append(junk, n)
 			continue
 		}
-		if _, ok := g.Index[p]; ok {
+		if i, ok := g.Index[p]; ok {
+			starts = append(starts, i)
 			continue
 		}
 		if c.rootSet[p] || c.srv.isTemp(p.HashPart()) {
@@ -331,7 +341,7 @@ func (c *collector) sweep(ctx context.Context, del bool) error {
 		}
 		return nil
 	}
-	if err := c.deleteValid(ctx, c.order(deadSet)); err != nil {
+	if err := c.deleteValid(ctx, c.order(deadSet, starts)); err != nil {
 		return err
 	}
 	for _, n := range junk {
@@ -514,7 +524,7 @@ func (c *collector) deleteSpecific(ctx context.Context) error {
 		for _, j := range group {
 			set[j] = true
 		}
-		if err := c.deleteValid(ctx, c.order(set)); err != nil {
+		if err := c.deleteValid(ctx, c.order(set, []int32{i})); err != nil {
 			return err
 		}
 		if !c.dead[i] {
