@@ -54,6 +54,16 @@ func TestNixGC(t *testing.T) {
 		}
 	}
 	td.nix(t, "nix-store", "--verify", "--check-contents")
+	// Any client may collect (nix-daemon 2.8 asks no trust); an untrusted
+	// one sees censored roots.
+	td.decision.Store(&Decision{User: "tester", UID: uint32(os.Getuid()), Allowed: true, Trusted: false})
+	untrusted := add("untrusted", "added by an untrusted client\n")
+	if got := td.nix(t, "nix-store", "--gc", "--print-roots"); !strings.Contains(got, "{censored} -> "+kept) {
+		t.Errorf("--print-roots untrusted: %q", got)
+	}
+	if got := td.nix(t, "nix-store", "--gc"); !strings.HasPrefix(got, "1 store paths deleted") {
+		t.Errorf("--gc untrusted: %q (deleting %s)", got, untrusted)
+	}
 	if got := td.nix(t, "nix-store", "--gc", "--print-dead"); got != "" {
 		t.Errorf("--print-dead after the collection: %q", got)
 	}
