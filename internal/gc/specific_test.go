@@ -157,3 +157,36 @@ func TestNixTempRootHonoured(t *testing.T) {
 		t.Errorf("deleted %q, want %s", res.Paths, held)
 	}
 }
+
+// TestMaxFreedMatchesNix stops after the same paths as nix-store --gc
+// --max-freed: both visit the store dir in its own order.
+func TestMaxFreedMatchesNix(t *testing.T) {
+	nixtest.Require(t, "nix-store")
+	base := t.TempDir()
+	files := filepath.Join(base, "files")
+	os.MkdirAll(files, 0o755)
+	args := []string{"--store", "local?root=" + filepath.Join(base, "a"), "--add"}
+	for i := range 40 {
+		f := filepath.Join(files, fmt.Sprintf("f%d", i))
+		os.WriteFile(f, []byte(strings.Repeat("x", i+1)), 0o644)
+		args = append(args, f)
+	}
+	nixtest.Run(t, nil, "nix-store", args...)
+	copyTree(t, filepath.Join(base, "a"), filepath.Join(base, "b"))
+	st, roots := openStore(t, filepath.Join(base, "b"))
+	for _, limit := range []uint64{1, 100, 300} {
+		res, err := Collect(context.Background(), st, roots, Options{Action: protocol.GCDeleteDead, MaxFreed: limit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := nixtest.Run(t, nil, "nix-store", "--store", "local?root="+filepath.Join(base, "a"), "--gc", "--max-freed", fmt.Sprint(limit))
+		if got := fmt.Sprintf("%d store paths deleted, %.2f MiB freed", len(res.Paths), float64(res.BytesFreed)/(1024*1024)); got != out {
+			t.Errorf("--max-freed %d: %q, nix %q", limit, got, out)
+		}
+		la, _ := os.ReadDir(filepath.Join(base, "a/nix/store"))
+		lb, _ := os.ReadDir(filepath.Join(base, "b/nix/store"))
+		if a, b := names(la), names(lb); !slices.Equal(a, b) {
+			t.Errorf("--max-freed %d: store dirs differ:\ncairn %q\n  nix %q", limit, b, a)
+		}
+	}
+}

@@ -293,9 +293,16 @@ func containsSlash(s string) bool {
 }
 
 // StoreDirEntries lists the names in the real store dir, other than .links
-// and Cairn's temporaries.
+// and Cairn's temporaries, in the directory's own order (Nix's collector
+// visits them so, which decides what --max-freed deletes).
 func (s *Store) StoreDirEntries() ([]string, error) {
-	names, err := readDirNames(s.realFD, s.cfg.RealStoreDir)
+	fd, err := openat(s.realFD, ".", unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: s.cfg.RealStoreDir, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), s.cfg.RealStoreDir)
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
 	if err != nil {
 		return nil, err
 	}
