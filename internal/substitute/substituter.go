@@ -1,0 +1,439 @@
+package substitute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"cairn/internal/narinfo"
+	"cairn/internal/nixhash"
+	"cairn/internal/store"
+	"cairn/internal/store/local"
+	"cairn/internal/storepath"
+)
+
+// ErrNoSubstitute says no cache of the Config has a path.
+var ErrNoSubstitute = errors.New("no substituter has the path")
+
+// DefaultJobs is max-substitution-jobs when it is not set (Nix 2.16's default).
+const DefaultJobs = 16
+
+// MaxJobs bounds max-substitution-jobs.
+const MaxJobs = 256
+
+// Config is one request's substitution settings.
+type Config struct {
+	// Caches in the order the substituters setting names them; they are
+	// tried by priority (stable).
+	Caches      []*Cache
+	Keys        []narinfo.PublicKey // trusted-public-keys
+	RequireSigs bool                // require-sigs
+}
+
+// Getter reads a setting by name.
+type Getter interface{ Get(name string) string }
+
+// ConfigFrom reads substituters, trusted-public-keys, require-sigs and the
+// caches' options from s; warn gets what is skipped (a malformed key, a cache
+// that cannot be opened). With substitute = false there are no caches.
+func ConfigFrom(s Getter, warn func(string)) Config {
+	cfg := Config{RequireSigs: s.Get("require-sigs") != "false"}
+	if s.Get("substitute") == "false" {
+		return cfg
+	}
+	for _, k := range strings.Fields(s.Get("trusted-public-keys")) {
+		pk, err := narinfo.ParsePublicKey(k)
+		if err != nil {
+			warn(fmt.Sprintf("ignoring malformed public key '%s': %v", k, err))
+			continue
+		}
+		cfg.Keys = append(cfg.Keys, pk)
+	}
+	o := OptionsFrom(s)
+	for _, u := range strings.Fields(s.Get("substituters")) {
+		c, err := Open(u, o)
+		if err != nil {
+			warn(err.Error())
+			continue
+		}
+		cfg.Caches = append(cfg.Caches, c)
+	}
+	return cfg
+}
+
+// OptionsFrom reads the caches' options from s.
+func OptionsFrom(s Getter) Options {
+	secs := func(name string, def int) time.Duration {
+		var n int
+		if _, err := fmt.Sscan(s.Get(name), &n); err != nil {
+			n = def
+		}
+		return time.Duration(n) * time.Second
+	}
+	return Options{
+		NegativeTTL: secs("narinfo-cache-negative-ttl", 3600),
+		PositiveTTL: secs("narinfo-cache-positive-ttl", 30*24*3600),
+		HTTP:        HTTPOptions{ConnectTimeout: secs("connect-timeout", 0), CAFile: s.Get("ssl-cert-file")},
+	}
+}
+
+// JobsFrom reads max-substitution-jobs, bounded by MaxJobs.
+func JobsFrom(s Getter) int {
+	var n int
+	if _, err := fmt.Sscan(s.Get("max-substitution-jobs"), &n); err != nil || n <= 0 {
+		n = DefaultJobs
+	}
+	return min(n, MaxJobs)
+}
+
+// Found is a narinfo and the cache that has it.
+type Found struct {
+	Cache   *Cache
+	NarInfo *narinfo.NarInfo
+}
+
+// Logger receives a substitution's progress. Its methods may be called from
+// several goroutines at once.
+type Logger interface {
+	// Substituting says p is being copied from cacheURL; the NAR is
+	// narSize bytes. The returned Activity gets the bytes as they come.
+	Substituting(p storepath.StorePath, cacheURL string, narSize uint64) Activity
+	// Warn reports a cache that was skipped and why.
+	Warn(msg string)
+}
+
+// Activity is one substitution's progress.
+type Activity interface {
+	Progress(done, expected uint64)
+	Done()
+}
+
+// sorted returns cfg's caches that answer, by priority (stable), checked
+// against the store dir.
+func (cfg Config) sorted(ctx context.Context, dir storepath.StoreDir, log Logger) []*Cache {
+	type ranked struct {
+		c    *Cache
+		prio int
+	}
+	var rs []ranked
+	for _, c := range cfg.Caches {
+		info, err := c.Info(ctx, dir)
+		if err != nil {
+			if log != nil && ctx.Err() == nil {
+				log.Warn(err.Error())
+			}
+			continue
+		}
+		rs = append(rs, ranked{c, info.Priority})
+	}
+	slices.SortStableFunc(rs, func(a, b ranked) int { return a.prio - b.prio })
+	out := make([]*Cache, len(rs))
+	for i, r := range rs {
+		out[i] = r.c
+	}
+	return out
+}
+
+// Query returns the first narinfo of p in the caches by priority, without
+// checking signatures (as Nix's querySubstitutablePathInfos), or an error
+// matching ErrNoSubstitute.
+func Query(ctx context.Context, cfg Config, p storepath.StorePath, log Logger) (*Found, error) {
+	for _, c := range cfg.sorted(ctx, p.Dir(), log) {
+		ni, err := c.NarInfo(ctx, p)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if log != nil {
+				log.Warn(err.Error())
+			}
+			continue
+		}
+		return &Found{Cache: c, NarInfo: ni}, nil
+	}
+	return nil, fmt.Errorf("path '%s': %w", p, ErrNoSubstitute)
+}
+
+// Trusted reports whether ni may be used under cfg: signed by a trusted key,
+// from a trusted cache, content-addressed (its path matches its CA), or
+// require-sigs is off.
+func (cfg Config) Trusted(c *Cache, ni *narinfo.NarInfo) bool {
+	if !cfg.RequireSigs || c.trusted {
+		return true
+	}
+	if pathInfo(ni).ContentAddressed() {
+		return true
+	}
+	return ni.Verify(cfg.Keys)
+}
+
+// pathInfo is the metadata ni gives its path.
+func pathInfo(ni *narinfo.NarInfo) *store.PathInfo {
+	info := &store.PathInfo{
+		Path:       ni.StorePath,
+		Deriver:    ni.Deriver,
+		NarHash:    ni.NarHash,
+		References: slices.Clone(ni.References),
+		NarSize:    ni.NarSize,
+		CA:         ni.CA,
+	}
+	for _, s := range ni.Sigs {
+		info.Signatures = append(info.Signatures, s.String())
+	}
+	return info
+}
+
+// Substituter makes paths valid in a local store from binary caches. One
+// Substituter serves any number of concurrent requests; requests for the
+// same path share one substitution.
+type Substituter struct {
+	store *local.Store
+	slots chan struct{} // one per running download (max-substitution-jobs)
+
+	mu   sync.Mutex
+	jobs map[storepath.StorePath]*job
+}
+
+// New returns a Substituter into st running at most jobs downloads at once
+// (0: DefaultJobs).
+func New(st *local.Store, jobs int) *Substituter {
+	if jobs <= 0 {
+		jobs = DefaultJobs
+	}
+	return &Substituter{store: st, slots: make(chan struct{}, min(jobs, MaxJobs)), jobs: map[storepath.StorePath]*job{}}
+}
+
+// job is one path's substitution, shared by every caller that wants it; the
+// last caller to give up cancels it.
+type job struct {
+	done   chan struct{}
+	err    error
+	refs   int // guarded by Substituter.mu
+	cancel context.CancelFunc
+}
+
+// MaxDepth bounds the chain of references a substitution follows.
+const MaxDepth = 1 << 12
+
+// Realise makes every path of paths valid with its closure, substituting
+// what is missing from cfg's caches (references first). The error of a path
+// no cache has matches ErrNoSubstitute; any other error means a cache had it
+// and its substitution failed (signature, hash, download).
+func (s *Substituter) Realise(ctx context.Context, cfg Config, paths []storepath.StorePath, log Logger) error {
+	return s.realiseAll(ctx, cfg, paths, log, nil)
+}
+
+func (s *Substituter) realiseAll(ctx context.Context, cfg Config, paths []storepath.StorePath, log Logger, chain []storepath.StorePath) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	if len(paths) == 1 {
+		return s.ensure(ctx, cfg, paths[0], log, chain)
+	}
+	errs := make([]error, len(paths))
+	var wg sync.WaitGroup
+	for i, p := range paths {
+		wg.Go(func() { errs[i] = s.ensure(ctx, cfg, p, log, chain) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (s *Substituter) ensure(ctx context.Context, cfg Config, p storepath.StorePath, log Logger, chain []storepath.StorePath) error {
+	if slices.Contains(chain, p) || len(chain) >= MaxDepth {
+		return fmt.Errorf("substitute %s: the caches' references form a cycle or a chain deeper than %d", p, MaxDepth)
+	}
+	ok, err := s.store.IsValidPath(ctx, p)
+	if err != nil || ok {
+		return err
+	}
+	s.mu.Lock()
+	j := s.jobs[p]
+	if j == nil {
+		jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		j = &job{done: make(chan struct{}), cancel: cancel}
+		s.jobs[p] = j
+		next := append(slices.Clone(chain), p)
+		go func() {
+			j.err = s.substitute(jctx, cfg, p, log, next)
+			s.mu.Lock()
+			delete(s.jobs, p)
+			s.mu.Unlock()
+			cancel()
+			close(j.done)
+		}()
+	}
+	j.refs++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		j.refs--
+		if j.refs == 0 {
+			j.cancel()
+		}
+		s.mu.Unlock()
+	}()
+	select {
+	case <-j.done:
+		return j.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// substitute tries p's caches in priority order.
+func (s *Substituter) substitute(ctx context.Context, cfg Config, p storepath.StorePath, log Logger, chain []storepath.StorePath) error {
+	var errs []error
+	for _, c := range cfg.sorted(ctx, p.Dir(), log) {
+		ni, err := c.NarInfo(ctx, p)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err == nil && !cfg.Trusted(c, ni) {
+			err = fmt.Errorf("the substitute for '%s' from '%s' is not signed by any of the keys in 'trusted-public-keys'", p, c.URL())
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if log != nil {
+				log.Warn(err.Error())
+			}
+			errs = append(errs, err)
+			continue
+		}
+		var refs []storepath.StorePath
+		for _, r := range ni.References {
+			if r != p {
+				refs = append(refs, r)
+			}
+		}
+		if err := s.realiseAll(ctx, cfg, refs, log, chain); err != nil {
+			return fmt.Errorf("some references of path '%s' could not be realised: %w", p, err)
+		}
+		if err := s.fetch(ctx, c, ni, log); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if log != nil {
+				log.Warn(err.Error())
+			}
+			errs = append(errs, err)
+			continue
+		}
+		return nil
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return fmt.Errorf("path '%s': %w", p, ErrNoSubstitute)
+}
+
+// countingHasher counts and hashes what passes through it.
+type countingHasher struct {
+	h *nixhash.Hasher
+	n uint64
+}
+
+func (c *countingHasher) Write(b []byte) (int, error) {
+	c.n += uint64(len(b))
+	if c.h != nil {
+		c.h.Write(b)
+	}
+	return len(b), nil
+}
+
+// progressReader reports the bytes read to an Activity, at most every
+// progressEvery bytes.
+type progressReader struct {
+	r              io.Reader
+	act            Activity
+	done, expected uint64
+	last           uint64
+}
+
+const progressEvery = 256 << 10
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.done += uint64(n)
+	if p.act != nil && (p.done-p.last >= progressEvery || err != nil) {
+		p.last = p.done
+		p.act.Progress(p.done, p.expected)
+	}
+	return n, err
+}
+
+// fetch downloads ni's NAR from c and adds it, checking FileSize, FileHash,
+// NarSize and NarHash; on any mismatch nothing is registered.
+func (s *Substituter) fetch(ctx context.Context, c *Cache, ni *narinfo.NarInfo, log Logger) (err error) {
+	s.slots <- struct{}{}
+	defer func() { <-s.slots }()
+	p := ni.StorePath
+	var act Activity
+	if log != nil {
+		act = log.Substituting(p, c.URL(), ni.NarSize)
+		defer act.Done()
+	}
+	wrap := func(err error) error {
+		return fmt.Errorf("substitute '%s' from '%s': %w", p, c.URL(), err)
+	}
+	rc, err := c.OpenNar(ctx, ni)
+	if err != nil {
+		return wrap(err)
+	}
+	defer rc.Close()
+	file := &countingHasher{}
+	if !ni.FileHash.IsZero() {
+		file.h = nixhash.NewHasher(ni.FileHash.Algorithm())
+	}
+	var compressed io.Reader = rc
+	if ni.FileSize > 0 {
+		compressed = io.LimitReader(rc, int64(min(ni.FileSize, 1<<62))+1)
+	}
+	compressed = io.TeeReader(compressed, file)
+	dec, release, err := decompressor(ni.Compression, compressed)
+	if err != nil {
+		return wrap(err)
+	}
+	defer release()
+	narStream := &progressReader{r: io.LimitReader(dec, int64(min(ni.NarSize, 1<<62))), act: act, expected: ni.NarSize}
+
+	b := s.store.NewBatch()
+	defer b.Discard()
+	if err := b.AddNar(ctx, pathInfo(ni), narStream, store.AddNarOptions{}); err != nil {
+		return wrap(err)
+	}
+	// The rest of the file: nothing more may decompress, and the
+	// compressed stream is read to its end (an xz or zstd stream checks
+	// its checksum there).
+	var one [1]byte
+	if n, err := io.ReadFull(dec, one[:]); n > 0 {
+		return wrap(errors.New("data after the NAR"))
+	} else if err != io.EOF && err != io.ErrUnexpectedEOF {
+		return wrap(err)
+	}
+	if _, err := io.Copy(io.Discard, compressed); err != nil {
+		return wrap(err)
+	}
+	if ni.FileSize > 0 && file.n != ni.FileSize {
+		return wrap(fmt.Errorf("%w: file size is %d, the narinfo says %d", store.ErrHashMismatch, file.n, ni.FileSize))
+	}
+	if file.h != nil {
+		if got := file.h.Sum(); got != ni.FileHash {
+			return wrap(fmt.Errorf("%w: file hash is %s, the narinfo says %s", store.ErrHashMismatch, got, ni.FileHash))
+		}
+	}
+	if err := b.Commit(ctx); err != nil {
+		return wrap(err)
+	}
+	return nil
+}
