@@ -398,7 +398,9 @@ func TestSharedJob(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, 8)
 	for i := range errs {
-		wg.Go(func() { errs[i] = sub.Realise(context.Background(), cfg, []storepath.StorePath{parsePath(t, f.top)}, log) })
+		wg.Go(func() {
+			errs[i] = sub.Realise(context.Background(), cfg, []storepath.StorePath{parsePath(t, f.top)}, log)
+		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
