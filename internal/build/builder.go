@@ -19,6 +19,7 @@ import (
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
+	"cairn/internal/substitute"
 )
 
 // Status is the outcome of building one target, numbered as Nix's
@@ -103,6 +104,13 @@ type Options struct {
 	// IsolateLoopback keeps fixed-output builds from the host's loopback
 	// services (fixed-output-host-loopback = false).
 	IsolateLoopback bool
+	// Subst are the binary caches tried before building a derivation whose
+	// outputs are missing, and for missing input sources (no caches:
+	// substitute = false or substituters empty).
+	Subst substitute.Config
+	// Fallback builds a derivation when a cache had its outputs but their
+	// substitution failed (fallback); otherwise that fails the goal.
+	Fallback bool
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -138,6 +146,8 @@ func OptionsFrom(s Getter) Options {
 		EnforceDeterminism: s.Get("enforce-determinism") != "false",
 		Builtins:           builtins.SettingsFrom(s, os.Getenv),
 		Network:            s.Get("fixed-output-network"),
+		Subst:              substitute.ConfigFrom(s, func(string) {}),
+		Fallback:           s.Get("fallback") == "true",
 	}
 	switch s.Get("fixed-output-host-loopback") {
 	case "false", "no", "0":
@@ -242,6 +252,9 @@ type Builder struct {
 	cgroupParent string
 	cgroupErr    error
 
+	// subst substitutes paths from binary caches, one job per path.
+	subst *substitute.Substituter
+
 	mu    sync.Mutex
 	goals map[goalKey]*goal
 	seq   atomic.Uint64
@@ -272,7 +285,8 @@ func NewWithConfig(st *local.Store, cfg Config) (*Builder, error) {
 	if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("build: %w", err)
 	}
-	b := &Builder{store: st, cfg: cfg, buildsDir: buildsDir, rootDir: root, goals: map[goalKey]*goal{}}
+	b := &Builder{store: st, cfg: cfg, buildsDir: buildsDir, rootDir: root, goals: map[goalKey]*goal{},
+		subst: substitute.New(st, cfg.SubstitutionJobs)}
 	users, err := newUserPool(cfg, st.StateDir())
 	if err != nil {
 		return nil, err
@@ -723,6 +737,13 @@ func (b *Builder) realise(g *goal, r *request) (Status, error) {
 		g.repair = bad
 	}
 
+	// The outputs from a binary cache, when one has them.
+	if ok, err := b.trySubstitute(ctx, g, r); err != nil {
+		return MiscFailure, err
+	} else if ok {
+		return Substituted, nil
+	}
+
 	// Input derivations.
 	var subs []*goal
 	defer func() {
@@ -774,6 +795,11 @@ func (b *Builder) realise(g *goal, r *request) (Status, error) {
 	}
 	if failed > 0 {
 		return DependencyFailed, fmt.Errorf("%s dependencies of derivation '%s' failed to build", hl(fmt.Sprint(failed)), hl(g.drvPath.String()))
+	}
+	if len(r.opts.Subst.Caches) > 0 {
+		if err := b.EnsurePaths(ctx, drv.InputSrcs, r.opts, r.log); err != nil && !onlyMissing(err) {
+			return DependencyFailed, err
+		}
 	}
 	for _, src := range drv.InputSrcs {
 		ok, err := b.store.IsValidPath(ctx, src)

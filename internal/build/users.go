@@ -1,6 +1,8 @@
 package build
 
 import (
+	"cairn/internal/substitute"
+
 	"bufio"
 	"context"
 	"errors"
@@ -66,6 +68,9 @@ type Config struct {
 	// "" means the daemon's own cgroup when it may write there (see
 	// sandbox.DetectCgroup).
 	CgroupParent string
+	// SubstitutionJobs bounds the downloads from binary caches at once
+	// (max-substitution-jobs); 0 means substitute.DefaultJobs.
+	SubstitutionJobs int
 }
 
 // ConfigFrom reads Config from settings as Nix names them.
@@ -80,6 +85,7 @@ func ConfigFrom(s Getter) Config {
 		StartID:          atoi("start-id"),
 		IDCount:          atoi("id-count"),
 		NoCgroups:        s.Get("use-cgroups") == "false",
+		SubstitutionJobs: substitute.JobsFrom(s),
 	}
 }
 

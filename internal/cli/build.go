@@ -18,6 +18,7 @@ import (
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
+	"cairn/internal/substitute"
 )
 
 func init() { register(newBuildCmd) }
@@ -26,7 +27,8 @@ const buildUsage = `Usage: cairn build [--store URL] [--option NAME VALUE]... [-
        [-j|--max-jobs N] [--cores N] [--max-silent-time SECS] [--timeout SECS] [--check|--repair] TARGET...
 
 Build the outputs of derivations into the store and print their paths, one a line.
-A TARGET is a .drv store path (optionally with !out,dev), a .drv file anywhere (added to
+A TARGET is a .drv store path (optionally with !out,dev), a plain store path (substituted
+from the binary caches, with its closure, when missing), a .drv file anywhere (added to
 the store first, its input derivations beside it), or derivations in nix show-derivation
 JSON form (all added; those no other one depends on are built).
 
@@ -186,8 +188,32 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	defer b.Close()
 	log := &cliBuildLog{w: stderr}
 	opts := build.OptionsFrom(settings)
+	opts.Subst = substitute.ConfigFrom(settings, warn)
 	opts.Mode = a.mode
-	results, err := b.Build(ctx, targets, opts, log)
+	// Plain store paths are substituted (with their closures) when missing,
+	// derivations built; plain paths print first, as they are realised first.
+	var drvs []build.Target
+	var plain []storepath.StorePath
+	for _, t := range targets {
+		if t.Drv.IsDerivation() {
+			drvs = append(drvs, t)
+		} else {
+			plain = append(plain, t.Drv)
+		}
+	}
+	if len(plain) > 0 {
+		if err := b.EnsurePaths(ctx, plain, opts, log); err != nil {
+			var ne *substitute.NotFoundError
+			if errors.As(err, &ne) {
+				return fmt.Errorf("path '%s' is required, but there is no substituter that can build it", ne.Path)
+			}
+			return err
+		}
+		for _, p := range plain {
+			fmt.Fprintln(stdout, p)
+		}
+	}
+	results, err := b.Build(ctx, drvs, opts, log)
 	if err != nil {
 		return err
 	}
@@ -263,7 +289,8 @@ func resolveBuildTarget(ctx context.Context, st *local.Store, arg string) ([]bui
 			return nil, err
 		}
 		if !p.IsDerivation() {
-			return nil, fmt.Errorf("path '%s' is not a derivation", p)
+			// A plain path: substituted when missing (Drv holds it).
+			return []build.Target{{Drv: p, Outputs: nil}}, nil
 		}
 		return []build.Target{{Drv: p, Outputs: outputs}}, nil
 	}
@@ -300,7 +327,20 @@ func (l *cliBuildLog) BuildStartedMode(drv storepath.StorePath, m build.Mode, ro
 	}
 	return l
 }
-func (l *cliBuildLog) Print(msg string, info bool)                  { l.printf("%s\n", msg) }
+func (l *cliBuildLog) Print(msg string, info bool) { l.printf("%s\n", msg) }
+
+// Substituting prints what nix-build prints as a path is substituted.
+func (l *cliBuildLog) Substituting(p storepath.StorePath, cacheURL string, narSize uint64) substitute.Activity {
+	l.printf("copying path '%s' from '%s'...\n", p, cacheURL)
+	return noActivity{}
+}
+
+func (l *cliBuildLog) Warn(msg string) { l.printf("warning: %s\n", msg) }
+
+type noActivity struct{}
+
+func (noActivity) Progress(done, expected uint64)                   {}
+func (noActivity) Done()                                            {}
 func (l *cliBuildLog) Progress(done, expected, running, failed int) {}
 func (l *cliBuildLog) Error(msg string) {
 	if strings.HasPrefix(msg, "note: ") {

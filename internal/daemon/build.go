@@ -57,6 +57,7 @@ func (s *Server) closeBuilder() {
 // 2.8 applies for every client.
 func (c *conn) buildOptions() build.Options {
 	o := build.OptionsFrom(&c.settings)
+	o.Subst = c.substConfig()
 	co := c.options
 	if co.UseBuildHook || co.MaxBuildJobs != 0 || co.BuildCores != 0 { // SetOptions was sent
 		o.KeepFailed = co.KeepFailed
@@ -100,6 +101,7 @@ type buildLogger struct {
 	realise, builds, copyPaths uint64
 	mu                         sync.Mutex
 	lastProgress               [4]int
+	counts                     substCounts
 }
 
 func newBuildLogger(c *conn) *buildLogger {

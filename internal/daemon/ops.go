@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,6 +22,7 @@ import (
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
+	"cairn/internal/substitute"
 	"cairn/internal/wire"
 )
 
@@ -73,7 +75,11 @@ func (c *conn) perform(req protocol.Request) error {
 		if q.Code == protocol.OpClearFailedPaths {
 			return c.reply(&protocol.U64Reply{Value: 1})
 		}
-		return c.reply(&protocol.PathsReply{}) // QuerySubstitutablePaths: no substituters yet
+		paths, err := c.substitutablePaths(q.Paths)
+		if err != nil {
+			return err
+		}
+		return c.reply(&protocol.PathsReply{Paths: sorted(paths)})
 	case *protocol.QueryValidPathsRequest:
 		c.start()
 		vq, err := capability[store.ValidityQuerier](c, "querying validity")
@@ -98,7 +104,11 @@ func (c *conn) perform(req protocol.Request) error {
 		return c.reply(&protocol.PathReply{Path: p})
 	case *protocol.QuerySubstitutablePathInfosRequest:
 		c.start()
-		return c.reply(&protocol.SubstitutablePathInfosReply{})
+		infos, err := c.substitutable(q.Paths)
+		if err != nil {
+			return err
+		}
+		return c.reply(&protocol.SubstitutablePathInfosReply{Infos: infos})
 	case *protocol.AddToStoreRequest:
 		if c.p.Version.AtLeast(25) && !c.p.Guix {
 			return c.addToStore(q)
@@ -201,9 +211,20 @@ func (c *conn) pathOp(q *protocol.PathRequest) error {
 		}
 		return c.reply(&protocol.BoolReply{Value: ok})
 	case protocol.OpHasSubstitutes:
-		return c.reply(&protocol.BoolReply{})
+		paths, err := c.substitutablePaths([]storepath.StorePath{p})
+		if err != nil {
+			return err
+		}
+		return c.reply(&protocol.BoolReply{Value: len(paths) > 0})
 	case protocol.OpQuerySubstitutablePathInfo:
-		return c.reply(&protocol.SubstitutablePathInfoReply{})
+		infos, err := c.substitutable([]storepath.StorePath{p})
+		if err != nil || len(infos) == 0 {
+			if err != nil {
+				return err
+			}
+			return c.reply(&protocol.SubstitutablePathInfoReply{})
+		}
+		return c.reply(&protocol.SubstitutablePathInfoReply{Valid: true, Info: infos[0]})
 	case protocol.OpQueryPathInfo:
 		info, err := c.pathInfo(p)
 		if errors.Is(err, store.ErrNotFound) && !c.p.Guix && c.p.Version.AtLeast(17) {
@@ -272,7 +293,9 @@ func (c *conn) pathOp(q *protocol.PathRequest) error {
 			return err
 		}
 		if !ok {
-			return fmt.Errorf("path '%s' does not exist and cannot be created", hl(p.String()))
+			if err := c.ensurePaths([]storepath.StorePath{p}); err != nil {
+				return missingError(err, fmt.Sprintf("path '%s' does not exist and cannot be created", hl(p.String())))
+			}
 		}
 		return c.reply(&protocol.U64Reply{Value: 1})
 	case protocol.OpAddTempRoot:
@@ -1000,13 +1023,32 @@ func (c *conn) missingOutputs(dp protocol.DerivedPath) (*derivation.Derivation, 
 	return drv, outs, false, nil
 }
 
-// queryMissing answers QueryMissing without substituters: a valid derivation
-// whose outputs are missing will be built (its inputs are looked at in turn);
-// every other path that is not valid is unknown.
+// queryMissing answers QueryMissing as Nix 2.8 does: a valid derivation
+// whose missing outputs are all in a binary cache will be
+// substituted (their references looked at in turn), otherwise built (its
+// inputs looked at in turn); a missing opaque path a cache has will be
+// substituted, with its references; every other path that is not valid is
+// unknown. The sizes are the narinfos' FileSize and NarSize.
 func (c *conn) queryMissing(paths []protocol.DerivedPath) (*protocol.MissingInfo, error) {
 	mi := &protocol.MissingInfo{}
+	cfg := c.substConfig()
 	seen := map[string]bool{}
 	var visit func(dp protocol.DerivedPath) error
+	willSubstitute := func(infos []protocol.SubstitutablePathInfo) error {
+		for _, info := range infos {
+			mi.WillSubstitute = append(mi.WillSubstitute, info.Path)
+			mi.DownloadSize += info.DownloadSize
+			mi.NarSize += info.NarSize
+		}
+		for _, info := range infos {
+			for _, ref := range info.References {
+				if err := visit(protocol.DerivedPath{Path: ref}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
 	visit = func(dp protocol.DerivedPath) error {
 		key := dp.Path.String()
 		if dp.Built {
@@ -1023,16 +1065,55 @@ func (c *conn) queryMissing(paths []protocol.DerivedPath) (*protocol.MissingInfo
 		if err != nil {
 			return err
 		}
+		if !dp.Built {
+			if ok {
+				return nil
+			}
+			infos, err := c.substitutableIn(cfg, []storepath.StorePath{dp.Path})
+			if err != nil {
+				return err
+			}
+			if len(infos) == 0 {
+				mi.Unknown = append(mi.Unknown, dp.Path)
+				return nil
+			}
+			return willSubstitute(infos)
+		}
 		if !ok {
 			mi.Unknown = append(mi.Unknown, dp.Path)
 			return nil
 		}
-		if !dp.Built {
-			return nil
-		}
-		drv, _, missing, err := c.missingOutputs(dp)
+		drv, outs, missing, err := c.missingOutputs(dp)
 		if err != nil || !missing {
 			return err
+		}
+		if build.SubstitutesAllowed(drv) && len(cfg.Caches) > 0 {
+			var invalid []storepath.StorePath
+			known := true
+			for _, name := range slices.Sorted(maps.Keys(outs)) {
+				o := outs[name]
+				if o.IsZero() {
+					known = false
+					break
+				}
+				if ok, err := c.isValid(o); err != nil {
+					return err
+				} else if !ok {
+					invalid = append(invalid, o)
+				}
+			}
+			if known {
+				infos, err := c.substitutableIn(cfg, invalid)
+				if err != nil {
+					return err
+				}
+				if len(infos) == len(invalid) {
+					for _, o := range invalid {
+						seen[o.String()] = true
+					}
+					return willSubstitute(infos)
+				}
+			}
 		}
 		mi.WillBuild = append(mi.WillBuild, dp.Path)
 		for in, outs := range drv.InputDrvs {
@@ -1052,13 +1133,13 @@ func (c *conn) queryMissing(paths []protocol.DerivedPath) (*protocol.MissingInfo
 			return nil, err
 		}
 	}
-	mi.WillBuild, mi.Unknown = sorted(mi.WillBuild), sorted(mi.Unknown)
+	mi.WillBuild, mi.WillSubstitute, mi.Unknown = sorted(mi.WillBuild), sorted(mi.WillSubstitute), sorted(mi.Unknown)
 	return mi, nil
 }
 
 // buildPaths builds what is asked for (BuildPaths, BuildPathsWithResults):
-// opaque paths must be valid (there are no substituters yet), derivations'
-// missing outputs are built by the daemon's shared builder.
+// missing opaque paths are substituted (with their closures), derivations'
+// missing outputs substituted or built by the daemon's shared builder.
 func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 	c.start()
 	if q.Mode == protocol.BuildRepair && !ClientFrom(c.ctx).Trusted {
@@ -1067,6 +1148,7 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 	results := make([]protocol.KeyedBuildResult, len(q.Paths))
 	var targets []build.Target
 	var index []int
+	var opaque []storepath.StorePath
 	for i, dp := range q.Paths {
 		results[i] = protocol.KeyedBuildResult{Path: dp, BuildResult: protocol.BuildResult{Status: protocol.AlreadyValid}}
 		if !dp.Built {
@@ -1075,7 +1157,8 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 				return err
 			}
 			if !ok {
-				return fmt.Errorf("path '%s' is required, but there is no substituter that can build it", hl(dp.Path.String()))
+				opaque = append(opaque, dp.Path)
+				results[i].Status = protocol.Substituted
 			}
 			continue
 		}
@@ -1088,6 +1171,20 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 		}
 		targets = append(targets, t)
 		index = append(index, i)
+	}
+	if len(opaque) > 0 {
+		if err := c.ensurePaths(opaque); err != nil {
+			var ne *substitute.NotFoundError
+			if errors.As(err, &ne) {
+				if len(c.substConfig().Caches) > 0 {
+					// Nix 2.8: the substitution goal failed with no
+					// error of its own.
+					return fmt.Errorf("build of %s failed", hl("'"+ne.Path.String()+"'"))
+				}
+				return fmt.Errorf("path '%s' is required, but there is no substituter that can build it", hl(ne.Path.String()))
+			}
+			return err
+		}
 	}
 	if len(targets) > 0 {
 		b, err := c.builder()

@@ -20,6 +20,16 @@ import (
 // ErrNoSubstitute says no cache of the Config has a path.
 var ErrNoSubstitute = errors.New("no substituter has the path")
 
+// NotFoundError says no cache has Path; it matches ErrNoSubstitute.
+type NotFoundError struct{ Path storepath.StorePath }
+
+func (e *NotFoundError) Error() string {
+	return fmt.Sprintf("path '%s' is not in any binary cache", e.Path)
+}
+
+// Is makes a NotFoundError match ErrNoSubstitute.
+func (e *NotFoundError) Is(target error) bool { return target == ErrNoSubstitute }
+
 // DefaultJobs is max-substitution-jobs when it is not set (Nix 2.16's default).
 const DefaultJobs = 16
 
@@ -159,7 +169,7 @@ func Query(ctx context.Context, cfg Config, p storepath.StorePath, log Logger) (
 		}
 		return &Found{Cache: c, NarInfo: ni}, nil
 	}
-	return nil, fmt.Errorf("path '%s': %w", p, ErrNoSubstitute)
+	return nil, &NotFoundError{Path: p}
 }
 
 // Trusted reports whether ni may be used under cfg: signed by a trusted key,
@@ -334,7 +344,7 @@ func (s *Substituter) substitute(ctx context.Context, cfg Config, p storepath.St
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	return fmt.Errorf("path '%s': %w", p, ErrNoSubstitute)
+	return &NotFoundError{Path: p}
 }
 
 // countingHasher counts and hashes what passes through it.
@@ -436,4 +446,17 @@ func (s *Substituter) fetch(ctx context.Context, c *Cache, ni *narinfo.NarInfo, 
 		return wrap(err)
 	}
 	return nil
+}
+
+// MassQuery returns cfg with only the caches whose nix-cache-info says
+// WantMassQuery (those Nix asks QuerySubstitutablePaths of).
+func (cfg Config) MassQuery(ctx context.Context, dir storepath.StoreDir) Config {
+	out := cfg
+	out.Caches = nil
+	for _, c := range cfg.Caches {
+		if info, err := c.Info(ctx, dir); err == nil && info.WantMassQuery {
+			out.Caches = append(out.Caches, c)
+		}
+	}
+	return out
 }

@@ -1,0 +1,190 @@
+package daemon
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"cairn/internal/store/storetest"
+	"cairn/internal/testutil/nixtest"
+)
+
+// exportOne builds what nix-store --export writes for one path, so that
+// nix-store --import registers an input-addressed path with references and a
+// deriver (and any contents).
+func exportOne(nar []byte, path string, refs []string, deriver string) []byte {
+	var b bytes.Buffer
+	num := func(n uint64) { binary.Write(&b, binary.LittleEndian, n) }
+	str := func(s string) {
+		num(uint64(len(s)))
+		b.WriteString(s)
+		b.Write(make([]byte, (8-len(s)%8)%8))
+	}
+	num(1)
+	b.Write(nar)
+	num(0x4558494e)
+	str(path)
+	num(uint64(len(refs)))
+	for _, r := range refs {
+		str(r)
+	}
+	str(deriver)
+	num(0)
+	num(0)
+	return b.Bytes()
+}
+
+// substCache is a binary cache Nix 2.8 wrote and signed: a closure top →
+// mid → dep, and the output of a derivation whose builder would fail, so
+// that only substitution can realise it.
+type substCache struct {
+	dir, pub      string
+	dep, mid, top string
+	drvExpr       string // evaluates to the derivation
+	drvOut        string // its output path, in the cache
+}
+
+const substDrvExpr = `derivation { name = "from-cache"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo cannot build; exit 1" ]; }`
+
+func makeSubstCache(t *testing.T) *substCache {
+	t.Helper()
+	dir := t.TempDir()
+	src := &nixtest.Store{Root: filepath.Join(dir, "src")}
+	sc := &substCache{dir: filepath.Join(dir, "cache"), drvExpr: substDrvExpr}
+	os.WriteFile(filepath.Join(dir, "dep.txt"), []byte("dependency\n"), 0o644)
+	sc.dep = src.Run(t, nil, "nix-store", "--add", filepath.Join(dir, "dep.txt"))
+	imp := func(path, content string, refs []string, deriver string) {
+		tree := filepath.Join(dir, filepath.Base(path))
+		os.MkdirAll(tree, 0o755)
+		os.WriteFile(filepath.Join(tree, "run"), []byte(content), 0o755)
+		os.WriteFile(filepath.Join(tree, "data"), []byte(strings.Repeat(path+"\n", 20000)), 0o644)
+		nar, err := nixtest.Output(nil, "nix-store", "--dump", tree)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src.Run(t, exportOne(nar, path, refs, deriver), "nix-store", "--import")
+	}
+	sc.mid = "/nix/store/1b4x8vq2w0c7hz1mfgrwg3k2dh9ld6s1-mid"
+	imp(sc.mid, "#!/bin/sh\ncat "+sc.dep+"\n", []string{sc.dep}, "/nix/store/9sywk8y9zb6m4ps5vgj7ajqpk7mwli6l-mid.drv")
+	sc.top = "/nix/store/3k4x8vq2w0c7hz1mfgrwg3k2dh9ld6s1-top"
+	imp(sc.top, "#!/bin/sh\nexec "+sc.mid+"/run # "+sc.top+"\n", []string{sc.mid, sc.top}, "/nix/store/2sywk8y9zb6m4ps5vgj7ajqpk7mwli6l-top.drv")
+	// The derivation's output, made without building it.
+	drv := src.Run(t, nil, "nix-instantiate", "--expr", sc.drvExpr)
+	sc.drvOut = src.Run(t, nil, "nix-store", "-q", "--outputs", drv)
+	imp(sc.drvOut, "#!/bin/sh\necho from the cache "+sc.mid+"\n", []string{sc.mid}, drv)
+	sec, pub := filepath.Join(dir, "key.sec"), filepath.Join(dir, "key.pub")
+	nixtest.Run(t, nil, "nix-store", "--generate-binary-cache-key", "cairn-daemon-test-1", sec, pub)
+	b, _ := os.ReadFile(pub)
+	sc.pub = strings.TrimSpace(string(b))
+	src.Run(t, nil, "nix", "copy", "--to", "file://"+sc.dir+"?compression=xz&secret-key="+sec, sc.top, sc.drvOut)
+	return sc
+}
+
+// pathInfos is nix path-info --json without registration times.
+func pathInfos(t *testing.T, env []string, paths ...string) string {
+	t.Helper()
+	out, err := nixtest.OutputEnv(env, "nix", append([]string{"path-info", "--json", "--recursive"}, paths...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var infos []map[string]any
+	if err := json.Unmarshal(out, &infos); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range infos {
+		delete(i, "registrationTime")
+	}
+	b, _ := json.MarshalIndent(infos, "", " ")
+	return string(b)
+}
+
+// TestNixSubstitute drives cairn daemon and nix-daemon 2.8, both with the
+// same file:// cache as substituter, with Nix 2.8's clients: nix-store -r
+// --dry-run (QueryMissing: what will be fetched and the sizes), nix-store -r
+// of a plain path (its closure substituted) and of a derivation whose output
+// the cache has (substituted, not built: its builder fails), a path no cache
+// has; then compares nix path-info --json and checks the contents.
+func TestNixSubstitute(t *testing.T) {
+	nixtest.Require(t, "nix-store", "nix", "nix-instantiate", "nix-daemon")
+	sc := makeSubstCache(t)
+	cache := "file://" + sc.dir
+	td := newTestDaemon(t, [2]string{"substituters", cache}, [2]string{"trusted-public-keys", sc.pub})
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "substituters", cache,
+		"--option", "trusted-public-keys", sc.pub})
+	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root}
+	// The clients name the cache too (else they send substituters = "").
+	clientConf := "NIX_CONFIG=experimental-features = nix-command\nsandbox = false\nsubstituters = " + cache + "\n"
+	refEnv = append(refEnv, clientConf)
+	ourEnv := append(td.nixEnv(), clientConf)
+	ours := func(args ...string) nixRun { return runNix(ourEnv, args[0], args[1:]...) }
+	theirs := func(args ...string) nixRun { return runNix(refEnv, args[0], args[1:]...) }
+	same := func(what string, args ...string) nixRun {
+		t.Helper()
+		o, n := ours(args...), theirs(args...)
+		if o.code != n.code || o.stdout != n.stdout {
+			t.Errorf("%s: cairn %d %q\n%s\nnix-daemon %d %q\n%s", what, o.code, o.stdout, o.stderr, n.code, n.stdout, n.stderr)
+		}
+		return o
+	}
+	// Nix's client prints what QueryMissing said; the sizes are rounded.
+	dry := func(what string, args ...string) {
+		t.Helper()
+		o, n := ours(args...), theirs(args...)
+		if o.stderr != n.stderr || o.code != n.code {
+			t.Errorf("%s: cairn %d\n%s\nnix-daemon %d\n%s", what, o.code, o.stderr, n.code, n.stderr)
+		}
+		if !strings.Contains(o.stderr, "will be fetched") {
+			t.Errorf("%s: nothing to fetch:\n%s", what, o.stderr)
+		}
+	}
+
+	dry("dry run of a path", "nix-store", "-r", "--dry-run", sc.top)
+	r := same("realise a path", "nix-store", "-r", sc.top)
+	if r.code != 0 {
+		t.Fatalf("nix-store -r: %s", r.stderr)
+	}
+	if !regexp.MustCompile(`copying path '` + regexp.QuoteMeta(sc.top) + `' from '` + regexp.QuoteMeta(cache) + `'`).MatchString(r.stderr) {
+		t.Errorf("no copying message:\n%s", r.stderr)
+	}
+	if got, want := pathInfos(t, ourEnv, sc.top), pathInfos(t, refEnv, sc.top); got != want {
+		t.Errorf("path-info:\ncairn %s\nnix-daemon %s", got, want)
+	}
+	if out, err := nixtest.Output(nil, "nix-store", "--store", "local?root="+td.cfg.Root, "--verify", "--check-contents"); err != nil {
+		t.Errorf("verify: %v %s", err, out)
+	}
+
+	// A derivation whose output the cache has.
+	drvO, drvN := ours("nix-instantiate", "--expr", sc.drvExpr), theirs("nix-instantiate", "--expr", sc.drvExpr)
+	if drvO.code != 0 || drvO.stdout != drvN.stdout {
+		t.Fatalf("nix-instantiate: %+v %+v", drvO, drvN)
+	}
+	dry("dry run of a derivation", "nix-store", "-r", "--dry-run", drvO.stdout)
+	if r := same("realise a derivation", "nix-store", "-r", drvO.stdout); r.code != 0 || r.stdout != sc.drvOut {
+		t.Errorf("nix-store -r drv: %+v", r)
+	} else if strings.Contains(r.stderr, "building") {
+		t.Errorf("built instead of substituted:\n%s", r.stderr)
+	}
+	if got, want := pathInfos(t, ourEnv, sc.drvOut), pathInfos(t, refEnv, sc.drvOut); got != want {
+		t.Errorf("path-info:\ncairn %s\nnix-daemon %s", got, want)
+	}
+
+	// A path no cache has.
+	missing := "/nix/store/0000000000000000000000000000000a-missing"
+	o, n := ours("nix-store", "-r", missing), theirs("nix-store", "-r", missing)
+	if o.code != n.code || lastLine(o.stderr) != lastLine(n.stderr) {
+		t.Errorf("missing path: cairn %d %q, nix-daemon %d %q", o.code, o.stderr, n.code, n.stderr)
+	}
+	// QuerySubstitutablePaths wants mass queries, which nix copy's cache
+	// does not (no WantMassQuery): both answer nothing... as nix-store does.
+	same("query substitutes", "nix-store", "-q", "--hash", sc.top)
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
