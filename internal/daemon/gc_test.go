@@ -75,3 +75,29 @@ func sorted2(a, b string) []string {
 	}
 	return []string{a, b}
 }
+
+// TestNixGCKeepOutputs: a client's keep-outputs (a trusted client's
+// --option) decides whether a rooted derivation keeps its output.
+func TestNixGCKeepOutputs(t *testing.T) {
+	nixtest.Require(t, "nix-store", "nix-instantiate", "nix")
+	td := newTestDaemon(t)
+	ref := nixtest.NewStore(t)
+	refDrv := ref.Run(t, nil, "nix-instantiate", "-E", testDrvExpr)
+	out := ref.Run(t, nil, "nix-store", "--option", "build-users-group", "", "--option", "sandbox-paths", "/bin/sh=/bin/busybox", "-r", refDrv)
+	if b, err := nixtest.OutputEnv(td.nixEnv(), "nix", "copy", "--no-check-sigs", "--from", ref.URL(), refDrv, out); err != nil {
+		t.Fatalf("nix copy: %v: %s", err, b)
+	}
+	root := filepath.Join(t.TempDir(), "drv-root")
+	if drv := td.nix(t, "nix-instantiate", "--add-root", root, "--indirect", "-E", testDrvExpr); drv != root && drv != refDrv {
+		t.Fatalf("nix-instantiate --add-root printed %q", drv)
+	}
+	if got := td.nix(t, "nix-store", "--gc", "--print-dead"); !strings.Contains(got, out) {
+		t.Errorf("keep-outputs false: %s not dead in %q", out, got)
+	}
+	if got := td.nix(t, "nix-store", "--option", "keep-outputs", "true", "--gc", "--print-dead"); strings.Contains(got, out) {
+		t.Errorf("keep-outputs true: %s dead in %q", out, got)
+	}
+	if got := td.nix(t, "nix-store", "--option", "gc-keep-outputs", "true", "--gc", "--print-live"); !strings.Contains(got, out) {
+		t.Errorf("gc-keep-outputs true: %s not live in %q", out, got)
+	}
+}
