@@ -19,18 +19,22 @@ import (
 )
 
 // Deleting paths. A path is deleted in this order, each step under the path's
-// lock:
+// lock (Delete) or the exclusive GC lock alone (the collector, package gc,
+// which like Nix's locks no path: every writer holds a temp root or the
+// shared GC lock first):
 //
 //  1. invalidate: one transaction checks that no other valid path refers to it
-//     and removes its row (its Refs and DerivationOutputs rows go with it);
-//  2. move its files out of the store dir into a fresh temporary (one rename);
-//  3. remove the temporary, fd-relative, never following a symlink.
+//     and removes its row (its Refs and DerivationOutputs rows go with it); the
+//     collector invalidates up to 256 paths, referrers first, per transaction;
+//  2. a directory is moved out of the store dir into a temporary (one
+//     rename), a file or symlink is unlinked where it is;
+//  3. the temporary is removed, fd-relative, never following a symlink.
 //
 // This is Nix's order (invalidatePathChecked, then deletePath), and for the
 // same reason: a crash at any point leaves at worst an invalid path's files
 // (garbage that the next add of that path replaces, and the next open or GC
 // removes), never a valid path whose files are missing or half deleted. The
-// rename makes the files vanish from the store dir at once rather than file by
+// rename makes a tree vanish from the store dir at once rather than file by
 // file.
 //
 // Delete holds the GC lock exclusive, as Nix's collector does: verify and
