@@ -135,6 +135,11 @@ func copyDir(t *testing.T, src string) string {
 // newStore opens an empty Cairn store under a chroot root Nix can read.
 func newStore(t *testing.T) (*local.Store, string) {
 	t.Helper()
+	return newStoreB(t)
+}
+
+func newStoreB(t testing.TB) (*local.Store, string) {
+	t.Helper()
 	root := filepath.Join(t.TempDir(), "root")
 	cfg, err := store.ParseURL("local?root="+root, func(string) string { return "" })
 	if err != nil {
