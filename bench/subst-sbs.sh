@@ -66,6 +66,9 @@ DEL="for s in '$A' '$B'; do NIX_REMOTE=\$s xargs nix-store --delete < $W/paths >
 python3 "$HERE/sidebyside.py" --rounds "$ROUNDS" --warmup 1 --setup "$DEL" \
   --name "substitute $SMALL small + ${BIG} MiB ($COMP)" -- \
   "NIX_REMOTE='$A' $CLIENT \$(cat $W/paths)" ::: "NIX_REMOTE='$B' $CLIENT \$(cat $W/paths)"
+# The cairn daemon's peak resident memory over all the runs.
+CPID=$(echo $PIDS | cut -d' ' -f2)
+echo "cairn daemon: $(grep VmHWM /proc/"$CPID"/status)"
 # Both stores hold the same closure, checked by Nix.
 for s in d-nix d-cairn; do
   nix-store --store "local?root=$W/$s/root" --verify --check-contents

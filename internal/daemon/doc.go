@@ -26,10 +26,13 @@
 //
 //   - Building runs on one build.Builder per daemon (package build): goals
 //     are shared across connections, so two clients asking for one
-//     derivation get one build. QueryMissing reports valid derivations with
-//     missing outputs as to be built and every other invalid path as
-//     unknown. There are no substituters: the substitute queries answer
-//     "none".
+//     derivation get one build. Substitution (package substitute) shares
+//     the builder's Substituter, one job per path across connections: the
+//     substitute queries, QueryMissing's willSubstitute and sizes, and
+//     BuildPaths/EnsurePath of plain paths answer from the connection's
+//     substituters (the client's only where trusted-substituters or
+//     substituters allow them), as docs/substitute.md describes. Nix's
+//     on-disk narinfo cache is not kept; lookups are remembered in memory.
 //   - CollectGarbage runs package gc on the local store for any client (as
 //     nix-daemon 2.8 asks no trust; ignoreLiveness is refused, as there), with
 //     the connection's keep-outputs and keep-derivations. Every path a
