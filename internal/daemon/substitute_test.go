@@ -143,6 +143,17 @@ func TestNixSubstitute(t *testing.T) {
 		}
 	}
 
+	// builtins.storePath makes the evaluator EnsurePath mid: substituted.
+	useMid := `derivation { name = "uses-mid"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "exit 1" ]; dep = builtins.storePath "` + sc.mid + `"; }`
+	if r := same("ensure path", "nix-instantiate", "--expr", useMid); r.code != 0 {
+		t.Fatalf("nix-instantiate with builtins.storePath: %s", r.stderr)
+	} else {
+		// To be built (its output is in no cache), nothing to fetch.
+		o, n := ours("nix-store", "-r", "--dry-run", r.stdout), theirs("nix-store", "-r", "--dry-run", r.stdout)
+		if o.stderr != n.stderr || !strings.Contains(o.stderr, "will be built") {
+			t.Errorf("dry run of a derivation to build: cairn\n%s\nnix-daemon\n%s", o.stderr, n.stderr)
+		}
+	}
 	dry("dry run of a path", "nix-store", "-r", "--dry-run", sc.top)
 	r := same("realise a path", "nix-store", "-r", sc.top)
 	if r.code != 0 {

@@ -41,6 +41,7 @@ type Cache struct {
 	info      *CacheInfo
 	infoErr   error
 	infoUntil time.Time // when infoErr expires
+	warned    bool      // infoErr was reported (once per expiry)
 	negTTL    time.Duration
 	posTTL    time.Duration
 	known     map[string]remembered // by hash part
@@ -128,7 +129,7 @@ func (c *Cache) Info(ctx context.Context, storeDir storepath.StoreDir) (*CacheIn
 			return nil, err // not the cache's fault: not remembered
 		}
 		c.mu.Lock()
-		c.info, c.infoErr, c.infoUntil = info, err, time.Now().Add(disabledFor)
+		c.info, c.infoErr, c.infoUntil, c.warned = info, err, time.Now().Add(disabledFor), false
 		c.mu.Unlock()
 	}
 	if err != nil {
@@ -234,4 +235,17 @@ func (c *Cache) OpenNar(ctx context.Context, ni *narinfo.NarInfo) (io.ReadCloser
 		return nil, fmt.Errorf("file '%s' does not exist in binary cache '%s'", ni.URL, c.url)
 	}
 	return rc, err
+}
+
+// firstWarning reports whether the cache's failure to answer has not been
+// reported yet, and marks it reported: a cache that cannot be reached is
+// reported once per minute, not for every path.
+func (c *Cache) firstWarning() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.infoErr == nil || c.warned {
+		return c.infoErr == nil
+	}
+	c.warned = true
+	return true
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"cairn/internal/narinfo"
 	"cairn/internal/store"
@@ -423,7 +424,6 @@ func TestSharedJob(t *testing.T) {
 	if len(counts) != 3 {
 		t.Errorf("substitutions: %v", counts)
 	}
-	_ = fmt.Sprint
 }
 
 // TestStoreDirMismatch: a cache for another store dir is skipped with Nix's
@@ -456,5 +456,27 @@ func checkNoTemps(t *testing.T, root string) {
 			}
 			t.Errorf("temporary left: %s/%s", pd.Name(), e.Name())
 		}
+	}
+}
+
+// TestUnreachable: a cache that cannot be reached is skipped, and reported
+// once, however many paths are asked for.
+func TestUnreachable(t *testing.T) {
+	c, err := NewCache("http://127.0.0.1:1/", Options{HTTP: HTTPOptions{ConnectTimeout: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := newStore(t)
+	sub := New(st, 2)
+	log := &testLogger{}
+	cfg := Config{Caches: []*Cache{c}, RequireSigs: true}
+	for i := range 3 {
+		p := parsePath(t, fmt.Sprintf("/nix/store/0000000000000000000000000000000%d-x", i))
+		if err := sub.Realise(context.Background(), cfg, []storepath.StorePath{p}, log); !errors.Is(err, ErrNoSubstitute) {
+			t.Errorf("%s: %v, want ErrNoSubstitute", p, err)
+		}
+	}
+	if len(log.warnings) != 1 || !strings.Contains(log.warnings[0], "unable to download 'http://127.0.0.1:1/nix-cache-info'") {
+		t.Errorf("warnings: %q", log.warnings)
 	}
 }

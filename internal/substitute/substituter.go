@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -134,7 +135,7 @@ func (cfg Config) sorted(ctx context.Context, dir storepath.StoreDir, log Logger
 	for _, c := range cfg.Caches {
 		info, err := c.Info(ctx, dir)
 		if err != nil {
-			if log != nil && ctx.Err() == nil {
+			if log != nil && ctx.Err() == nil && c.firstWarning() {
 				log.Warn(err.Error())
 			}
 			continue
@@ -228,6 +229,63 @@ type job struct {
 	err    error
 	refs   int // guarded by Substituter.mu
 	cancel context.CancelFunc
+	fan    fanout // the loggers of every caller waiting
+}
+
+// fanout is a Logger telling every logger of a job's callers.
+type fanout struct {
+	mu   sync.Mutex
+	logs []Logger
+}
+
+func (f *fanout) add(l Logger) {
+	if l == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if reflect.TypeOf(l).Comparable() {
+		for _, m := range f.logs {
+			if reflect.TypeOf(m).Comparable() && m == l {
+				return
+			}
+		}
+	}
+	f.logs = append(f.logs, l)
+}
+
+func (f *fanout) snapshot() []Logger {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.logs)
+}
+
+func (f *fanout) Substituting(p storepath.StorePath, cacheURL string, narSize uint64) Activity {
+	var acts multiActivity
+	for _, l := range f.snapshot() {
+		acts = append(acts, l.Substituting(p, cacheURL, narSize))
+	}
+	return acts
+}
+
+func (f *fanout) Warn(msg string) {
+	for _, l := range f.snapshot() {
+		l.Warn(msg)
+	}
+}
+
+type multiActivity []Activity
+
+func (m multiActivity) Progress(done, expected uint64) {
+	for _, a := range m {
+		a.Progress(done, expected)
+	}
+}
+
+func (m multiActivity) Done() {
+	for _, a := range m {
+		a.Done()
+	}
 }
 
 // MaxDepth bounds the chain of references a substitution follows.
@@ -272,8 +330,9 @@ func (s *Substituter) ensure(ctx context.Context, cfg Config, p storepath.StoreP
 		j = &job{done: make(chan struct{}), cancel: cancel}
 		s.jobs[p] = j
 		next := append(slices.Clone(chain), p)
+		j.fan.add(log)
 		go func() {
-			j.err = s.substitute(jctx, cfg, p, log, next)
+			j.err = s.substitute(jctx, cfg, p, &j.fan, next)
 			s.mu.Lock()
 			delete(s.jobs, p)
 			s.mu.Unlock()
@@ -283,6 +342,7 @@ func (s *Substituter) ensure(ctx context.Context, cfg Config, p storepath.StoreP
 	}
 	j.refs++
 	s.mu.Unlock()
+	j.fan.add(log)
 	defer func() {
 		s.mu.Lock()
 		j.refs--
