@@ -59,6 +59,27 @@ func (a *substActivity) Progress(done, expected uint64) {
 	a.l.c.log.result(a.cp, protocol.ResProgress, protocol.IntField(done), protocol.IntField(expected), protocol.IntField(0), protocol.IntField(0))
 }
 
+// Downloading starts Nix's FileTransfer activity "downloading '…'" (fields:
+// the URL) under the Substitute activity; its Progress results carry the
+// file's bytes.
+func (a *substActivity) Downloading(url string) substitute.Activity {
+	log := a.l.c.log
+	id := log.startChild(protocol.LvlTalkative, protocol.ActFileTransfer, fmt.Sprintf("downloading '%s'", url), a.sub,
+		protocol.StringField(url))
+	return &transferActivity{c: a.l.c, id: id}
+}
+
+type transferActivity struct {
+	c  *conn
+	id uint64
+}
+
+func (t *transferActivity) Progress(done, expected uint64) {
+	t.c.log.result(t.id, protocol.ResProgress, protocol.IntField(done), protocol.IntField(expected), protocol.IntField(0), protocol.IntField(0))
+}
+
+func (t *transferActivity) Done() { t.c.log.StopActivity(t.id) }
+
 func (a *substActivity) Done() {
 	l := a.l
 	l.c.log.StopActivity(a.cp)

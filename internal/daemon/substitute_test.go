@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -198,4 +200,56 @@ func TestNixSubstitute(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestNixSubstituteHTTP: cairn daemon substitutes from an http:// cache on
+// loopback for Nix 2.8's nix-store -r, and the client receives Nix's
+// activities (Substitute, CopyPath, FileTransfer) with progress.
+func TestNixSubstituteHTTP(t *testing.T) {
+	nixtest.Require(t, "nix-store", "nix", "nix-instantiate")
+	sc := makeSubstCache(t)
+	srv := httptest.NewServer(http.FileServer(http.Dir(sc.dir)))
+	defer srv.Close()
+	td := newTestDaemon(t, [2]string{"substituters", srv.URL}, [2]string{"trusted-public-keys", sc.pub})
+	env := append(td.nixEnv(), "NIX_CONFIG=experimental-features = nix-command\nsubstituters = "+srv.URL+"\n")
+	r := runNix(env, "nix-store", "-r", "--log-format", "internal-json", "-v", sc.top)
+	if r.code != 0 || r.stdout != sc.top {
+		t.Fatalf("nix-store -r: %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	types := map[int]int{}
+	var progress bool
+	for _, line := range strings.Split(r.stderr, "\n") {
+		var m struct {
+			Action string `json:"action"`
+			Type   int    `json:"type"`
+			Fields []any  `json:"fields"`
+		}
+		if json.Unmarshal([]byte(strings.TrimPrefix(line, "@nix ")), &m) != nil {
+			continue
+		}
+		if m.Action == "start" {
+			types[m.Type]++
+		}
+		if n, ok := fieldNum(m.Fields, 0); m.Action == "result" && m.Type == 105 && len(m.Fields) == 4 && ok && n > 0 {
+			progress = true
+		}
+	}
+	// Three paths: a Substitute (108), CopyPath (100) and FileTransfer (101) each.
+	if types[108] != 3 || types[100] != 3 || types[101] != 3 || !progress {
+		t.Errorf("activities started by type %v, progress %v:\n%s", types, progress, r.stderr)
+	}
+	if testing.Verbose() {
+		t.Log(r.stderr)
+	}
+	if out, err := nixtest.Output(nil, "nix-store", "--store", "local?root="+td.cfg.Root, "--verify", "--check-contents"); err != nil {
+		t.Errorf("verify: %v %s", err, out)
+	}
+}
+
+func fieldNum(fields []any, i int) (float64, bool) {
+	if i >= len(fields) {
+		return 0, false
+	}
+	n, ok := fields[i].(float64)
+	return n, ok
 }

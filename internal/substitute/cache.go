@@ -249,3 +249,17 @@ func (c *Cache) firstWarning() bool {
 	c.warned = true
 	return true
 }
+
+// remote reports whether the cache is fetched over the network.
+func (c *Cache) remote() bool {
+	_, ok := c.backend.(*httpBackend)
+	return ok
+}
+
+// fileURL is the full URL of a file of the cache.
+func (c *Cache) fileURL(name string) string {
+	if h, ok := c.backend.(*httpBackend); ok {
+		return h.base + "/" + name
+	}
+	return c.url + "/" + name
+}

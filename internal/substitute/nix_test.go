@@ -165,10 +165,12 @@ func parsePath(t *testing.T, s string) storepath.StorePath {
 
 // testLogger records what a substitution reports.
 type testLogger struct {
-	mu       sync.Mutex
-	started  []string
-	warnings []string
-	bytes    uint64
+	mu         sync.Mutex
+	started    []string
+	warnings   []string
+	bytes      uint64
+	downloads  []string
+	downloaded uint64 // the largest progress of one download
 }
 
 type testActivity struct {
@@ -181,6 +183,23 @@ func (a testActivity) Progress(done, expected uint64) {
 	a.l.mu.Unlock()
 }
 func (a testActivity) Done() {}
+
+// Downloading counts the downloads and their bytes.
+func (a testActivity) Downloading(url string) Activity {
+	a.l.mu.Lock()
+	a.l.downloads = append(a.l.downloads, url)
+	a.l.mu.Unlock()
+	return downloadActivity{a.l}
+}
+
+type downloadActivity struct{ l *testLogger }
+
+func (d downloadActivity) Progress(done, expected uint64) {
+	d.l.mu.Lock()
+	d.l.downloaded = max(d.l.downloaded, done)
+	d.l.mu.Unlock()
+}
+func (d downloadActivity) Done() {}
 
 func (l *testLogger) Substituting(p storepath.StorePath, url string, narSize uint64) Activity {
 	l.mu.Lock()
@@ -273,10 +292,17 @@ func TestHTTPCache(t *testing.T) {
 	if found.NarInfo.NarSize == 0 || len(found.NarInfo.References) != 2 {
 		t.Errorf("narinfo: %+v", found.NarInfo)
 	}
-	if err := sub.Realise(context.Background(), cfg, []storepath.StorePath{parsePath(t, f.top)}, nil); err != nil {
+	log := &testLogger{}
+	if err := sub.Realise(context.Background(), cfg, []storepath.StorePath{parsePath(t, f.top)}, log); err != nil {
 		t.Fatal(err)
 	}
 	nixtest.Run(t, nil, "nix-store", "--store", "local?root="+root, "--verify", "--check-contents")
+	if len(log.downloads) != 3 || !strings.HasPrefix(log.downloads[0], srv.URL+"/nar/") {
+		t.Errorf("downloads reported: %q", log.downloads)
+	}
+	if log.downloaded == 0 || log.bytes == 0 {
+		t.Errorf("no progress: %d file bytes, %d NAR bytes", log.downloaded, log.bytes)
+	}
 	// A path the cache lacks.
 	missing := parsePath(t, "/nix/store/0000000000000000000000000000000a-missing")
 	err = sub.Realise(context.Background(), cfg, []storepath.StorePath{missing}, nil)

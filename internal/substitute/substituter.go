@@ -124,6 +124,13 @@ type Activity interface {
 	Done()
 }
 
+// Downloader is an Activity that also shows downloads (Nix's FileTransfer
+// activity, whose bytes its progress bar shows as "DL"): the NAR file of an
+// http(s) cache as it is read.
+type Downloader interface {
+	Downloading(url string) Activity
+}
+
 // sorted returns cfg's caches that answer, by priority (stable), checked
 // against the store dir.
 func (cfg Config) sorted(ctx context.Context, dir storepath.StoreDir, log Logger) []*Cache {
@@ -282,6 +289,16 @@ func (m multiActivity) Progress(done, expected uint64) {
 	}
 }
 
+func (m multiActivity) Downloading(url string) Activity {
+	var out multiActivity
+	for _, a := range m {
+		if d, ok := a.(Downloader); ok {
+			out = append(out, d.Downloading(url))
+		}
+	}
+	return out
+}
+
 func (m multiActivity) Done() {
 	for _, a := range m {
 		a.Done()
@@ -435,11 +452,18 @@ const progressEvery = 256 << 10
 func (p *progressReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
 	p.done += uint64(n)
-	if p.act != nil && (p.done-p.last >= progressEvery || err != nil) {
+	if p.done-p.last >= progressEvery || err != nil && p.done != p.last {
+		p.report()
+	}
+	return n, err
+}
+
+// report sends the progress so far, if any is new.
+func (p *progressReader) report() {
+	if p.act != nil && (p.done != p.last || p.done == 0) {
 		p.last = p.done
 		p.act.Progress(p.done, p.expected)
 	}
-	return n, err
 }
 
 // fetch downloads ni's NAR from c and adds it, checking FileSize, FileHash,
@@ -466,8 +490,13 @@ func (s *Substituter) fetch(ctx context.Context, c *Cache, ni *narinfo.NarInfo, 
 		file.h = nixhash.NewHasher(ni.FileHash.Algorithm())
 	}
 	var compressed io.Reader = rc
+	if d, ok := act.(Downloader); ok && c.remote() {
+		dl := d.Downloading(c.fileURL(ni.URL))
+		defer dl.Done()
+		compressed = &progressReader{r: compressed, act: dl, expected: ni.FileSize}
+	}
 	if ni.FileSize > 0 {
-		compressed = io.LimitReader(rc, int64(min(ni.FileSize, 1<<62))+1)
+		compressed = io.LimitReader(compressed, int64(min(ni.FileSize, 1<<62))+1)
 	}
 	compressed = io.TeeReader(compressed, file)
 	dec, release, err := decompressor(ni.Compression, compressed)
@@ -475,13 +504,18 @@ func (s *Substituter) fetch(ctx context.Context, c *Cache, ni *narinfo.NarInfo, 
 		return wrap(err)
 	}
 	defer release()
-	narStream := &progressReader{r: io.LimitReader(dec, int64(min(ni.NarSize, 1<<62))), act: act, expected: ni.NarSize}
+	var nar io.Reader = dec
+	if ni.NarSize > 0 { // old caches may leave it out
+		nar = io.LimitReader(dec, int64(min(ni.NarSize, 1<<62)))
+	}
+	narStream := &progressReader{r: nar, act: act, expected: ni.NarSize}
 
 	b := s.store.NewBatch()
 	defer b.Discard()
 	if err := b.AddNar(ctx, pathInfo(ni), narStream, store.AddNarOptions{}); err != nil {
 		return wrap(err)
 	}
+	narStream.report() // AddNar stops at the NAR's end, before any EOF
 	// The rest of the file: nothing more may decompress, and the
 	// compressed stream is read to its end (an xz or zstd stream checks
 	// its checksum there).
