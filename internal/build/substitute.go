@@ -96,9 +96,7 @@ func (b *Builder) trySubstitute(ctx context.Context, g *goal, r *request) (bool,
 	case onlyMissing(err) || r.opts.Fallback:
 		return false, nil
 	}
-	if r.log != nil {
-		r.log.Error(err.Error())
-	}
+	// The failures were logged as they happened.
 	return false, fmt.Errorf("some substitutes for the outputs of derivation '%s' failed (usually happens due to networking issues); try '--fallback' to build derivation from source ", hl(g.drvPath.String()))
 }
 

@@ -59,12 +59,13 @@ func (c *conn) buildOptions() build.Options {
 	o := build.OptionsFrom(&c.settings)
 	o.Subst = c.substConfig()
 	co := c.options
-	if co.UseBuildHook || co.MaxBuildJobs != 0 || co.BuildCores != 0 { // SetOptions was sent
+	if c.optionsSent() {
 		o.KeepFailed = co.KeepFailed
 		o.KeepGoing = co.KeepGoing
 		o.MaxJobs = int(min(co.MaxBuildJobs, 1<<16))
 		o.MaxSilentTime = secondsOf(co.MaxSilentTime)
 		o.Cores = int(min(co.BuildCores, 1<<16))
+		o.Fallback = co.TryFallback
 	}
 	return o
 }
@@ -331,4 +332,11 @@ func workerExitStatus(failed []build.Result) int {
 		return 1
 	}
 	return mask | 0x60
+}
+
+// optionsSent reports whether the client sent SetOptions (every Nix client
+// does, with a non-zero useBuildHook, maxBuildJobs or buildCores).
+func (c *conn) optionsSent() bool {
+	co := c.options
+	return co.UseBuildHook || co.MaxBuildJobs != 0 || co.BuildCores != 0
 }

@@ -1175,15 +1175,24 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 	if len(opaque) > 0 {
 		if err := c.ensurePaths(opaque); err != nil {
 			var ne *substitute.NotFoundError
-			if errors.As(err, &ne) {
-				if len(c.substConfig().Caches) > 0 {
-					// Nix 2.8: the substitution goal failed with no
-					// error of its own.
-					return fmt.Errorf("build of %s failed", hl("'"+ne.Path.String()+"'"))
-				}
+			if errors.As(err, &ne) && len(c.substConfig().Caches) == 0 {
 				return fmt.Errorf("path '%s' is required, but there is no substituter that can build it", hl(ne.Path.String()))
 			}
-			return err
+			if c.ctx.Err() != nil {
+				return err
+			}
+			// Nix 2.8: the failures were logged as they happened; the
+			// request fails naming the wanted paths still missing.
+			var failed []string
+			for _, p := range opaque {
+				if ok, verr := c.isValid(p); verr == nil && !ok {
+					failed = append(failed, "'"+p.String()+"'")
+				}
+			}
+			if len(failed) == 0 {
+				return err
+			}
+			return fmt.Errorf("build of %s failed", hl(strings.Join(failed, ", ")))
 		}
 	}
 	if len(targets) > 0 {

@@ -13,9 +13,15 @@ import (
 
 // substConfig is the connection's substitution settings: the daemon's
 // substituters, or the client's where the daemon trusts them (settings.go),
-// trusted-public-keys, require-sigs; none with substitute = false.
+// trusted-public-keys, require-sigs; none with substitute = false or when
+// SetOptions' useSubstitutes is false (nix-daemon 2.8 applies that field
+// for every client).
 func (c *conn) substConfig() substitute.Config {
-	return substitute.ConfigFrom(&c.settings, c.log.Warn)
+	cfg := substitute.ConfigFrom(&c.settings, c.log.Warn)
+	if c.optionsSent() && !c.options.UseSubstitutes {
+		cfg.Caches = nil
+	}
+	return cfg
 }
 
 // substCounts are the numbers of a request's CopyPaths activity.

@@ -208,6 +208,8 @@ func (l *testLogger) Substituting(p storepath.StorePath, url string, narSize uin
 	return testActivity{l}
 }
 
+func (l *testLogger) Error(msg string) { l.Warn("error: " + msg) }
+
 func (l *testLogger) Warn(msg string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -329,8 +331,8 @@ func TestSignatures(t *testing.T) {
 		requireSigs bool
 		wantErr     string
 	}{
-		{"unsigned refused", unsigned, []narinfo.PublicKey{f.pub}, true, "is not signed by any of the keys"},
-		{"wrong key refused", f.caches["none"], []narinfo.PublicKey{other}, true, "is not signed by any of the keys"},
+		{"unsigned refused", unsigned, []narinfo.PublicKey{f.pub}, true, "with a signature by a key in 'trusted-public-keys'"},
+		{"wrong key refused", f.caches["none"], []narinfo.PublicKey{other}, true, "with a signature by a key in 'trusted-public-keys'"},
 		{"unsigned accepted without require-sigs", unsigned, nil, false, ""},
 		{"signed accepted", f.caches["none"], []narinfo.PublicKey{f.pub}, true, ""},
 	} {

@@ -21,10 +21,17 @@ import (
 // ErrNoSubstitute says no cache of the Config has a path.
 var ErrNoSubstitute = errors.New("no substituter has the path")
 
-// NotFoundError says no cache has Path; it matches ErrNoSubstitute.
-type NotFoundError struct{ Path storepath.StorePath }
+// NotFoundError says no cache has Path (with Unsigned: none that has it
+// signed by a trusted key); it matches ErrNoSubstitute.
+type NotFoundError struct {
+	Path     storepath.StorePath
+	Unsigned bool
+}
 
 func (e *NotFoundError) Error() string {
+	if e.Unsigned {
+		return fmt.Sprintf("path '%s' is in no binary cache with a signature by a key in 'trusted-public-keys'", e.Path)
+	}
 	return fmt.Sprintf("path '%s' is not in any binary cache", e.Path)
 }
 
@@ -114,8 +121,12 @@ type Logger interface {
 	// Substituting says p is being copied from cacheURL; the NAR is
 	// narSize bytes. The returned Activity gets the bytes as they come.
 	Substituting(p storepath.StorePath, cacheURL string, narSize uint64) Activity
-	// Warn reports a cache that was skipped and why.
+	// Warn reports a cache that was skipped and why (an unsigned narinfo,
+	// a cache that cannot be reached).
 	Warn(msg string)
+	// Error reports a substitution that failed (a download, a hash
+	// mismatch), as Nix prints it before trying the next cache.
+	Error(msg string)
 }
 
 // Activity is one substitution's progress.
@@ -281,6 +292,12 @@ func (f *fanout) Warn(msg string) {
 	}
 }
 
+func (f *fanout) Error(msg string) {
+	for _, l := range f.snapshot() {
+		l.Error(msg)
+	}
+}
+
 type multiActivity []Activity
 
 func (m multiActivity) Progress(done, expected uint64) {
@@ -379,13 +396,20 @@ func (s *Substituter) ensure(ctx context.Context, cfg Config, p storepath.StoreP
 // substitute tries p's caches in priority order.
 func (s *Substituter) substitute(ctx context.Context, cfg Config, p storepath.StorePath, log Logger, chain []storepath.StorePath) error {
 	var errs []error
+	unsigned := false
 	for _, c := range cfg.sorted(ctx, p.Dir(), log) {
 		ni, err := c.NarInfo(ctx, p)
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}
 		if err == nil && !cfg.Trusted(c, ni) {
-			err = fmt.Errorf("the substitute for '%s' from '%s' is not signed by any of the keys in 'trusted-public-keys'", p, c.URL())
+			// As if the cache did not have it (Nix tries the next one,
+			// and a derivation then builds without --fallback).
+			if log != nil {
+				log.Warn(fmt.Sprintf("the substitute for '%s' from '%s' is not signed by any of the keys in 'trusted-public-keys'", p, c.URL()))
+			}
+			unsigned = true
+			continue
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -411,7 +435,7 @@ func (s *Substituter) substitute(ctx context.Context, cfg Config, p storepath.St
 				return ctx.Err()
 			}
 			if log != nil {
-				log.Warn(err.Error())
+				log.Error(err.Error())
 			}
 			errs = append(errs, err)
 			continue
@@ -421,7 +445,7 @@ func (s *Substituter) substitute(ctx context.Context, cfg Config, p storepath.St
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	return &NotFoundError{Path: p}
+	return &NotFoundError{Path: p, Unsigned: unsigned}
 }
 
 // countingHasher counts and hashes what passes through it.
