@@ -250,11 +250,19 @@ type job struct {
 	fan    fanout // the loggers of every caller waiting
 }
 
-// fanout is a Logger telling every logger of a job's callers.
+// fanout is a Logger telling the loggers of a job's callers that still
+// wait (counted: one request may wait on a path through several parents).
 type fanout struct {
 	mu   sync.Mutex
-	logs []Logger
+	logs []fanEntry
 }
+
+type fanEntry struct {
+	l Logger
+	n int
+}
+
+func isComparable(l Logger) bool { return reflect.TypeOf(l).Comparable() }
 
 func (f *fanout) add(l Logger) {
 	if l == nil {
@@ -262,20 +270,42 @@ func (f *fanout) add(l Logger) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if reflect.TypeOf(l).Comparable() {
-		for _, m := range f.logs {
-			if reflect.TypeOf(m).Comparable() && m == l {
+	if isComparable(l) {
+		for i := range f.logs {
+			if isComparable(f.logs[i].l) && f.logs[i].l == l {
+				f.logs[i].n++
 				return
 			}
 		}
 	}
-	f.logs = append(f.logs, l)
+	f.logs = append(f.logs, fanEntry{l, 1})
+}
+
+// remove drops one count of l: a caller that stopped waiting hears no more.
+func (f *fanout) remove(l Logger) {
+	if l == nil || !isComparable(l) {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range f.logs {
+		if isComparable(f.logs[i].l) && f.logs[i].l == l {
+			if f.logs[i].n--; f.logs[i].n == 0 {
+				f.logs = slices.Delete(f.logs, i, i+1)
+			}
+			return
+		}
+	}
 }
 
 func (f *fanout) snapshot() []Logger {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.Clone(f.logs)
+	out := make([]Logger, len(f.logs))
+	for i, e := range f.logs {
+		out[i] = e.l
+	}
+	return out
 }
 
 func (f *fanout) Substituting(p storepath.StorePath, cacheURL string, narSize uint64) Activity {
@@ -359,25 +389,30 @@ func (s *Substituter) ensure(ctx context.Context, cfg Config, p storepath.StoreP
 	}
 	s.mu.Lock()
 	j := s.jobs[p]
-	if j == nil {
-		jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	start := j == nil
+	var jctx context.Context
+	if start {
+		var cancel context.CancelFunc
+		jctx, cancel = context.WithCancel(context.WithoutCancel(ctx))
 		j = &job{done: make(chan struct{}), cancel: cancel}
 		s.jobs[p] = j
+	}
+	j.refs++
+	j.fan.add(log) // before the job starts: its first caller hears it all
+	s.mu.Unlock()
+	if start {
 		next := append(slices.Clone(chain), p)
-		j.fan.add(log)
 		go func() {
 			j.err = s.substitute(jctx, cfg, p, &j.fan, next)
 			s.mu.Lock()
 			delete(s.jobs, p)
 			s.mu.Unlock()
-			cancel()
+			j.cancel()
 			close(j.done)
 		}()
 	}
-	j.refs++
-	s.mu.Unlock()
-	j.fan.add(log)
 	defer func() {
+		j.fan.remove(log)
 		s.mu.Lock()
 		j.refs--
 		if j.refs == 0 {
