@@ -1040,11 +1040,24 @@ func (c *conn) queryMissing(paths []protocol.DerivedPath) (*protocol.MissingInfo
 			mi.DownloadSize += info.DownloadSize
 			mi.NarSize += info.NarSize
 		}
+		var refs []storepath.StorePath
 		for _, info := range infos {
 			for _, ref := range info.References {
-				if err := visit(protocol.DerivedPath{Path: ref}); err != nil {
-					return err
+				if !seen[ref.String()] {
+					refs = append(refs, ref)
 				}
+			}
+		}
+		if len(refs) > 1 {
+			valid, err := c.validPaths(refs)
+			if err != nil {
+				return err
+			}
+			substitute.Prefetch(c.ctx, cfg, slices.DeleteFunc(slices.Clone(refs), func(p storepath.StorePath) bool { return valid[p] }))
+		}
+		for _, ref := range refs {
+			if err := visit(protocol.DerivedPath{Path: ref}); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -1128,6 +1141,19 @@ func (c *conn) queryMissing(paths []protocol.DerivedPath) (*protocol.MissingInfo
 		}
 		return nil
 	}
+	var opaque []storepath.StorePath
+	for _, dp := range paths {
+		if !dp.Built {
+			opaque = append(opaque, dp.Path)
+		}
+	}
+	if len(opaque) > 1 {
+		valid, err := c.validPaths(opaque)
+		if err != nil {
+			return nil, err
+		}
+		substitute.Prefetch(c.ctx, cfg, slices.DeleteFunc(opaque, func(p storepath.StorePath) bool { return valid[p] }))
+	}
 	for _, dp := range paths {
 		if err := visit(dp); err != nil {
 			return nil, err
@@ -1161,6 +1187,10 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 				results[i].Status = protocol.Substituted
 			}
 			continue
+		}
+		if ok, err := c.isValid(dp.Path); err == nil && !ok && dp.Path.IsDerivation() {
+			// Nix 2.8 does not substitute a missing .drv here.
+			return fmt.Errorf("cannot build missing derivation '%s'", hl(dp.Path.String()))
 		}
 		if _, err := c.readDerivation(dp.Path); err != nil {
 			return err

@@ -158,3 +158,16 @@ func (c *conn) substitutableIn(cfg substitute.Config, paths []storepath.StorePat
 
 var _ build.Logger = (*buildLogger)(nil)
 var _ substitute.Logger = (*buildLogger)(nil)
+
+// validPaths returns which of paths are valid.
+func (c *conn) validPaths(paths []storepath.StorePath) (map[storepath.StorePath]bool, error) {
+	out := map[storepath.StorePath]bool{}
+	for _, p := range paths {
+		ok, err := c.isValid(p)
+		if err != nil {
+			return nil, err
+		}
+		out[p] = ok
+	}
+	return out, nil
+}

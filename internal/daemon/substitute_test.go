@@ -48,6 +48,7 @@ type substCache struct {
 	dir, pub      string
 	dep, mid, top string
 	drvExpr       string // evaluates to the derivation
+	drv           string // its .drv, in the cache
 	drvOut        string // its output path, in the cache
 }
 
@@ -76,14 +77,14 @@ func makeSubstCache(t *testing.T) *substCache {
 	sc.top = "/nix/store/3k4x8vq2w0c7hz1mfgrwg3k2dh9ld6s1-top"
 	imp(sc.top, "#!/bin/sh\nexec "+sc.mid+"/run # "+sc.top+"\n", []string{sc.mid, sc.top}, "/nix/store/2sywk8y9zb6m4ps5vgj7ajqpk7mwli6l-top.drv")
 	// The derivation's output, made without building it.
-	drv := src.Run(t, nil, "nix-instantiate", "--expr", sc.drvExpr)
-	sc.drvOut = src.Run(t, nil, "nix-store", "-q", "--outputs", drv)
-	imp(sc.drvOut, "#!/bin/sh\necho from the cache "+sc.mid+"\n", []string{sc.mid}, drv)
+	sc.drv = src.Run(t, nil, "nix-instantiate", "--expr", sc.drvExpr)
+	sc.drvOut = src.Run(t, nil, "nix-store", "-q", "--outputs", sc.drv)
+	imp(sc.drvOut, "#!/bin/sh\necho from the cache "+sc.mid+"\n", []string{sc.mid}, sc.drv)
 	sec, pub := filepath.Join(dir, "key.sec"), filepath.Join(dir, "key.pub")
 	nixtest.Run(t, nil, "nix-store", "--generate-binary-cache-key", "cairn-daemon-test-1", sec, pub)
 	b, _ := os.ReadFile(pub)
 	sc.pub = strings.TrimSpace(string(b))
-	src.Run(t, nil, "nix", "copy", "--to", "file://"+sc.dir+"?compression=xz&secret-key="+sec, sc.top, sc.drvOut)
+	src.Run(t, nil, "nix", "copy", "--to", "file://"+sc.dir+"?compression=xz&secret-key="+sec, sc.top, sc.drvOut, sc.drv)
 	return sc
 }
 
@@ -172,6 +173,10 @@ func TestNixSubstitute(t *testing.T) {
 	}
 
 	// A derivation whose output the cache has.
+	// A .drv that is not valid is not substituted by Nix 2.8.
+	if o, n := ours("nix-store", "-r", sc.drv), theirs("nix-store", "-r", sc.drv); o.code != n.code || lastLine(o.stderr) != lastLine(n.stderr) {
+		t.Errorf("missing .drv: cairn %d %q, nix-daemon %d %q", o.code, lastLine(o.stderr), n.code, lastLine(n.stderr))
+	}
 	drvO, drvN := ours("nix-instantiate", "--expr", sc.drvExpr), theirs("nix-instantiate", "--expr", sc.drvExpr)
 	if drvO.code != 0 || drvO.stdout != drvN.stdout {
 		t.Fatalf("nix-instantiate: %+v %+v", drvO, drvN)

@@ -613,3 +613,25 @@ func (cfg Config) MassQuery(ctx context.Context, dir storepath.StoreDir) Config 
 	}
 	return out
 }
+
+// prefetchJobs bounds the concurrent lookups of Prefetch.
+const prefetchJobs = 16
+
+// Prefetch looks paths up in cfg's caches concurrently, so that the Query
+// calls that follow (a closure walked one path at a time) are answered from
+// the caches' memory. Errors are left for those calls.
+func Prefetch(ctx context.Context, cfg Config, paths []storepath.StorePath) {
+	if len(paths) < 2 || len(cfg.Caches) == 0 {
+		return
+	}
+	sem := make(chan struct{}, prefetchJobs)
+	var wg sync.WaitGroup
+	for _, p := range paths {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			Query(ctx, cfg, p, nil)
+		})
+	}
+	wg.Wait()
+}
