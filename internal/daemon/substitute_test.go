@@ -4,16 +4,24 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"cairn/internal/protocol"
 	"cairn/internal/store/storetest"
+	"cairn/internal/storepath"
 	"cairn/internal/testutil/nixtest"
+	"cairn/internal/wire"
 )
 
 // exportOne builds what nix-store --export writes for one path, so that
@@ -257,4 +265,85 @@ func fieldNum(fields []any, i int) (float64, bool) {
 	}
 	n, ok := fields[i].(float64)
 	return n, ok
+}
+
+// dialSocket is testDaemon.dial for any daemon's socket.
+func dialSocket(t *testing.T, sock string) *client {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(time.Minute))
+	cl := &client{t: t, c: c, r: wire.NewReader(c), w: wire.NewWriter(c)}
+	cl.r.StoreDir = storepath.DefaultStoreDir
+	di, err := protocol.ClientHandshake(cl.r, cl.w, protocol.ClientConfig{Version: protocol.Nix28}, func(m *protocol.Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.info, cl.p = di, di.Params
+	return cl
+}
+
+// TestSubstituteQueries sends the substitute queries (QuerySubstitutablePaths,
+// HasSubstitutes, QuerySubstitutablePathInfos, the old
+// QuerySubstitutablePathInfo) to cairn daemon and nix-daemon 2.8 with the same
+// cache, with and without WantMassQuery, and compares the replies.
+func TestSubstituteQueries(t *testing.T) {
+	nixtest.Require(t, "nix-store", "nix", "nix-instantiate", "nix-daemon")
+	sc := makeSubstCache(t)
+	missing := "/nix/store/0000000000000000000000000000000a-missing"
+	paths := []storepath.StorePath{mustParse(t, sc.top), mustParse(t, sc.dep), mustParse(t, missing)}
+	for _, mass := range []bool{false, true} {
+		t.Run(fmt.Sprintf("WantMassQuery=%v", mass), func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "cache")
+			if out, err := nixtest.Output(nil, "cp", "-a", sc.dir, dir); err != nil {
+				t.Fatalf("cp: %v %s", err, out)
+			}
+			if mass {
+				os.Chmod(filepath.Join(dir, "nix-cache-info"), 0o644)
+				os.WriteFile(filepath.Join(dir, "nix-cache-info"), []byte("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"), 0o644)
+			}
+			cache := "file://" + dir
+			td := newTestDaemon(t, [2]string{"substituters", cache}, [2]string{"trusted-public-keys", sc.pub})
+			ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "substituters", cache,
+				"--option", "trusted-public-keys", sc.pub})
+			ours, theirs := dialSocket(t, td.sock), dialSocket(t, ref.Socket)
+			for _, req := range []protocol.Request{
+				&protocol.PathsRequest{Code: protocol.OpQuerySubstitutablePaths, Paths: paths},
+				&protocol.PathRequest{Code: protocol.OpHasSubstitutes, Path: paths[0]},
+				&protocol.PathRequest{Code: protocol.OpHasSubstitutes, Path: paths[2]},
+				&protocol.QuerySubstitutablePathInfosRequest{Paths: paths},
+				&protocol.PathRequest{Code: protocol.OpQuerySubstitutablePathInfo, Path: paths[0]},
+				&protocol.PathRequest{Code: protocol.OpQuerySubstitutablePathInfo, Path: paths[2]},
+			} {
+				o, oerr := ours.call(req, nil)
+				n, nerr := theirs.call(req, nil)
+				if (oerr != nil) != (nerr != nil) {
+					t.Errorf("%v: cairn error %v, nix-daemon error %v", req.Op(), oerr, nerr)
+					continue
+				}
+				if si, ok := n.(*protocol.SubstitutablePathInfosReply); ok {
+					if len(si.Infos) != 2 {
+						t.Errorf("nix-daemon knows %d of the paths, want 2 (the test proves nothing)", len(si.Infos))
+					}
+					slices.SortFunc(si.Infos, func(a, b protocol.SubstitutablePathInfo) int { return storepath.Compare(a.Path, b.Path) })
+					slices.SortFunc(o.(*protocol.SubstitutablePathInfosReply).Infos, func(a, b protocol.SubstitutablePathInfo) int { return storepath.Compare(a.Path, b.Path) })
+				}
+				if !reflect.DeepEqual(o, n) {
+					t.Errorf("%v %v:\ncairn      %+v\nnix-daemon %+v", req.Op(), req, o, n)
+				}
+			}
+		})
+	}
+}
+
+func mustParse(t *testing.T, s string) storepath.StorePath {
+	t.Helper()
+	p, err := storepath.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

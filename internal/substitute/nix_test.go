@@ -508,3 +508,83 @@ func TestUnreachable(t *testing.T) {
 		t.Errorf("warnings: %q", log.warnings)
 	}
 }
+
+// TestPriority: of two caches that have a path, the one with the lower
+// Priority is used, whatever the order of the substituters setting; a URL's
+// ?priority= overrides nix-cache-info's.
+func TestPriority(t *testing.T) {
+	f := newFixture(t)
+	a, b := copyDir(t, f.caches["none"]), copyDir(t, f.caches["zstd"])
+	for _, d := range []struct{ dir, prio string }{{a, "60"}, {b, "20"}} {
+		name := filepath.Join(d.dir, "nix-cache-info")
+		os.Chmod(name, 0o644)
+		writeFile(t, name, "StoreDir: /nix/store\nPriority: "+d.prio+"\n", 0o644)
+	}
+	for _, tc := range []struct {
+		name string
+		urls []string
+		want string
+	}{
+		{"lower priority first", []string{"file://" + a, "file://" + b}, "file://" + b},
+		{"order does not matter", []string{"file://" + b, "file://" + a}, "file://" + b},
+		{"URL priority wins", []string{"file://" + a + "?priority=10", "file://" + b}, "file://" + a + "?priority=10"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cfg Config
+			for _, u := range tc.urls {
+				c, err := NewCache(u, Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.Caches = append(cfg.Caches, c)
+			}
+			cfg.Keys, cfg.RequireSigs = []narinfo.PublicKey{f.pub}, true
+			st, _ := newStore(t)
+			log := &testLogger{}
+			if err := New(st, 2).Realise(context.Background(), cfg, []storepath.StorePath{parsePath(t, f.mid)}, log); err != nil {
+				t.Fatal(err)
+			}
+			if len(log.started) != 2 {
+				t.Errorf("substitutions: %q, want mid and dep", log.started)
+			}
+			for _, s := range log.started {
+				if !strings.HasSuffix(s, " "+tc.want) {
+					t.Errorf("substituted %s, want from %s", s, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// TestNegativeTTL: a path a cache lacked stays absent for
+// narinfo-cache-negative-ttl, and is found once it expires.
+func TestNegativeTTL(t *testing.T) {
+	f := newFixture(t)
+	top := parsePath(t, f.top)
+	for _, tc := range []struct {
+		name      string
+		ttl       time.Duration
+		wantFound bool
+	}{{"remembered", time.Hour, false}, {"expired", 0, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := copyDir(t, f.caches["none"])
+			niFile := filepath.Join(dir, top.HashPart()+".narinfo")
+			saved := niFile + ".saved"
+			if err := os.Rename(niFile, saved); err != nil {
+				t.Fatal(err)
+			}
+			c, err := NewCache("file://"+dir, Options{NegativeTTL: tc.ttl, PositiveTTL: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.NarInfo(context.Background(), top); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("first lookup: %v", err)
+			}
+			os.Rename(saved, niFile)
+			_, err = c.NarInfo(context.Background(), top)
+			if found := err == nil; found != tc.wantFound {
+				t.Errorf("after the narinfo appeared: found %v (%v), want %v", found, err, tc.wantFound)
+			}
+		})
+	}
+}
