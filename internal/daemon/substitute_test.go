@@ -347,3 +347,50 @@ func mustParse(t *testing.T, s string) storepath.StorePath {
 	}
 	return p
 }
+
+// TestNixSubstituteThenBuild: a derivation whose input derivation's output
+// is in the cache (and its own is not) gets the input substituted and is
+// built, through cairn daemon and nix-daemon 2.8 (in its sandbox): the same
+// output path and NAR hash.
+func TestNixSubstituteThenBuild(t *testing.T) {
+	nixtest.Require(t, "nix-store", "nix", "nix-instantiate", "nix-daemon")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	sc := makeSubstCache(t)
+	cache := "file://" + sc.dir
+	td := newTestDaemon(t, [2]string{"substituters", cache}, [2]string{"trusted-public-keys", sc.pub},
+		[2]string{"sandbox-paths", "/bin/sh=/bin/busybox"})
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "substituters", cache,
+		"--option", "trusted-public-keys", sc.pub, "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
+	clientConf := "NIX_CONFIG=experimental-features = nix-command\nsubstituters = " + cache + "\n"
+	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root, clientConf}
+	ourEnv := append(td.nixEnv(), clientConf)
+	expr := `let cached = ` + sc.drvExpr + `; in derivation { name = "uses-cached"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "read line < ${cached}/run; echo $line > $out" ]; }`
+	var outs [2]nixRun
+	for i, env := range [][]string{ourEnv, refEnv} {
+		drv := runNix(env, "nix-instantiate", "--expr", expr)
+		if drv.code != 0 {
+			t.Fatalf("nix-instantiate: %s", drv.stderr)
+		}
+		outs[i] = runNix(env, "nix-store", "-r", drv.stdout)
+	}
+	o, n := outs[0], outs[1]
+	if n.code != 0 {
+		if strings.Contains(n.stderr, "sandbox") {
+			t.Skipf("Nix's own sandbox does not work here: %s", n.stderr)
+		}
+		t.Fatalf("nix-daemon: %s", n.stderr)
+	}
+	if o.code != 0 || o.stdout != n.stdout {
+		t.Fatalf("cairn %d %q\n%s\nnix-daemon %q", o.code, o.stdout, o.stderr, n.stdout)
+	}
+	for _, r := range []nixRun{o, n} {
+		if !strings.Contains(r.stderr, "copying path '"+sc.drvOut+"' from") || strings.Contains(r.stderr, "from-cache.drv'...") {
+			t.Errorf("the input was not substituted:\n%s", r.stderr)
+		}
+	}
+	if got, want := pathInfos(t, ourEnv, o.stdout), pathInfos(t, refEnv, n.stdout); got != want {
+		t.Errorf("path-info:\ncairn %s\nnix-daemon %s", got, want)
+	}
+}
