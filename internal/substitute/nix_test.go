@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"cairn/internal/narinfo"
+	"cairn/internal/nixhash"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
@@ -586,5 +587,37 @@ func TestNegativeTTL(t *testing.T) {
 				t.Errorf("after the narinfo appeared: found %v (%v), want %v", found, err, tc.wantFound)
 			}
 		})
+	}
+}
+
+// TestUnboundedFile: a narinfo without FileSize whose xz file goes on after
+// the NAR (stream padding, which xz allows) is refused once past what
+// compressing the NAR could take.
+func TestUnboundedFile(t *testing.T) {
+	f := newFixture(t)
+	top := parsePath(t, f.top)
+	dir := copyDir(t, f.caches["xz"])
+	ni := readNarInfo(t, dir, top)
+	name := filepath.Join(dir, ni.URL)
+	os.Chmod(name, 0o644)
+	fh, err := os.OpenFile(name, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.Write(make([]byte, (ni.NarSize+ni.NarSize/8+fileSlack+4096)&^3))
+	fh.Close()
+	ni.FileSize, ni.FileHash = 0, nixhash.Hash{}
+	text, _ := ni.MarshalText()
+	niFile := filepath.Join(dir, top.HashPart()+".narinfo")
+	os.Chmod(niFile, 0o644)
+	writeFile(t, niFile, string(text), 0o644)
+	st, _ := newStore(t)
+	cfg := cacheConfig(t, f, "file://"+dir, true)
+	err = New(st, 2).Realise(context.Background(), cfg, []storepath.StorePath{top}, nil)
+	if err == nil || !strings.Contains(err.Error(), "the file is larger than") {
+		t.Errorf("error %v, want the file refused as too large", err)
+	}
+	if ok, _ := st.IsValidPath(context.Background(), top); ok {
+		t.Error("registered")
 	}
 }

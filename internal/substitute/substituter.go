@@ -525,6 +525,27 @@ func (p *progressReader) report() {
 	}
 }
 
+// Bounds on a NAR file and a NAR whose narinfo does not give the size.
+const (
+	// MaxUnknownSize bounds a file or NAR of unknown size (1 TiB).
+	MaxUnknownSize = 1 << 40
+	// fileSlack is what compression may add to a NAR beyond an eighth of its
+	// size (headers, incompressible blocks).
+	fileSlack = 1 << 20
+)
+
+// fileLimit is how many bytes of ni's file are read at most: its FileSize,
+// else what compressing NarSize bytes could take, else MaxUnknownSize.
+func fileLimit(ni *narinfo.NarInfo) uint64 {
+	switch {
+	case ni.FileSize > 0:
+		return min(ni.FileSize, MaxUnknownSize)
+	case ni.NarSize > 0:
+		return min(ni.NarSize+ni.NarSize/8+fileSlack, MaxUnknownSize)
+	}
+	return MaxUnknownSize
+}
+
 // fetch downloads ni's NAR from c and adds it, checking FileSize, FileHash,
 // NarSize and NarHash; on any mismatch nothing is registered.
 func (s *Substituter) fetch(ctx context.Context, c *Cache, ni *narinfo.NarInfo, log Logger) (err error) {
@@ -554,19 +575,19 @@ func (s *Substituter) fetch(ctx context.Context, c *Cache, ni *narinfo.NarInfo, 
 		defer dl.Done()
 		compressed = &progressReader{r: compressed, act: dl, expected: ni.FileSize}
 	}
-	if ni.FileSize > 0 {
-		compressed = io.LimitReader(compressed, int64(min(ni.FileSize, 1<<62))+1)
-	}
+	limit := fileLimit(ni)
+	compressed = io.LimitReader(compressed, int64(limit)+1)
 	compressed = io.TeeReader(compressed, file)
 	dec, release, err := decompressor(ni.Compression, compressed)
 	if err != nil {
 		return wrap(err)
 	}
 	defer release()
-	var nar io.Reader = dec
-	if ni.NarSize > 0 { // old caches may leave it out
-		nar = io.LimitReader(dec, int64(min(ni.NarSize, 1<<62)))
+	narLimit := ni.NarSize
+	if narLimit == 0 { // old caches may leave it out
+		narLimit = MaxUnknownSize
 	}
+	nar := io.LimitReader(dec, int64(min(narLimit, MaxUnknownSize)))
 	narStream := &progressReader{r: nar, act: act, expected: ni.NarSize}
 
 	b := s.store.NewBatch()
@@ -586,6 +607,9 @@ func (s *Substituter) fetch(ctx context.Context, c *Cache, ni *narinfo.NarInfo, 
 	}
 	if _, err := io.Copy(io.Discard, compressed); err != nil {
 		return wrap(err)
+	}
+	if file.n > limit {
+		return wrap(fmt.Errorf("the file is larger than %d bytes", limit))
 	}
 	if ni.FileSize > 0 && file.n != ni.FileSize {
 		return wrap(fmt.Errorf("%w: file size is %d, the narinfo says %d", store.ErrHashMismatch, file.n, ni.FileSize))
