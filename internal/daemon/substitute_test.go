@@ -394,3 +394,30 @@ func TestNixSubstituteThenBuild(t *testing.T) {
 		t.Errorf("path-info:\ncairn %s\nnix-daemon %s", got, want)
 	}
 }
+
+// TestUntrustedSubstituters: an untrusted client's substituters are used
+// only when the daemon lists them in trusted-substituters (else ignored
+// with nix-daemon's warning), as nix-daemon 2.8.
+func TestUntrustedSubstituters(t *testing.T) {
+	nixtest.Require(t, "nix-store", "nix")
+	sc := makeSubstCache(t)
+	cache := "file://" + sc.dir
+	for _, tc := range []struct {
+		name    string
+		trusted string // the daemon's trusted-substituters
+		want    bool   // substituted
+	}{{"listed", cache, true}, {"not listed", "", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			td := newTestDaemon(t, [2]string{"trusted-substituters", tc.trusted}, [2]string{"trusted-public-keys", sc.pub})
+			td.setDecision(Decision{User: "someone", UID: uint32(os.Getuid()), Allowed: true})
+			env := append(td.nixEnv(), "NIX_CONFIG=experimental-features = nix-command\nsubstituters = "+cache+"\n")
+			r := runNix(env, "nix-store", "-r", sc.top)
+			if (r.code == 0) != tc.want {
+				t.Errorf("nix-store -r: %d\n%s", r.code, r.stderr)
+			}
+			if !tc.want && !strings.Contains(r.stderr, "ignoring untrusted substituter '"+cache+"'") {
+				t.Errorf("no warning:\n%s", r.stderr)
+			}
+		})
+	}
+}
