@@ -28,7 +28,7 @@ func TestBuildSubstitutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src.Run(t, exportForTest(nar, top, []string{dep}), "nix-store", "--import")
+	src.Run(t, nixtest.ExportStream(nar, top, []string{dep}, ""), "nix-store", "--import")
 	sec, pub := filepath.Join(dir, "k.sec"), filepath.Join(dir, "k.pub")
 	nixtest.Run(t, nil, "nix-store", "--generate-binary-cache-key", "cli-test-1", sec, pub)
 	cache := filepath.Join(dir, "cache")
@@ -66,33 +66,4 @@ func TestBuildSubstitutes(t *testing.T) {
 	if _, _, err := run(missing); err == nil || !strings.Contains(err.Error(), "is required, but there is no substituter that can build it") {
 		t.Errorf("missing path: %v", err)
 	}
-}
-
-// exportForTest is nix-store --export's stream of one path.
-func exportForTest(nar []byte, path string, refs []string) []byte {
-	var b bytes.Buffer
-	num := func(n uint64) {
-		var x [8]byte
-		for i := range x {
-			x[i] = byte(n >> (8 * i))
-		}
-		b.Write(x[:])
-	}
-	str := func(s string) {
-		num(uint64(len(s)))
-		b.WriteString(s)
-		b.Write(make([]byte, (8-len(s)%8)%8))
-	}
-	num(1)
-	b.Write(nar)
-	num(0x4558494e)
-	str(path)
-	num(uint64(len(refs)))
-	for _, r := range refs {
-		str(r)
-	}
-	str("")
-	num(0)
-	num(0)
-	return b.Bytes()
 }

@@ -1,8 +1,6 @@
 package daemon
 
 import (
-	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -23,31 +21,6 @@ import (
 	"cairn/internal/testutil/nixtest"
 	"cairn/internal/wire"
 )
-
-// exportOne builds what nix-store --export writes for one path, so that
-// nix-store --import registers an input-addressed path with references and a
-// deriver (and any contents).
-func exportOne(nar []byte, path string, refs []string, deriver string) []byte {
-	var b bytes.Buffer
-	num := func(n uint64) { binary.Write(&b, binary.LittleEndian, n) }
-	str := func(s string) {
-		num(uint64(len(s)))
-		b.WriteString(s)
-		b.Write(make([]byte, (8-len(s)%8)%8))
-	}
-	num(1)
-	b.Write(nar)
-	num(0x4558494e)
-	str(path)
-	num(uint64(len(refs)))
-	for _, r := range refs {
-		str(r)
-	}
-	str(deriver)
-	num(0)
-	num(0)
-	return b.Bytes()
-}
 
 // substCache is a binary cache Nix 2.8 wrote and signed: a closure top →
 // mid → dep, and the output of a derivation whose builder would fail, so
@@ -78,7 +51,7 @@ func makeSubstCache(t *testing.T) *substCache {
 		if err != nil {
 			t.Fatal(err)
 		}
-		src.Run(t, exportOne(nar, path, refs, deriver), "nix-store", "--import")
+		src.Run(t, nixtest.ExportStream(nar, path, refs, deriver), "nix-store", "--import")
 	}
 	sc.mid = "/nix/store/1b4x8vq2w0c7hz1mfgrwg3k2dh9ld6s1-mid"
 	imp(sc.mid, "#!/bin/sh\ncat "+sc.dep+"\n", []string{sc.dep}, "/nix/store/9sywk8y9zb6m4ps5vgj7ajqpk7mwli6l-mid.drv")

@@ -1,8 +1,6 @@
 package narinfo
 
 import (
-	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -13,31 +11,6 @@ import (
 	"cairn/internal/storepath"
 	"cairn/internal/testutil/nixtest"
 )
-
-// exportStream builds what nix-store --export writes for one path, so that
-// nix-store --import can register an input-addressed path with references and a
-// deriver, which --add cannot.
-func exportStream(nar []byte, path string, refs []string, deriver string) []byte {
-	var b bytes.Buffer
-	num := func(n uint64) { binary.Write(&b, binary.LittleEndian, n) }
-	str := func(s string) {
-		num(uint64(len(s)))
-		b.WriteString(s)
-		b.Write(make([]byte, (8-len(s)%8)%8))
-	}
-	num(1) // a path follows
-	b.Write(nar)
-	num(0x4558494e) // export magic
-	str(path)
-	num(uint64(len(refs)))
-	for _, r := range refs {
-		str(r)
-	}
-	str(deriver)
-	num(0) // no legacy signature
-	num(0) // no more paths
-	return b.Bytes()
-}
 
 type pathInfoJSON struct {
 	Path       string   `json:"path"`
@@ -110,7 +83,7 @@ func TestNixSigning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Run(t, exportStream(nar, outPath, []string{depPath, outPath}, "/nix/store/9sywk8y9zb6m4ps5vgj7ajqpk7mwli6l-t.drv"),
+	st.Run(t, nixtest.ExportStream(nar, outPath, []string{depPath, outPath}, "/nix/store/9sywk8y9zb6m4ps5vgj7ajqpk7mwli6l-t.drv"),
 		"nix-store", "--import")
 
 	for _, src := range []struct {

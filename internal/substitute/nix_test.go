@@ -1,9 +1,7 @@
 package substitute
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,31 +21,6 @@ import (
 	"cairn/internal/storepath"
 	"cairn/internal/testutil/nixtest"
 )
-
-// exportStream builds what nix-store --export writes for one path, so that
-// nix-store --import registers an input-addressed path with references and
-// a deriver.
-func exportStream(nar []byte, path string, refs []string, deriver string) []byte {
-	var b bytes.Buffer
-	num := func(n uint64) { binary.Write(&b, binary.LittleEndian, n) }
-	str := func(s string) {
-		num(uint64(len(s)))
-		b.WriteString(s)
-		b.Write(make([]byte, (8-len(s)%8)%8))
-	}
-	num(1)
-	b.Write(nar)
-	num(0x4558494e)
-	str(path)
-	num(uint64(len(refs)))
-	for _, r := range refs {
-		str(r)
-	}
-	str(deriver)
-	num(0)
-	num(0)
-	return b.Bytes()
-}
 
 // fixture is a Nix chroot store holding a small closure, a key pair made by
 // Nix, and binary caches Nix wrote from the store, one per compression.
@@ -104,7 +77,7 @@ func makeFixture(t *testing.T, dir string) (*fixture, error) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.src.Run(t, exportStream(nar, path, refs, deriver), "nix-store", "--import")
+		f.src.Run(t, nixtest.ExportStream(nar, path, refs, deriver), "nix-store", "--import")
 	}
 	f.mid = "/nix/store/1b4x8vq2w0c7hz1mfgrwg3k2dh9ld6s1-mid"
 	imp(f.mid, "#!/bin/sh\ncat "+f.dep+"\n", []string{f.dep}, "/nix/store/9sywk8y9zb6m4ps5vgj7ajqpk7mwli6l-mid.drv")

@@ -847,7 +847,7 @@ func TestAddPathsChunks(t *testing.T) {
 	if len(all) != n-2 {
 		t.Errorf("%d valid paths, want %d", len(all), n-2)
 	}
-	locks, _ := filepath.Glob(filepath.Join(s.RealPath(infos[0].Path)+"*.lock"))
+	locks, _ := filepath.Glob(filepath.Join(s.RealPath(infos[0].Path) + "*.lock"))
 	if len(locks) != 0 {
 		t.Errorf("lock files left: %v", locks)
 	}
