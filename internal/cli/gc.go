@@ -87,22 +87,7 @@ func newGCCmd() *cobra.Command {
 // parseSize reads a byte count as nix-store's getIntArg does: an integer
 // with an optional K, M, G or T suffix; negative means 0.
 func parseSize(s string) (uint64, error) {
-	mult := int64(1)
-	if s != "" {
-		switch s[len(s)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult != 1 {
-			s = s[:len(s)-1]
-		}
-	}
+	s, mult := config.SizeSuffix(s)
 	v, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || (v != 0 && (v*mult)/mult != v) {
 		return 0, fmt.Errorf("--max-freed requires an integer argument")

@@ -175,24 +175,27 @@ func parseBool(v string) (bool, error) {
 	return false, fmt.Errorf("%q is not a Boolean", v)
 }
 
-// parseSize parses an integer with an optional K, M, G or T suffix (powers of 1024).
-func parseSize(v string) (int64, error) {
-	mult := int64(1)
+// SizeSuffix splits the K, M, G or T suffix (powers of 1024) Nix allows on
+// a size off v: the number's digits and the multiplier (1 without one).
+func SizeSuffix(v string) (digits string, mult int64) {
 	if n := len(v); n > 0 {
 		switch v[n-1] {
 		case 'K':
-			mult = 1 << 10
+			return v[:n-1], 1 << 10
 		case 'M':
-			mult = 1 << 20
+			return v[:n-1], 1 << 20
 		case 'G':
-			mult = 1 << 30
+			return v[:n-1], 1 << 30
 		case 'T':
-			mult = 1 << 40
-		}
-		if mult != 1 {
-			v = v[:n-1]
+			return v[:n-1], 1 << 40
 		}
 	}
+	return v, 1
+}
+
+// parseSize parses an integer with an optional K, M, G or T suffix (powers of 1024).
+func parseSize(v string) (int64, error) {
+	v, mult := SizeSuffix(v)
 	if i, err := strconv.ParseInt(v, 10, 64); err == nil {
 		if i > 0 && i > (1<<63-1)/mult {
 			return 1<<63 - 1, nil
