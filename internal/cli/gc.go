@@ -155,7 +155,7 @@ func runGC(cmd *cobra.Command, req *protocol.CollectGarbageRequest, printRoots b
 			res, err := gc.Collect(ctx, st, roots, gc.Options{
 				Action: q.Action, Paths: q.Paths, IgnoreLiveness: q.IgnoreLiveness, MaxFreed: q.MaxFreed,
 				KeepOutputs: settings.Bool("keep-outputs"), KeepDerivations: settings.Bool("keep-derivations"),
-				Log: logf,
+				Log: logf, RuntimeRoots: gc.RuntimeRootsFor(cfg, settings.Bool("use-roots-daemon")),
 			})
 			if res == nil {
 				return nil, err
@@ -168,7 +168,7 @@ func runGC(cmd *cobra.Command, req *protocol.CollectGarbageRequest, printRoots b
 			if err != nil {
 				return nil, err
 			}
-			names, err := gc.ProcRoots(ctx, dir)
+			names, err := gc.RuntimeRootsFor(cfg, settings.Bool("use-roots-daemon"))(ctx, dir)
 			if err != nil {
 				return nil, err
 			}

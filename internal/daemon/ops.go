@@ -774,6 +774,7 @@ func (c *conn) collectGarbage(q *protocol.CollectGarbageRequest) error {
 		KeepOutputs:     c.settings.Bool("keep-outputs"),
 		KeepDerivations: c.settings.Bool("keep-derivations"),
 		Log:             func(s string) { c.log.Log(protocol.LvlInfo, s) },
+		RuntimeRoots:    gc.RuntimeRootsFor(st.Config(), c.s.useRootsDaemon()),
 	}
 	res, err := gc.Collect(c.ctx, st, c.s.Roots, opts)
 	if err != nil {
@@ -808,9 +809,13 @@ func (c *conn) findRoots() error {
 	if err != nil {
 		return err
 	}
-	// Runtime roots, as far as this process may read /proc (Nix's
-	// findRuntimeRoots).
-	if rs, err := gc.ProcRoots(c.ctx, c.s.Store.StoreDir()); err == nil {
+	// Runtime roots, as far as this process may read /proc or from the
+	// roots daemon (Nix's findRuntimeRoots).
+	runtime := gc.ProcRoots
+	if st, ok := c.s.Store.(*local.Store); ok {
+		runtime = gc.RuntimeRootsFor(st.Config(), c.s.useRootsDaemon())
+	}
+	if rs, err := runtime(c.ctx, c.s.Store.StoreDir()); err == nil {
 		for _, r := range gc.RuntimeRootsOf(rs, c.s.Store.StoreDir(), opts.Valid) {
 			if opts.Censor {
 				r.Link = gcroots.Censored
@@ -1313,4 +1318,10 @@ func gcrootsFindOptions(c *conn, vq store.ValidityQuerier) gcroots.FindOptions {
 		}
 	}
 	return opts
+}
+
+// useRootsDaemon says whether the daemon's own settings (never a client's)
+// send runtime roots to the roots daemon (gc.RuntimeRootsFor).
+func (s *Server) useRootsDaemon() bool {
+	return s.Settings != nil && s.Settings.Bool("use-roots-daemon")
 }

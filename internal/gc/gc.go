@@ -35,7 +35,8 @@ type Options struct {
 	// Log receives Nix's informational messages ("deleting '…'", …); nil
 	// discards them.
 	Log func(string)
-	// RuntimeRoots finds the runtime roots; nil means ProcRoots.
+	// RuntimeRoots finds the runtime roots; nil means the store's way
+	// (RuntimeRootsFor).
 	RuntimeRoots RuntimeRoots
 }
 
@@ -172,7 +173,7 @@ func (c *collector) findRoots(ctx context.Context) error {
 	}
 	runtime := c.opts.RuntimeRoots
 	if runtime == nil {
-		runtime = ProcRoots
+		runtime = RuntimeRootsFor(c.st.Config(), false)
 	}
 	rs, err := runtime(ctx, c.st.StoreDir())
 	if err != nil {

@@ -374,6 +374,11 @@ type FindOptions struct {
 	// Log receives Nix's informational messages ("skipping invalid root …");
 	// nil discards them.
 	Log func(string)
+	// LinksOnly reads the links of gcroots and profiles and nothing else: no
+	// temporary roots, and no stale link removed. It is what a reader other
+	// than the store's owner may do (cairn-roots, which can follow links
+	// into home directories that an unprivileged daemon cannot).
+	LinksOnly bool
 }
 
 // Find returns every root in gcroots, profiles and the temporary roots files,
@@ -388,8 +393,10 @@ func (r *Roots) Find(ctx context.Context, opts FindOptions) ([]Root, error) {
 			return nil, err
 		}
 	}
-	if err := f.temp(); err != nil {
-		return nil, err
+	if !opts.LinksOnly {
+		if err := f.temp(); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Censor {
 		for i := range f.roots {
@@ -505,7 +512,7 @@ func (f *finder) walk1(ctx context.Context, path string, depth int) error {
 		target = filepath.Clean(target)
 		if _, err := os.Lstat(target); err != nil {
 			auto := filepath.Join(f.r.stateDir, RootsDirName, AutoDirName)
-			if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(path, auto+"/") {
+			if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(path, auto+"/") && !f.opts.LinksOnly {
 				f.info("removing stale link from '%s' to '%s'", path, target)
 				os.Remove(path)
 			}
