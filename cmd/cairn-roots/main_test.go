@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"cairn/internal/gc"
-	"cairn/internal/store"
 	"cairn/internal/nixhash"
+	"cairn/internal/store"
 	"cairn/internal/store/local"
 )
 
