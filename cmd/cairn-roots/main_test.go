@@ -28,18 +28,9 @@ func TestServesProcessRoots(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	// A store whose paths are named where they are on disk, so that what
-	// /proc shows of a process working in one names it.
-	url := "local?store=" + filepath.Join(tmp, "store") + "&state=" + filepath.Join(tmp, "state") + "&log=" + filepath.Join(tmp, "log")
-	cfg, err := store.ParseURL(url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	url := plainStoreURL(tmp)
+	cfg, st := openPlainStore(t, url)
 	ctx := context.Background()
-	st, err := local.Open(ctx, cfg, local.Options{NoFsync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
 	src := filepath.Join(tmp, "tree")
 	if err := os.MkdirAll(filepath.Join(src, "sub"), 0o755); err != nil {
 		t.Fatal(err)
@@ -117,4 +108,24 @@ func TestServesProcessRoots(t *testing.T) {
 	if _, err := os.Lstat(stale); err != nil {
 		t.Errorf("cairn-roots removed a stale root: %v", err)
 	}
+}
+
+// plainStoreURL is a store under dir whose paths are named where they are on
+// disk, so that what /proc shows of a process working in one names it.
+func plainStoreURL(dir string) string {
+	return "local?store=" + filepath.Join(dir, "store") + "&state=" + filepath.Join(dir, "state") + "&log=" + filepath.Join(dir, "log")
+}
+
+// openPlainStore opens (making) the store url names.
+func openPlainStore(t *testing.T, url string) (*store.Config, *local.Store) {
+	t.Helper()
+	cfg, err := store.ParseURL(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := local.Open(context.Background(), cfg, local.Options{NoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, st
 }

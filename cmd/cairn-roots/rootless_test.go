@@ -12,8 +12,6 @@ import (
 
 	"cairn/internal/gc"
 	"cairn/internal/nixhash"
-	"cairn/internal/store"
-	"cairn/internal/store/local"
 	"cairn/internal/testutil/testuser"
 )
 
@@ -45,21 +43,14 @@ func TestRootlessCollectorAsksCairnRoots(t *testing.T) {
 		}
 	}
 
-	base := "local?store=" + filepath.Join(tmp, "store") + "&state=" + filepath.Join(tmp, "state") + "&log=" + filepath.Join(tmp, "log")
+	base := plainStoreURL(tmp)
 	for round, withRoots := range []bool{false, true} {
 		// A fresh store each round, made and owned by the user.
 		for _, d := range []string{"store", "state", "log"} {
 			os.RemoveAll(filepath.Join(tmp, d))
 		}
-		cfg, err := store.ParseURL(base, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfg, st := openPlainStore(t, base)
 		ctx := context.Background()
-		st, err := local.Open(ctx, cfg, local.Options{NoFsync: true})
-		if err != nil {
-			t.Fatal(err)
-		}
 		src := filepath.Join(tmp, "src")
 		os.RemoveAll(src)
 		for _, d := range []string{"used/sub", "linked"} {
