@@ -15,9 +15,11 @@
 //	                             number in [MinTempNumber, MaxTempNumber) for Cairn,
 //	                             one file per daemon connection.
 //	STATE/gc.lock                the collector holds it exclusively while it runs; a
-//	                             writer adding a temporary root holds it shared
+//	                             writer adding a temporary root tries it shared to
+//	                             learn whether a collector runs
 //	STATE/gc-socket/socket       while the collector runs, new temporary roots are
-//	                             also sent here ("<path>\n", answered by "1")
+//	                             also sent here ("<path>\n", answered by "1"), once
+//	                             they are in the file
 //
 // FindRoots reads all of these (but not the runtime roots of processes, which
 // need root and are the job of cairn-roots), following symlinks as Nix 2.8's
@@ -230,7 +232,7 @@ type TempRoots struct {
 	name string
 	num  int
 	gc   net.Conn // connection to a running collector's socket
-	lock *os.File // STATE/gc.lock, taken shared while a root is written
+	lock *os.File // STATE/gc.lock, tried shared to learn whether a collector runs
 }
 
 // OpenTemp creates a new temporary roots file under a fresh number and locks
@@ -269,9 +271,11 @@ func (r *Roots) OpenTemp() (*TempRoots, error) {
 // Name returns the file's path.
 func (t *TempRoots) Name() string { return t.name }
 
-// Add makes p a temporary root. If a collector is running (it holds the GC lock
-// exclusively) the root is also sent to its socket, and Add waits for its
-// acknowledgement, as Nix does.
+// Add makes p a temporary root: it appends p to the file, then, if a collector
+// is running (it holds the GC lock exclusively), sends p to its socket and waits
+// for its acknowledgement, as Nix does. The file comes first (Nix writes it
+// last): a collector may release the lock right after answering, and the next
+// one reads only the files.
 func (t *TempRoots) Add(ctx context.Context, p storepath.StorePath) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -285,12 +289,17 @@ func (t *TempRoots) Add(ctx context.Context, p storepath.StorePath) error {
 		}
 		t.lock = lock
 	}
+	// The file first: a collector that answers on its socket may release
+	// the GC lock at once, and the next one reads only the files, so the root
+	// must be there before the first answer (and before the path appears).
+	if _, err := t.f.WriteString(p.String() + "\x00"); err != nil {
+		return fmt.Errorf("add temp root %s: %w", p, err)
+	}
 	lockFD := int(t.lock.Fd())
 	for {
 		if err := unix.Flock(lockFD, unix.LOCK_SH|unix.LOCK_NB); err == nil {
-			// Released once the root is written (t.mu keeps other Adds
-			// of this file off the lock meanwhile).
-			defer unix.Flock(lockFD, unix.LOCK_UN)
+			// No collector runs: the next one reads the file.
+			unix.Flock(lockFD, unix.LOCK_UN)
 			break
 		} else if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
 			return fmt.Errorf("add temp root %s: lock: %w", p, err)
@@ -304,9 +313,6 @@ func (t *TempRoots) Add(ctx context.Context, p storepath.StorePath) error {
 			return fmt.Errorf("add temp root %s: %w", p, ctx.Err())
 		case <-time.After(10 * time.Millisecond):
 		}
-	}
-	if _, err := t.f.WriteString(p.String() + "\x00"); err != nil {
-		return fmt.Errorf("add temp root %s: %w", p, err)
 	}
 	return nil
 }

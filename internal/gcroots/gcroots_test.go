@@ -115,7 +115,10 @@ func TestRoots(t *testing.T) {
 }
 
 // TestTempRootsWhileCollecting: while a collector holds the GC lock, a new temp
-// root is sent to its socket.
+// root is sent to its socket, and it is in the temp roots file already when
+// the collector gets it: a collector may release the lock as soon as it has
+// answered, and the next one reads only the files (the adder, descheduled
+// between the answer and a later write, lost its root to that one).
 func TestTempRootsWhileCollecting(t *testing.T) {
 	dir := t.TempDir()
 	r := New(dir, storepath.DefaultStoreDir, "")
@@ -134,7 +137,13 @@ func TestTempRootsWhileCollecting(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	got := make(chan string, 1)
+	tr, err := r.OpenTemp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	type received struct{ line, file string }
+	got := make(chan received, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
@@ -142,19 +151,19 @@ func TestTempRootsWhileCollecting(t *testing.T) {
 		}
 		buf := make([]byte, 200)
 		n, _ := c.Read(buf)
-		got <- string(buf[:n])
+		file, _ := os.ReadFile(tr.Name())
+		got <- received{string(buf[:n]), string(file)}
 		c.Write([]byte("1"))
 	}()
-	tr, err := r.OpenTemp()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
 	if err := tr.Add(context.Background(), p); err != nil {
 		t.Fatal(err)
 	}
-	if s := <-got; s != p.String()+"\n" {
-		t.Fatalf("collector got %q", s)
+	g := <-got
+	if g.line != p.String()+"\n" {
+		t.Fatalf("collector got %q", g.line)
+	}
+	if g.file != p.String()+"\x00" {
+		t.Fatalf("temp roots file %q when the collector got the root, want %q", g.file, p.String()+"\x00")
 	}
 }
 

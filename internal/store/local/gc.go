@@ -23,9 +23,9 @@ import (
 //
 //   - a temporary root: Commit first calls the store.TempRooter the context
 //     carries (store.WithTempRooter; the daemon gives each connection one),
-//     which records the path in the connection's temp roots file under the
-//     shared GC lock or, while a collector runs, sends it to the collector's
-//     socket and waits for its answer (Nix's addTempRoot);
+//     which records the path in the connection's temp roots file and, while
+//     a collector runs, also sends it to the collector's socket and waits for
+//     its answer (Nix's addTempRoot);
 //   - the shared GC lock (HoldGC), held by Commit from before it locks the
 //     paths until the transaction is over when the context carries no
 //     TempRooter, and by a build from before it locks its outputs until they
