@@ -2,11 +2,14 @@ package gc
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"cairn/internal/protocol"
 	"cairn/internal/testutil/nixtest"
@@ -75,6 +78,18 @@ func TestRuntimeRootMatchesNix(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	// Start may return before the child has exec'd sleep: until then its
+	// environ is not the one given.
+	environ := fmt.Sprintf("/proc/%d/environ", cmd.Process.Pid)
+	for i := 0; ; i++ {
+		if b, _ := os.ReadFile(environ); strings.Contains(string(b), "CAIRN_TEST_ROOT=") {
+			break
+		}
+		if i == 500 {
+			t.Fatal("the sleeper's environment never showed CAIRN_TEST_ROOT")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	res, err := Collect(context.Background(), st, roots, Options{Action: protocol.GCReturnDead, MaxFreed: NoLimit})
 	if err != nil {
 		t.Fatal(err)
