@@ -318,8 +318,8 @@ func (b *Builder) Cgroups() (string, error) {
 }
 
 // Close ends the sandbox inits kept for the next builds and removes the
-// pooled build dirs. Builds may still start
-// afterwards, each paying for its init and dirs.
+// pooled build dirs. Builds may still start afterwards, each paying for its
+// init and dirs.
 func (b *Builder) Close() {
 	b.inits.Close()
 	b.poolMu.Lock()

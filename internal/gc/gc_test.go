@@ -169,6 +169,22 @@ func holdTempRoots(t *testing.T, state string, n int, paths ...storepath.StorePa
 	t.Cleanup(func() { f.Close() })
 }
 
+// fixtureStores makes the fixture's store (the first root) and n-1 copies of
+// it, so that Nix and Cairn can each work on one of identical stores.
+func fixtureStores(t *testing.T, n int) (fixture, []string) {
+	t.Helper()
+	base := t.TempDir()
+	extern := filepath.Join(base, "extern")
+	os.MkdirAll(extern, 0o755)
+	roots := []string{filepath.Join(base, "a")}
+	f := makeFixture(t, roots[0], extern)
+	for i := 1; i < n; i++ {
+		roots = append(roots, filepath.Join(base, string(rune('a'+i))))
+		copyTree(t, roots[0], roots[i])
+	}
+	return f, roots
+}
+
 func copyTree(t *testing.T, from, to string) {
 	t.Helper()
 	if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
@@ -185,17 +201,10 @@ func TestCollectMatchesNix(t *testing.T) {
 		outs, drv bool
 	}{{"default", false, true}, {"keep-outputs", true, true}, {"keep-nothing", false, false}} {
 		t.Run(keep.name, func(t *testing.T) {
-			base := t.TempDir()
-			extern := filepath.Join(base, "extern")
-			os.MkdirAll(extern, 0o755)
-			rootA := filepath.Join(base, "a")
-			f := makeFixture(t, rootA, extern)
 			// Nix's --print-live and --print-dead delete what is not a store
 			// path (a Nix 2.8 bug Cairn does not copy): b lists, c deletes.
-			rootB := filepath.Join(base, "b")
-			copyTree(t, rootA, rootB)
-			rootC := filepath.Join(base, "c")
-			copyTree(t, rootA, rootC)
+			f, stores := fixtureStores(t, 3)
+			rootA, rootB, rootC := stores[0], stores[1], stores[2]
 			st, roots := openStore(t, rootA)
 			holdTempRoots(t, filepath.Join(rootA, "nix/var/nix"), 4242, f.paths["temp"], f.paths["temp2"])
 			holdTempRoots(t, filepath.Join(rootB, "nix/var/nix"), 4242, f.paths["temp"], f.paths["temp2"])

@@ -22,13 +22,8 @@ import (
 // compares the outcome (deleted, refused, what is left).
 func TestDeleteSpecificMatchesNix(t *testing.T) {
 	nixtest.Require(t, "nix-store", "nix-instantiate")
-	base := t.TempDir()
-	extern := filepath.Join(base, "extern")
-	os.MkdirAll(extern, 0o755)
-	rootA := filepath.Join(base, "a")
-	f := makeFixture(t, rootA, extern)
-	rootB := filepath.Join(base, "b")
-	copyTree(t, rootA, rootB)
+	f, stores := fixtureStores(t, 2)
+	rootA, rootB := stores[0], stores[1]
 	os.RemoveAll(filepath.Join(rootB, "nix/store/.cairn-tmp"))
 	st, roots := openStore(t, rootA)
 	holdTempRoots(t, filepath.Join(rootA, "nix/var/nix"), 4242, f.paths["temp"])

@@ -496,18 +496,19 @@ func removeEntries(dirfd int, names []string, freed *uint64) error {
 			}
 		}
 	}
+	// A helper for each entry but the one this goroutine takes, while free.
+spawn:
 	for h := 1; h < len(names); h++ {
 		select {
 		case removeHelpers <- struct{}{}:
-			wg.Add(1)
-			go func() {
-				defer func() { <-removeHelpers; wg.Done() }()
-				work()
-			}()
-			continue
 		default:
+			break spawn
 		}
-		break
+		wg.Add(1)
+		go func() {
+			defer func() { <-removeHelpers; wg.Done() }()
+			work()
+		}()
 	}
 	work()
 	wg.Wait()
