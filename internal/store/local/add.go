@@ -55,11 +55,14 @@ type Batch struct {
 	cacheStamp stamp // the WAL-index header inside the last register's transaction (infocache.go)
 }
 
-// slot is the entry in a batch's temporary directory where one path is unpacked.
+// slot is the entry in a slot directory of the store's add temporary where
+// one path is unpacked.
 type slot struct {
-	t     *tempDir
-	dirfd int    // t's descriptor
-	name  string // the entry's name in it
+	t       *tempDir
+	dir     *slotDir // nil once released
+	dirfd   int      // dir's descriptor
+	dirName string   // dir's name in t
+	name    string   // the entry's name in it
 }
 
 // newSlot returns a fresh entry name in the store's add temporary.
@@ -68,18 +71,26 @@ func (b *Batch) newSlot() (*slot, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &slot{t: t, dirfd: t.fd, name: b.s.newSlotName()}, nil
+	d, err := b.s.takeSlotDir(t)
+	if err != nil {
+		return nil, err
+	}
+	return &slot{t: t, dir: d, dirfd: d.fd, dirName: d.name, name: b.s.newSlotName()}, nil
 }
 
 // contentPath is the slot's path on disk.
-func (t *slot) contentPath() string { return t.t.s.tempPath(t.t.name) + "/" + t.name }
+func (t *slot) contentPath() string {
+	return t.t.s.tempPath(t.t.name) + "/" + t.dirName + "/" + t.name
+}
 
-// remove deletes whatever the slot holds.
+// remove deletes whatever the slot holds and releases it.
 func (t *slot) remove() error {
 	if t == nil {
 		return nil
 	}
-	return removeTree(t.dirfd, t.name)
+	err := removeTree(t.dirfd, t.name)
+	t.release()
+	return err
 }
 
 // pending is a path unpacked into a temporary, waiting for Commit.
@@ -113,6 +124,8 @@ func (b *Batch) Discard() {
 		// A moved path's slot is gone, or holds what the move replaced.
 		if !it.emptied {
 			it.temp.remove()
+		} else {
+			it.temp.release()
 		}
 	}
 	b.items = nil

@@ -226,6 +226,8 @@ type Deletion struct {
 // path still refers to, then each is moved into t and removed. An error that
 // is not about one path stops it.
 func (s *Store) deleteBatch(ctx context.Context, ps []storepath.StorePath, wasValid bool, t *tempDir, collector bool) ([]Deletion, error) {
+	// What this frees would slow down the adds that reuse its block group.
+	defer s.retireSlotDir()
 	res := make([]Deletion, len(ps))
 	locks := make([]*PathLocks, len(ps))
 	defer func() {

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"cairn/internal/nixhash"
 	"cairn/internal/storepath"
 	"cairn/internal/testutil/nixtest"
 )
@@ -139,4 +141,79 @@ func nixCopy(t *testing.T, s *Store) *nixtest.Store {
 	ns := nixtest.NewStore(t)
 	ns.Run(t, exp.Bytes(), "nix-store", "--import")
 	return ns
+}
+
+// TestDeleteRetiresSlotDir: a deletion sends later adds to a new slot
+// directory (see slotDir); the old one goes once its last slot is released,
+// and nothing is lost on the way.
+func TestDeleteRetiresSlotDir(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	slotDirs := func() []string {
+		t.Helper()
+		var dirs []string
+		tmp := filepath.Join(s.RealStoreDir(), TempDirName)
+		tops, _ := os.ReadDir(tmp)
+		for _, top := range tops {
+			inner, _ := os.ReadDir(filepath.Join(tmp, top.Name()))
+			for _, e := range inner {
+				if e.IsDir() && strings.HasPrefix(e.Name(), slotDirPrefix) {
+					dirs = append(dirs, e.Name())
+				}
+			}
+		}
+		return dirs
+	}
+	doomed, err := s.AddText(ctx, "doomed", "doomed\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := slotDirs()
+	if len(first) != 1 {
+		t.Fatalf("slot dirs after the first add: %v", first)
+	}
+	// A batch holds a slot of s-1 while the deletion happens.
+	b := s.NewBatch()
+	pending, err := b.AddCA(ctx, "pending", nixhash.Text, nixhash.SHA256, nil, strings.NewReader("pending\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Delete(ctx, []storepath.StorePath{doomed.Path}, DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := s.AddText(ctx, "after", "after\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := slotDirs()
+	if len(both) != 2 || !slices.Contains(both, first[0]) {
+		t.Errorf("slot dirs while the batch holds a slot of the retired one (%s): %v", first[0], both)
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := slotDirs(); len(got) != 1 || got[0] == first[0] {
+		t.Errorf("slot dirs once the batch is committed: %v (retired %s)", got, first[0])
+	}
+	for _, p := range []storepath.StorePath{pending.Path, after.Path} {
+		if ok, err := s.IsValidPath(ctx, p); !ok || err != nil {
+			t.Errorf("%s valid = %v, %v", p, ok, err)
+		}
+		if _, err := os.Lstat(s.RealPath(p)); err != nil {
+			t.Error(err)
+		}
+	}
+	// A deletion with no slot handed out since the last one retires nothing.
+	if _, err := s.Delete(ctx, []storepath.StorePath{after.Path}, DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Delete(ctx, []storepath.StorePath{pending.Path}, DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := slotDirs(); len(got) != 0 {
+		t.Errorf("slot dirs after deletions with no slot in use: %v", got)
+	}
+	if ents := leftoverTemps(t, s.RealStoreDir()); len(ents) != 0 {
+		t.Errorf("temporaries left: %v", ents)
+	}
 }

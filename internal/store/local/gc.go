@@ -266,6 +266,7 @@ func (w *Sweeper) DeleteEntry(ctx context.Context, name string) (uint64, error) 
 	if err != nil {
 		return 0, err
 	}
+	defer w.s.retireSlotDir() // as deleteBatch does
 	if err := unix.Renameat(w.s.realFD, name, t.fd, tempContent); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return 0, nil

@@ -83,6 +83,7 @@ type Store struct {
 	// The temporary for adds (temp.go), its slot names and intent files.
 	tempMu    sync.Mutex
 	temp      *tempDir
+	slots     *slotDir // where new slots go (temp.go)
 	slotSeq   atomic.Uint64
 	intents   []*intentFile // free for the next Commit
 	intentSeq int
@@ -388,6 +389,10 @@ func (s *Store) Close() error {
 			unix.Close(sp.fd)
 		}
 		s.spares = nil
+		if s.slots != nil {
+			unix.Close(s.slots.fd)
+			s.slots = nil
+		}
 		if s.temp != nil {
 			s.temp.remove()
 			s.temp = nil

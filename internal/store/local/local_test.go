@@ -784,8 +784,19 @@ func leftoverTemps(t testing.TB, realStoreDir string) []string {
 			t.Fatal(err)
 		}
 		for _, i := range inner {
-			if !strings.HasPrefix(i.Name(), intentName+"-") && !strings.HasPrefix(i.Name(), sparePrefix) {
-				left = append(left, e.Name()+"/"+i.Name())
+			switch name := e.Name() + "/" + i.Name(); {
+			case strings.HasPrefix(i.Name(), intentName+"-") || strings.HasPrefix(i.Name(), sparePrefix):
+			case i.IsDir() && strings.HasPrefix(i.Name(), slotDirPrefix):
+				// A slot directory stays for the next add; a slot in it is left over.
+				slots, err := os.ReadDir(filepath.Join(dir, name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, sl := range slots {
+					left = append(left, name+"/"+sl.Name())
+				}
+			default:
+				left = append(left, name)
 			}
 		}
 	}
