@@ -242,13 +242,9 @@ func caNarInfo(t *testing.T, name string, data []byte) *protocol.PathInfo {
 // tempLeft lists what remains in the store's temporaries directory (lock
 // directories of live batches aside, it should be empty).
 func (td *testDaemon) tempLeft() []string {
-	ents, _ := os.ReadDir(filepath.Join(td.cfg.RealStoreDir, local.TempDirName))
-	var names []string
-	for _, e := range ents {
-		sub, _ := os.ReadDir(filepath.Join(td.cfg.RealStoreDir, local.TempDirName, e.Name()))
-		for _, s := range sub {
-			names = append(names, e.Name()+"/"+s.Name())
-		}
+	left, err := local.TempLeftovers(td.cfg.RealStoreDir)
+	if err != nil {
+		return []string{err.Error()}
 	}
-	return names
+	return left
 }

@@ -445,19 +445,16 @@ func TestStoreDirMismatch(t *testing.T) {
 }
 
 // checkNoTemps fails when a NAR's temporary is left in the store's
-// temporaries dir (the process's pooled intent and lock files are not).
+// temporaries dir (what the process keeps for reuse is not, see
+// local.TempLeftovers).
 func checkNoTemps(t *testing.T, root string) {
 	t.Helper()
-	tmp := filepath.Join(root, "nix", "store", ".cairn-tmp")
-	procs, _ := os.ReadDir(tmp)
-	for _, pd := range procs {
-		ents, _ := os.ReadDir(filepath.Join(tmp, pd.Name()))
-		for _, e := range ents {
-			if !e.IsDir() && (strings.HasPrefix(e.Name(), "intent-") || strings.HasPrefix(e.Name(), "lock-")) {
-				continue
-			}
-			t.Errorf("temporary left: %s/%s", pd.Name(), e.Name())
-		}
+	left, err := local.TempLeftovers(filepath.Join(root, "nix", "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range left {
+		t.Errorf("temporary left: %s", name)
 	}
 }
 

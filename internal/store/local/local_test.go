@@ -768,37 +768,9 @@ func TestLayout(t *testing.T) {
 // slots and trash a finished or failed operation should have removed.
 func leftoverTemps(t testing.TB, realStoreDir string) []string {
 	t.Helper()
-	dir := filepath.Join(realStoreDir, TempDirName)
-	ents, err := os.ReadDir(dir)
+	left, err := TempLeftovers(realStoreDir)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var left []string
-	for _, e := range ents {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), tempPrefix) {
-			left = append(left, e.Name())
-			continue
-		}
-		inner, err := os.ReadDir(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, i := range inner {
-			switch name := e.Name() + "/" + i.Name(); {
-			case strings.HasPrefix(i.Name(), intentName+"-") || strings.HasPrefix(i.Name(), sparePrefix):
-			case i.IsDir() && strings.HasPrefix(i.Name(), slotDirPrefix):
-				// A slot directory stays for the next add; a slot in it is left over.
-				slots, err := os.ReadDir(filepath.Join(dir, name))
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, sl := range slots {
-					left = append(left, name+"/"+sl.Name())
-				}
-			default:
-				left = append(left, name)
-			}
-		}
 	}
 	return left
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -281,4 +282,44 @@ func (t *slot) release() {
 func (d *slotDir) remove(t *tempDir) {
 	removeTree(t.fd, d.name)
 	unix.Close(d.fd)
+}
+
+// TempLeftovers lists what is in the temporaries of the store whose real
+// store dir is given beyond what writers keep for reuse (intent files, spare
+// lock files, slot directories): the slots of adds in progress, or what a
+// failed add left behind. Names are relative to TempDirName.
+func TempLeftovers(realStoreDir string) ([]string, error) {
+	dir := realStoreDir + "/" + TempDirName
+	tops, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var left []string
+	for _, top := range tops {
+		if !top.IsDir() || !strings.HasPrefix(top.Name(), tempPrefix) {
+			left = append(left, top.Name())
+			continue
+		}
+		inner, err := os.ReadDir(dir + "/" + top.Name())
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range inner {
+			name := top.Name() + "/" + e.Name()
+			switch {
+			case strings.HasPrefix(e.Name(), intentName+"-") || strings.HasPrefix(e.Name(), sparePrefix):
+			case e.IsDir() && strings.HasPrefix(e.Name(), slotDirPrefix):
+				slots, err := os.ReadDir(dir + "/" + name)
+				if err != nil {
+					return nil, err
+				}
+				for _, sl := range slots {
+					left = append(left, name+"/"+sl.Name())
+				}
+			default:
+				left = append(left, name)
+			}
+		}
+	}
+	return left, nil
 }
