@@ -2,6 +2,7 @@ package local
 
 import (
 	"bytes"
+	"fmt"
 	"context"
 	"io"
 	"os"
@@ -70,6 +71,7 @@ func TestRestoreCanonical(t *testing.T) {
 		"exec":     {"exec": "*#!/bin/sh\n"},
 		"symlink":  {"symlink": "->somewhere/else"},
 		"emptydir": {"emptydir/": ""},
+		"many":     manySmallFiles(),
 	}
 	for name, files := range trees {
 		t.Run(name, func(t *testing.T) {
@@ -266,4 +268,47 @@ func (h iotestHalfReader) Read(p []byte) (int, error) {
 		p = p[:len(p)/2]
 	}
 	return h.r.Read(p)
+}
+
+// manySmallFiles is a tree whose small files the restore hands to its
+// writers (more of them than fit in the queue), in nested directories, with a
+// file of exactly the largest size a writer takes and one just over it.
+func manySmallFiles() map[string]string {
+	files := map[string]string{
+		"edge/at-max":   strings.Repeat("m", smallFileMax),
+		"edge/over-max": strings.Repeat("o", smallFileMax+1),
+	}
+	for i := range 300 {
+		data := fmt.Sprintf("file %d\n", i)
+		if i%7 == 0 {
+			data = "*" + data // executable
+		}
+		files[fmt.Sprintf("d%d/sub%d/f%d", i%5, i%3, i)] = data
+	}
+	return files
+}
+
+// TestRestoreCanonicalTruncated: a NAR cut anywhere in a tree of small files
+// fails the restore with an error, after the writers are done (the entry
+// can then be removed), never a hang or a crash.
+func TestRestoreCanonicalTruncated(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "many")
+	writeTree(t, src, manySmallFiles())
+	narBytes := narOf(t, src)
+	dir := t.TempDir()
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dfd)
+	for _, cut := range []int{len(narBytes) / 7, len(narBytes) / 2, len(narBytes) - 200, len(narBytes) - 1} {
+		_, err := restoreCanonical(nar.NewReader(bytes.NewReader(narBytes[:cut])), dfd, "got", dir+"/got",
+			readUmask(), make([]byte, 4096), false)
+		if err == nil {
+			t.Errorf("cut at %d of %d: no error", cut, len(narBytes))
+		}
+		if err := removeTree(dfd, "got"); err != nil {
+			t.Errorf("cut at %d: remove: %v", cut, err)
+		}
+	}
 }

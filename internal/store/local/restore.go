@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -75,13 +77,16 @@ func restoreCanonical(nr *nar.Reader, dirfd int, name, disk string, umask uint32
 			return st, err
 		}
 	}
-	return st, nil
+	return st, rs.writers.finish()
 }
 
 type canonDir struct {
 	path string // Header.Path
 	fd   int
 	root bool
+	// refs are the parser's, until it leaves the directory, and one per
+	// file being written on another goroutine: the last one finishes it.
+	refs atomic.Int32
 }
 
 type canonRestorer struct {
@@ -91,8 +96,10 @@ type canonRestorer struct {
 	fixMode bool // the umask may take bits from a created file's mode
 	// writeBehind starts writing big files out early.
 	writeBehind bool
-	dirs        []canonDir
+	dirs        []*canonDir
 	st          *restoreStats
+	// writers, once started, write small files on other goroutines.
+	writers *fileWriters
 }
 
 var storeTimes = []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Sec: StoreMtime}}
@@ -104,10 +111,20 @@ func (rs *canonRestorer) path(h *nar.Header) string {
 	return rs.disk + "/" + h.Path
 }
 
-// pop finishes the innermost open directory: all its entries exist now.
+// pop leaves the innermost open directory: the parser has made all its
+// entries.
 func (rs *canonRestorer) pop() error {
 	d := rs.dirs[len(rs.dirs)-1]
 	rs.dirs = rs.dirs[:len(rs.dirs)-1]
+	return rs.release(d)
+}
+
+// release drops a reference to d; the last one finishes it, as all its
+// entries exist then.
+func (rs *canonRestorer) release(d *canonDir) error {
+	if d.refs.Add(-1) != 0 {
+		return nil
+	}
 	defer unix.Close(d.fd)
 	if d.root {
 		return nil
@@ -122,6 +139,7 @@ func (rs *canonRestorer) pop() error {
 }
 
 func (rs *canonRestorer) closeAll() {
+	rs.writers.finish()
 	for _, d := range rs.dirs {
 		unix.Close(d.fd)
 	}
@@ -140,7 +158,9 @@ func (rs *canonRestorer) create(dirfd int, name string, h *nar.Header, root bool
 		if err != nil {
 			return &os.PathError{Op: "restore nar: open", Path: rs.path(h), Err: err}
 		}
-		rs.dirs = append(rs.dirs, canonDir{path: h.Path, fd: fd, root: root})
+		d := &canonDir{path: h.Path, fd: fd, root: root}
+		d.refs.Store(1)
+		rs.dirs = append(rs.dirs, d)
 		rs.st.rootDir = rs.st.rootDir || root
 		return nil
 	case nar.TypeSymlink:
@@ -156,6 +176,9 @@ func (rs *canonRestorer) create(dirfd int, name string, h *nar.Header, root bool
 		mode := uint32(modeFile)
 		if h.Executable {
 			mode = modeExec
+		}
+		if !root && h.Size <= smallFileMax {
+			return rs.createLater(rs.dirs[len(rs.dirs)-1], name, h, mode)
 		}
 		// Created read-only, yet writable through this descriptor.
 		fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
@@ -209,4 +232,125 @@ func mkdirat(dirfd int, name string, mode uint32) error {
 			return err
 		}
 	}
+}
+
+// Small files are written on other goroutines. Parsing the NAR is sequential,
+// but creating a file, writing it and setting its time are a few system
+// calls each that need nothing from the stream once its contents are read:
+// with the parser alone, the file system's work on a tree of small files
+// left a core idle.
+const (
+	smallFileMax  = 64 << 10 // the largest file handed to a writer
+	fileWriterN   = 2        // writers per restore
+	fileWriterCap = 32       // files read ahead of the writers
+)
+
+var smallFileBufs = sync.Pool{New: func() any { b := make([]byte, smallFileMax); return &b }}
+
+type fileWriters struct {
+	jobs   chan fileJob
+	wg     sync.WaitGroup
+	closed bool
+	mu     sync.Mutex
+	err    error // the first
+}
+
+type fileJob struct {
+	dir  *canonDir
+	name string
+	path string // on disk, for errors
+	mode uint32
+	buf  *[]byte
+	n    int
+}
+
+// createLater reads the small file h and hands it to a writer.
+func (rs *canonRestorer) createLater(d *canonDir, name string, h *nar.Header, mode uint32) error {
+	if rs.writers == nil {
+		rs.writers = rs.startWriters()
+	}
+	if err := rs.writers.failed(); err != nil {
+		return err
+	}
+	buf := smallFileBufs.Get().(*[]byte)
+	n, err := io.ReadFull(rs.nr, (*buf)[:h.Size])
+	if err != nil {
+		smallFileBufs.Put(buf)
+		return fmt.Errorf("restore nar %s: %w", rs.path(h), err)
+	}
+	rs.st.bytes += int64(n)
+	d.refs.Add(1)
+	rs.writers.jobs <- fileJob{dir: d, name: name, path: rs.path(h), mode: mode, buf: buf, n: n}
+	return nil
+}
+
+func (rs *canonRestorer) startWriters() *fileWriters {
+	fw := &fileWriters{jobs: make(chan fileJob, fileWriterCap)}
+	for range fileWriterN {
+		fw.wg.Go(func() {
+			for j := range fw.jobs {
+				if fw.failed() == nil {
+					if err := rs.writeSmall(j); err != nil {
+						fw.fail(err)
+					}
+				}
+				smallFileBufs.Put(j.buf)
+				if err := rs.release(j.dir); err != nil {
+					fw.fail(err)
+				}
+			}
+		})
+	}
+	return fw
+}
+
+// writeSmall creates the file j describes, canonical as create makes files.
+func (rs *canonRestorer) writeSmall(j fileJob) error {
+	fd, err := unix.Openat(j.dir.fd, j.name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, j.mode)
+	if err != nil {
+		return &os.PathError{Op: "restore nar: create", Path: j.path, Err: err}
+	}
+	if rs.fixMode {
+		err = unix.Fchmod(fd, j.mode)
+	}
+	if err == nil {
+		_, err = fdFile{fd: fd}.Write((*j.buf)[:j.n])
+	}
+	if err == nil {
+		err = futimens(fd, storeTimes)
+	}
+	if cerr := unix.Close(fd); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("restore nar %s: %w", j.path, err)
+	}
+	return nil
+}
+
+func (fw *fileWriters) fail(err error) {
+	fw.mu.Lock()
+	if fw.err == nil {
+		fw.err = err
+	}
+	fw.mu.Unlock()
+}
+
+func (fw *fileWriters) failed() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.err
+}
+
+// finish waits for every file handed out and returns the first error.
+func (fw *fileWriters) finish() error {
+	if fw == nil {
+		return nil
+	}
+	if !fw.closed {
+		close(fw.jobs)
+		fw.closed = true
+	}
+	fw.wg.Wait()
+	return fw.failed()
 }
