@@ -2,8 +2,8 @@ package local
 
 import (
 	"bytes"
-	"fmt"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
