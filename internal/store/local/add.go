@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -66,16 +67,19 @@ type slot struct {
 }
 
 // newSlot returns a fresh entry name in the store's add temporary.
-func (b *Batch) newSlot() (*slot, error) {
-	t, err := b.s.addTemp()
+func (b *Batch) newSlot() (*slot, error) { return b.s.newSlot(0) }
+
+// newSlot returns a fresh entry in the slot directory of lane (see slotDir).
+func (s *Store) newSlot(lane int) (*slot, error) {
+	t, err := s.addTemp()
 	if err != nil {
 		return nil, err
 	}
-	d, err := b.s.takeSlotDir(t)
+	d, err := s.takeSlotDir(t, lane)
 	if err != nil {
 		return nil, err
 	}
-	return &slot{t: t, dir: d, dirfd: d.fd, dirName: d.name, name: b.s.newSlotName()}, nil
+	return &slot{t: t, dir: d, dirfd: d.fd, dirName: d.name, name: s.newSlotName()}, nil
 }
 
 // contentPath is the slot's path on disk.
@@ -461,8 +465,28 @@ func (d *treeDump) wait() error {
 // addCA adds content from src; see AddCA.
 func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, algo nixhash.Algorithm,
 	refs []storepath.StorePath, src source) (*store.PathInfo, error) {
-	s := b.s
-	fail := func(err error) (*store.PathInfo, error) {
+	p, err := b.s.prepareCA(0, name, method, algo, refs, src)
+	if err != nil {
+		return nil, err
+	}
+	return b.pushCA(ctx, p)
+}
+
+// preparedCA is content unpacked into a slot and hashed, with its path: what
+// pushCA queues in the batch.
+type preparedCA struct {
+	name      string
+	t         *slot
+	info      *store.PathInfo
+	stats     restoreStats
+	canonical bool
+}
+
+// prepareCA unpacks and hashes src into a new slot, ready for a batch's
+// pushCA. Several may run at once (AddPaths).
+func (s *Store) prepareCA(lane int, name string, method nixhash.Method, algo nixhash.Algorithm,
+	refs []storepath.StorePath, src source) (*preparedCA, error) {
+	fail := func(err error) (*preparedCA, error) {
 		return nil, fmt.Errorf("add %s to the store: %w", name, err)
 	}
 	if err := storepath.ValidateName(name); err != nil {
@@ -480,7 +504,7 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 			return fail(fmt.Errorf("%w: reference %s is not in %s", store.ErrInvalid, ref, s.dir))
 		}
 	}
-	t, err := b.newSlot()
+	t, err := s.newSlot(lane)
 	if err != nil {
 		return fail(err)
 	}
@@ -547,6 +571,16 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 		t.remove()
 		return fail(err)
 	}
+	return &preparedCA{name: name, t: t, info: info, stats: stats, canonical: canonical}, nil
+}
+
+// pushCA queues a prepared path in the batch, unless the batch has it already
+// or (without lateValid) it is valid already; it returns the path's info.
+func (b *Batch) pushCA(ctx context.Context, p *preparedCA) (*store.PathInfo, error) {
+	s, t, info := b.s, p.t, p.info
+	fail := func(err error) (*store.PathInfo, error) {
+		return nil, fmt.Errorf("add %s to the store: %w", p.name, err)
+	}
 	if it, dup := b.byPath[info.Path]; dup {
 		t.remove()
 		return it.info.Clone(), nil
@@ -566,7 +600,7 @@ func (b *Batch) addCA(ctx context.Context, name string, method nixhash.Method, a
 			}
 		}
 	}
-	it, err := b.finish(t, info, stats, canonical)
+	it, err := b.finish(t, info, p.stats, p.canonical)
 	if err != nil {
 		t.remove()
 		return fail(err)
@@ -799,6 +833,15 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize);
 // (Flat or Recursive, any algorithm) do. No symlink is followed, src included;
 // Flat needs a regular file, and keeps its execute bit as Nix does.
 func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, algo nixhash.Algorithm) (*store.PathInfo, error) {
+	p, err := b.s.preparePath(ctx, 0, src, method, algo)
+	if err != nil {
+		return nil, err
+	}
+	return b.pushCA(ctx, p)
+}
+
+// preparePath is AddPath up to the batch: it may run alongside others.
+func (s *Store) preparePath(ctx context.Context, lane int, src string, method nixhash.Method, algo nixhash.Algorithm) (*preparedCA, error) {
 	name := filepath.Base(filepath.Clean(src))
 	switch method {
 	case nixhash.Flat, nixhash.Recursive:
@@ -817,7 +860,7 @@ func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, 
 		if st.Mode&unix.S_IFMT == unix.S_IFREG {
 			// O_NONBLOCK (so that a FIFO could not hang the open) means
 			// nothing for a regular file.
-			return b.addCA(ctx, name, method, algo, nil, source{r: fdFile{fd: fd}, size: st.Size, exec: st.Mode&0o100 != 0, file: true})
+			return s.prepareCA(lane, name, method, algo, nil, source{r: fdFile{fd: fd}, size: st.Size, exec: st.Mode&0o100 != 0, file: true})
 		}
 	} else if !errors.Is(err, unix.ELOOP) {
 		return nil, &os.PathError{Op: "add", Path: src, Err: err}
@@ -827,12 +870,9 @@ func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, 
 	}
 	// A directory or symlink: dump it into a pipe that the restorer reads.
 	d := startTreeDump(ctx, src, algo)
-	info, err := b.addCA(ctx, name, method, algo, nil, source{r: bufio.NewReaderSize(d.pr, copyBufferSize), size: -1, dump: d})
+	p, err := s.prepareCA(lane, name, method, algo, nil, source{r: bufio.NewReaderSize(d.pr, copyBufferSize), size: -1, dump: d})
 	d.wait()
-	if err != nil {
-		return nil, err
-	}
-	return info, nil
+	return p, err
 }
 
 // Commit registers every path of the batch: the files made durable, the paths
@@ -1294,6 +1334,88 @@ func (s *Store) AddText(ctx context.Context, name, text string, refs []storepath
 	return s.AddCA(ctx, name, nixhash.Text, nixhash.SHA256, refs, strings.NewReader(text))
 }
 
+// preparedResult is one source's preparePath.
+type preparedResult struct {
+	p   *preparedCA
+	err error
+}
+
+// Sources of AddPaths are prepared on addPathWorkers goroutines, at most
+// addPathAhead past the last one the caller took: each is mostly system
+// calls on its own file (read, create, write, set the time), which one
+// goroutine left a core idle for, and the next chunk is prepared while the
+// last one commits.
+const (
+	addPathWorkers = 2
+	addPathAhead   = 2 * maxSpareLocks
+)
+
+// pathPreparer prepares sources in the background; take returns them in
+// order.
+type pathPreparer struct {
+	out    []chan preparedResult
+	tokens chan struct{}
+	stopAt atomic.Int64 // sources from here on are not prepared
+	next   int          // the next one take returns
+}
+
+func (s *Store) preparePaths(ctx context.Context, srcs []string, method nixhash.Method, algo nixhash.Algorithm) *pathPreparer {
+	pp := &pathPreparer{out: make([]chan preparedResult, len(srcs)), tokens: make(chan struct{}, addPathAhead)}
+	for i := range pp.out {
+		pp.out[i] = make(chan preparedResult, 1)
+	}
+	for range min(addPathAhead, len(srcs)) {
+		pp.tokens <- struct{}{}
+	}
+	pp.stopAt.Store(int64(len(srcs)))
+	var next atomic.Int64
+	for lane := range min(addPathWorkers, len(srcs)) {
+		go func() {
+			for {
+				<-pp.tokens
+				i := int(next.Add(1) - 1)
+				if i >= len(srcs) {
+					return
+				}
+				if int64(i) >= pp.stopAt.Load() {
+					pp.out[i] <- preparedResult{err: errors.New("not prepared: an earlier source failed")}
+					continue
+				}
+				p, err := s.preparePath(ctx, lane, srcs[i], method, algo)
+				if err != nil {
+					pp.stop(i + 1)
+				}
+				pp.out[i] <- preparedResult{p: p, err: err}
+			}
+		}()
+	}
+	return pp
+}
+
+// take returns the next source's preparation.
+func (pp *pathPreparer) take() preparedResult {
+	r := <-pp.out[pp.next]
+	pp.next++
+	pp.tokens <- struct{}{}
+	return r
+}
+
+// stop prepares no source from index i on.
+func (pp *pathPreparer) stop(i int) {
+	for f := pp.stopAt.Load(); int64(i) < f && !pp.stopAt.CompareAndSwap(f, int64(i)); f = pp.stopAt.Load() {
+	}
+}
+
+// discard stops the preparation and removes what was prepared and not taken.
+func (pp *pathPreparer) discard() {
+	pp.stop(pp.next)
+	for pp.next < len(pp.out) {
+		if r := pp.take(); r.p != nil {
+			r.p.t.remove()
+		}
+	}
+}
+
 // AddPaths adds the files or trees at srcs (see Batch.AddPath), returning
 // their infos in order. They are registered maxSpareLocks at a time, one
 // transaction each, so that every path lock is a spare lock file of the pool
@@ -1306,13 +1428,20 @@ func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Meth
 	out := make([]*store.PathInfo, 0, len(srcs))
 	var skipped []storepath.StorePath
 	var srcErr error
+	pp := s.preparePaths(ctx, srcs, method, algo)
+	defer pp.discard()
 	for start := 0; start < len(srcs) && srcErr == nil; start += maxSpareLocks {
 		end := min(start+maxSpareLocks, len(srcs))
 		b := s.NewBatch()
 		b.lateValid = true
 		n := len(out)
-		for _, src := range srcs[start:end] {
-			info, err := b.AddPath(ctx, src, method, algo)
+		for range srcs[start:end] {
+			r := pp.take()
+			err := r.err
+			var info *store.PathInfo
+			if err == nil {
+				info, err = b.pushCA(ctx, r.p)
+			}
 			if err != nil {
 				srcErr = err
 				break

@@ -83,7 +83,7 @@ type Store struct {
 	// The temporary for adds (temp.go), its slot names and intent files.
 	tempMu    sync.Mutex
 	temp      *tempDir
-	slots     *slotDir // where new slots go (temp.go)
+	slots     [addPathWorkers]*slotDir // where new slots go, per lane (temp.go)
 	slotSeq   atomic.Uint64
 	intents   []*intentFile // free for the next Commit
 	intentSeq int
@@ -389,9 +389,11 @@ func (s *Store) Close() error {
 			unix.Close(sp.fd)
 		}
 		s.spares = nil
-		if s.slots != nil {
-			unix.Close(s.slots.fd)
-			s.slots = nil
+		for lane, d := range s.slots {
+			if d != nil {
+				unix.Close(d.fd)
+				s.slots[lane] = nil
+			}
 		}
 		if s.temp != nil {
 			s.temp.remove()

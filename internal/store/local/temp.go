@@ -218,12 +218,13 @@ type slotDir struct {
 	retired bool // no new slots; remove once refs is 0
 }
 
-// takeSlotDir returns the current slot directory of t, made on first use, with
-// one more reference.
-func (s *Store) takeSlotDir(t *tempDir) (*slotDir, error) {
+// takeSlotDir returns the current slot directory of lane, made on first
+// use, with one more reference. Each of AddPaths' workers has a lane of its
+// own: files made at once in one directory wait for its lock.
+func (s *Store) takeSlotDir(t *tempDir, lane int) (*slotDir, error) {
 	s.tempMu.Lock()
 	defer s.tempMu.Unlock()
-	if s.slots == nil {
+	if s.slots[lane] == nil {
 		// A random name: ext4 starts its search for a group at the name's hash.
 		var rnd [5]byte
 		rand.Read(rnd[:])
@@ -235,26 +236,30 @@ func (s *Store) takeSlotDir(t *tempDir) (*slotDir, error) {
 		if err != nil {
 			return nil, &os.PathError{Op: "open temporary", Path: s.tempPath(t.name) + "/" + name, Err: err}
 		}
-		s.slots = &slotDir{name: name, fd: fd}
+		s.slots[lane] = &slotDir{name: name, fd: fd}
 	}
-	s.slots.refs++
-	return s.slots, nil
+	s.slots[lane].refs++
+	return s.slots[lane], nil
 }
 
-// retireSlotDir makes the next slot start a new slot directory (see slotDir).
+// retireSlotDir makes the next slot of every lane start a new slot directory
+// (see slotDir).
 func (s *Store) retireSlotDir() {
+	var gone []*slotDir
 	s.tempMu.Lock()
-	d := s.slots
-	s.slots = nil
-	var t *tempDir
-	if d != nil {
+	for lane, d := range s.slots {
+		if d == nil {
+			continue
+		}
+		s.slots[lane] = nil
 		d.retired = true
 		if d.refs == 0 {
-			t = s.temp
+			gone = append(gone, d)
 		}
 	}
+	t := s.temp
 	s.tempMu.Unlock()
-	if t != nil {
+	for _, d := range gone {
 		d.remove(t)
 	}
 }
