@@ -835,3 +835,56 @@ func TestAddPathsChunks(t *testing.T) {
 		t.Errorf("lock files left: %v", locks)
 	}
 }
+
+// TestAddPathsStopsAtBadSource: a source that cannot be added, in the second
+// chunk, ends AddPaths with exactly the sources before it added and
+// returned; what the workers prepared beyond it is removed, not registered.
+func TestAddPathsStopsAtBadSource(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	n := 3 * maxSpareLocks
+	bad := maxSpareLocks + 9
+	srcs := make([]string, n)
+	for i := range srcs {
+		srcs[i] = filepath.Join(dir, fmt.Sprintf("f%03d", i))
+		if i == bad {
+			continue // missing
+		}
+		if err := os.WriteFile(srcs[i], []byte(fmt.Sprintf("file %d\n", i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	infos, err := s.AddPaths(ctx, srcs, nixhash.Recursive, nixhash.SHA256)
+	if err == nil || !strings.Contains(err.Error(), srcs[bad]) {
+		t.Fatalf("error %v, want one naming %s", err, srcs[bad])
+	}
+	if len(infos) != bad {
+		t.Fatalf("%d infos, want the %d before the bad source", len(infos), bad)
+	}
+	for i, info := range infos {
+		if info.Path.Name() != filepath.Base(srcs[i]) {
+			t.Errorf("info %d is %s", i, info.Path)
+		}
+	}
+	all, err := s.QueryAllValidPaths(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != bad {
+		t.Errorf("%d valid paths, want %d", len(all), bad)
+	}
+	if left := leftoverTemps(t, s.RealStoreDir()); len(left) != 0 {
+		t.Errorf("temporaries left: %v", left)
+	}
+	ents, _ := os.ReadDir(s.RealStoreDir())
+	var paths []string
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), ".") {
+			paths = append(paths, e.Name())
+		}
+	}
+	if len(paths) != bad {
+		t.Errorf("%d entries in the store dir, want %d", len(paths), bad)
+	}
+}
