@@ -197,7 +197,7 @@ func (t *tempDir) remove() error {
 	return nil
 }
 
-// Slot directories. The slots paths are unpacked into live in a
+// Slot directories. The slots that paths are unpacked into live in a
 // subdirectory of the add temporary, s-<random>. The temporary is marked a
 // top directory (setTopDir), so ext4 picks a block group for each slot
 // directory afresh, starting its search at a hash of the name, and the
