@@ -5,6 +5,8 @@
 # every run on a fresh throwaway chroot store unless the workload only reads.
 #
 # Usage: bench/store-sbs.sh [ROUNDS]    (needs nix-store, nix, go, python3, /usr/bin/time)
+# ONLY=tree,small,... runs only those workloads (tree, small, pathinfo, closure,
+# export, verify, big; export needs closure's store).
 # With STORE_TMPFS=1 (as root) the stores live on a tmpfs, which takes the
 # file system's cost of creating inodes out of the comparison. Every fresh
 # store is preceded by a sync (see FRESH).
@@ -18,6 +20,7 @@
 # allocates (docs/benchmarks.md). STORE_KEEP=1 measures the tools without it.
 set -eu
 ROUNDS=${1:-7}
+want() { [ -z "${ONLY:-}" ] || case ",$ONLY," in *",$1,"*) ;; *) return 1 ;; esac; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 SBS="python3 $HERE/sidebyside.py --rounds $ROUNDS --warmup 1"
 W=$(mktemp -d /tmp/cairn-store-sbs.XXXXXX)
@@ -44,18 +47,23 @@ if [ "${STORE_KEEP:-}" = 1 ]; then
   FRESH="[ -e $W/s ] && mv $W/s $W/old/\$(date +%s%N); sync"
 fi
 
-echo "== add the Go source tree ($(go env GOROOT)/src)"
 GOSRC=$(go env GOROOT)/src
+if want tree; then
+echo "== add the Go source tree ($GOSRC)"
 $SBS --setup "$FRESH" --name "add GOROOT/src" -- \
   nix-store --store "'$S'" --add "$GOSRC" ::: "$CAIRN" --store "'$S'" store add "$GOSRC"
+fi
 
+if want small; then
 echo "== add 2000 small files in one call"
 mkdir -p "$W/small"
 i=0
 while [ $i -lt 2000 ]; do echo "small file $i" > "$W/small/f$i"; i=$((i+1)); done
 $SBS --setup "$FRESH" --name "add 2000 files" -- \
   nix-store --store "'$S'" --add "$W"/small/'*' ::: "$CAIRN" --store "'$S'" store add "$W"/small/'*'
+fi
 
+if want pathinfo; then
 echo "== path-info of 4000 paths"
 mkdir -p "$W/pi"
 i=0
@@ -66,7 +74,9 @@ $SBS --name "path-info 4000" -- \
   nix --store "'$P'" path-info '$(cat' "$W/pi.list)" ::: "$CAIRN" --store "'$P'" store path-info '$(cat' "$W/pi.list)"
 $SBS --name "path-info --json 4000" -- \
   nix --store "'$P'" path-info --json '$(cat' "$W/pi.list)" ::: "$CAIRN" --store "'$P'" store path-info --json '$(cat' "$W/pi.list)"
+fi
 
+if want closure; then
 echo "== closure of a path in a 10,000-path store"
 python3 - "$W/closure.export" <<'EOF'
 # An export stream of 10,000 tiny paths; path i refers to up to 3 earlier ones.
@@ -93,20 +103,26 @@ C="local?root=$W/c"
 $SBS --name "closure in 10k store" -- \
   nix-store --store "'$C'" -qR '$(cat' "$W/top)" ::: "$CAIRN" --store "'$C'" store query -R '$(cat' "$W/top)"
 echo "   closure size: $("$CAIRN" --store "$C" store query -R "$(cat "$W/top")" | wc -l) paths"
+fi
 
+if want export; then
 echo "== export / import of the 10,000-path store"
 "$CAIRN" --store "$C" store query -R "$(cat "$W/top")" > "$W/all"
 $SBS --name "export 10k paths" -- \
   nix-store --store "'$C'" --export '$(cat' "$W/all)" ::: "$CAIRN" --store "'$C'" store export '$(cat' "$W/all)"
 $SBS --setup "$FRESH" --name "import 10k paths" -- \
   nix-store --store "'$S'" --import "<" "$W/closure.export" ::: "$CAIRN" --store "'$S'" store import "<" "$W/closure.export"
+fi
 
+if want verify; then
 echo "== verify --check-contents of the Go tree"
 V="local?root=$W/v"
 nix-store --store "$V" --add "$GOSRC" > /dev/null
 $SBS --name "verify --check-contents" -- \
   nix-store --store "'$V'" --verify --check-contents 2\>/dev/null ::: "$CAIRN" --store "'$V'" store verify --check-contents 2\>/dev/null
+fi
 
+if want big; then
 echo "== add a 4 GiB file: peak RSS (kB) and time"
 truncate -s 4G "$W/big"
 for tool in cairn nix; do :
@@ -114,3 +130,4 @@ for tool in cairn nix; do :
   if [ $tool = cairn ]; then cmd="$CAIRN --store $S store add $W/big"; else cmd="nix-store --store $S --add $W/big"; fi
   /usr/bin/time -f "$tool: %M kB peak RSS, %e s" $cmd > /dev/null
 done
+fi
