@@ -39,9 +39,16 @@ type testDaemon struct {
 
 func newTestDaemon(t *testing.T, settings ...[2]string) *testDaemon {
 	t.Helper()
+	return newTestDaemonAt(t, func(dir string) string { return "local?root=" + filepath.Join(dir, "root") }, settings...)
+}
+
+// newTestDaemonAt is newTestDaemon on the store whose URL url makes from
+// the test's directory.
+func newTestDaemonAt(t *testing.T, url func(dir string) string, settings ...[2]string) *testDaemon {
+	t.Helper()
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
-	cfg, err := store.ParseURL("local?root="+filepath.Join(dir, "root"), func(string) string { return "" })
+	cfg, err := store.ParseURL(url(dir), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}

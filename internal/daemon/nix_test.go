@@ -20,6 +20,7 @@ import (
 	"cairn/internal/sandbox"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
+	"cairn/internal/storepath"
 	"cairn/internal/testutil/nixtest"
 )
 
@@ -69,7 +70,16 @@ func serveStdio(url string) int {
 func (td *testDaemon) nixEnv() []string {
 	home := filepath.Join(td.dir, "home")
 	os.MkdirAll(home, 0o755)
-	return []string{"HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, ".cache"), "NIX_REMOTE=unix://" + td.sock + "?root=" + td.cfg.Root}
+	env := []string{"HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, ".cache")}
+	if td.cfg.Root != "" {
+		env = append(env, "NIX_REMOTE=unix://"+td.sock+"?root="+td.cfg.Root)
+	} else {
+		env = append(env, "NIX_REMOTE=unix://"+td.sock)
+	}
+	if td.cfg.StoreDir != storepath.DefaultStoreDir {
+		env = append(env, "NIX_STORE_DIR="+string(td.cfg.StoreDir))
+	}
+	return env
 }
 
 func (td *testDaemon) nix(t *testing.T, name string, args ...string) string {
