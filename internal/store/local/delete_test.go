@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"cairn/internal/nixhash"
 	"cairn/internal/storepath"
@@ -149,21 +150,7 @@ func nixCopy(t *testing.T, s *Store) *nixtest.Store {
 func TestDeleteRetiresSlotDir(t *testing.T) {
 	ctx := context.Background()
 	s, _ := newStore(t)
-	slotDirs := func() []string {
-		t.Helper()
-		var dirs []string
-		tmp := filepath.Join(s.RealStoreDir(), TempDirName)
-		tops, _ := os.ReadDir(tmp)
-		for _, top := range tops {
-			inner, _ := os.ReadDir(filepath.Join(tmp, top.Name()))
-			for _, e := range inner {
-				if e.IsDir() && strings.HasPrefix(e.Name(), slotDirPrefix) {
-					dirs = append(dirs, e.Name())
-				}
-			}
-		}
-		return dirs
-	}
+	slotDirs := func() []string { return slotDirsOf(s) }
 	doomed, err := s.AddText(ctx, "doomed", "doomed\n", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -216,4 +203,95 @@ func TestDeleteRetiresSlotDir(t *testing.T) {
 	if ents := leftoverTemps(t, s.RealStoreDir()); len(ents) != 0 {
 		t.Errorf("temporaries left: %v", ents)
 	}
+}
+
+// slotDirsOf lists the slot directories in s's temporaries.
+func slotDirsOf(s *Store) []string {
+	var dirs []string
+	tmp := filepath.Join(s.RealStoreDir(), TempDirName)
+	tops, _ := os.ReadDir(tmp)
+	for _, top := range tops {
+		inner, _ := os.ReadDir(filepath.Join(tmp, top.Name()))
+		for _, e := range inner {
+			if e.IsDir() && strings.HasPrefix(e.Name(), slotDirPrefix) {
+				dirs = append(dirs, e.Name())
+			}
+		}
+	}
+	return dirs
+}
+
+// TestCollectionElsewhereRetiresSlotDir: a collection by another process
+// (here Nix's own, nix-store --gc on the same store) retires the slot
+// directory as a deletion by this one does. Nix 2.8's collector deletes the
+// temporaries directory too, with everything this process keeps in it: adds
+// go on in a new one, single paths and batches of many alike.
+func TestCollectionElsewhereRetiresSlotDir(t *testing.T) {
+	nixtest.Require(t, "nix-store")
+	ctx := context.Background()
+	s, root := newStore(t)
+	if _, err := s.AddText(ctx, "before", "before\n", nil); err != nil {
+		t.Fatal(err)
+	}
+	first := slotDirsOf(s)
+	if len(first) != 1 {
+		t.Fatalf("slot dirs after the first add: %v", first)
+	}
+	// Adds shortly after, without a collection, keep the directory.
+	time.Sleep(gcLookEvery + 10*time.Millisecond)
+	if _, err := s.AddText(ctx, "same", "same\n", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := slotDirsOf(s); !slices.Equal(got, first) {
+		t.Fatalf("slot dirs without a collection: %v, was %v", got, first)
+	}
+	// A collector that leaves the temporaries alone (Cairn's, in another
+	// process) shows only in gc-socket's modification time.
+	sockDir := filepath.Join(s.cfg.StateDir, gcSocketDir)
+	if err := os.MkdirAll(sockDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(gcLookEvery + 10*time.Millisecond)
+	if _, err := s.AddText(ctx, "other", "other\n", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := slotDirsOf(s); len(got) != 1 || got[0] == first[0] {
+		t.Fatalf("slot dirs after a collection elsewhere: %v (before %v)", got, first)
+	}
+	first = slotDirsOf(s)
+	nixtest.Run(t, nil, "nix-store", "--store", "local?root="+root, "--gc")
+	if _, err := os.Stat(filepath.Join(s.RealStoreDir(), TempDirName)); !os.IsNotExist(err) {
+		t.Logf("Nix's collector left the temporaries directory (%v)", err)
+	}
+	// At once: the temporary's deletion is seen without waiting for a look.
+	after, err := s.AddText(ctx, "after", "after\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := slotDirsOf(s); len(got) != 1 || got[0] == first[0] {
+		t.Errorf("slot dirs after Nix's collection: %v (before %v)", got, first)
+	}
+	src := t.TempDir()
+	var srcs []string
+	for i := range 300 {
+		f := filepath.Join(src, fmt.Sprintf("f%d", i))
+		os.WriteFile(f, []byte(fmt.Sprintf("file %d\n", i)), 0o644)
+		srcs = append(srcs, f)
+	}
+	infos, err := s.AddPaths(ctx, srcs, nixhash.Recursive, nixhash.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range append([]storepath.StorePath{after.Path}, infos[0].Path, infos[len(infos)-1].Path) {
+		if ok, err := s.IsValidPath(ctx, p); !ok || err != nil {
+			t.Errorf("%s valid = %v, %v", p, ok, err)
+		}
+	}
+	if left, err := TempLeftovers(s.RealStoreDir()); err != nil || len(left) > 0 {
+		t.Errorf("temporaries left: %v %v", left, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	nixtest.Run(t, nil, "nix-store", "--store", "local?root="+root, "--verify", "--check-contents")
 }

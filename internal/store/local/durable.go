@@ -89,7 +89,7 @@ func (b *Batch) syncSlots(intent *intentFile) error {
 			return err
 		}
 		fs.add(t.fd, b.s.tempPath(t.name), false)
-		fs.add(b.s.tmpFD, b.s.tempPath(""), false)
+		fs.add(t.parent, b.s.tempPath(""), false)
 	}
 	var err error
 	for _, it := range b.items {

@@ -53,6 +53,7 @@ func writeIntent(t *tempDir, bases []string) error {
 type intentFile struct {
 	fd   int
 	name string
+	t    *tempDir // the temporary it is in
 	size int64 // of the file
 	used int64 // bytes of names the last commit wrote; after them, newlines
 }
@@ -116,7 +117,7 @@ func (s *Store) acquireIntent() (*intentFile, error) {
 		return nil, &os.PathError{Op: "create", Path: s.tempPath(t.name) + "/" + name, Err: err}
 	}
 	s.fsyncDir(t.fd)
-	return &intentFile{fd: fd, name: s.tempPath(t.name) + "/" + name}, nil
+	return &intentFile{fd: fd, name: s.tempPath(t.name) + "/" + name, t: t}, nil
 }
 
 // releaseIntent returns f to the pool once its paths are registered or moved
@@ -129,8 +130,14 @@ func (s *Store) releaseIntent(f *intentFile) {
 		return
 	}
 	s.tempMu.Lock()
-	s.intents = append(s.intents, f)
+	if f.t == s.temp {
+		s.intents = append(s.intents, f)
+		f = nil
+	}
 	s.tempMu.Unlock()
+	if f != nil { // its temporary was deleted under the store (addTemp)
+		unix.Close(f.fd)
+	}
 }
 
 // recoverTemp undoes the unfinished moves a crashed writer recorded in the

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -84,6 +85,9 @@ type Store struct {
 	tempMu    sync.Mutex
 	temp      *tempDir
 	slots     [addPathWorkers]*slotDir // where new slots go, per lane (temp.go)
+	gcMark    int64                    // STATE/gc-socket's mtime, last looked at (temp.go)
+	gcLooked  time.Time                // when
+	orphanFDs []int                    // of temporaries deleted under the store, closed by Close
 	slotSeq   atomic.Uint64
 	intents   []*intentFile // free for the next Commit
 	intentSeq int
@@ -399,6 +403,10 @@ func (s *Store) Close() error {
 			s.temp.remove()
 			s.temp = nil
 		}
+		for _, fd := range s.orphanFDs {
+			unix.Close(fd)
+		}
+		s.orphanFDs = nil
 		s.tempMu.Unlock()
 		if s.tmpFD >= 0 {
 			unix.Close(s.tmpFD)

@@ -166,6 +166,7 @@ const maxSpareLocks = 64
 type spareLock struct {
 	fd   int
 	name string
+	t    *tempDir // the temporary it is in
 }
 
 const sparePrefix = "lock-"
@@ -200,9 +201,9 @@ func (s *Store) lockStorePaths(ctx context.Context, bases []string) (*PathLocks,
 }
 
 func (s *Store) lockStorePath(ctx context.Context, name string) (heldLock, error) {
-	sp, t, err := s.getSpare(ctx)
+	sp, err := s.getSpare(ctx)
 	if err == nil {
-		if err := unix.Linkat(t.fd, sp.name, s.realFD, name, 0); err == nil {
+		if err := unix.Linkat(sp.t.fd, sp.name, s.realFD, name, 0); err == nil {
 			return heldLock{fd: sp.fd, name: name, spare: sp}, nil
 		}
 		// Someone's lock file is there (or no hard links here): the
@@ -218,12 +219,11 @@ func (s *Store) lockStorePath(ctx context.Context, name string) (heldLock, error
 	return heldLock{fd: fd, name: name}, nil
 }
 
-// getSpare returns a spare lock file, locked and empty, and the temporary
-// it lives in.
-func (s *Store) getSpare(ctx context.Context) (*spareLock, *tempDir, error) {
+// getSpare returns a spare lock file, locked and empty.
+func (s *Store) getSpare(ctx context.Context) (*spareLock, error) {
 	t, err := s.addTemp()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	var sp *spareLock
 	for sp == nil {
@@ -233,7 +233,7 @@ func (s *Store) getSpare(ctx context.Context) (*spareLock, *tempDir, error) {
 			s.spares = s.spares[:n-1]
 		} else {
 			s.spareSeq++
-			sp = &spareLock{fd: -1, name: sparePrefix + strconv.Itoa(s.spareSeq)}
+			sp = &spareLock{fd: -1, name: sparePrefix + strconv.Itoa(s.spareSeq), t: t}
 		}
 		s.tempMu.Unlock()
 		if sp.fd >= 0 && !unshared(sp.fd) {
@@ -247,7 +247,7 @@ func (s *Store) getSpare(ctx context.Context) (*spareLock, *tempDir, error) {
 	if fresh {
 		fd, err := unix.Openat(t.fd, sp.name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		sp.fd = fd
 	}
@@ -255,15 +255,15 @@ func (s *Store) getSpare(ctx context.Context) (*spareLock, *tempDir, error) {
 	// moment, until it has seen that it is stale.
 	if err := flock(ctx, sp.fd, unix.LOCK_EX); err != nil {
 		s.dropSpare(sp, false)
-		return nil, nil, err
+		return nil, err
 	}
 	if !fresh { // a new one is empty
 		if err := unix.Ftruncate(sp.fd, 0); err != nil {
 			s.dropSpare(sp, false)
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	return sp, t, nil
+	return sp, nil
 }
 
 // unshared reports whether no other open file refers to the file open at fd,
@@ -284,7 +284,7 @@ func (s *Store) putSpare(sp *spareLock) {
 		return
 	}
 	s.tempMu.Lock()
-	full := s.temp == nil || len(s.spares) >= maxSpareLocks
+	full := s.temp == nil || sp.t != s.temp || len(s.spares) >= maxSpareLocks
 	s.tempMu.Unlock()
 	if full {
 		s.dropSpare(sp, true)
@@ -292,7 +292,7 @@ func (s *Store) putSpare(sp *spareLock) {
 	}
 	unix.Flock(sp.fd, unix.LOCK_UN)
 	s.tempMu.Lock()
-	if s.temp != nil && len(s.spares) < maxSpareLocks {
+	if s.temp != nil && sp.t == s.temp && len(s.spares) < maxSpareLocks {
 		s.spares = append(s.spares, sp)
 		sp = nil
 	}
@@ -306,7 +306,7 @@ func (s *Store) putSpare(sp *spareLock) {
 // it is already.
 func (s *Store) dropSpare(sp *spareLock, stale bool) {
 	s.tempMu.Lock()
-	if s.temp != nil {
+	if s.temp != nil && sp.t == s.temp {
 		unix.Unlinkat(s.temp.fd, sp.name, 0)
 	}
 	s.tempMu.Unlock()

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -73,10 +75,32 @@ func setTopDir(fd int) {
 	unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags|fsTopDirFlag))
 }
 
-// addTemp returns the store's temporary for adds, made on first use.
+// addTemp returns the store's temporary for adds, made on first use and
+// again once a collection elsewhere deleted it.
 func (s *Store) addTemp() (*tempDir, error) {
+	var gone []*slotDir
+	var in *tempDir
+	defer func() { // with tempMu released
+		for _, d := range gone {
+			if in != nil {
+				d.remove(in)
+			} else {
+				unix.Close(d.fd)
+			}
+		}
+	}()
 	s.tempMu.Lock()
 	defer s.tempMu.Unlock()
+	// An fstat per call: an add that finds its temporary deleted fails,
+	// and the next must not.
+	if s.collectedElsewhere() || s.temp != nil && deleted(s.temp.fd) {
+		gone, in = s.retireLocked(), s.temp
+		if s.temp != nil && deleted(s.temp.fd) {
+			if err := s.abandonTemp(); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if s.temp == nil {
 		t, err := s.newTemp()
 		if err != nil {
@@ -86,6 +110,45 @@ func (s *Store) addTemp() (*tempDir, error) {
 		s.temp = t
 	}
 	return s.temp, nil
+}
+
+// deleted reports whether the directory open at fd has no name any more.
+func deleted(fd int) bool {
+	var st unix.Stat_t
+	return unix.Fstat(fd, &st) == nil && st.Nlink == 0
+}
+
+// abandonTemp leaves the deleted temporary behind: its pooled intent files
+// and spare lock files are closed (those in use are when they come back, see
+// releaseIntent and putSpare), and the temporaries directory is made again if
+// it went with it. The old descriptors stay open until Close, since adds in
+// flight may still use them (and fail: their slots are gone). Called with
+// tempMu held; the next addTemp makes a new temporary.
+func (s *Store) abandonTemp() error {
+	for _, f := range s.intents {
+		unix.Close(f.fd)
+	}
+	s.intents = nil
+	for _, sp := range s.spares {
+		unix.Close(sp.fd)
+	}
+	s.spares = nil
+	s.orphanFDs = append(s.orphanFDs, s.temp.fd)
+	s.temp = nil
+	if !deleted(s.tmpFD) {
+		return nil
+	}
+	if err := unix.Mkdirat(s.realFD, TempDirName, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return &os.PathError{Op: "mkdir", Path: s.cfg.RealStoreDir + "/" + TempDirName, Err: err}
+	}
+	fd, err := openat(s.realFD, TempDirName, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: s.cfg.RealStoreDir + "/" + TempDirName, Err: err}
+	}
+	setTopDir(fd)
+	s.orphanFDs = append(s.orphanFDs, s.tmpFD)
+	s.tmpFD = fd
+	return nil
 }
 
 // fsyncDir makes the entries of the directory open at fd durable, unless
@@ -133,9 +196,10 @@ func (s *Store) cleanTemps() error {
 
 // tempDir is one locked temporary.
 type tempDir struct {
-	s    *Store
-	name string // add-<random>
-	fd   int    // the directory, flock'ed
+	s      *Store
+	name   string // add-<random>
+	fd     int    // the directory, flock'ed
+	parent int    // the temporaries directory it is in
 	// inherits says entries made inside may get extended attributes from
 	// it (a default ACL that could not be removed), so what is restored
 	// there must be canonicalised by a walk afterwards.
@@ -175,7 +239,7 @@ func (s *Store) newTemp() (*tempDir, error) {
 		// below inherits one.
 		err = unix.Fremovexattr(fd, "system.posix_acl_default")
 		inherits := err != nil && !errors.Is(err, unix.ENODATA) && !errors.Is(err, unix.ENOTSUP)
-		return &tempDir{s: s, name: name, fd: fd, inherits: inherits}, nil
+		return &tempDir{s: s, name: name, fd: fd, parent: s.tmpFD, inherits: inherits}, nil
 	}
 }
 
@@ -188,7 +252,7 @@ func (t *tempDir) remove() error {
 	if t == nil || t.fd < 0 {
 		return nil
 	}
-	err := removeTree(t.s.tmpFD, t.name)
+	err := removeTree(t.parent, t.name)
 	unix.Close(t.fd)
 	t.fd = -1
 	if err != nil {
@@ -218,6 +282,41 @@ type slotDir struct {
 	retired bool // no new slots; remove once refs is 0
 }
 
+// Collections run by other processes (`cairn gc`, Nix's collector) free
+// inodes too, and this process never sees their deletions. Every collector,
+// Nix's and Cairn's, serves STATE/gc-socket/socket while it runs, so the
+// directory's modification time changes with each collection: slot
+// directories made before it changed are retired as after a deletion here.
+// Adds look at it at most once per gcLookEvery (addTemp).
+//
+// Nix 2.8's collector also deletes every entry of the store dir that is not
+// a store path, whoever uses it: the temporaries directory with this
+// process's temporary, slots, intent files and spare lock files in it. After
+// that addTemp starts afresh (abandonTemp).
+const (
+	gcSocketDir = "gc-socket" // gcroots.GCSocketName's directory
+	gcLookEvery = 100 * time.Millisecond
+)
+
+// collectedElsewhere reports whether STATE/gc-socket changed since it was
+// last looked at; the first look only records it. Called with tempMu held.
+func (s *Store) collectedElsewhere() bool {
+	now := time.Now()
+	if !s.gcLooked.IsZero() && now.Sub(s.gcLooked) < gcLookEvery {
+		return false
+	}
+	first := s.gcLooked.IsZero()
+	s.gcLooked = now
+	var mark int64 // 0 while no collector ever ran (no directory)
+	var st unix.Stat_t
+	if unix.Stat(filepath.Join(s.cfg.StateDir, gcSocketDir), &st) == nil {
+		mark = st.Mtim.Nano()
+	}
+	changed := mark != s.gcMark && !first
+	s.gcMark = mark
+	return changed
+}
+
 // takeSlotDir returns the current slot directory of lane, made on first
 // use, with one more reference. Each of AddPaths' workers has a lane of its
 // own: files made at once in one directory wait for its lock.
@@ -245,8 +344,19 @@ func (s *Store) takeSlotDir(t *tempDir, lane int) (*slotDir, error) {
 // retireSlotDir makes the next slot of every lane start a new slot directory
 // (see slotDir).
 func (s *Store) retireSlotDir() {
-	var gone []*slotDir
 	s.tempMu.Lock()
+	gone := s.retireLocked()
+	t := s.temp
+	s.tempMu.Unlock()
+	for _, d := range gone {
+		d.remove(t)
+	}
+}
+
+// retireLocked retires every lane's slot directory and returns those no slot
+// holds, for the caller to remove once tempMu is released.
+func (s *Store) retireLocked() []*slotDir {
+	var gone []*slotDir
 	for lane, d := range s.slots {
 		if d == nil {
 			continue
@@ -257,11 +367,7 @@ func (s *Store) retireSlotDir() {
 			gone = append(gone, d)
 		}
 	}
-	t := s.temp
-	s.tempMu.Unlock()
-	for _, d := range gone {
-		d.remove(t)
-	}
+	return gone
 }
 
 // release gives the slot's reference to its directory back; the last one of
