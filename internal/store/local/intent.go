@@ -54,8 +54,8 @@ type intentFile struct {
 	fd   int
 	name string
 	t    *tempDir // the temporary it is in
-	size int64 // of the file
-	used int64 // bytes of names the last commit wrote; after them, newlines
+	size int64    // of the file
+	used int64    // bytes of names the last commit wrote; after them, newlines
 }
 
 // intentBlock is the unit the intent files grow by.
