@@ -251,3 +251,98 @@ func TestConcurrentProcesses(t *testing.T) {
 		}
 	}
 }
+
+// TestNixAndCairnConcurrent runs nix-store --add and Cairn writers at the
+// same time on one store, with overlapping sets of paths: the two sides
+// share the lock files and the database as Nix's own processes do, so every
+// process succeeds, both print the same path for the same source, every path
+// is registered once, and both verifiers accept the store.
+func TestNixAndCairnConcurrent(t *testing.T) {
+	nixtest.Require(t, "nix-store")
+	root := filepath.Join(t.TempDir(), "root")
+	src := t.TempDir()
+	const files = 60
+	var all []string
+	for i := range files {
+		p := filepath.Join(src, fmt.Sprintf("f%02d", i))
+		writeTree(t, p, map[string]string{"a": fmt.Sprintf("file %d\n", i), "sub/b": strings.Repeat("y", i*500)})
+		all = append(all, p)
+	}
+	openRoot(t, root).Close() // a store Cairn made; Nix opens it as its own
+	const procs = 8
+	sets := make([][]string, procs)
+	outs := make([]bytes.Buffer, procs)
+	errs := make([]error, procs)
+	var wg sync.WaitGroup
+	for g := range procs {
+		for i := g % 3; i < files; i += 1 + g%3 {
+			sets[g] = append(sets[g], all[i])
+		}
+		if g%2 == 1 {
+			slices.Reverse(sets[g])
+		}
+		var cmd *exec.Cmd
+		if g%2 == 0 {
+			cmd = helperCmd(t, "add", root, src, "CAIRN_HELPER_FILES="+strings.Join(sets[g], ","))
+		} else {
+			cmd = exec.Command("nix-store", append([]string{"--store", storeURL(root), "--add"}, sets[g]...)...)
+			cmd.Env = nixtest.Env()
+		}
+		cmd.Stdout = &outs[g]
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := cmd.Run(); err != nil {
+				errs[g] = fmt.Errorf("%w: %s", err, stderr.String())
+			}
+		}()
+	}
+	wg.Wait()
+	pathOf := map[string]string{} // source → store path, as every process printed it
+	for g := range procs {
+		if errs[g] != nil {
+			t.Fatalf("process %d (%s): %v", g, map[bool]string{true: "cairn", false: "nix"}[g%2 == 0], errs[g])
+		}
+		printed := strings.Fields(outs[g].String())
+		if len(printed) != len(sets[g]) {
+			t.Fatalf("process %d printed %d paths for %d sources", g, len(printed), len(sets[g]))
+		}
+		for i, p := range printed {
+			if q, ok := pathOf[sets[g][i]]; ok && q != p {
+				t.Errorf("%s added as %s and as %s", sets[g][i], q, p)
+			}
+			pathOf[sets[g][i]] = p
+		}
+	}
+	s := openRoot(t, root)
+	valid, err := s.QueryAllValidPaths(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := pathStrings(valid)
+	var want []string
+	for _, p := range pathOf {
+		want = append(want, p)
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("valid paths %v\nwant %v", got, want)
+	}
+	var n int
+	if err := s.rdb.QueryRow(`select count(*) from ValidPaths`).Scan(&n); err != nil || n != len(want) {
+		t.Errorf("%d rows, want %d (%v)", n, len(want), err)
+	}
+	if res, err := s.Verify(context.Background(), VerifyOptions{CheckContents: true}); err != nil || res.Errors {
+		t.Errorf("cairn verify: %+v %v", res, err)
+	}
+	nixVerify(t, root)
+	ents, _ := os.ReadDir(s.RealStoreDir())
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".lock") {
+			t.Errorf("lock file left: %s", e.Name())
+		}
+	}
+}
