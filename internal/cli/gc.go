@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -168,6 +169,7 @@ func runGC(cmd *cobra.Command, req *protocol.CollectGarbageRequest, printRoots b
 			if err != nil {
 				return nil, err
 			}
+			rs = slices.DeleteFunc(rs, func(r gcroots.Root) bool { return local.IsTemporaries(r.Path) })
 			names, err := gc.RuntimeRootsFor(cfg, settings.Bool("use-roots-daemon"))(ctx, dir)
 			if err != nil {
 				return nil, err

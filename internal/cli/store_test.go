@@ -264,7 +264,7 @@ func TestStoreAddStopsAtBadSourceAsNix(t *testing.T) {
 	ents, _ := os.ReadDir(filepath.Join(root, "nix/store"))
 	var paths int
 	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), ".") && !strings.HasSuffix(e.Name(), ".lock") {
+		if !strings.HasPrefix(e.Name(), ".") && e.Name() != local.TempDirName && !strings.HasSuffix(e.Name(), ".lock") {
 			paths++
 		}
 	}

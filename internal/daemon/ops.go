@@ -809,6 +809,7 @@ func (c *conn) findRoots() error {
 	if err != nil {
 		return err
 	}
+	roots = slices.DeleteFunc(roots, func(r gcroots.Root) bool { return local.IsTemporaries(r.Path) })
 	// Runtime roots, as far as this process may read /proc or from the
 	// roots daemon (Nix's findRuntimeRoots).
 	runtime := gc.ProcRoots

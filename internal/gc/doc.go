@@ -14,7 +14,9 @@
 //	dead          a valid path that is not live; an entry of the store dir that
 //	              is not a valid path (a leftover, a stale "<path>.lock") and
 //	              whose hash part no temporary root names; any other name in
-//	              the store dir but .links and .cairn-tmp
+//	              the store dir but .links and Cairn's temporaries
+//	              (local.TempDirName, which Cairn keeps even when no process
+//	              holds its temporary root; Nix 2.8 deletes it then)
 //	action        ReturnLive, ReturnDead (list), DeleteDead (delete every dead
 //	              path until more than MaxFreed bytes are freed), DeleteSpecific
 //	              (delete the given paths, each only if it is dead and every

@@ -237,8 +237,9 @@ func TestCollectMatchesNix(t *testing.T) {
 				t.Errorf("dead:\n got %q\nwant %q", got, want)
 			}
 			res := cairnGC(protocol.GCDeleteDead)
-			// Nix would also delete Cairn's .cairn-tmp, which Cairn keeps.
-			os.RemoveAll(filepath.Join(rootC, "nix/store/.cairn-tmp"))
+			// Nix would also delete Cairn's temporaries (no Cairn process
+			// holds their root now), which Cairn keeps.
+			os.RemoveAll(filepath.Join(rootC, "nix/store", local.TempDirName))
 			want := nixGC(rootC)
 			summary := fmt.Sprintf("%d store paths deleted, %.2f MiB freed", len(res.Paths), float64(res.BytesFreed)/(1024*1024))
 			if len(want) != 1 || want[0] != summary {
@@ -260,11 +261,12 @@ func TestCollectMatchesNix(t *testing.T) {
 	}
 }
 
-// storePaths drops the names that are not store paths.
+// storePaths drops the names that are not store paths, and Cairn's
+// temporaries (which Nix lists when no Cairn process holds their root).
 func storePaths(ps []string) []string {
 	var out []string
 	for _, p := range ps {
-		if _, err := storepath.StoreDir("/nix/store").Parse(p); err == nil {
+		if _, err := storepath.StoreDir("/nix/store").Parse(p); err == nil && !strings.HasSuffix(p, "/"+local.TempDirName) {
 			out = append(out, p)
 		}
 	}
@@ -274,7 +276,7 @@ func storePaths(ps []string) []string {
 func names(es []os.DirEntry) []string {
 	var out []string
 	for _, e := range es {
-		if e.Name() != ".cairn-tmp" && e.Name() != ".links" {
+		if e.Name() != local.TempDirName && e.Name() != ".links" {
 			out = append(out, e.Name())
 		}
 	}

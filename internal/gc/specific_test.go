@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"cairn/internal/protocol"
+	"cairn/internal/store/local"
 	"cairn/internal/storepath"
 	"cairn/internal/testutil/nixtest"
 )
@@ -24,7 +25,7 @@ func TestDeleteSpecificMatchesNix(t *testing.T) {
 	nixtest.Require(t, "nix-store", "nix-instantiate")
 	f, stores := fixtureStores(t, 2)
 	rootA, rootB := stores[0], stores[1]
-	os.RemoveAll(filepath.Join(rootB, "nix/store/.cairn-tmp"))
+	os.RemoveAll(filepath.Join(rootB, "nix/store", local.TempDirName))
 	st, roots := openStore(t, rootA)
 	holdTempRoots(t, filepath.Join(rootA, "nix/var/nix"), 4242, f.paths["temp"])
 	holdTempRoots(t, filepath.Join(rootB, "nix/var/nix"), 4242, f.paths["temp"])

@@ -10,10 +10,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"cairn/internal/gcroots"
 	"cairn/internal/nixhash"
+	"cairn/internal/store"
 	"cairn/internal/storepath"
 	"cairn/internal/testutil/nixtest"
 )
@@ -222,14 +225,17 @@ func slotDirsOf(s *Store) []string {
 }
 
 // TestCollectionElsewhereRetiresSlotDir: a collection by another process
-// (here Nix's own, nix-store --gc on the same store) retires the slot
-// directory as a deletion by this one does. Nix 2.8's collector deletes the
-// temporaries directory too, with everything this process keeps in it: adds
-// go on in a new one, single paths and batches of many alike.
+// retires the slot directory as a deletion by this one does. Nix 2.8's
+// collector, which deletes every entry of the store dir nobody roots, keeps
+// the temporaries while a Store holds their root; if they go anyway (a
+// collector that ignores the root), adds go on in new ones at once, single
+// paths and batches of many alike; and once no Store is open, Nix's
+// collector removes them.
 func TestCollectionElsewhereRetiresSlotDir(t *testing.T) {
 	nixtest.Require(t, "nix-store")
 	ctx := context.Background()
 	s, root := newStore(t)
+	nixURL := "local?root=" + root
 	if _, err := s.AddText(ctx, "before", "before\n", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -245,31 +251,30 @@ func TestCollectionElsewhereRetiresSlotDir(t *testing.T) {
 	if got := slotDirsOf(s); !slices.Equal(got, first) {
 		t.Fatalf("slot dirs without a collection: %v, was %v", got, first)
 	}
-	// A collector that leaves the temporaries alone (Cairn's, in another
-	// process) shows only in gc-socket's modification time.
-	sockDir := filepath.Join(s.cfg.StateDir, gcSocketDir)
-	if err := os.MkdirAll(sockDir, 0o755); err != nil {
-		t.Fatal(err)
+	// Nix's collection: the temporaries stay, the slot directory retires.
+	nixtest.Run(t, nil, "nix-store", "--store", nixURL, "--gc")
+	if got := slotDirsOf(s); !slices.Equal(got, first) {
+		t.Fatalf("Nix's collector deleted the rooted temporaries: slot dirs %v, was %v", got, first)
 	}
 	time.Sleep(gcLookEvery + 10*time.Millisecond)
 	if _, err := s.AddText(ctx, "other", "other\n", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := slotDirsOf(s); len(got) != 1 || got[0] == first[0] {
-		t.Fatalf("slot dirs after a collection elsewhere: %v (before %v)", got, first)
+		t.Fatalf("slot dirs after Nix's collection: %v (before %v)", got, first)
 	}
 	first = slotDirsOf(s)
-	nixtest.Run(t, nil, "nix-store", "--store", "local?root="+root, "--gc")
-	if _, err := os.Stat(filepath.Join(s.RealStoreDir(), TempDirName)); !os.IsNotExist(err) {
-		t.Logf("Nix's collector left the temporaries directory (%v)", err)
+
+	// The temporaries deleted under the store: seen at once, without a look.
+	if err := os.RemoveAll(filepath.Join(s.RealStoreDir(), TempDirName)); err != nil {
+		t.Fatal(err)
 	}
-	// At once: the temporary's deletion is seen without waiting for a look.
 	after, err := s.AddText(ctx, "after", "after\n", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := slotDirsOf(s); len(got) != 1 || got[0] == first[0] {
-		t.Errorf("slot dirs after Nix's collection: %v (before %v)", got, first)
+		t.Errorf("slot dirs after the temporaries were deleted: %v (before %v)", got, first)
 	}
 	src := t.TempDir()
 	var srcs []string
@@ -293,5 +298,90 @@ func TestCollectionElsewhereRetiresSlotDir(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	nixtest.Run(t, nil, "nix-store", "--store", "local?root="+root, "--verify", "--check-contents")
+	nixtest.Run(t, nil, "nix-store", "--store", nixURL, "--verify", "--check-contents")
+	// No Store open: nobody roots the temporaries, and Nix collects them.
+	nixtest.Run(t, nil, "nix-store", "--store", nixURL, "--gc")
+	if _, err := os.Stat(filepath.Join(s.RealStoreDir(), TempDirName)); !os.IsNotExist(err) {
+		t.Errorf("temporaries after Nix's collection with no Store open: %v", err)
+	}
+}
+
+// rooterOf adapts gcroots.TempRoots to store.TempRooter.
+type rooterOf struct{ t *gcroots.TempRoots }
+
+func (r rooterOf) AddTempRoot(ctx context.Context, p storepath.StorePath) error {
+	return r.t.Add(ctx, p)
+}
+
+// TestAddsRaceNixCollect adds paths, with a temporary root and without, while
+// Nix 2.8's collector runs again and again on the same store: every add
+// succeeds (Nix leaves the rooted temporaries alone), every rooted path stays
+// valid, and both verifiers accept the store.
+func TestAddsRaceNixCollect(t *testing.T) {
+	nixtest.Require(t, "nix-store")
+	ctx := context.Background()
+	s, root := newStore(t)
+	tr, err := gcroots.New(s.cfg.StateDir, s.cfg.StoreDir, s.cfg.RealStoreDir).OpenTemp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	n := 300
+	if testing.Short() {
+		n = 100
+	}
+	var wg sync.WaitGroup
+	var rooted []storepath.StorePath
+	errs := make(chan error, 2)
+	// Paced, so that the adds span several collections (an add loop at
+	// full speed keeps Nix's collector reading new entries for ever).
+	add := func(ctx context.Context, prefix string, keep bool) {
+		defer wg.Done()
+		for i := range n {
+			info, err := s.AddText(ctx, fmt.Sprintf("%s-%d", prefix, i), strings.Repeat(fmt.Sprintf("%s %d\n", prefix, i), 50), nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if keep {
+				rooted = append(rooted, info.Path)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	wg.Add(2)
+	go add(store.WithTempRooter(ctx, rooterOf{tr}), "rooted", true)
+	go add(ctx, "plain", false)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	collections := 0
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+			if _, err := nixtest.Output(nil, "nix-store", "--store", "local?root="+root, "--gc"); err != nil {
+				t.Fatalf("nix-store --gc: %v", err)
+			}
+			collections++
+		}
+	}
+	t.Logf("%d collections by Nix during %d adds", collections, 2*n)
+	if collections < 2 {
+		t.Errorf("only %d collections ran during the adds", collections)
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("add while Nix collects: %v", err)
+	default:
+	}
+	for _, p := range rooted {
+		if ok, err := s.IsValidPath(ctx, p); !ok || err != nil {
+			t.Errorf("%s valid = %v, %v; a live temporary root names it", p, ok, err)
+		}
+	}
+	if res, err := s.Verify(ctx, VerifyOptions{CheckContents: true}); err != nil || res.Errors || len(res.Invalidated) > 0 {
+		t.Errorf("cairn verify: %+v %v", res, err)
+	}
+	nixVerify(t, root)
 }

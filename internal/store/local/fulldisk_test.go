@@ -76,7 +76,7 @@ func TestFullDisk(t *testing.T) {
 				ents, _ := os.ReadDir(s.RealStoreDir())
 				n := 0
 				for _, e := range ents {
-					if !strings.HasPrefix(e.Name(), ".") && !strings.HasSuffix(e.Name(), ".lock") {
+					if !strings.HasPrefix(e.Name(), ".") && e.Name() != TempDirName && !strings.HasSuffix(e.Name(), ".lock") {
 						n++
 					}
 				}

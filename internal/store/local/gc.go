@@ -258,7 +258,7 @@ func (w *Sweeper) DeleteValid(ctx context.Context, ps []storepath.StorePath) ([]
 // looking at locks, as Nix's collector does. The names of Cairn's own
 // temporaries and .links are refused.
 func (w *Sweeper) DeleteEntry(ctx context.Context, name string) (uint64, error) {
-	if name == "" || name == "." || name == ".." || name == linksDirName || name == TempDirName ||
+	if name == "" || name == "." || name == ".." || name == linksDirName || name == TempDirName || name == legacyTempDirName ||
 		len(name) > 4096 || containsSlash(name) {
 		return 0, fmt.Errorf("delete %s: %w: not a store entry", name, store.ErrInvalid)
 	}
@@ -309,7 +309,7 @@ func (s *Store) StoreDirEntries() ([]string, error) {
 	}
 	out := names[:0]
 	for _, n := range names {
-		if n != linksDirName && n != TempDirName {
+		if n != linksDirName && n != TempDirName && n != legacyTempDirName {
 			out = append(out, n)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"cairn/internal/gcroots"
 	"cairn/internal/store"
 	"cairn/internal/storepath"
 )
@@ -88,6 +89,7 @@ type Store struct {
 	gcMark    int64                    // STATE/gc-socket's mtime, last looked at (temp.go)
 	gcLooked  time.Time                // when
 	orphanFDs []int                    // of temporaries deleted under the store, closed by Close
+	tempRoots *gcroots.TempRoots       // holds the temporaries directory's root (temp.go)
 	slotSeq   atomic.Uint64
 	intents   []*intentFile // free for the next Commit
 	intentSeq int
@@ -188,7 +190,7 @@ func (s *Store) open(ctx context.Context) error {
 	if s.realFD, err = openat(unix.AT_FDCWD, s.cfg.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY); err != nil {
 		return &os.PathError{Op: "open", Path: s.cfg.RealStoreDir, Err: err}
 	}
-	if err := s.openTemp(); err != nil {
+	if err := s.openTemp(ctx); err != nil {
 		return err
 	}
 	return s.openDurable(ctx)
@@ -408,6 +410,9 @@ func (s *Store) Close() error {
 		}
 		s.orphanFDs = nil
 		s.tempMu.Unlock()
+		if s.tempRoots != nil {
+			s.tempRoots.Close()
+		}
 		if s.tmpFD >= 0 {
 			unix.Close(s.tmpFD)
 		}

@@ -3,6 +3,7 @@ package local
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"cairn/internal/nar"
+	"cairn/internal/nixbase32"
 	"cairn/internal/nixhash"
 	"cairn/internal/store"
 	"cairn/internal/storepath"
@@ -538,6 +540,43 @@ func TestLeftoverTempsRemovedOnOpen(t *testing.T) {
 	}
 }
 
+// TestTemporariesNamedLikeAStorePath: the temporaries directory is named
+// like a store path (hash part: SHA-256("cairn-tmp") cut to 20 bytes, in
+// nixbase32), and an open store holds a temporary root on it.
+func TestTemporariesNamedLikeAStorePath(t *testing.T) {
+	h := sha256.Sum256([]byte("cairn-tmp"))
+	if want := nixbase32.EncodeToString(h[:20]) + "-cairn-tmp"; TempDirName != want {
+		t.Errorf("TempDirName %s, want %s", TempDirName, want)
+	}
+	s, _ := newStore(t)
+	p, err := s.dir.FromBase(TempDirName)
+	if err != nil || !IsTemporaries(p) {
+		t.Fatalf("%s: %v", TempDirName, err)
+	}
+	rooted := false
+	files, _ := os.ReadDir(filepath.Join(s.cfg.StateDir, "temproots"))
+	for _, f := range files {
+		b, _ := os.ReadFile(filepath.Join(s.cfg.StateDir, "temproots", f.Name()))
+		rooted = rooted || strings.Contains(string(b), p.String()+"\x00")
+	}
+	if !rooted {
+		t.Errorf("no temporary root names %s (%d files)", p, len(files))
+	}
+}
+
+// TestLegacyTempsRemovedOnOpen: a store made when the temporaries were
+// .cairn-tmp loses it on the next open, with what a crashed writer left.
+func TestLegacyTempsRemovedOnOpen(t *testing.T) {
+	s, root := newStore(t)
+	legacy := filepath.Join(s.RealStoreDir(), legacyTempDirName)
+	writeTree(t, filepath.Join(legacy, "add-crashed"), map[string]string{"x/f": "partial"})
+	s.Close()
+	s2 := openRoot(t, root)
+	if _, err := os.Lstat(filepath.Join(s2.RealStoreDir(), legacyTempDirName)); !os.IsNotExist(err) {
+		t.Errorf("%s after reopening: %v", legacyTempDirName, err)
+	}
+}
+
 // TestConcurrentAdds has 16 goroutines, each with its own Store (as separate
 // processes would) or sharing one, add overlapping sets of paths.
 func TestConcurrentAdds(t *testing.T) {
@@ -880,7 +919,7 @@ func TestAddPathsStopsAtBadSource(t *testing.T) {
 	ents, _ := os.ReadDir(s.RealStoreDir())
 	var paths []string
 	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), ".") {
+		if !strings.HasPrefix(e.Name(), ".") && e.Name() != TempDirName {
 			paths = append(paths, e.Name())
 		}
 	}

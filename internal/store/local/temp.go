@@ -1,6 +1,7 @@
 package local
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -12,12 +13,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"cairn/internal/gcroots"
 	"cairn/internal/nixbase32"
+	"cairn/internal/storepath"
 )
 
 // Temporaries. Every path being added is first unpacked at
 //
-//	<real store dir>/.cairn-tmp/add-<random>/<n>
+//	<real store dir>/<TempDirName>/add-<random>/s-<random>/<n>
 //
 // (one add-<random> per open Store, made on first use and kept until Close; n
 // counts the paths it has handed out) and renamed into the store dir once it
@@ -30,9 +33,20 @@ import (
 // directory per process rather than per batch spares every add a mkdir, an
 // rmdir and a lock (on ext4 without a journal, every inode freed also slows
 // the next minute's creates in its block group).
+//
+// The temporaries directory is named like a store path and every open Store
+// holds a temporary root on it, as Nix does for its own temporaries in the
+// store (createTempDirInStore): Nix 2.8's collector deletes every entry of
+// the store dir that is not a store path or is one nobody roots, whoever is
+// using it. Once no process holds the root, a collection removes it.
 const (
-	// TempDirName is the directory of temporaries inside the real store dir.
-	TempDirName = ".cairn-tmp"
+	// TempDirName is the directory of temporaries inside the real store dir:
+	// the hash part is the first 20 bytes of SHA-256("cairn-tmp") in
+	// nixbase32, so no store path of another name can share it.
+	TempDirName = "hnjxm7zb31vzbhp0qgn8sbc1m9fsgj9b-cairn-tmp"
+	// legacyTempDirName is where stores made before kept their temporaries;
+	// Open removes it once nobody uses it.
+	legacyTempDirName = ".cairn-tmp"
 	// tempPrefix starts the name of each temporary.
 	tempPrefix = "add-"
 	// tempContent is the entry name to use in a temporary that holds one
@@ -40,8 +54,12 @@ const (
 	tempContent = "x"
 )
 
-// openTemp creates and opens the temporaries directory and removes stale entries.
-func (s *Store) openTemp() error {
+// openTemp roots, creates and opens the temporaries directory and removes
+// stale entries.
+func (s *Store) openTemp(ctx context.Context) error {
+	if err := s.rootTemp(ctx); err != nil {
+		return err
+	}
 	if err := unix.Mkdirat(s.realFD, TempDirName, 0o700); err == nil {
 		// Recovery after a power loss finds intents only under a durable name.
 		s.fsyncDir(s.realFD)
@@ -60,7 +78,40 @@ func (s *Store) openTemp() error {
 	// may just have freed thousands (ext4 skips recently freed inodes one by
 	// one when it allocates). Other file systems refuse; that is fine.
 	setTopDir(fd)
-	return s.cleanTemps()
+	if err := s.cleanTemps(s.tmpFD, TempDirName); err != nil {
+		return err
+	}
+	// A store made before the temporaries were named like a store path.
+	if fd, err := openat(s.realFD, legacyTempDirName, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW); err == nil {
+		s.cleanTemps(fd, legacyTempDirName)
+		unix.Close(fd)
+		unix.Unlinkat(s.realFD, legacyTempDirName, unix.AT_REMOVEDIR) // fails while in use
+	}
+	return nil
+}
+
+// IsTemporaries reports whether p names a store's temporaries directory,
+// whose temporary root listings of roots leave out: it keeps no store path.
+func IsTemporaries(p storepath.StorePath) bool { return p.Base() == TempDirName }
+
+// rootTemp makes the temporaries directory a temporary root of this store
+// for as long as it is open (see TempDirName), before it is made or used:
+// a collector that is running learns of it through its socket.
+func (s *Store) rootTemp(ctx context.Context) error {
+	p, err := s.dir.FromBase(TempDirName)
+	if err != nil {
+		return err
+	}
+	roots, err := gcroots.New(s.cfg.StateDir, s.cfg.StoreDir, s.cfg.RealStoreDir).OpenTemp()
+	if err != nil {
+		return err
+	}
+	if err := roots.Add(ctx, p); err != nil {
+		roots.Close()
+		return err
+	}
+	s.tempRoots = roots
+	return nil
 }
 
 // fsTopDirFlag is FS_TOPDIR_FL of linux/fs.h.
@@ -168,26 +219,27 @@ func (s *Store) newSlotName() string {
 	return strconv.FormatUint(s.slotSeq.Add(1), 10)
 }
 
-// cleanTemps removes every temporary no live writer holds.
-func (s *Store) cleanTemps() error {
-	dup, err := unix.Dup(s.tmpFD)
+// cleanTemps removes every temporary no live writer holds from the
+// temporaries directory open at dirfd.
+func (s *Store) cleanTemps(dirfd int, dirName string) error {
+	dup, err := unix.Dup(dirfd)
 	if err != nil {
 		return err
 	}
-	f := os.NewFile(uintptr(dup), s.cfg.RealStoreDir+"/"+TempDirName)
+	f := os.NewFile(uintptr(dup), s.cfg.RealStoreDir+"/"+dirName)
 	names, err := f.Readdirnames(-1)
 	f.Close()
 	if err != nil {
 		return err
 	}
 	for _, n := range names {
-		fd, err := openat(s.tmpFD, n, unix.O_RDONLY|unix.O_NOFOLLOW)
+		fd, err := openat(dirfd, n, unix.O_RDONLY|unix.O_NOFOLLOW)
 		if err != nil {
 			continue
 		}
 		if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
 			s.recoverTemp(fd) // intent.go
-			removeTree(s.tmpFD, n)
+			removeTree(dirfd, n)
 		}
 		unix.Close(fd)
 	}

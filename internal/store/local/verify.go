@@ -127,7 +127,7 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (*VerifyResult, 
 		valid[p.Base()] = true
 	}
 	for _, n := range names {
-		if valid[n] || strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".lock") {
+		if valid[n] || n == TempDirName || strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".lock") {
 			continue
 		}
 		if _, err := s.dir.FromBase(n); err != nil {
