@@ -36,15 +36,20 @@ import (
 //     durable.
 //
 // So a batch with at most fsyncEachMax entries and no symlinks fsyncs each of
-// them, and a bigger one uses syncfs unless more than otherDirtyMax of other
-// data is waiting to be written (then, without symlinks, fsync of each entry
-// again). Measured on a VM's ext4 (docs/benchmarks.md): with nothing else
-// dirty, syncfs makes the 12,800 entries of the Go source tree durable in
-// 0.2 s and fsyncs of each entry take 0.5–0.6 s with 64 in flight (1.0 s with
-// 16); with 1 GiB of other data dirty, syncfs takes 0.45–0.6 s.
+// them, and a bigger one uses syncfs unless more than otherDirtyPerEntry of
+// other data per entry is waiting to be written (then, without symlinks,
+// fsync of each entry again). Measured on a VM's ext4 (docs/benchmarks.md):
+// with nothing else dirty, syncfs makes the 12,800 entries of the Go source
+// tree durable in 0.2 s and fsyncs of each entry take 0.5–0.6 s with 64 in
+// flight (1.0 s with 16); with 1 GiB of other data dirty, syncfs takes
+// 0.45–0.7 s, while each fsync waits behind that writeback (30–35 ms, 16 at a
+// time): about what writing 1 MiB costs, hence the rule per entry. (A fixed
+// 1 GiB of other data made the tree's 12,800 entries take 12,800 fsyncs
+// behind a benchmark's freshly written inputs, seconds of flushes that slowed
+// every add after it.)
 const (
-	fsyncEachMax  = 64
-	otherDirtyMax = 1 << 30
+	fsyncEachMax       = 64
+	otherDirtyPerEntry = 1 << 20
 	// fsyncWorkers and fsyncWorkersBig bound the fsyncs in flight at once,
 	// for a small batch and for a big one.
 	fsyncWorkers    = 16
@@ -67,7 +72,7 @@ func (b *Batch) syncSlots(intent *intentFile) error {
 	if entries == 0 {
 		return nil
 	}
-	each := !symlinks && (entries <= fsyncEachMax || dirtyBytes()-size > otherDirtyMax)
+	each := !symlinks && (entries <= fsyncEachMax || dirtyBytes()-size > int64(entries)*otherDirtyPerEntry)
 	if !each {
 		if err := unix.Syncfs(b.s.realFD); err != nil {
 			return fmt.Errorf("sync %s: %w", b.s.cfg.RealStoreDir, err)
@@ -497,7 +502,7 @@ func (sy *syncer) fsyncEach(ctx context.Context, cur markerRecord, n int64, item
 		size += it.stats.bytes
 		bases[it.base] = true
 	}
-	if entries > fsyncEachMax && dirtyBytes()-size <= otherDirtyMax {
+	if entries > fsyncEachMax && dirtyBytes()-size <= int64(entries)*otherDirtyPerEntry {
 		return false
 	}
 	rows, err := sy.s.rdb.QueryContext(ctx, `select path from ValidPaths where id > ? and id <= ?`, cur.synced, n)
