@@ -90,8 +90,8 @@ func (s *Store) openTemp(ctx context.Context) error {
 	return nil
 }
 
-// IsTemporaries reports whether p names a store's temporaries directory,
-// whose temporary root listings of roots leave out: it keeps no store path.
+// IsTemporaries reports whether p names the temporaries directory. Listings
+// of roots leave its temporary root out: it keeps no store path alive.
 func IsTemporaries(p storepath.StorePath) bool { return p.Base() == TempDirName }
 
 // rootTemp makes the temporaries directory a temporary root of this store
@@ -341,14 +341,10 @@ type slotDir struct {
 // directories made before it changed are retired as after a deletion here.
 // Adds look at it at most once per gcLookEvery (addTemp).
 //
-// Nix 2.8's collector also deletes every entry of the store dir that is not
-// a store path, whoever uses it: the temporaries directory with this
-// process's temporary, slots, intent files and spare lock files in it. After
-// that addTemp starts afresh (abandonTemp).
-const (
-	gcSocketDir = "gc-socket" // gcroots.GCSocketName's directory
-	gcLookEvery = 100 * time.Millisecond
-)
+// Should the temporaries directory be deleted anyway, with this process's
+// temporary, slots, intent files and spare lock files in it (a collector
+// that ignores its root, someone's rm), addTemp starts afresh (abandonTemp).
+const gcLookEvery = 100 * time.Millisecond
 
 // collectedElsewhere reports whether STATE/gc-socket changed since it was
 // last looked at; the first look only records it. Called with tempMu held.
@@ -361,7 +357,7 @@ func (s *Store) collectedElsewhere() bool {
 	s.gcLooked = now
 	var mark int64 // 0 while no collector ever ran (no directory)
 	var st unix.Stat_t
-	if unix.Stat(filepath.Join(s.cfg.StateDir, gcSocketDir), &st) == nil {
+	if unix.Stat(filepath.Join(s.cfg.StateDir, filepath.Dir(gcroots.GCSocketName)), &st) == nil {
 		mark = st.Mtim.Nano()
 	}
 	changed := mark != s.gcMark && !first
