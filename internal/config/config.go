@@ -277,7 +277,7 @@ func (s *Settings) apply(text, source, dir string, warn func(string), depth int)
 		if i := strings.IndexByte(line, '#'); i >= 0 {
 			line = line[:i]
 		}
-		words := strings.Fields(line)
+		words := configWords(line)
 		if len(words) == 0 {
 			continue
 		}
@@ -322,6 +322,14 @@ func (s *Settings) apply(text, source, dir string, warn func(string), depth int)
 		}
 	}
 	return nil
+}
+
+// configWords splits a configuration line into words as Nix does: at
+// spaces, tabs, carriage returns and newlines only (a vertical tab, a form
+// feed or a no-break space is part of a word, and so makes the line illegal
+// where Nix finds it so).
+func configWords(line string) []string {
+	return strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' || r == '\r' || r == '\n' })
 }
 
 // Env is how Load reads the environment; os.Getenv in production.

@@ -191,3 +191,34 @@ func TestAgainstNix(t *testing.T) {
 		}
 	}
 }
+
+// TestLineSyntaxAgainstNix gives Nix 2.8 and Cairn the same odd
+// configuration lines (through NIX_CONFIG for Nix) and checks that both
+// refuse the same ones and read the same value from the others.
+func TestLineSyntaxAgainstNix(t *testing.T) {
+	nixtest.Require(t, "nix")
+	lines := []string{
+		"cores = 3", "cores\t=\t5", "cores = 3\r", "  cores   =   7  # a comment",
+		"cores\v= 3", "cores =\f3", "cores\u00a0= 3", "cores = \u00a03", "cores=3", "cores =",
+		"cores = 3 4", "# only a comment", "cores", "= 3",
+	}
+	for _, line := range lines {
+		out, err := nixtest.OutputEnv([]string{"NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent", "NIX_CONFIG=" + line},
+			"nix", "--extra-experimental-features", "nix-command", "show-config")
+		nixValue, nixErr := "", err != nil
+		for _, l := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(l, "cores = "); ok {
+				nixValue = v
+			}
+		}
+		s := New()
+		cerr := s.ApplyText(line, "NIX_CONFIG", nil)
+		if (cerr != nil) != nixErr {
+			t.Errorf("%q: Cairn error %v, Nix error %v", line, cerr, err)
+			continue
+		}
+		if !nixErr && s.Get("cores") != nixValue {
+			t.Errorf("%q: Cairn cores %q, Nix %q", line, s.Get("cores"), nixValue)
+		}
+	}
+}
