@@ -7,6 +7,7 @@
 # Usage: bench/store-sbs.sh [ROUNDS]    (needs nix-store, nix, go, python3, /usr/bin/time)
 # ONLY=tree,small,... runs only those workloads (tree, small, pathinfo, closure,
 # export, verify, big; export needs closure's store).
+# SETTLE (default 65) is how many seconds the script waits after building Cairn.
 # With STORE_TMPFS=1 (as root) the stores live on a tmpfs, which takes the
 # file system's cost of creating inodes out of the comparison. Every fresh
 # store is preceded by a sync (see FRESH).
@@ -32,6 +33,11 @@ else
 fi
 CAIRN=$W/cairn
 (cd "$HERE/.." && go build -o "$CAIRN" ./cmd/cairn)
+# go build just made and deleted thousands of temporary files. On ext4 without
+# a journal every inode freed in the last 60 s costs each later allocation in
+# its group a look-up (fs/ext4/ialloc.c, recently_deleted): let them age out,
+# so that the first workloads measure the tools and not the build.
+sync; sleep "${SETTLE:-65}"
 export NIX_CONFIG="experimental-features = nix-command
 substituters =
 sandbox = false"
