@@ -319,7 +319,7 @@ func (t *tempDir) remove() error {
 // directory afresh, starting its search at a hash of the name, and the
 // inodes of everything unpacked there come from around that group. A later
 // garbage collection frees those same inodes, and on ext4 without a journal
-// each inode freed in the last half minute slows down every allocation in
+// each inode freed in the last minute slows down every allocation in
 // its group (the allocator steps over them one by one): adding the Go tree
 // right after collecting another took 0.8–4.1 s instead of 0.4 s. So a
 // deletion retires the slot directory: later slots go to a new one under a
