@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -194,62 +195,21 @@ func TestConcurrentProcesses(t *testing.T) {
 		all = append(all, p)
 	}
 	const procs = 16
-	outs := make([]bytes.Buffer, procs)
-	errs := make([]error, procs)
-	var wg sync.WaitGroup
+	cmds := make([]*exec.Cmd, procs)
 	for g := range procs {
 		var set []string
 		for i := g % 5; i < files; i += 1 + g%4 {
 			set = append(set, all[i])
 		}
-		cmd := helperCmd(t, "add", root, src, "CAIRN_HELPER_FILES="+strings.Join(set, ","))
-		cmd.Stdout = &outs[g]
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := cmd.Run(); err != nil {
-				errs[g] = fmt.Errorf("%w: %s", err, stderr.String())
-			}
-		}()
+		cmds[g] = helperCmd(t, "add", root, src, "CAIRN_HELPER_FILES="+strings.Join(set, ","))
 	}
-	wg.Wait()
 	seen := map[string]bool{}
-	for g := range procs {
-		if errs[g] != nil {
-			t.Fatalf("process %d: %v", g, errs[g])
-		}
-		for _, p := range strings.Fields(outs[g].String()) {
+	for _, out := range runConcurrently(t, cmds) {
+		for _, p := range strings.Fields(out) {
 			seen[p] = true
 		}
 	}
-	s := openRoot(t, root)
-	valid, err := s.QueryAllValidPaths(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := pathStrings(valid)
-	var want []string
-	for p := range seen {
-		want = append(want, p)
-	}
-	slices.Sort(got)
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("valid paths %v\nwant %v", got, want)
-	}
-	var n int
-	if err := s.rdb.QueryRow(`select count(*) from ValidPaths`).Scan(&n); err != nil || n != len(want) {
-		t.Errorf("%d rows, want %d (%v)", n, len(want), err)
-	}
-	nixVerify(t, root)
-	ents, _ := os.ReadDir(s.RealStoreDir())
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), ".lock") {
-			t.Errorf("lock file left: %s", e.Name())
-		}
-	}
+	checkRegisteredOnce(t, root, slices.Collect(maps.Keys(seen)))
 }
 
 // TestNixAndCairnConcurrent runs nix-store --add and Cairn writers at the
@@ -271,23 +231,43 @@ func TestNixAndCairnConcurrent(t *testing.T) {
 	openRoot(t, root).Close() // a store Cairn made; Nix opens it as its own
 	const procs = 8
 	sets := make([][]string, procs)
-	outs := make([]bytes.Buffer, procs)
-	errs := make([]error, procs)
-	var wg sync.WaitGroup
+	cmds := make([]*exec.Cmd, procs)
 	for g := range procs {
 		for i := g % 3; i < files; i += 1 + g%3 {
 			sets[g] = append(sets[g], all[i])
 		}
-		if g%2 == 1 {
-			slices.Reverse(sets[g])
-		}
-		var cmd *exec.Cmd
 		if g%2 == 0 {
-			cmd = helperCmd(t, "add", root, src, "CAIRN_HELPER_FILES="+strings.Join(sets[g], ","))
-		} else {
-			cmd = exec.Command("nix-store", append([]string{"--store", storeURL(root), "--add"}, sets[g]...)...)
-			cmd.Env = nixtest.Env()
+			cmds[g] = helperCmd(t, "add", root, src, "CAIRN_HELPER_FILES="+strings.Join(sets[g], ","))
+			continue
 		}
+		slices.Reverse(sets[g])
+		cmds[g] = exec.Command("nix-store", append([]string{"--store", storeURL(root), "--add"}, sets[g]...)...)
+		cmds[g].Env = nixtest.Env()
+	}
+	pathOf := map[string]string{} // source → store path, as every process printed it
+	for g, out := range runConcurrently(t, cmds) {
+		printed := strings.Fields(out)
+		if len(printed) != len(sets[g]) {
+			t.Fatalf("process %d printed %d paths for %d sources", g, len(printed), len(sets[g]))
+		}
+		for i, p := range printed {
+			if q, ok := pathOf[sets[g][i]]; ok && q != p {
+				t.Errorf("%s added as %s and as %s", sets[g][i], q, p)
+			}
+			pathOf[sets[g][i]] = p
+		}
+	}
+	checkRegisteredOnce(t, root, slices.Collect(maps.Values(pathOf)))
+}
+
+// runConcurrently runs cmds at the same time and returns what each printed;
+// a command that fails ends the test.
+func runConcurrently(t *testing.T, cmds []*exec.Cmd) []string {
+	t.Helper()
+	outs := make([]bytes.Buffer, len(cmds))
+	errs := make([]error, len(cmds))
+	var wg sync.WaitGroup
+	for g, cmd := range cmds {
 		cmd.Stdout = &outs[g]
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
@@ -300,32 +280,27 @@ func TestNixAndCairnConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	pathOf := map[string]string{} // source → store path, as every process printed it
-	for g := range procs {
+	printed := make([]string, len(cmds))
+	for g := range cmds {
 		if errs[g] != nil {
-			t.Fatalf("process %d (%s): %v", g, map[bool]string{true: "cairn", false: "nix"}[g%2 == 0], errs[g])
+			t.Fatalf("process %d (%s): %v", g, filepath.Base(cmds[g].Path), errs[g])
 		}
-		printed := strings.Fields(outs[g].String())
-		if len(printed) != len(sets[g]) {
-			t.Fatalf("process %d printed %d paths for %d sources", g, len(printed), len(sets[g]))
-		}
-		for i, p := range printed {
-			if q, ok := pathOf[sets[g][i]]; ok && q != p {
-				t.Errorf("%s added as %s and as %s", sets[g][i], q, p)
-			}
-			pathOf[sets[g][i]] = p
-		}
+		printed[g] = outs[g].String()
 	}
+	return printed
+}
+
+// checkRegisteredOnce checks that the valid paths of the store under root
+// are exactly want, each in one row, that Cairn's and Nix's verifiers accept
+// the store, and that no lock file is left in the store dir.
+func checkRegisteredOnce(t *testing.T, root string, want []string) {
+	t.Helper()
 	s := openRoot(t, root)
 	valid, err := s.QueryAllValidPaths(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := pathStrings(valid)
-	var want []string
-	for _, p := range pathOf {
-		want = append(want, p)
-	}
 	slices.Sort(got)
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
