@@ -130,8 +130,7 @@ func TestNixOtherStoreDir(t *testing.T) {
 	if err != nil {
 		t.Fatalf("export: %v", err)
 	}
-	refExport, err := exec.Command("sh", "-c", `NIX_STORE_DIR="$0" nix-store --store "$1" --export "$2"`,
-		storeDir, "local?root="+refRoot, added).Output()
+	refExport, err := nixtest.OutputEnv(refEnv, "nix-store", "--store", "local?root="+refRoot, "--export", added)
 	if err != nil || string(export) != string(refExport) {
 		t.Errorf("export differs from Nix's (%d bytes, want %d): %v", len(export), len(refExport), err)
 	}
