@@ -131,6 +131,11 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, r *request, dirs
 		if err := st.RegisterValidPaths(ctx, infos); err != nil {
 			return MiscFailure, err
 		}
+		paths := make([]storepath.StorePath, len(infos))
+		for i, info := range infos {
+			paths[i] = info.Path
+		}
+		st.AutoOptimise(ctx, paths)
 	}
 	if delayed != nil {
 		return OutputRejected, delayed

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -14,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"cairn/internal/build"
-	"cairn/internal/config"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
@@ -144,21 +142,14 @@ func newBuildCmd() *cobra.Command {
 }
 
 func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error {
-	warn := func(s string) { fmt.Fprintf(stderr, "warning: %s\n", s) }
-	settings, err := config.Load(os.Getenv, warn)
+	warn := warnTo(stderr)
+	settings, err := loadSettings(ctx, warn, a.options)
 	if err != nil {
 		return err
 	}
-	for _, o := range a.options {
-		if err := settings.Set(o[0], o[1]); err != nil {
-			return err
-		}
-	}
-	url := a.store
-	if url == "" {
-		if url, err = store.DefaultURL(nil); err != nil {
-			return err
-		}
+	url, err := storeURL(a.store, settings)
+	if err != nil {
+		return err
 	}
 	cfg, err := store.ParseURL(url, nil)
 	if err != nil {
@@ -167,7 +158,7 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	if cfg.Scheme != store.SchemeLocal {
 		return fmt.Errorf("%s: %w: cairn build needs a local store", cfg.URL, store.ErrUnsupported)
 	}
-	st, err := local.Open(ctx, cfg, local.DefaultOptions())
+	st, err := local.Open(ctx, cfg, localOptions(settings))
 	if err != nil {
 		return err
 	}

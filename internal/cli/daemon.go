@@ -14,7 +14,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"cairn/internal/config"
 	"cairn/internal/daemon"
 	"cairn/internal/gcroots"
 	"cairn/internal/store"
@@ -152,17 +151,9 @@ func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stde
 		fmt.Fprintln(stderr, s)
 		mu.Unlock()
 	}
-	settings, err := config.Load(os.Getenv, func(msg string) { logf("warning: " + msg) })
+	settings, err := loadSettings(ctx, func(msg string) { logf("warning: " + msg) }, a.options)
 	if err != nil {
 		return err
-	}
-	for _, o := range a.options {
-		if err := settings.Set(o[0], o[1]); err != nil {
-			if errors.Is(err, config.ErrUnknown) {
-				return fmt.Errorf("unknown setting '%s'", o[0])
-			}
-			return err
-		}
 	}
 	url := a.store
 	if url == "" {
@@ -184,10 +175,7 @@ func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	opts := local.DefaultOptions()
-	opts.NoFsync = !settings.Bool("fsync-metadata")
-	opts.BuildUsersGroup = settings.Get("build-users-group")
-	st, err := local.Open(ctx, cfg, opts)
+	st, err := local.Open(ctx, cfg, localOptions(settings))
 	if err != nil {
 		return err
 	}

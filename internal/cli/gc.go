@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -102,7 +101,7 @@ func parseSize(s string) (uint64, error) {
 func runGC(cmd *cobra.Command, req *protocol.CollectGarbageRequest, printRoots bool, args []string) error {
 	ctx := cmd.Context()
 	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
-	cfg, err := storeConfig(cmd)
+	cfg, settings, err := storeConfig(cmd)
 	if err != nil {
 		return err
 	}
@@ -141,17 +140,13 @@ func runGC(cmd *cobra.Command, req *protocol.CollectGarbageRequest, printRoots b
 			return out, nil
 		}
 	case store.SchemeLocal:
-		st, err := local.Open(ctx, cfg, local.DefaultOptions())
+		st, err := local.Open(ctx, cfg, localOptions(settings))
 		if err != nil {
 			return err
 		}
 		defer st.Close()
 		dir = st.StoreDir()
 		roots := gcroots.New(cfg.StateDir, cfg.StoreDir, cfg.RealStoreDir)
-		settings, err := config.Load(os.Getenv, func(msg string) { fmt.Fprintf(stderr, "warning: %s\n", msg) })
-		if err != nil {
-			return err
-		}
 		collect = func(q *protocol.CollectGarbageRequest) (*protocol.GCReply, error) {
 			res, err := gc.Collect(ctx, st, roots, gc.Options{
 				Action: q.Action, Paths: q.Paths, IgnoreLiveness: q.IgnoreLiveness, MaxFreed: q.MaxFreed,

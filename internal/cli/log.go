@@ -25,7 +25,7 @@ or .bz2, or LOGDIR/drvs/BASENAME. Through a daemon (--store daemon or unix://…
 deriver is asked of the daemon and the log read from the store's log dir, as Nix does.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := storeConfig(cmd)
+			cfg, _, err := storeConfig(cmd)
 			if err != nil {
 				return err
 			}

@@ -7,6 +7,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -29,6 +30,8 @@ func NewRoot() *cobra.Command {
 	}
 	root.PersistentFlags().String("store", "", "the store URL (local, local?root=DIR, local?store=…&state=…&log=…); "+
 		"default: local if /nix is writable, else a chroot store under $XDG_DATA_HOME/cairn")
+	root.Long = "Every verb also takes --option NAME VALUE (any number, anywhere before --), which sets\n" +
+		"a nix.conf setting after $NIX_CONF_DIR/nix.conf, the user's nix.conf files and $NIX_CONFIG."
 	for _, newCmd := range verbs {
 		root.AddCommand(newCmd())
 	}
@@ -39,9 +42,21 @@ func NewRoot() *cobra.Command {
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	return execute(ctx, args, os.Stdout, stderrWriter())
+}
+
+// execute runs the command line args and returns its exit status; errors
+// go to stderr as Nix prints them.
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	args, options, err := takeOptions(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "error: %v\n", err)
+		return 1
+	}
+	ctx = context.WithValue(ctx, optionsKey{}, options)
 	root := NewRoot()
 	root.SetArgs(args)
-	stderr := stderrWriter()
+	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(stderr, "error: %v\n", err)

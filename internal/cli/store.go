@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"cairn/internal/config"
 	"cairn/internal/nixhash"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
@@ -36,22 +37,24 @@ func newStoreCmd() *cobra.Command {
 }
 
 // storeConfig parses the store URL the global --store flag names (or the
-// default store's).
-func storeConfig(cmd *cobra.Command) (*store.Config, error) {
-	url, err := cmd.Flags().GetString("store")
+// default store's, see storeURL) and reads the settings.
+func storeConfig(cmd *cobra.Command) (*store.Config, *config.Settings, error) {
+	flag, err := cmd.Flags().GetString("store")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if url == "" {
-		if url, err = store.DefaultURL(nil); err != nil {
-			return nil, err
-		}
+	settings, err := loadSettings(cmd.Context(), warnTo(cmd.ErrOrStderr()), nil)
+	if err != nil {
+		return nil, nil, err
 	}
-	return store.ParseURL(url, nil)
+	url, err := storeURL(flag, settings)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := store.ParseURL(url, nil)
+	return cfg, settings, err
 }
 
-// openLocalStore opens the store the global --store flag names (or the default
-// store) as a local store.
 // withLocalStore adapts a verb's body that needs the local store named by --store:
 // it opens the store, runs f and closes the store again.
 func withLocalStore(f func(cmd *cobra.Command, s *local.Store, args []string) error) func(*cobra.Command, []string) error {
@@ -65,15 +68,17 @@ func withLocalStore(f func(cmd *cobra.Command, s *local.Store, args []string) er
 	}
 }
 
+// openLocalStore opens the store the global --store flag names (or the default
+// store) as a local store.
 func openLocalStore(cmd *cobra.Command) (*local.Store, error) {
-	cfg, err := storeConfig(cmd)
+	cfg, settings, err := storeConfig(cmd)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.Scheme != store.SchemeLocal {
 		return nil, fmt.Errorf("%s: %w: this command needs a local store", cfg.URL, store.ErrUnsupported)
 	}
-	return local.Open(cmd.Context(), cfg, local.DefaultOptions())
+	return local.Open(cmd.Context(), cfg, localOptions(settings))
 }
 
 // anyStore is what the verbs that work on a local store and through a daemon
@@ -94,14 +99,14 @@ type anyStore interface {
 // openStore opens the store --store names: a local store, or a daemon's
 // ("daemon", "unix://PATH") through package remote.
 func openStore(cmd *cobra.Command) (anyStore, error) {
-	cfg, err := storeConfig(cmd)
+	cfg, settings, err := storeConfig(cmd)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.Scheme == store.SchemeDaemon {
 		return remote.Open(cmd.Context(), cfg, remote.Options{})
 	}
-	return local.Open(cmd.Context(), cfg, local.DefaultOptions())
+	return local.Open(cmd.Context(), cfg, localOptions(settings))
 }
 
 // maxSymlinkHops bounds how many symlinks resolving a store path argument follows.

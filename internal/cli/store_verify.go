@@ -3,13 +3,10 @@ package cli
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"cairn/internal/build"
-	"cairn/internal/config"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
 )
@@ -32,7 +29,7 @@ func newStoreVerifyCmd() *cobra.Command {
 			opts.Log = cmd.ErrOrStderr()
 			if opts.Repair {
 				// A path with a valid deriver is rebuilt, as nix-store does.
-				settings, err := config.Load(os.Getenv, func(msg string) { fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", msg) })
+				settings, err := loadSettings(cmd.Context(), warnTo(cmd.ErrOrStderr()), nil)
 				if err != nil {
 					return err
 				}

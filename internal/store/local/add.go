@@ -956,6 +956,15 @@ func (b *Batch) Commit(ctx context.Context) error {
 	}
 	s.infos.registered(b.cacheStamp, b.items)
 	ok = true
+	if s.opts.AutoOptimise {
+		var added []storepath.StorePath
+		for _, it := range b.items {
+			if !it.skip {
+				added = append(added, it.info.Path)
+			}
+		}
+		s.AutoOptimise(ctx, added)
+	}
 	if !syncFirst && s.syncer != nil {
 		items := make([]syncItem, 0, len(b.items))
 		for _, it := range b.items {

@@ -48,6 +48,9 @@ type Options struct {
 	// ReservedSize is the size of db/reserved; 0 means DefaultReservedSize and a
 	// negative value creates none.
 	ReservedSize int64
+	// AutoOptimise deduplicates the files of every path added or built
+	// through .links (Nix's auto-optimise-store; see AutoOptimise).
+	AutoOptimise bool
 	// Warnings receives the store's warnings (a path invalidated at open
 	// because a crash left its contents incomplete, a failed sync), one per
 	// line; nil means standard error.
@@ -198,11 +201,15 @@ func (s *Store) open(ctx context.Context) error {
 
 // warnf writes a warning line.
 func (s *Store) warnf(format string, args ...any) {
-	w := s.opts.Warnings
-	if w == nil {
-		w = os.Stderr
+	fmt.Fprintf(s.warnings(), format+"\n", args...)
+}
+
+// warnings is where the store's warnings go.
+func (s *Store) warnings() io.Writer {
+	if s.opts.Warnings == nil {
+		return os.Stderr
 	}
-	fmt.Fprintf(w, format+"\n", args...)
+	return s.opts.Warnings
 }
 
 // createSchema runs the DDL in one write transaction; two processes creating a

@@ -89,10 +89,6 @@ func (s *Store) OptimisePaths(ctx context.Context, paths []storepath.StorePath, 
 }
 
 func (s *Store) optimisePaths(ctx context.Context, paths []storepath.StorePath, opts OptimiseOptions) (*OptimiseStats, error) {
-	o := &optimiser{s: s, stats: &OptimiseStats{}, log: opts.Log}
-	if o.log == nil {
-		o.log = io.Discard
-	}
 	// Replacing a file of a valid path by a link to a .links entry changes
 	// what an old row describes, which the syncer does not cover (a repair,
 	// in durable.go's terms): every entry linked here must be on disk
@@ -103,6 +99,45 @@ func (s *Store) optimisePaths(ctx context.Context, paths []storepath.StorePath, 
 			return nil, fmt.Errorf("optimise: %w", err)
 		}
 	}
+	o, err := s.newOptimiser(opts, true)
+	if err != nil {
+		return nil, fmt.Errorf("optimise: %w", err)
+	}
+	defer o.close()
+	return o.paths(ctx, paths)
+}
+
+// AutoOptimise deduplicates paths this process has just registered, as Nix
+// does for every path it adds or builds when auto-optimise-store is set
+// (Options.AutoOptimise; otherwise it does nothing). A failure leaves files
+// unshared and is a warning: the paths are valid and whole either way.
+//
+// Unlike Optimise it neither lists .links (a fresh file is never one of its
+// entries) nor syncs first: the files it replaces belong to paths whose
+// durability is still the syncer's to ensure, and it makes each of them
+// durable by name, whichever inode the name now has (durable.go).
+func (s *Store) AutoOptimise(ctx context.Context, paths []storepath.StorePath) {
+	if !s.opts.AutoOptimise || len(paths) == 0 {
+		return
+	}
+	o, err := s.newOptimiser(OptimiseOptions{Log: s.warnings()}, false)
+	if err == nil {
+		defer o.close()
+		_, err = o.paths(ctx, paths)
+	}
+	if err != nil {
+		s.warnf("warning: auto-optimise-store: %v", err)
+	}
+}
+
+// newOptimiser opens .links (making it if need be) and a temporary; with
+// listLinks it notes the inodes .links already holds, so that files linked
+// before are not hashed again.
+func (s *Store) newOptimiser(opts OptimiseOptions, listLinks bool) (*optimiser, error) {
+	o := &optimiser{s: s, stats: &OptimiseStats{}, log: opts.Log, inodes: map[uint64]bool{}}
+	if o.log == nil {
+		o.log = io.Discard
+	}
 	if err := unix.Mkdirat(s.realFD, linksDirName, 0o777); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, &os.PathError{Op: "mkdir", Path: s.linksPath(""), Err: err}
 	}
@@ -110,19 +145,31 @@ func (s *Store) optimisePaths(ctx context.Context, paths []storepath.StorePath, 
 	if o.linksFD, err = openat(s.realFD, linksDirName, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW); err != nil {
 		return nil, &os.PathError{Op: "open", Path: s.linksPath(""), Err: err}
 	}
-	defer unix.Close(o.linksFD)
-	links, err := readDirEntries(o.linksFD, s.linksPath(""))
-	if err != nil {
-		return nil, fmt.Errorf("optimise: %w", err)
-	}
-	o.inodes = make(map[uint64]bool, len(links))
-	for _, e := range links {
-		o.inodes[e.ino] = true
+	if listLinks {
+		links, err := readDirEntries(o.linksFD, s.linksPath(""))
+		if err != nil {
+			unix.Close(o.linksFD)
+			return nil, err
+		}
+		for _, e := range links {
+			o.inodes[e.ino] = true
+		}
 	}
 	if o.temp, err = s.newTemp(); err != nil {
-		return nil, fmt.Errorf("optimise: %w", err)
+		unix.Close(o.linksFD)
+		return nil, err
 	}
-	defer o.temp.remove()
+	return o, nil
+}
+
+func (o *optimiser) close() {
+	o.temp.remove()
+	unix.Close(o.linksFD)
+}
+
+// paths optimises each of paths that is still valid.
+func (o *optimiser) paths(ctx context.Context, paths []storepath.StorePath) (*OptimiseStats, error) {
+	s := o.s
 	for _, p := range paths {
 		if err := ctx.Err(); err != nil {
 			return o.stats, err

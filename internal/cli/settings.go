@@ -1,0 +1,97 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"cairn/internal/config"
+	"cairn/internal/store"
+	"cairn/internal/store/local"
+)
+
+// Every verb takes `--option NAME VALUE`, anywhere on its command line, as
+// Nix's commands do. cobra's flags take one value, so Main takes the pairs
+// off the command line before cobra parses it and hands them to the verbs in
+// the context.
+
+// optionsKey is the context key of the --option pairs Main took.
+type optionsKey struct{}
+
+// takeOptions removes every `--option NAME VALUE` before a `--` from args.
+func takeOptions(args []string) (rest []string, options [][2]string, err error) {
+	rest = make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "--":
+			return append(rest, args[i:]...), options, nil
+		case "--option":
+			if i+2 >= len(args) {
+				return nil, nil, errors.New("flag '--option' requires 2 argument(s)")
+			}
+			options = append(options, [2]string{args[i+1], args[i+2]})
+			i += 2
+		default:
+			rest = append(rest, args[i])
+		}
+	}
+	return rest, options, nil
+}
+
+// commandLineOptions returns the --option pairs Main took from the command line.
+func commandLineOptions(ctx context.Context) [][2]string {
+	o, _ := ctx.Value(optionsKey{}).([][2]string)
+	return o
+}
+
+// loadSettings reads the settings as Nix does: the nix.conf files and
+// NIX_CONFIG (whose unknown names are warnings), then the command
+// line's --option pairs and the verb's own (extra), in order. An unknown
+// name on the command line is an error.
+func loadSettings(ctx context.Context, warn func(msg string), extra [][2]string) (*config.Settings, error) {
+	settings, err := config.Load(os.Getenv, warn)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range append(commandLineOptions(ctx), extra...) {
+		if err := settings.Set(o[0], o[1]); err != nil {
+			if errors.Is(err, config.ErrUnknown) {
+				return nil, fmt.Errorf("unknown setting '%s'", o[0])
+			}
+			return nil, err
+		}
+	}
+	return settings, nil
+}
+
+// warnTo returns a warn function for loadSettings that writes Nix's
+// "warning: …" lines to w.
+func warnTo(w io.Writer) func(string) {
+	return func(msg string) { fmt.Fprintf(w, "warning: %s\n", msg) }
+}
+
+// localOptions are the local store's options the settings choose.
+func localOptions(settings *config.Settings) local.Options {
+	opts := local.DefaultOptions()
+	opts.NoFsync = !settings.Bool("fsync-metadata")
+	opts.AutoOptimise = settings.Bool("auto-optimise-store")
+	// "" is Nix's default, which depends on the user (DefaultOptions).
+	if g := settings.Get("build-users-group"); g != "" {
+		opts.BuildUsersGroup = g
+	}
+	return opts
+}
+
+// storeURL is the store a verb works on: the --store flag's, else the store
+// setting's, else NIX_REMOTE's, else the default (store.DefaultURL).
+func storeURL(flag string, settings *config.Settings) (string, error) {
+	if flag != "" {
+		return flag, nil
+	}
+	if u := settings.Get("store"); u != "" && u != "auto" {
+		return u, nil
+	}
+	return store.DefaultURL(nil)
+}
