@@ -5,8 +5,8 @@
 # every run on a fresh throwaway chroot store unless the workload only reads.
 #
 # Usage: bench/store-sbs.sh [ROUNDS]    (needs nix-store, nix, go, python3, /usr/bin/time)
-# ONLY=tree,small,... runs only those workloads (tree, small, pathinfo, closure,
-# export, verify, big; export needs closure's store).
+# ONLY=tree,small,... runs only those workloads (tree, autoopt, small, pathinfo,
+# closure, export, verify, big; export needs closure's store).
 # SETTLE (default 65) is how many seconds the script waits after building Cairn.
 # With STORE_TMPFS=1 (as root) the stores live on a tmpfs, which takes the
 # file system's cost of creating inodes out of the comparison. Every fresh
@@ -58,6 +58,14 @@ if want tree; then
 echo "== add the Go source tree ($GOSRC)"
 $SBS --setup "$FRESH" --name "add GOROOT/src" -- \
   nix-store --store "'$S'" --add "$GOSRC" ::: "$CAIRN" --store "'$S'" store add "$GOSRC"
+fi
+
+if want autoopt; then
+echo "== add a copy of the Go tree to a store that has it, with auto-optimise-store"
+cp -r "$GOSRC" "$W/src2"
+sync; sleep "${SETTLE:-65}"
+$SBS --setup "$FRESH; nix-store --store '$S' --option auto-optimise-store true --add $GOSRC >/dev/null; sync" --name "add GOROOT/src copy, auto-optimise" -- \
+  nix-store --store "'$S'" --option auto-optimise-store true --add "$W/src2" ::: "$CAIRN" --store "'$S'" --option auto-optimise-store true store add "$W/src2"
 fi
 
 if want small; then

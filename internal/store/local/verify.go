@@ -447,15 +447,19 @@ func hashEntry(dirfd int, name string) (nixhash.Hash, *unix.Stat_t, error) {
 		if err != nil {
 			return nixhash.Hash{}, nil, err
 		}
-		f := os.NewFile(uintptr(fd), name)
-		defer f.Close()
+		defer unix.Close(fd)
 		if err := unix.Fstat(fd, &st); err != nil {
 			return nixhash.Hash{}, nil, err
 		}
 		if err := nw.WriteHeader(&nar.Header{Type: nar.TypeRegular, Size: st.Size, Executable: st.Mode&unix.S_IXUSR != 0}); err != nil {
 			return nixhash.Hash{}, nil, err
 		}
-		if _, err := io.CopyBuffer(nw, f, make([]byte, copyBufferSize)); err != nil {
+		// A pooled buffer and the raw descriptor: optimising calls this for
+		// every file of a store.
+		bufp := copyBuffers.Get().(*[]byte)
+		_, err = io.CopyBuffer(nw, fdFile{fd: fd}, *bufp)
+		copyBuffers.Put(bufp)
+		if err != nil {
 			return nixhash.Hash{}, nil, err
 		}
 	default:
