@@ -53,16 +53,17 @@ func newTestDaemonAt(t *testing.T, url func(dir string) string, settings ...[2]s
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := local.Open(ctx, cfg, local.Options{NoFsync: true, ReservedSize: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := config.New()
 	s.Set("substituters", "")
 	for _, kv := range settings {
 		if err := s.Set(kv[0], kv[1]); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// As cairn daemon opens its store, but without syncs or db/reserved.
+	st, err := local.Open(ctx, cfg, local.Options{NoFsync: true, ReservedSize: -1, AutoOptimise: s.Bool("auto-optimise-store")})
+	if err != nil {
+		t.Fatal(err)
 	}
 	td := &testDaemon{t: t, dir: dir, cfg: cfg, st: st, sock: filepath.Join(dir, "sock", "socket")}
 	td.decision.Store(&Decision{User: "tester", UID: uint32(os.Getuid()), Allowed: true, Trusted: true})

@@ -332,9 +332,12 @@ func (c *conn) emptyOp(q *protocol.EmptyRequest) error {
 		if err != nil {
 			return err
 		}
-		if _, err := o.Optimise(c.ctx, local.OptimiseOptions{Log: c.logWriter(protocol.LvlWarn)}); err != nil {
+		stats, err := o.Optimise(c.ctx, local.OptimiseOptions{Log: c.logWriter(protocol.LvlWarn)})
+		if err != nil {
 			return err
 		}
+		// nix-daemon's optimiseStore logs its summary to the client.
+		c.log.Log(protocol.LvlInfo, stats.String())
 		return c.reply(&protocol.U64Reply{Value: 1})
 	case protocol.OpQueryFailedPaths:
 		return c.reply(&protocol.PathsReply{})
