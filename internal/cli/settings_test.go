@@ -67,7 +67,13 @@ func TestOptionOnEveryVerb(t *testing.T) {
 	if code != 1 || errOut != "error: flag '--option' requires 2 argument(s)\n" {
 		t.Errorf("--option without its value: %d %q", code, errOut)
 	}
-	// nix.conf's settings reach the store verbs too.
+	// nix.conf's settings reach the store verbs too: the store setting
+	// chooses the store when --store does not, as it does for nix-store.
+	t.Setenv("NIX_CONFIG", "substituters =\nstore = "+url)
+	code, hash, errOut := runMain(t, "store", "query", "--hash", strings.TrimSpace(out))
+	if want := nixtest.Run(t, nil, "nix-store", "--store", url, "-q", "--hash", strings.TrimSpace(out)); code != 0 || strings.TrimSpace(hash) != want {
+		t.Errorf("store from nix.conf: %d %q %q, Nix %q", code, hash, errOut, want)
+	}
 	t.Setenv("NIX_CONFIG", "substituters =\nfsync-metadata = maybe")
 	code, _, errOut = runMain(t, "--store", url, "store", "query", "--hash", strings.TrimSpace(out))
 	if code != 1 || !strings.Contains(errOut, "fsync-metadata") {
