@@ -49,7 +49,8 @@ func commandLineOptions(ctx context.Context) [][2]string {
 // loadSettings reads the settings as Nix does: the nix.conf files and
 // NIX_CONFIG (whose unknown names are warnings), then the command
 // line's --option pairs and the verb's own (extra), in order. An unknown
-// name on the command line is an error.
+// name on the command line is an error; a value the setting cannot take is a
+// warning, as in Nix, and the setting keeps its value.
 func loadSettings(ctx context.Context, warn func(msg string), extra [][2]string) (*config.Settings, error) {
 	settings, err := config.Load(os.Getenv, warn)
 	if err != nil {
@@ -57,10 +58,15 @@ func loadSettings(ctx context.Context, warn func(msg string), extra [][2]string)
 	}
 	for _, o := range append(commandLineOptions(ctx), extra...) {
 		if err := settings.Set(o[0], o[1]); err != nil {
-			if errors.Is(err, config.ErrUnknown) {
+			switch {
+			case errors.Is(err, config.ErrUnknown):
 				return nil, fmt.Errorf("unknown setting '%s'", o[0])
+			case errors.Is(err, config.ErrInvalid):
+				// Nix 2.8 warns and keeps the value it had.
+				warn("error: " + err.Error())
+			default:
+				return nil, err
 			}
-			return nil, err
 		}
 	}
 	return settings, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -63,6 +64,12 @@ func TestOptionOnEveryVerb(t *testing.T) {
 	if code != 1 || errOut != "error: unknown setting 'no-such-setting'\n" {
 		t.Errorf("unknown setting: %d %q", code, errOut)
 	}
+	// A value the setting cannot take: Nix 2.8 warns and goes on.
+	code, hash, errOut := runMain(t, "--option", "fsync-metadata", "maybe", "--store", url, "store", "query", "--hash", strings.TrimSpace(out))
+	nixOut, nixErr := nixBoth(t, "nix-store", "--option", "fsync-metadata", "maybe", "--store", url, "-q", "--hash", strings.TrimSpace(out))
+	if code != 0 || hash != nixOut || errOut != nixErr {
+		t.Errorf("invalid value on the command line: %d %q %q, Nix %q %q", code, hash, errOut, nixOut, nixErr)
+	}
 	code, _, errOut = runMain(t, "--store", url, "store", "verify", "--option", "cores")
 	if code != 1 || errOut != "error: flag '--option' requires 2 argument(s)\n" {
 		t.Errorf("--option without its value: %d %q", code, errOut)
@@ -70,13 +77,13 @@ func TestOptionOnEveryVerb(t *testing.T) {
 	// nix.conf's settings reach the store verbs too: the store setting
 	// chooses the store when --store does not, as it does for nix-store.
 	t.Setenv("NIX_CONFIG", "substituters =\nstore = "+url)
-	code, hash, errOut := runMain(t, "store", "query", "--hash", strings.TrimSpace(out))
+	code, hash, errOut = runMain(t, "store", "query", "--hash", strings.TrimSpace(out))
 	if want := nixtest.Run(t, nil, "nix-store", "--store", url, "-q", "--hash", strings.TrimSpace(out)); code != 0 || strings.TrimSpace(hash) != want {
 		t.Errorf("store from nix.conf: %d %q %q, Nix %q", code, hash, errOut, want)
 	}
 	t.Setenv("NIX_CONFIG", "substituters =\nfsync-metadata = maybe")
 	code, _, errOut = runMain(t, "--store", url, "store", "query", "--hash", strings.TrimSpace(out))
-	if code != 1 || !strings.Contains(errOut, "fsync-metadata") {
+	if code != 1 || !strings.Contains(errOut, "Boolean setting 'fsync-metadata' has invalid value 'maybe'") {
 		t.Errorf("a malformed nix.conf setting: %d %q", code, errOut)
 	}
 }
@@ -156,6 +163,20 @@ func TestAutoOptimiseAgainstNix(t *testing.T) {
 	if names := linkNames(t, strings.TrimPrefix(plain, "local?root=")); len(names) != 0 {
 		t.Errorf("without auto-optimise-store, .links holds %q", names)
 	}
+}
+
+// nixBoth runs a Nix tool in nixtest's environment and returns its stdout
+// and stderr, failing the test if it fails.
+func nixBoth(t *testing.T, name string, args ...string) (string, string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = nixtest.Env()
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, errOut.String())
+	}
+	return out.String(), errOut.String()
 }
 
 // linkNames lists ROOT/nix/store/.links, sorted (none if it does not exist).

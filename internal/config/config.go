@@ -26,6 +26,15 @@ import (
 // ErrUnknown is wrapped by the error for a setting name no Nix version knows.
 var ErrUnknown = errors.New("unknown setting")
 
+// ErrInvalid matches (errors.Is) the error for a value a setting cannot
+// take, whose text is Nix's message alone.
+var ErrInvalid = errors.New("invalid setting value")
+
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string        { return e.msg }
+func (e *invalidError) Is(target error) bool { return target == ErrInvalid }
+
 type kind uint8
 
 const (
@@ -125,7 +134,7 @@ func (s *Settings) Set(name, value string) error {
 		return fmt.Errorf("set %q: %w", name, ErrUnknown)
 	}
 	if err := k.check(value); err != nil {
-		return fmt.Errorf("set %q: %w", name, err)
+		return err
 	}
 	if extra {
 		if old := s.values[k.name]; old != "" && value != "" {
@@ -138,26 +147,31 @@ func (s *Settings) Set(name, value string) error {
 	return nil
 }
 
+// check validates a value of the setting's kind; the errors wrap ErrInvalid
+// and read as Nix 2.8's.
 func (k *knownSetting) check(v string) error {
+	invalid := func(format string, args ...any) error {
+		return &invalidError{fmt.Sprintf(format, args...)}
+	}
 	switch k.kind {
 	case kindBool:
 		if _, err := parseBool(v); err != nil {
-			return err
+			return invalid("Boolean setting '%s' has invalid value '%s'", k.name, v)
 		}
 	case kindInt:
 		if _, err := parseSize(v); err != nil {
-			return err
+			return invalid("setting '%s' has invalid value '%s'", k.name, v)
 		}
 	case kindMaxJobs:
 		if v != "auto" {
 			if _, err := strconv.ParseUint(v, 10, 32); err != nil {
-				return fmt.Errorf("%q is neither a number nor auto", v)
+				return invalid("configuration setting '%s' should be 'auto' or an integer", k.name)
 			}
 		}
 	case kindSandbox:
 		if v != "relaxed" {
 			if _, err := parseBool(v); err != nil {
-				return fmt.Errorf("%q is not true, false or relaxed", v)
+				return invalid("option '%s' has invalid value '%s'", k.name, v)
 			}
 		}
 	}
