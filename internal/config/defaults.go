@@ -39,6 +39,7 @@ var defaults = map[string]string{
 	"max-jobs":                   "1",
 	"max-silent-time":            "0",
 	"min-free":                   "0",
+	"min-free-check-interval":    "5",
 	"narinfo-cache-negative-ttl": "3600",
 	"narinfo-cache-positive-ttl": "2592000",
 	"netrc-file":                 "/etc/nix/netrc",

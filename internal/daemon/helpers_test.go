@@ -85,6 +85,7 @@ func newTestDaemonAt(t *testing.T, url func(dir string) string, settings ...[2]s
 			td.logMu.Unlock()
 		},
 	}
+	td.srv.AutoGC = NewAutoGC(st, td.srv.Roots, s, td.srv.ErrorLog)
 	ln, err := Listen(td.sock)
 	if err != nil {
 		t.Fatal(err)

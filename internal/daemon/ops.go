@@ -65,6 +65,15 @@ func (e *abortError) Error() string { return e.err.Error() }
 // perform runs one operation whose arguments are read: its work, its stderr
 // messages, and its reply.
 func (c *conn) perform(req protocol.Request) error {
+	// Automatic collection (min-free), where Nix's daemon checks: adds wait
+	// for a collection that is due, builds only start one.
+	tell := func(s string) { c.log.Log(protocol.LvlInfo, s) }
+	switch req.(type) {
+	case *protocol.AddToStoreRequest, *protocol.AddTextToStoreRequest, *protocol.AddToStoreNarRequest, *protocol.AddMultipleToStoreRequest:
+		c.s.AutoGC.Check(c.ctx, true, tell)
+	case *protocol.BuildPathsRequest, *protocol.BuildDerivationRequest:
+		c.s.AutoGC.Check(c.ctx, false, tell)
+	}
 	switch q := req.(type) {
 	case *protocol.PathRequest:
 		return c.pathOp(q)

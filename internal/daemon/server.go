@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"cairn/internal/config"
+	"cairn/internal/gc"
 	"cairn/internal/gcroots"
 	"cairn/internal/protocol"
 	"cairn/internal/store"
@@ -62,6 +63,9 @@ type Server struct {
 	// operation after a reply while the daemon is otherwise idle (wait.go);
 	// 0 never polls.
 	SpinWait time.Duration
+	// AutoGC collects garbage when free space runs low (min-free); nil
+	// never does.
+	AutoGC *gc.Auto
 
 	nextID  atomic.Uint64
 	wg      sync.WaitGroup

@@ -88,7 +88,7 @@ func StartDaemonWith(t testing.TB, argv, options []string) *Daemon {
 // dir: PATH, and HOME, NIX_CONF_DIR, XDG_CACHE_HOME, NIX_STATE_DIR and
 // NIX_LOG_DIR under dir.
 func DaemonEnv(dir string) []string {
-	return []string{
+	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + filepath.Join(dir, "home"),
 		"NIX_CONF_DIR=" + filepath.Join(dir, "conf"),
@@ -96,6 +96,11 @@ func DaemonEnv(dir string) []string {
 		"NIX_STATE_DIR=" + filepath.Join(dir, "state"),
 		"NIX_LOG_DIR=" + filepath.Join(dir, "log"),
 	}
+	// Nix's test hook for the free space its automatic collection sees.
+	if f := os.Getenv("_NIX_TEST_FREE_SPACE_FILE"); f != "" {
+		env = append(env, "_NIX_TEST_FREE_SPACE_FILE="+f)
+	}
+	return env
 }
 
 // probe runs one client handshake on the socket.
