@@ -13,6 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"cairn/internal/build"
+	"cairn/internal/gc"
+	"cairn/internal/gcroots"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
@@ -163,6 +165,10 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 		return err
 	}
 	defer st.Close()
+	// With min-free set, collect first if space is short, as Nix's local
+	// builds do before they add anything.
+	roots := gcroots.New(cfg.StateDir, cfg.StoreDir, cfg.RealStoreDir)
+	gc.NewAuto(st, roots, settings, func(s string) { fmt.Fprintln(stderr, s) }).Check(ctx, true, nil)
 
 	var targets []build.Target
 	for _, arg := range a.targets {

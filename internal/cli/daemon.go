@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"cairn/internal/daemon"
+	"cairn/internal/gc"
 	"cairn/internal/gcroots"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
@@ -189,7 +190,7 @@ func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stde
 		ErrorLog: logf,
 		SpinWait: a.spinWait,
 	}
-	srv.AutoGC = daemon.NewAutoGC(st, srv.Roots, settings, logf)
+	srv.AutoGC = gc.NewAuto(st, srv.Roots, settings, logf)
 	if a.stdio {
 		d := daemon.Decision{Allowed: true, Trusted: !a.forceUntrusted, UID: uint32(os.Geteuid())}
 		d.User = strconv.Itoa(os.Geteuid())

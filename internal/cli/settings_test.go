@@ -192,3 +192,28 @@ func linkNames(t *testing.T, root string) []string {
 	}
 	return names
 }
+
+// TestBuildAutoGC: cairn build with min-free set collects the dead paths
+// first when space is short (the free space faked through Nix's test hook).
+func TestBuildAutoGC(t *testing.T) {
+	url := "local?root=" + filepath.Join(t.TempDir(), "root")
+	file := filepath.Join(t.TempDir(), "dead")
+	os.WriteFile(file, []byte("dead\n"), 0o644)
+	code, out, errOut := runMain(t, "--store", url, "store", "add", file)
+	if code != 0 {
+		t.Fatal(errOut)
+	}
+	dead := strings.TrimSpace(out)
+	free := filepath.Join(t.TempDir(), "free")
+	os.WriteFile(free, []byte("100"), 0o644)
+	t.Setenv("_NIX_TEST_FREE_SPACE_FILE", free)
+	t.Setenv("NIX_CONFIG", "substituters =\nmin-free = 1000\nmax-free = 5000")
+	missing := "/nix/store/" + strings.Repeat("a", 32) + "-missing"
+	_, _, errOut = runMain(t, "build", "--store", url, missing)
+	if !strings.Contains(errOut, "running auto-GC to free 4900 bytes") {
+		t.Errorf("cairn build did not say it collects: %q", errOut)
+	}
+	if code, _, _ := runMain(t, "--store", url, "store", "query", "--hash", dead); code == 0 {
+		t.Errorf("%s is still valid after the automatic collection", dead)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"cairn/internal/config"
+	"cairn/internal/gc"
 	"cairn/internal/gcroots"
 	"cairn/internal/nar"
 	"cairn/internal/nixhash"
@@ -85,7 +86,7 @@ func newTestDaemonAt(t *testing.T, url func(dir string) string, settings ...[2]s
 			td.logMu.Unlock()
 		},
 	}
-	td.srv.AutoGC = NewAutoGC(st, td.srv.Roots, s, td.srv.ErrorLog)
+	td.srv.AutoGC = gc.NewAuto(st, td.srv.Roots, s, td.srv.ErrorLog)
 	ln, err := Listen(td.sock)
 	if err != nil {
 		t.Fatal(err)

@@ -4,14 +4,10 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"cairn/internal/config"
-	"cairn/internal/gc"
-	"cairn/internal/gcroots"
 	"cairn/internal/narinfo"
 	"cairn/internal/protocol"
-	"cairn/internal/store/local"
 	"cairn/internal/wire"
 )
 
@@ -120,28 +116,4 @@ func (c *conn) publicKeys() []narinfo.PublicKey {
 		keys = append(keys, k)
 	}
 	return keys
-}
-
-// NewAutoGC is the automatic collection the settings ask for (min-free,
-// max-free, min-free-check-interval), with the daemon's keep-* settings and
-// runtime roots; nil when min-free is 0, as by default.
-func NewAutoGC(st *local.Store, roots *gcroots.Roots, s *config.Settings, log func(string)) *gc.Auto {
-	if s.Int("min-free") <= 0 {
-		return nil
-	}
-	return &gc.Auto{
-		Store:         st,
-		Roots:         roots,
-		MinFree:       uint64(s.Int("min-free")),
-		MaxFree:       uint64(s.Int("max-free")),
-		CheckInterval: time.Duration(s.Int("min-free-check-interval")) * time.Second,
-		Options: func() gc.Options {
-			return gc.Options{
-				KeepOutputs:     s.Bool("keep-outputs"),
-				KeepDerivations: s.Bool("keep-derivations"),
-				RuntimeRoots:    gc.RuntimeRootsFor(st.Config(), s.Bool("use-roots-daemon")),
-			}
-		},
-		Log: log,
-	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"cairn/internal/config"
 	"cairn/internal/gcroots"
 	"cairn/internal/protocol"
 	"cairn/internal/store/local"
@@ -39,6 +40,30 @@ type Auto struct {
 	lastCheck  time.Time
 	availAfter uint64        // the space available after the last collection
 	running    chan struct{} // closed when the running collection ends
+}
+
+// NewAuto is the automatic collection the settings ask for (min-free,
+// max-free, min-free-check-interval), with their keep-* settings and the
+// store's runtime roots; nil when min-free is 0, as by default.
+func NewAuto(st *local.Store, roots *gcroots.Roots, s *config.Settings, log func(string)) *Auto {
+	if s.Int("min-free") <= 0 {
+		return nil
+	}
+	return &Auto{
+		Store:         st,
+		Roots:         roots,
+		MinFree:       uint64(s.Int("min-free")),
+		MaxFree:       uint64(s.Int("max-free")),
+		CheckInterval: time.Duration(s.Int("min-free-check-interval")) * time.Second,
+		Options: func() Options {
+			return Options{
+				KeepOutputs:     s.Bool("keep-outputs"),
+				KeepDerivations: s.Bool("keep-derivations"),
+				RuntimeRoots:    RuntimeRootsFor(st.Config(), s.Bool("use-roots-daemon")),
+			}
+		},
+		Log: log,
+	}
 }
 
 // FreeSpaceFileEnv names a file holding the free space Auto sees instead of
