@@ -920,10 +920,49 @@ func (b *Batch) Commit(ctx context.Context) error {
 	ok := false
 	defer func() { locks.Unlock(ok) }()
 
+	err = s.commitLocked(ctx, b, syncFirst)
+	if err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	ok = true
+	// Still under the paths' locks and temporary roots, but no longer
+	// holding up this process's other writers.
+	if s.opts.AutoOptimise {
+		var added []storepath.StorePath
+		for _, it := range b.items {
+			if !it.skip {
+				added = append(added, it.info.Path)
+			}
+		}
+		s.AutoOptimise(ctx, added)
+	}
+	if !syncFirst && s.syncer != nil {
+		items := make([]syncItem, 0, len(b.items))
+		for _, it := range b.items {
+			if !it.skip {
+				items = append(items, syncItem{base: it.info.Path.Base(), stats: it.stats})
+			}
+		}
+		if len(items) > 0 {
+			s.syncer.notify(items...)
+		}
+	}
+	b.skipped = b.skipped[:0]
+	for _, it := range b.items {
+		if it.skip {
+			b.skipped = append(b.skipped, it.info.Path)
+		}
+	}
+	return nil
+}
+
+// commitLocked registers the batch and moves it into place in one write
+// transaction, under this process's write lock (the paths locked already).
+func (s *Store) commitLocked(ctx context.Context, b *Batch, syncFirst bool) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.wstmts.prepare(ctx)
-	err = retryBusy(ctx, func() error {
+	err := retryBusy(ctx, func() error {
 		tx, err := s.wdb.BeginTx(ctx, nil)
 		if err != nil {
 			return err
@@ -952,36 +991,9 @@ func (b *Batch) Commit(ctx context.Context) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("commit: %w", err)
+		return err
 	}
 	s.infos.registered(b.cacheStamp, b.items)
-	ok = true
-	if s.opts.AutoOptimise {
-		var added []storepath.StorePath
-		for _, it := range b.items {
-			if !it.skip {
-				added = append(added, it.info.Path)
-			}
-		}
-		s.AutoOptimise(ctx, added)
-	}
-	if !syncFirst && s.syncer != nil {
-		items := make([]syncItem, 0, len(b.items))
-		for _, it := range b.items {
-			if !it.skip {
-				items = append(items, syncItem{base: it.info.Path.Base(), stats: it.stats})
-			}
-		}
-		if len(items) > 0 {
-			s.syncer.notify(items...)
-		}
-	}
-	b.skipped = b.skipped[:0]
-	for _, it := range b.items {
-		if it.skip {
-			b.skipped = append(b.skipped, it.info.Path)
-		}
-	}
 	return nil
 }
 
