@@ -111,6 +111,9 @@ type Options struct {
 	// Fallback builds a derivation when a cache had its outputs but their
 	// substitution failed (fallback); otherwise that fails the goal.
 	Fallback bool
+	// SecretKeyFiles sign every output built (secret-key-files), as Nix
+	// signs what it builds locally.
+	SecretKeyFiles []string
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -148,6 +151,7 @@ func OptionsFrom(s Getter) Options {
 		Network:            s.Get("fixed-output-network"),
 		Subst:              substitute.ConfigFrom(s, func(string) {}),
 		Fallback:           s.Get("fallback") == "true",
+		SecretKeyFiles:     strings.Fields(s.Get("secret-key-files")),
 	}
 	switch s.Get("fixed-output-host-loopback") {
 	case "false", "no", "0":

@@ -229,6 +229,10 @@ func (b *Builder) compareOutputs(ctx context.Context, g *goal, r *request, infos
 		if !old.Ultimate {
 			old = old.Clone()
 			old.Ultimate = true
+			// Signed now, as Nix signs a path it has built and checked.
+			if err := signOutputs([]*store.PathInfo{old}, r.opts.SecretKeyFiles); err != nil {
+				return MiscFailure, err
+			}
 			if err := st.RegisterValidPaths(ctx, []*store.PathInfo{old}); err != nil {
 				return MiscFailure, err
 			}

@@ -19,6 +19,7 @@ import (
 
 	"cairn/internal/derivation"
 	"cairn/internal/fsnar"
+	"cairn/internal/narinfo"
 	"cairn/internal/nixhash"
 	"cairn/internal/store"
 	"cairn/internal/storepath"
@@ -121,6 +122,9 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, r *request, dirs
 		if status, err, done := b.compareRound(g, r, infos, srcs); done {
 			return status, err
 		}
+	}
+	if err := signOutputs(infos, r.opts.SecretKeyFiles); err != nil {
+		return MiscFailure, err
 	}
 	for i, info := range infos {
 		if err := b.moveIntoStore(srcs[i], info.Path); err != nil {
@@ -327,4 +331,37 @@ func outputName(drvPath, out storepath.StorePath) string {
 		return rest
 	}
 	return "out"
+}
+
+// signOutputs adds to each output a signature by every key of keyFiles
+// (secret-key-files), as Nix signs the paths it builds. A key file that
+// cannot be read or parsed fails the build, as in Nix.
+func signOutputs(infos []*store.PathInfo, keyFiles []string) error {
+	if len(keyFiles) == 0 {
+		return nil
+	}
+	keys := make([]narinfo.SecretKey, 0, len(keyFiles))
+	for _, f := range keyFiles {
+		text, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("sign outputs: %w", err)
+		}
+		k, err := narinfo.ParseSecretKey(string(text))
+		if err != nil {
+			return fmt.Errorf("sign outputs with %s: %w", f, err)
+		}
+		keys = append(keys, k)
+	}
+	for _, info := range infos {
+		fp, err := narinfo.Fingerprint(info.Path, info.NarHash, info.NarSize, info.References)
+		if err != nil {
+			return fmt.Errorf("sign %s: %w", info.Path, err)
+		}
+		for _, k := range keys {
+			info.Signatures = append(info.Signatures, k.Sign(fp).String())
+		}
+		slices.Sort(info.Signatures)
+		info.Signatures = slices.Compact(info.Signatures)
+	}
+	return nil
 }
