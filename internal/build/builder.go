@@ -114,6 +114,9 @@ type Options struct {
 	// SecretKeyFiles sign every output built (secret-key-files), as Nix
 	// signs what it builds locally.
 	SecretKeyFiles []string
+	// PostBuildHook is run after each build's outputs are registered
+	// (post-build-hook; see runPostBuildHook).
+	PostBuildHook string
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -152,6 +155,7 @@ func OptionsFrom(s Getter) Options {
 		Subst:              substitute.ConfigFrom(s, func(string) {}),
 		Fallback:           s.Get("fallback") == "true",
 		SecretKeyFiles:     strings.Fields(s.Get("secret-key-files")),
+		PostBuildHook:      s.Get("post-build-hook"),
 	}
 	switch s.Get("fixed-output-host-loopback") {
 	case "false", "no", "0":

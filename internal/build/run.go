@@ -1,12 +1,14 @@
 package build
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -461,6 +463,19 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot) (status Status, err er
 	}
 
 	status, err = b.registerOutputs(ctx, g, r, dirs, inputs)
+	if err == nil && status == Built && opts.PostBuildHook != "" {
+		hookLine := func(line string) {
+			g.mu.Lock()
+			sinks := slices.Clone(g.sinks)
+			g.mu.Unlock()
+			for _, s := range sinks {
+				s.Line("post-build-hook: " + line)
+			}
+		}
+		if err = runPostBuildHook(ctx, opts.PostBuildHook, g.drvPath, drv, hookLine); err != nil {
+			status = MiscFailure
+		}
+	}
 	if err != nil && opts.KeepFailed {
 		keep = true
 		r.logKeep(dirs.build)
@@ -736,4 +751,52 @@ func rewriteAll(r *strings.Replacer, ss []string) []string {
 		out[i] = r.Replace(s)
 	}
 	return out
+}
+
+// runPostBuildHook runs post-build-hook once a build's outputs are
+// registered, as Nix 2.8 does: with DRV_PATH and OUT_PATHS (the outputs,
+// sorted, space-separated) added to the daemon's environment, and its
+// output, stdout and stderr together, passed on line by line. If it fails,
+// the build fails with Nix's message; the outputs stay valid.
+func runPostBuildHook(ctx context.Context, hook string, drvPath storepath.StorePath, drv *derivation.Derivation, line func(string)) error {
+	var outs []string
+	for _, o := range drv.Outputs {
+		if !o.Path.IsZero() {
+			outs = append(outs, o.Path.String())
+		}
+	}
+	slices.Sort(outs)
+	cmd := exec.CommandContext(ctx, hook)
+	cmd.Env = append(os.Environ(), "DRV_PATH="+drvPath.String(), "OUT_PATHS="+strings.Join(outs, " "))
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line(sc.Text())
+		}
+		io.Copy(io.Discard, pr) // a line too long: drain, so the hook does not block
+	}()
+	err := cmd.Run()
+	pw.Close()
+	<-scanned
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("program '%s' %s", hook, statusString(ee.ExitCode(), exitSignal(ee)))
+		}
+		return fmt.Errorf("running post-build-hook '%s': %w", hook, err)
+	}
+	return nil
+}
+
+// exitSignal is the signal that ended a process, if one did.
+func exitSignal(ee *exec.ExitError) syscall.Signal {
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return ws.Signal()
+	}
+	return 0
 }
