@@ -1,0 +1,84 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"cairn/internal/store/storetest"
+	"cairn/internal/testutil/nixtest"
+)
+
+const hookNix = `
+let mk = name: script: derivation {
+  inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" script ]; outputs = [ "out" "dev" ];
+}; in {
+  ok = mk "hooked" "echo a > $out; echo b > $dev";
+  other = mk "hooked-too" "echo c > $out; echo d > $dev";
+}
+`
+
+// TestNixPostBuildHook: Nix 2.8's nix-build through cairn daemon and through
+// nix-daemon, both with a post-build-hook: the hook sees the same DRV_PATH
+// (and the outputs in OUT_PATHS), and a failing hook fails nix-build the same
+// way.
+func TestNixPostBuildHook(t *testing.T) {
+	nixtest.Require(t, "nix-build", "nix-daemon")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	file := filepath.Join(t.TempDir(), "hook.nix")
+	os.WriteFile(file, []byte(hookNix), 0o644)
+	hook := func(dir string) (script, seen, exit string) {
+		seen, exit = filepath.Join(dir, "seen"), filepath.Join(dir, "exit")
+		script = filepath.Join(dir, "hook")
+		os.WriteFile(exit, []byte("0"), 0o644)
+		os.WriteFile(script, []byte("#!/bin/sh\necho \"$DRV_PATH|$OUT_PATHS\" >> "+seen+"\necho hook says hello\nexit $(cat "+exit+")\n"), 0o755)
+		return
+	}
+	ourHook, ourSeen, ourExit := hook(t.TempDir())
+	theirHook, theirSeen, theirExit := hook(t.TempDir())
+	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"}, [2]string{"post-build-hook", ourHook})
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true",
+		"--option", "sandbox-paths", "/bin/sh=/bin/busybox", "--option", "post-build-hook", theirHook})
+	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root}
+
+	ours, theirs := runNix(td.nixEnv(), "nix-build", "--no-out-link", file, "-A", "ok"), runNix(refEnv, "nix-build", "--no-out-link", file, "-A", "ok")
+	if ours.code != 0 {
+		if strings.Contains(ours.stderr, "setting up the build environment") {
+			t.Skipf("the kernel refuses the sandbox: %s", ours.stderr)
+		}
+		t.Fatalf("nix-build: %+v", ours)
+	}
+	if theirs.code != 0 {
+		t.Skipf("Nix's own sandbox does not work here: %s", theirs.stderr)
+	}
+	// Nix 2.8 passes OUT_PATHS empty (fixed in 2.9, nix#6459, "Fix passing
+	// $OUT_PATHS to the post-build hook"); Cairn passes the outputs, as
+	// the manual says and later releases do.
+	a, _ := os.ReadFile(ourSeen)
+	b, _ := os.ReadFile(theirSeen)
+	drvA, outsA, _ := strings.Cut(strings.TrimSpace(string(a)), "|")
+	drvB, _, _ := strings.Cut(strings.TrimSpace(string(b)), "|")
+	if drvA != drvB || drvA == "" {
+		t.Errorf("the hook saw DRV_PATH %q, under nix-daemon %q", drvA, drvB)
+	}
+	outs := strings.Fields(runNix(td.nixEnv(), "nix-store", "-q", "--outputs", drvA).stdout)
+	slices.Sort(outs)
+	if want := strings.Join(outs, " "); outsA != want || len(outs) != 2 {
+		t.Errorf("the hook saw OUT_PATHS %q, want %q", outsA, want)
+	}
+	os.WriteFile(ourExit, []byte("3"), 0o644)
+	os.WriteFile(theirExit, []byte("3"), 0o644)
+	ours, theirs = runNix(td.nixEnv(), "nix-build", "--no-out-link", file, "-A", "other"), runNix(refEnv, "nix-build", "--no-out-link", file, "-A", "other")
+	if ours.code != theirs.code || ours.code == 0 {
+		t.Errorf("a failing hook: nix-build exits %d, with nix-daemon %d\n%s\n%s", ours.code, theirs.code, ours.stderr, theirs.stderr)
+	}
+	want := "program '" + theirHook + "' failed with exit code 3"
+	if !strings.Contains(theirs.stderr, want) || !strings.Contains(ours.stderr, "program '"+ourHook+"' failed with exit code 3") {
+		t.Errorf("a failing hook's message:\n%s\nnix-daemon:\n%s", ours.stderr, theirs.stderr)
+	}
+}
