@@ -32,8 +32,9 @@ type Auto struct {
 	CheckInterval    time.Duration
 	// Options gives the collection's other options (keep-outputs, …).
 	Options func() Options
-	// Log receives "running auto-GC to free N bytes" and the collection's
-	// messages; nil discards them.
+	// Log receives "running auto-GC to free N bytes" and failures; nil
+	// discards them. (The collection's own messages, a line per path
+	// deleted, go where Options says.)
 	Log func(string)
 
 	mu         sync.Mutex
@@ -119,9 +120,6 @@ func (a *Auto) start(ctx context.Context, tell func(string)) chan struct{} {
 	}
 	opts.Action = protocol.GCDeleteDead
 	opts.MaxFreed = a.MaxFree - avail
-	if opts.Log == nil {
-		opts.Log = a.Log
-	}
 	msg := fmt.Sprintf("running auto-GC to free %d bytes", opts.MaxFreed)
 	a.log(msg)
 	if tell != nil {
