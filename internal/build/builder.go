@@ -117,6 +117,8 @@ type Options struct {
 	// PostBuildHook is run after each build's outputs are registered
 	// (post-build-hook; see runPostBuildHook).
 	PostBuildHook string
+	// HookConfig is the settings as nix.conf lines, the hook's NIX_CONFIG.
+	HookConfig string
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -156,6 +158,16 @@ func OptionsFrom(s Getter) Options {
 		Fallback:           s.Get("fallback") == "true",
 		SecretKeyFiles:     strings.Fields(s.Get("secret-key-files")),
 		PostBuildHook:      s.Get("post-build-hook"),
+	}
+	if o.PostBuildHook != "" {
+		switch kv := s.(type) {
+		case interface{ KeyValue() string }:
+			o.HookConfig = kv.KeyValue()
+		case interface {
+			KeyValue(map[string]string) string
+		}:
+			o.HookConfig = kv.KeyValue(nil)
+		}
 	}
 	switch s.Get("fixed-output-host-loopback") {
 	case "false", "no", "0":

@@ -472,7 +472,7 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot) (status Status, err er
 				s.Line("post-build-hook: " + line)
 			}
 		}
-		if err = runPostBuildHook(ctx, opts.PostBuildHook, g.drvPath, drv, hookLine); err != nil {
+		if err = runPostBuildHook(ctx, opts.PostBuildHook, opts.HookConfig, g.drvPath, drv, hookLine); err != nil {
 			status = MiscFailure
 		}
 	}
@@ -754,11 +754,12 @@ func rewriteAll(r *strings.Replacer, ss []string) []string {
 }
 
 // runPostBuildHook runs post-build-hook once a build's outputs are
-// registered, as Nix 2.8 does: with DRV_PATH and OUT_PATHS (the outputs,
-// sorted, space-separated) added to the daemon's environment, and its
+// registered, as Nix 2.8 does: with DRV_PATH, OUT_PATHS (the outputs,
+// sorted, space-separated) and NIX_CONFIG (the settings) added to the
+// daemon's environment, and its
 // output, stdout and stderr together, passed on line by line. If it fails,
 // the build fails with Nix's message; the outputs stay valid.
-func runPostBuildHook(ctx context.Context, hook string, drvPath storepath.StorePath, drv *derivation.Derivation, line func(string)) error {
+func runPostBuildHook(ctx context.Context, hook, config string, drvPath storepath.StorePath, drv *derivation.Derivation, line func(string)) error {
 	var outs []string
 	for _, o := range drv.Outputs {
 		if !o.Path.IsZero() {
@@ -768,6 +769,9 @@ func runPostBuildHook(ctx context.Context, hook string, drvPath storepath.StoreP
 	slices.Sort(outs)
 	cmd := exec.CommandContext(ctx, hook)
 	cmd.Env = append(os.Environ(), "DRV_PATH="+drvPath.String(), "OUT_PATHS="+strings.Join(outs, " "))
+	if config != "" {
+		cmd.Env = append(cmd.Env, "NIX_CONFIG="+config)
+	}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	scanned := make(chan struct{})

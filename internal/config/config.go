@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -221,6 +222,31 @@ func parseSize(v string) (int64, error) {
 		return 1<<63 - 1, nil
 	}
 	return 0, fmt.Errorf("%q is not an integer", v)
+}
+
+// KeyValue is every setting with a value as "name = value" lines, sorted by
+// name, with overrides (canonical name → value) in place: what Nix passes a
+// post-build-hook in NIX_CONFIG.
+func (s *Settings) KeyValue(overrides map[string]string) string {
+	names := make([]string, 0, len(s.values)+len(overrides))
+	for n := range s.values {
+		names = append(names, n)
+	}
+	for n := range overrides {
+		if _, ok := s.values[n]; !ok {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	var b strings.Builder
+	for _, n := range names {
+		v, ok := overrides[n]
+		if !ok {
+			v = s.values[n]
+		}
+		fmt.Fprintf(&b, "%s = %s\n", n, v)
+	}
+	return b.String()
 }
 
 // Get returns a setting's value as text ("" if unset).

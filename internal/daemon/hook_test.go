@@ -36,7 +36,9 @@ func TestNixPostBuildHook(t *testing.T) {
 		seen, exit = filepath.Join(dir, "seen"), filepath.Join(dir, "exit")
 		script = filepath.Join(dir, "hook")
 		os.WriteFile(exit, []byte("0"), 0o644)
-		os.WriteFile(script, []byte("#!/bin/sh\necho \"$DRV_PATH|$OUT_PATHS\" >> "+seen+"\necho hook says hello\nexit $(cat "+exit+")\n"), 0o755)
+		os.WriteFile(script, []byte("#!/bin/sh\necho \"$DRV_PATH|$OUT_PATHS\" >> "+seen+"\n"+
+			"printf '%s\\n' \"$NIX_CONFIG\" | grep -E '^(sandbox-paths|post-build-hook|keep-outputs) = ' >> "+seen+".config\n"+
+			"echo hook says hello\nexit $(cat "+exit+")\n"), 0o755)
 		return
 	}
 	ourHook, ourSeen, ourExit := hook(t.TempDir())
@@ -70,6 +72,12 @@ func TestNixPostBuildHook(t *testing.T) {
 	slices.Sort(outs)
 	if want := strings.Join(outs, " "); outsA != want || len(outs) != 2 {
 		t.Errorf("the hook saw OUT_PATHS %q, want %q", outsA, want)
+	}
+	// NIX_CONFIG holds the daemon's settings, as nix.conf lines.
+	ca, _ := os.ReadFile(ourSeen + ".config")
+	cb, _ := os.ReadFile(theirSeen + ".config")
+	if strings.ReplaceAll(string(ca), ourHook, "HOOK") != strings.ReplaceAll(string(cb), theirHook, "HOOK") || len(ca) == 0 {
+		t.Errorf("the hook's NIX_CONFIG had\n%s\nunder nix-daemon\n%s", ca, cb)
 	}
 	os.WriteFile(ourExit, []byte("3"), 0o644)
 	os.WriteFile(theirExit, []byte("3"), 0o644)

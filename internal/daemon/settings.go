@@ -36,6 +36,10 @@ func (s *connSettings) scratch(name string) *config.Settings {
 	return t
 }
 
+// KeyValue is the connection's settings as nix.conf lines (build.Options'
+// HookConfig).
+func (s *connSettings) KeyValue() string { return s.global.KeyValue(s.over) }
+
 func (s *connSettings) Bool(name string) bool        { return s.scratch(name).Bool(name) }
 func (s *connSettings) Strings(name string) []string { return strings.Fields(s.Get(name)) }
 
