@@ -159,15 +159,8 @@ func OptionsFrom(s Getter) Options {
 		SecretKeyFiles:     strings.Fields(s.Get("secret-key-files")),
 		PostBuildHook:      s.Get("post-build-hook"),
 	}
-	if o.PostBuildHook != "" {
-		switch kv := s.(type) {
-		case interface{ KeyValue() string }:
-			o.HookConfig = kv.KeyValue()
-		case interface {
-			KeyValue(map[string]string) string
-		}:
-			o.HookConfig = kv.KeyValue(nil)
-		}
+	if kv, ok := s.(interface{ KeyValue() string }); ok && o.PostBuildHook != "" {
+		o.HookConfig = kv.KeyValue()
 	}
 	switch s.Get("fixed-output-host-loopback") {
 	case "false", "no", "0":

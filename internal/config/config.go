@@ -225,9 +225,11 @@ func parseSize(v string) (int64, error) {
 }
 
 // KeyValue is every setting with a value as "name = value" lines, sorted by
-// name, with overrides (canonical name → value) in place: what Nix passes a
-// post-build-hook in NIX_CONFIG.
-func (s *Settings) KeyValue(overrides map[string]string) string {
+// name: what Nix passes a post-build-hook in NIX_CONFIG.
+func (s *Settings) KeyValue() string { return s.KeyValueWith(nil) }
+
+// KeyValueWith is KeyValue with overrides (canonical name → value) in place.
+func (s *Settings) KeyValueWith(overrides map[string]string) string {
 	names := make([]string, 0, len(s.values)+len(overrides))
 	for n := range s.values {
 		names = append(names, n)

@@ -29,7 +29,7 @@ func TestAutoGCAgainstNix(t *testing.T) {
 	}
 	td := newTestDaemon(t, settings...)
 	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, opts)
-	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root}
+	refEnv := nixDaemonClientEnv(ref)
 	src := t.TempDir()
 	for _, n := range []string{"dead1", "dead2", "live"} {
 		os.WriteFile(filepath.Join(src, n), []byte(n+"\n"), 0o644)

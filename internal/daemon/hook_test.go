@@ -46,7 +46,7 @@ func TestNixPostBuildHook(t *testing.T) {
 	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"}, [2]string{"post-build-hook", ourHook})
 	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true",
 		"--option", "sandbox-paths", "/bin/sh=/bin/busybox", "--option", "post-build-hook", theirHook})
-	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root}
+	refEnv := nixDaemonClientEnv(ref)
 
 	ours, theirs := runNix(td.nixEnv(), "nix-build", "--no-out-link", file, "-A", "ok"), runNix(refEnv, "nix-build", "--no-out-link", file, "-A", "ok")
 	if ours.code != 0 {

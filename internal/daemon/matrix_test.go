@@ -87,7 +87,7 @@ func TestNixBuildMatrix(t *testing.T) {
 	}
 	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true",
 		"--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
-	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root}
+	refEnv := nixDaemonClientEnv(ref)
 	ours := func(name string, args ...string) nixRun { return runNix(td.nixEnv(), name, args...) }
 	theirs := func(name string, args ...string) nixRun { return runNix(refEnv, name, args...) }
 	if r := ours("nix-build", "--no-out-link", file, "-A", "dep"); r.code != 0 {

@@ -20,6 +20,7 @@ import (
 	"cairn/internal/sandbox"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
+	"cairn/internal/store/storetest"
 	"cairn/internal/storepath"
 	"cairn/internal/testutil/nixtest"
 )
@@ -80,6 +81,12 @@ func (td *testDaemon) nixEnv() []string {
 		env = append(env, "NIX_STORE_DIR="+string(td.cfg.StoreDir))
 	}
 	return env
+}
+
+// nixDaemonClientEnv is the environment of a Nix client of the reference
+// daemon ref (storetest.StartDaemonWith), with extra entries.
+func nixDaemonClientEnv(ref *storetest.Daemon, extra ...string) []string {
+	return append([]string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root}, extra...)
 }
 
 func (td *testDaemon) nix(t *testing.T, name string, args ...string) string {

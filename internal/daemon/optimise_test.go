@@ -36,7 +36,7 @@ func TestNixAddAutoOptimise(t *testing.T) {
 
 	td := newTestDaemon(t, [2]string{"auto-optimise-store", "true"})
 	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "auto-optimise-store", "true"})
-	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root}
+	refEnv := nixDaemonClientEnv(ref)
 	type result struct {
 		paths    []string
 		links    map[string]uint64 // path/file → link count

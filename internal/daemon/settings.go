@@ -38,7 +38,7 @@ func (s *connSettings) scratch(name string) *config.Settings {
 
 // KeyValue is the connection's settings as nix.conf lines (build.Options'
 // HookConfig).
-func (s *connSettings) KeyValue() string { return s.global.KeyValue(s.over) }
+func (s *connSettings) KeyValue() string { return s.global.KeyValueWith(s.over) }
 
 func (s *connSettings) Bool(name string) bool        { return s.scratch(name).Bool(name) }
 func (s *connSettings) Strings(name string) []string { return strings.Fields(s.Get(name)) }

@@ -57,7 +57,7 @@ func TestNixSubstituteFailures(t *testing.T) {
 			ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "substituters", cache,
 				"--option", "trusted-public-keys", sc.pub})
 			clientConf := "NIX_CONFIG=experimental-features = nix-command\nsandbox = false\nsubstituters = " + cache + "\n"
-			refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root, clientConf}
+			refEnv := nixDaemonClientEnv(ref, clientConf)
 			ourEnv := append(td.nixEnv(), clientConf)
 			for _, args := range [][]string{{"-r", sc.top}} {
 				o, n := runNix(ourEnv, "nix-store", args...), runNix(refEnv, "nix-store", args...)

@@ -100,7 +100,7 @@ func TestNixSubstitute(t *testing.T) {
 	td := newTestDaemon(t, [2]string{"substituters", cache}, [2]string{"trusted-public-keys", sc.pub})
 	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "substituters", cache,
 		"--option", "trusted-public-keys", sc.pub})
-	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root}
+	refEnv := nixDaemonClientEnv(ref)
 	// The clients name the cache too (else they send substituters = "").
 	clientConf := "NIX_CONFIG=experimental-features = nix-command\nsandbox = false\nsubstituters = " + cache + "\n"
 	refEnv = append(refEnv, clientConf)
@@ -337,7 +337,7 @@ func TestNixSubstituteThenBuild(t *testing.T) {
 	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "substituters", cache,
 		"--option", "trusted-public-keys", sc.pub, "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
 	clientConf := "NIX_CONFIG=experimental-features = nix-command\nsubstituters = " + cache + "\n"
-	refEnv := []string{"HOME=" + filepath.Join(ref.Dir, "home"), "NIX_REMOTE=unix://" + ref.Socket + "?root=" + ref.Root, clientConf}
+	refEnv := nixDaemonClientEnv(ref, clientConf)
 	ourEnv := append(td.nixEnv(), clientConf)
 	expr := `let cached = ` + sc.drvExpr + `; in derivation { name = "uses-cached"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "read line < ${cached}/run; echo $line > $out" ]; }`
 	var outs [2]nixRun
