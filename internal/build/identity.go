@@ -108,11 +108,10 @@ func (b *Builder) startHost(ctx context.Context, drv *derivation.Derivation, env
 		return nil, fmt.Errorf("executing '%s': %w", drv.Builder, err)
 	}
 	args := append([]string{filepath.Base(drv.Builder)}, rewriteAll(env.Rewrite, drv.Args)...)
-	cmd, err := sandbox.HostCommand(ctx, sandbox.Command{Path: drv.Builder, Args: args, Env: env.List()})
+	cmd, err := sandbox.HostCommand(ctx, sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: dirs.build})
 	if err != nil {
 		return nil, err
 	}
-	cmd.Dir = dirs.build
 	cmd.Stdout, cmd.Stderr = log, log
 	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	hp := &hostProcess{cmd: cmd}

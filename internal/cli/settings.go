@@ -80,14 +80,13 @@ func warnTo(w io.Writer) func(string) {
 
 // localOptions are the local store's options the settings choose.
 func localOptions(settings *config.Settings) local.Options {
-	opts := local.DefaultOptions()
-	opts.NoFsync = !settings.Bool("fsync-metadata")
-	opts.AutoOptimise = settings.Bool("auto-optimise-store")
-	// "" is Nix's default, which depends on the user (DefaultOptions).
-	if g := settings.Get("build-users-group"); g != "" {
-		opts.BuildUsersGroup = g
+	// build-users-group holds root's default (nixbld) unless set; set
+	// empty, the store dir keeps its owner and mode, as in Nix.
+	return local.Options{
+		NoFsync:         !settings.Bool("fsync-metadata"),
+		AutoOptimise:    settings.Bool("auto-optimise-store"),
+		BuildUsersGroup: settings.Get("build-users-group"),
 	}
-	return opts
 }
 
 // storeURL is the store a verb works on: the --store flag's, else the store

@@ -1,9 +1,29 @@
 package config
 
 import (
+	"os"
+	"os/user"
 	"runtime"
 	"strconv"
+	"sync"
 )
+
+// rootBuildUsersGroup is build-users-group's default for root: Nix 2.8 builds
+// as the nixbld users whenever it runs as root and nothing says otherwise.
+const rootBuildUsersGroup = "nixbld"
+
+// rootBuildUsers reports whether build-users-group defaults to
+// rootBuildUsersGroup: when running as root and the group exists. Where it
+// does not, Nix refuses every build ("the group 'nixbld' specified in
+// 'build-users-group' does not exist"); Cairn builds in a user namespace
+// instead, as it does without root, so a root machine with no setup builds.
+var rootBuildUsers = sync.OnceValue(func() bool {
+	if os.Geteuid() != 0 {
+		return false
+	}
+	_, err := user.LookupGroup(rootBuildUsersGroup)
+	return err == nil
+})
 
 // defaults are Nix 2.8's defaults (as `nix show-config` prints them on Linux) for the
 // settings Cairn reads. Settings Cairn does not read have no default here; they are

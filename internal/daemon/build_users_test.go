@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -60,6 +61,47 @@ func TestNixBuildUsers(t *testing.T) {
 	for _, l := range locks {
 		if uid, err := strconv.Atoi(l.Name()); err != nil || !slices.Contains(uids, uid) {
 			t.Errorf("lock %s is not a pool uid's %v", l.Name(), uids)
+		}
+	}
+}
+
+// TestRootDefaultBuildUsers: a root daemon given no build-users-group
+// builds as the nixbld users, as nix-daemon 2.8 does by default.
+func TestRootDefaultBuildUsers(t *testing.T) {
+	nixtest.Require(t, "nix-build")
+	if os.Geteuid() != 0 {
+		t.Skip("build users need root")
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	grp, err := user.LookupGroup("nixbld")
+	if err != nil {
+		t.Skip("no nixbld group")
+	}
+	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"})
+	if g := td.srv.Settings.Get("build-users-group"); g != "nixbld" {
+		t.Fatalf("build-users-group = %q as root, want nixbld", g)
+	}
+	file := filepath.Join(t.TempDir(), "build.nix")
+	if err := os.WriteFile(file, []byte(buildNix), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, err := td.nixOut("nix-build", "--no-out-link", file, "-A", "envdump"); err != nil {
+		t.Fatalf("nix-build envdump: %v\n%s", err, stderr)
+	}
+	locks, _ := os.ReadDir(filepath.Join(td.cfg.StateDir, "userpool"))
+	if len(locks) == 0 {
+		t.Fatalf("no uid lock in %s: the build did not take a build user", filepath.Join(td.cfg.StateDir, "userpool"))
+	}
+	for _, l := range locks {
+		u, err := user.LookupId(l.Name())
+		if err != nil {
+			t.Errorf("lock %s: %v", l.Name(), err)
+			continue
+		}
+		if gids, _ := u.GroupIds(); !slices.Contains(gids, grp.Gid) {
+			t.Errorf("lock %s: %s is not in nixbld", l.Name(), u.Username)
 		}
 	}
 }

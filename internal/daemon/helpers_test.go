@@ -48,7 +48,10 @@ func newTestDaemon(t *testing.T, settings ...[2]string) *testDaemon {
 func newTestDaemonAt(t *testing.T, url func(dir string) string, settings ...[2]string) *testDaemon {
 	t.Helper()
 	dir := t.TempDir()
+	// Build users (nixbld, the default for root) must reach the state dir's
+	// build dirs: t.TempDir's parent is 0700.
 	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
 	cfg, err := store.ParseURL(url(dir), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +65,8 @@ func newTestDaemonAt(t *testing.T, url func(dir string) string, settings ...[2]s
 		}
 	}
 	// As cairn daemon opens its store, but without syncs or db/reserved.
-	st, err := local.Open(ctx, cfg, local.Options{NoFsync: true, ReservedSize: -1, AutoOptimise: s.Bool("auto-optimise-store")})
+	st, err := local.Open(ctx, cfg, local.Options{NoFsync: true, ReservedSize: -1, AutoOptimise: s.Bool("auto-optimise-store"),
+		BuildUsersGroup: s.Get("build-users-group")})
 	if err != nil {
 		t.Fatal(err)
 	}

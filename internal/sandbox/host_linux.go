@@ -24,8 +24,8 @@ const (
 // no new root — behind the sandbox's seccomp filter (no setuid or setgid
 // modes, no extended attributes) with no_new_privs, as Nix 2.8 runs a build
 // with sandbox = false: init is started in a mode that installs the filter
-// and executes c.Path with exactly c.Args and c.Env. The caller sets what
-// any exec.Cmd has (Dir, stdio, SysProcAttr with credentials, cgroup,
+// and executes c.Path with exactly c.Args and c.Env in c.Dir. The caller sets what
+// any exec.Cmd has (stdio, SysProcAttr with credentials, cgroup,
 // process group, parent-death signal). When ctx is done the command is
 // killed as exec.CommandContext does.
 func HostCommand(ctx context.Context, c Command) (*exec.Cmd, error) {
@@ -38,7 +38,15 @@ func HostCommand(ctx context.Context, c Command) (*exec.Cmd, error) {
 	if _, err := Filter(runtime.GOARCH); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	enc, err := json.Marshal(Command{Path: c.Path, Args: c.Args})
+	if c.Dir != "" {
+		if err := checkAbs(c.Dir); err != nil {
+			return nil, fmt.Errorf("sandbox: host command dir %q: not absolute", c.Dir)
+		}
+	}
+	// init changes into c.Dir after taking the build user's credentials, so
+	// a directory that user cannot enter is reported by name, not as the
+	// exec of init failing.
+	enc, err := json.Marshal(Command{Path: c.Path, Args: c.Args, Dir: c.Dir})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: encode host command: %w", err)
 	}
@@ -64,6 +72,11 @@ func hostExec() error {
 		}
 	}
 	env = env[:n]
+	if c.Dir != "" {
+		if err := unix.Chdir(c.Dir); err != nil {
+			return fmt.Errorf("changing into '%s': %w", c.Dir, err)
+		}
+	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fail("set no_new_privs", err)
 	}
