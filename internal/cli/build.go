@@ -153,7 +153,7 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	if err != nil {
 		return err
 	}
-	cfg, err := store.ParseURL(url, nil)
+	cfg, err := parseStoreURL(url, warn)
 	if err != nil {
 		return err
 	}

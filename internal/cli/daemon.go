@@ -17,7 +17,6 @@ import (
 	"cairn/internal/daemon"
 	"cairn/internal/gc"
 	"cairn/internal/gcroots"
-	"cairn/internal/store"
 	"cairn/internal/store/local"
 )
 
@@ -152,7 +151,8 @@ func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stde
 		fmt.Fprintln(stderr, s)
 		mu.Unlock()
 	}
-	settings, err := loadSettings(ctx, func(msg string) { logf("warning: " + msg) }, a.options)
+	warn := func(msg string) { logf("warning: " + msg) }
+	settings, err := loadSettings(ctx, warn, a.options)
 	if err != nil {
 		return err
 	}
@@ -172,7 +172,7 @@ func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stde
 		}
 		return daemon.Splice(ctx, sock, stdin, stdout)
 	}
-	cfg, err := store.ParseURL(url, nil)
+	cfg, err := parseStoreURL(url, warn)
 	if err != nil {
 		return err
 	}

@@ -70,6 +70,13 @@ func TestOptionOnEveryVerb(t *testing.T) {
 	if code != 0 || hash != nixOut || errOut != nixErr {
 		t.Errorf("invalid value on the command line: %d %q %q, Nix %q %q", code, hash, errOut, nixOut, nixErr)
 	}
+	// A store URL parameter no Nix store reads: a warning, as from Nix.
+	odd := url + "&no-such-param=1&priority=30"
+	code, hash, errOut = runMain(t, "--store", odd, "store", "query", "--hash", strings.TrimSpace(out))
+	nixOut, nixErr = nixBoth(t, "nix-store", "--store", odd, "-q", "--hash", strings.TrimSpace(out))
+	if code != 0 || hash != nixOut || errOut != nixErr {
+		t.Errorf("unknown URL parameter: %d %q %q, Nix %q %q", code, hash, errOut, nixOut, nixErr)
+	}
 	code, _, errOut = runMain(t, "--store", url, "store", "verify", "--option", "cores")
 	if code != 1 || errOut != "error: flag '--option' requires 2 argument(s)\n" {
 		t.Errorf("--option without its value: %d %q", code, errOut)

@@ -51,8 +51,21 @@ func storeConfig(cmd *cobra.Command) (*store.Config, *config.Settings, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, err := store.ParseURL(url, nil)
+	cfg, err := parseStoreURL(url, warnTo(cmd.ErrOrStderr()))
 	return cfg, settings, err
+}
+
+// parseStoreURL parses a store URL and warns, as Nix does, about each
+// parameter no store reads.
+func parseStoreURL(url string, warn func(string)) (*store.Config, error) {
+	cfg, err := store.ParseURL(url, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range cfg.UnknownParams() {
+		warn(fmt.Sprintf("unknown setting '%s'", name))
+	}
+	return cfg, nil
 }
 
 // withLocalStore adapts a verb's body that needs the local store named by --store:

@@ -168,6 +168,33 @@ func parseURL(s string, getenv Getenv) (*Config, error) {
 	return c, nil
 }
 
+// knownParams are the store settings some Nix version reads from a local or
+// daemon store's URL; Nix warns about any other parameter.
+var knownParams = map[string]bool{
+	// every store
+	"store": true, "path-info-cache-size": true, "trusted": true, "priority": true,
+	"want-mass-query": true, "system-features": true,
+	// local file system stores, the daemon's socket included
+	"root": true, "state": true, "log": true, "real": true,
+	// the local store
+	"require-sigs": true, "read-only": true, "build-dir": true,
+	"ignore-gc-delete-failure": true, "use-roots-daemon": true,
+	// remote stores
+	"max-connections": true, "max-connection-age": true,
+}
+
+// UnknownParams lists, sorted, the URL's parameters no Nix store reads.
+func (c *Config) UnknownParams() []string {
+	var unknown []string
+	for k := range c.Params {
+		if !knownParams[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	sort.Strings(unknown)
+	return unknown
+}
+
 // parseQuery splits "a=b&c=d", percent-decoding keys and values (no "+" for space,
 // as Nix).
 func parseQuery(q string) (map[string]string, error) {
