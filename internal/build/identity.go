@@ -29,7 +29,7 @@ type identity struct {
 // identity gives g's build its ids: a build user's (root with build users),
 // else the daemon's own. release gives them back; call it when the build is
 // over and nothing of it runs any more.
-func (b *Builder) identity(g *goal, r *request, sandboxed bool, sl *slot) (id identity, release func(), err error) {
+func (b *Builder) identity(g *goal, r *request, sandboxed bool) (id identity, release func(), err error) {
 	uidRange := slices.Contains(strings.Fields(g.drv.Env["requiredSystemFeatures"]), "uid-range")
 	if uidRange && !sandboxed {
 		return id, nil, errors.New("feature 'uid-range' is only supported in sandboxed builds")
@@ -45,21 +45,10 @@ func (b *Builder) identity(g *goal, r *request, sandboxed bool, sl *slot) (id id
 	if uidRange {
 		count = idsPerSlot
 	}
-	if sl.preparing {
-		// A build is set up ahead of its turn only with a uid to spare:
-		// otherwise it waits for its turn first and then, if need be, for a
-		// uid, as without setting up ahead (and says so only then).
-		u, err := b.users.tryAcquire(count, sandboxed)
-		if err != nil {
-			return id, nil, err
-		}
-		if u != nil {
-			return b.userIdentity(u)
-		}
-		if err := sl.run(g.ctx); err != nil {
-			return id, nil, err
-		}
-	}
+	// A build takes its uid before its place to run, never after: a build
+	// holding a place must not wait for a uid that builds waiting for a
+	// place hold (with more builds set up ahead than uids to spare, that
+	// waited for ever).
 	u, err := b.users.acquire(g.ctx, count, sandboxed, func() {
 		if r.log != nil {
 			r.log.Error(fmt.Sprintf("waiting for UID to build '%s'", hl(g.drvPath.String())))

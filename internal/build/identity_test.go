@@ -393,6 +393,38 @@ func TestBuildUsers(t *testing.T) {
 	}
 }
 
+// TestBuildUsersManyBuilds: more builds ready at once than build users and
+// job places together. Builds set up ahead of their turn hold uids while
+// they wait for a place; one holding a place must never wait for a uid,
+// or both wait for ever (as they once did).
+func TestBuildUsersManyBuilds(t *testing.T) {
+	pool(t)
+	requireSandbox(t)
+	st := testStore(t)
+	b, err := NewWithConfig(st, Config{BuildUsersGroup: testPool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	var targets []Target
+	for i := range 4 * testPoolSize {
+		targets = append(targets, Target{Drv: addDrv(t, st, fmt.Sprintf("many-%d", i), fmt.Sprintf("echo %d > $out", i), nil, nil)})
+	}
+	opts := testOptions()
+	opts.MaxJobs = testPoolSize + 1
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := b.Build(ctx, targets, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Status != Built {
+			t.Errorf("build %d: status %d: %v", i, r.Status, r.Err)
+		}
+	}
+}
+
 // TestAutoAllocateUIDs: auto-allocate-uids gives a build the first id of
 // a free slot, or all 65536 with uid-range, where it is root inside.
 func TestAutoAllocateUIDs(t *testing.T) {

@@ -192,7 +192,7 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot) (status Status, err er
 		return MiscFailure, fmt.Errorf("%w: checking or repairing '%s' without the sandbox", store.ErrUnsupported, g.drvPath)
 	}
 
-	id, release, err := b.identity(g, r, sandboxed, sl)
+	id, release, err := b.identity(g, r, sandboxed)
 	if err != nil {
 		return MiscFailure, err
 	}
