@@ -74,38 +74,54 @@ func BenchmarkLogWriter(b *testing.B) {
 	}
 }
 
-// BenchmarkBuildInputs is BenchmarkBuild with 50 inputs in the closure, each
-// bound into the sandbox.
+// BenchmarkBuildInputs is BenchmarkBuild with 50 inputs in the closure:
+// "bind" with the daemon's ids (each input bound into the sandbox),
+// "link" as root with a build user (each input, a file, hard-linked into
+// the scratch store dir; see linkInputs).
 func BenchmarkBuildInputs(b *testing.B) {
 	requireSandbox(b)
-	ctx := context.Background()
-	st := testStore(b)
-	bl := newBuilder(b, st)
-	if dir := os.Getenv("CAIRN_BENCH_BUILDS_DIR"); dir != "" {
-		var err error
-		if bl, err = New(st, filepath.Join(dir, fmt.Sprint(os.Getpid()))); err != nil {
-			b.Fatal(err)
-		}
-	}
-	inputs := map[storepath.StorePath][]string{}
-	for i := range 50 {
-		p := addDrv(b, st, fmt.Sprintf("in-%d", i), fmt.Sprintf("echo %d > $out", i), nil, nil)
-		inputs[p] = []string{"out"}
-	}
-	if _, err := bl.Build(ctx, targetsOf(inputs), testOptions(), nil); err != nil {
-		b.Fatal(err)
-	}
-	drvs := make([]storepath.StorePath, b.N)
-	for i := range drvs {
-		drvs[i] = addDrv(b, st, fmt.Sprintf("bench-%d", i), "echo "+fmt.Sprint(i)+" > $out", inputs, nil)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		res, err := bl.Build(ctx, []Target{{Drv: drvs[i]}}, testOptions(), nil)
-		if err != nil || res[0].Status != Built {
-			b.Fatalf("%v %v", err, res[0].Err)
-		}
+	for _, c := range []struct {
+		name  string
+		users bool
+	}{{"bind", false}, {"link", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			ctx := context.Background()
+			st := testStore(b)
+			cfg := Config{}
+			if dir := os.Getenv("CAIRN_BENCH_BUILDS_DIR"); dir != "" {
+				cfg.BuildsDir = filepath.Join(dir, fmt.Sprint(os.Getpid()), c.name)
+			}
+			if c.users {
+				requireRoot(b)
+				pool(b)
+				cfg.BuildUsersGroup = testPool
+			}
+			bl, err := NewWithConfig(st, cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(bl.Close)
+			inputs := map[storepath.StorePath][]string{}
+			for i := range 50 {
+				p := addDrv(b, st, fmt.Sprintf("in-%d", i), fmt.Sprintf("echo %d > $out", i), nil, nil)
+				inputs[p] = []string{"out"}
+			}
+			if _, err := bl.Build(ctx, targetsOf(inputs), testOptions(), nil); err != nil {
+				b.Fatal(err)
+			}
+			drvs := make([]storepath.StorePath, b.N)
+			for i := range drvs {
+				drvs[i] = addDrv(b, st, fmt.Sprintf("bench-%d", i), "echo "+fmt.Sprint(i)+" > $out", inputs, nil)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				res, err := bl.Build(ctx, []Target{{Drv: drvs[i]}}, testOptions(), nil)
+				if err != nil || res[0].Status != Built {
+					b.Fatalf("%v %v", err, res[0].Err)
+				}
+			}
+		})
 	}
 }
 

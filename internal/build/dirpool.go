@@ -193,6 +193,10 @@ func resetDir(dir string, keep map[string]string, prevUID, uid, gid int, mode ui
 	present := make(map[string]bool, len(names))
 	var spare [2][]string // mount points of other names: files, directories
 	for _, name := range names {
+		if src, ok := keep[name]; ok && isInputLink(fd, name, src) {
+			present[name] = true
+			continue
+		}
 		if kind := mountPointKind(fd, name, prevUID); kind >= 0 {
 			if _, ok := keep[name]; ok {
 				present[name] = true
@@ -243,6 +247,51 @@ func resetDir(dir string, keep map[string]string, prevUID, uid, gid int, mode ui
 		}
 	}
 	return unix.Fchmod(fd, mode)
+}
+
+// Inputs that are regular files are hard-linked into the scratch store dir,
+// as Nix 2.8 links them into its chroot, rather than bind-mounted, when the
+// builder is a build user and the file is root's and nobody else may write
+// it: the builder can neither change nor remove a link it does not own in
+// the sticky dir. (A builder with the daemon's ids, or root's mapped, owns
+// the inode and could change the store through it; those builds bind.)
+// A link stays for the next build that has the same input, as a mount
+// point does.
+
+// linkInputs reports whether the builds run by uid get file inputs as links.
+func linkInputs(uid int) bool { return os.Geteuid() == 0 && uid != 0 }
+
+// linkInput makes name in dirfd a hard link of the store file src, if src
+// may be linked (see linkInputs); false means bind it instead.
+func linkInput(dirfd int, name, src string) bool {
+	var sst unix.Stat_t
+	if unix.Lstat(src, &sst) != nil || !linkable(&sst) {
+		return false
+	}
+	var st unix.Stat_t
+	if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+		if st.Dev == sst.Dev && st.Ino == sst.Ino {
+			return true
+		}
+		if unix.Unlinkat(dirfd, name, 0) != nil {
+			return false
+		}
+	}
+	return unix.Linkat(unix.AT_FDCWD, src, dirfd, name, 0) == nil
+}
+
+// linkable: a regular file of root's that only root may write.
+func linkable(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Uid == 0 && st.Mode&0o7022 == 0
+}
+
+// isInputLink reports whether name in dirfd is a link of the store file src.
+func isInputLink(dirfd int, name, src string) bool {
+	var st, sst unix.Stat_t
+	if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || !linkable(&st) || st.Nlink < 2 {
+		return false
+	}
+	return unix.Lstat(src, &sst) == nil && st.Dev == sst.Dev && st.Ino == sst.Ino
 }
 
 // mountPointKind says whether name in dirfd is an empty regular file with

@@ -20,6 +20,7 @@ import (
 	"cairn/internal/sandbox"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
+	"cairn/internal/storepath"
 	"cairn/internal/testutil/proctest"
 	"cairn/internal/testutil/testuser"
 )
@@ -422,6 +423,56 @@ func TestBuildUsersManyBuilds(t *testing.T) {
 		if r.Status != Built {
 			t.Errorf("build %d: status %d: %v", i, r.Status, r.Err)
 		}
+	}
+}
+
+// TestBuildUsersLinkedInputs: with build users, an input that is a file is
+// a hard link in the sandbox's store dir, not a mount (as in Nix 2.8). The
+// builder can read it but neither change nor remove it; a later build in
+// the same pooled dirs finds it again, and a build without it does not see
+// it.
+func TestBuildUsersLinkedInputs(t *testing.T) {
+	pool(t)
+	requireSandbox(t)
+	st := testStore(t)
+	b, err := NewWithConfig(st, Config{BuildUsersGroup: testPool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	ctx := context.Background()
+	opts := testOptions()
+	opts.MaxJobs = 1
+	build := func(drv storepath.StorePath) storepath.StorePath {
+		t.Helper()
+		res, err := b.Build(ctx, []Target{{Drv: drv}}, opts, nil)
+		if err != nil || res[0].Status != Built {
+			t.Fatalf("build %s: %v %v", drv, err, res[0].Err)
+		}
+		return res[0].Outputs["out"]
+	}
+	inDrv := addDrv(t, st, "input", "echo original > $out", nil, nil)
+	in := build(inDrv)
+	inputs := map[storepath.StorePath][]string{inDrv: {"out"}}
+	tamper := `in=` + in.String() + `
+		cat $in > $out
+		grep -c " $in " /proc/self/mountinfo >> $out
+		echo changed > $in 2>/dev/null && echo wrote >> $out
+		chmod 0666 $in 2>/dev/null && echo chmodded >> $out
+		rm -f $in 2>/dev/null; mv $in $in.x 2>/dev/null; test -e $in || echo removed >> $out
+		true`
+	for i := range 2 {
+		got := readOut(t, st, build(addDrv(t, st, fmt.Sprintf("reader-%d", i), tamper, inputs, nil)))
+		if got != "original\n0\n" {
+			t.Errorf("build %d with the input saw %q; want its contents, no mount, no change", i, got)
+		}
+	}
+	if got := readOut(t, st, in); got != "original\n" {
+		t.Errorf("the input is now %q", got)
+	}
+	got := readOut(t, st, build(addDrv(t, st, "other", "test -e "+in.String()+" && echo visible > $out; echo done >> $out", nil, nil)))
+	if got != "done\n" {
+		t.Errorf("a build without the input: %q", got)
 	}
 }
 

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"cairn/internal/derivation"
 	"cairn/internal/sandbox"
 	"cairn/internal/store"
@@ -576,8 +578,21 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 		}
 		inputs = append(slices.Clone(inputs), closure...)
 	}
+	storeFD := -1
+	if linkInputs(dirs.uid) {
+		fd, err := unix.Open(dirs.store, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", dirs.store, err)
+		}
+		defer unix.Close(fd)
+		storeFD = fd
+	}
 	for _, p := range inputs {
-		if outputs[p.String()] {
+		if outputs[p.String()] || seen[p.String()] {
+			continue
+		}
+		if storeFD >= 0 && linkInput(storeFD, p.Base(), st.RealPath(p)) {
+			seen[p.String()] = true
 			continue
 		}
 		add(sandbox.Bind{Source: st.RealPath(p), Target: p.String()})
