@@ -55,11 +55,11 @@ func (b *Builder) getDirs(drvPath storepath.StorePath, sandboxed bool, inputs []
 	}
 	// The scratch store dir is the daemon's, writable by the builder's
 	// group; the build dir is the builder's.
-	if err := resetDir(d.store, keep, d.uid, os.Geteuid(), id.gid, 0o1775); err != nil {
+	if err := resetDir(d.store, keep, linkInputs(id.uid), d.uid, os.Geteuid(), id.gid, 0o1775); err != nil {
 		d.remove()
 		return b.makeDirs(drvPath, true, id)
 	}
-	if err := resetDir(d.build, nil, d.uid, id.uid, id.gid, 0o700); err != nil {
+	if err := resetDir(d.build, nil, false, d.uid, id.uid, id.gid, 0o700); err != nil {
 		d.remove()
 		return b.makeDirs(drvPath, true, id)
 	}
@@ -171,8 +171,9 @@ func (d *buildDirs) remove() {
 // point is an empty regular file with one link or an empty directory, owned
 // by the daemon or by prevUID (the last build's init made it): one named in
 // keep stays, one of another name is renamed to a name in keep that lacks
-// one, of the type the source's (the mount's) is.
-func resetDir(dir string, keep map[string]string, prevUID, uid, gid int, mode uint32) error {
+// one, of the type the source's (the mount's) is; with links, not to a name
+// whose source will be linked (see linkInputs), which needs no mount point.
+func resetDir(dir string, keep map[string]string, links bool, prevUID, uid, gid int, mode uint32) error {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return &os.PathError{Op: "open", Path: dir, Err: err}
@@ -222,6 +223,12 @@ func resetDir(dir string, keep map[string]string, prevUID, uid, gid int, mode ui
 			var sst unix.Stat_t
 			if unix.Stat(src, &sst) != nil { // init's error, if any, is the better one
 				continue
+			}
+			if links {
+				var lst unix.Stat_t
+				if unix.Lstat(src, &lst) == nil && linkable(&lst) {
+					continue
+				}
 			}
 			kind := 0
 			if sst.Mode&unix.S_IFMT == unix.S_IFDIR {

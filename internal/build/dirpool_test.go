@@ -62,7 +62,7 @@ func TestResetDirReusesMountPoints(t *testing.T) {
 		"link":     srcFile,
 	}
 	uid, gid := os.Geteuid(), os.Getegid()
-	if err := resetDir(dir, keep, uid, uid, gid, 0o1775); err != nil {
+	if err := resetDir(dir, keep, false, uid, uid, gid, 0o1775); err != nil {
 		t.Fatal(err)
 	}
 	ents, err := os.ReadDir(dir)
