@@ -90,7 +90,11 @@ func MakeEnv(drv *derivation.Derivation, p EnvParams) (*Env, error) {
 	if kind, err := drv.Type(); err == nil && kind == derivation.CAFixed {
 		v["NIX_OUTPUT_CHECKED"] = "1"
 		if p.Getenv != nil {
-			for _, name := range strings.Fields(drv.Env["impureEnvVars"]) {
+			names, err := impureEnvVars(drv)
+			if err != nil {
+				return nil, err
+			}
+			for _, name := range names {
 				v[name] = p.Getenv(name)
 			}
 		}
@@ -120,6 +124,29 @@ func placeholderRewriter(outputs map[string]storepath.StorePath) *strings.Replac
 		pairs = append(pairs, derivation.Placeholder(name), outputs[name].String())
 	}
 	return strings.NewReplacer(pairs...)
+}
+
+// impureEnvVars is the derivation's impureEnvVars attribute: words of a
+// plain attribute, or a list of strings in structured attributes (Nix's
+// getStringsAttr).
+func impureEnvVars(drv *derivation.Derivation) ([]string, error) {
+	text, ok := drv.Env["__json"]
+	if !ok {
+		return strings.Fields(drv.Env["impureEnvVars"]), nil
+	}
+	var attrs map[string]json.RawMessage
+	if len(text) > MaxStructuredAttrs || json.Unmarshal([]byte(text), &attrs) != nil {
+		return nil, errors.New("structured attributes: not a JSON object")
+	}
+	raw, ok := attrs["impureEnvVars"]
+	if !ok {
+		return nil, nil
+	}
+	var names []string
+	if err := json.Unmarshal(raw, &names); err != nil || names == nil {
+		return nil, fmt.Errorf("attribute 'impureEnvVars' of derivation '%s' must be a list of strings", drv.Name)
+	}
+	return names, nil
 }
 
 // structuredAttrs writes .attrs.json and .attrs.sh from __json, with an
