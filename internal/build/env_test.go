@@ -16,7 +16,9 @@ import (
 func TestImpureEnvVars(t *testing.T) {
 	fixed := map[string]derivation.Output{"out": derivation.FixedOutput(storepath.StorePath{},
 		nixhash.ContentAddress{Method: nixhash.Flat, Hash: nixhash.Sum(nixhash.SHA256, []byte("x"))})}
-	getenv := func(name string) string { return map[string]string{"http_proxy": "http://proxy:3128", "no_proxy": ""}[name] }
+	getenv := func(name string) string {
+		return map[string]string{"http_proxy": "http://proxy:3128", "no_proxy": ""}[name]
+	}
 	for _, c := range []struct {
 		name    string
 		outputs map[string]derivation.Output
