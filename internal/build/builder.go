@@ -114,6 +114,9 @@ type Options struct {
 	// SecretKeyFiles sign every output built (secret-key-files), as Nix
 	// signs what it builds locally.
 	SecretKeyFiles []string
+	// PreBuildHook is run before each sandboxed build; it may name more
+	// paths to bind into the sandbox (pre-build-hook; see runPreBuildHook).
+	PreBuildHook string
 	// PostBuildHook is run after each build's outputs are registered
 	// (post-build-hook; see runPostBuildHook).
 	PostBuildHook string
@@ -157,6 +160,7 @@ func OptionsFrom(s Getter) Options {
 		Subst:              substitute.ConfigFrom(s, func(string) {}),
 		Fallback:           s.Get("fallback") == "true",
 		SecretKeyFiles:     strings.Fields(s.Get("secret-key-files")),
+		PreBuildHook:       s.Get("pre-build-hook"),
 		PostBuildHook:      s.Get("post-build-hook"),
 	}
 	if kv, ok := s.(interface{ KeyValue() string }); ok && o.PostBuildHook != "" {

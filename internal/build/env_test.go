@@ -1,11 +1,13 @@
 package build
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
 	"cairn/internal/derivation"
 	"cairn/internal/nixhash"
+	"cairn/internal/sandbox"
 	"cairn/internal/storepath"
 )
 
@@ -58,5 +60,21 @@ func TestImpureEnvVars(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestParsePreBuildHook(t *testing.T) {
+	binds, err := parsePreBuildHook("extra-sandbox-paths\n/a\n/b=/c\n\nextra-chroot-dirs\n/d=/e=f\n/ignored-no-newline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []sandbox.Bind{{Source: "/a", Target: "/a"}, {Source: "/c", Target: "/b"}, {Source: "/e=f", Target: "/d"}}
+	if !slices.Equal(binds, want) {
+		t.Errorf("binds %+v, want %+v", binds, want)
+	}
+	for out, msg := range map[string]string{"bogus\n": "unknown pre-build hook command 'bogus'", "extra-sandbox-paths\n/a\n\n\n": "unknown pre-build hook command ''"} {
+		if _, err := parsePreBuildHook(out); err == nil || err.Error() != msg {
+			t.Errorf("%q: error %v, want %q", out, err, msg)
+		}
 	}
 }

@@ -56,3 +56,28 @@ func FuzzStructuredAttrs(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPreBuildHook: pre-build-hook's output either is refused or gives one
+// bind per path line of its blocks, the text after the last newline ignored.
+func FuzzPreBuildHook(f *testing.F) {
+	for _, s := range []string{"", "extra-sandbox-paths\n/a\n/b=/c\n\nextra-chroot-dirs\n/d\n", "bogus\n", "extra-sandbox-paths\n/a", "\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, out string) {
+		binds, err := parsePreBuildHook(out)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "unknown pre-build hook command '") {
+				t.Fatalf("error %v", err)
+			}
+			return
+		}
+		if len(binds) > strings.Count(out, "\n") {
+			t.Fatalf("%d binds from %d lines", len(binds), strings.Count(out, "\n"))
+		}
+		for _, b := range binds {
+			if b.Target == "" && b.Source == "" {
+				t.Fatalf("an empty bind from %q", out)
+			}
+		}
+	})
+}

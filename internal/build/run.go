@@ -567,6 +567,21 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 		}
 		add(sandbox.Bind{Source: source, Target: filepath.Clean(target), Optional: optional})
 	}
+	// pre-build-hook's extra sandbox paths replace any of the same target,
+	// as in Nix's dirsInChroot.
+	if opts.PreBuildHook != "" {
+		extra, err := runPreBuildHook(ctx, opts.PreBuildHook, g.drvPath, dirs.root)
+		if err != nil {
+			return nil, err
+		}
+		for _, bd := range extra {
+			if i := slices.IndexFunc(binds, func(o sandbox.Bind) bool { return o.Target == bd.Target }); i >= 0 {
+				binds[i] = bd
+				continue
+			}
+			add(bd)
+		}
+	}
 	if len(extraRoots) > 0 {
 		valid, err := st.QueryValidPaths(ctx, extraRoots)
 		if err != nil {
@@ -766,6 +781,70 @@ func rewriteAll(r *strings.Replacer, ss []string) []string {
 		out[i] = r.Replace(s)
 	}
 	return out
+}
+
+// maxPreBuildHookOutput bounds what pre-build-hook may print.
+const maxPreBuildHookOutput = 1 << 20
+
+// runPreBuildHook runs pre-build-hook before a sandboxed build, as Nix 2.8
+// does: with the derivation's path and the sandbox root's directory as
+// arguments (Nix's chroot dir; Cairn's root is a tmpfs private to the
+// build, so files put there are not seen), its stderr the daemon's. Its
+// output is blocks of "extra-sandbox-paths" (or "extra-chroot-dirs")
+// followed by paths, "TARGET=SOURCE" or "PATH", up to an empty line.
+func runPreBuildHook(ctx context.Context, hook string, drvPath storepath.StorePath, root string) ([]sandbox.Bind, error) {
+	cmd := exec.CommandContext(ctx, hook, drvPath.String(), root)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("executing pre-build hook '%s': %w", hook, err)
+	}
+	out, readErr := io.ReadAll(io.LimitReader(stdout, maxPreBuildHookOutput+1))
+	io.Copy(io.Discard, stdout)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return nil, fmt.Errorf("program '%s' %s", hook, statusString(ee.ExitCode(), exitSignal(ee)))
+	case err != nil:
+		return nil, fmt.Errorf("executing pre-build hook '%s': %w", hook, err)
+	case readErr != nil:
+		return nil, fmt.Errorf("reading pre-build hook '%s': %w", hook, readErr)
+	case len(out) > maxPreBuildHookOutput:
+		return nil, fmt.Errorf("pre-build hook '%s' printed more than %d bytes", hook, maxPreBuildHookOutput)
+	}
+	return parsePreBuildHook(string(out))
+}
+
+// parsePreBuildHook reads pre-build-hook's output as Nix 2.8 does: only
+// whole lines count.
+func parsePreBuildHook(out string) ([]sandbox.Bind, error) {
+	var binds []sandbox.Bind
+	inPaths := false
+	for {
+		line, rest, ok := strings.Cut(out, "\n")
+		if !ok {
+			return binds, nil
+		}
+		out = rest
+		switch {
+		case !inPaths && (line == "extra-sandbox-paths" || line == "extra-chroot-dirs"):
+			inPaths = true
+		case !inPaths:
+			return nil, fmt.Errorf("unknown pre-build hook command '%s'", line)
+		case line == "":
+			inPaths = false
+		default:
+			target, source, ok := strings.Cut(line, "=")
+			if !ok {
+				source = target
+			}
+			binds = append(binds, sandbox.Bind{Source: source, Target: target})
+		}
+	}
 }
 
 // runPostBuildHook runs post-build-hook once a build's outputs are

@@ -90,3 +90,69 @@ func TestNixPostBuildHook(t *testing.T) {
 		t.Errorf("a failing hook's message:\n%s\nnix-daemon:\n%s", ours.stderr, theirs.stderr)
 	}
 }
+
+const preHookNix = `
+let mk = name: derivation {
+  inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "read x < /extra/file; echo \"$x\" > $out; test -e /hooked-store-path && echo seen >> $out; true" ];
+}; in { ok = mk "pre-ok"; bogus = mk "pre-bogus"; fail = mk "pre-fail"; }
+`
+
+// TestNixPreBuildHook: Nix 2.8's nix-build through cairn daemon and through
+// nix-daemon, both with a pre-build-hook that names an extra sandbox path:
+// the builder sees it in both, the hook gets the same derivation path, and a
+// hook that prints an unknown command or fails fails the build the same way.
+func TestNixPreBuildHook(t *testing.T) {
+	nixtest.Require(t, "nix-build", "nix-daemon")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	file := filepath.Join(t.TempDir(), "prehook.nix")
+	os.WriteFile(file, []byte(preHookNix), 0o644)
+	extra := filepath.Join(t.TempDir(), "extra")
+	os.Mkdir(extra, 0o755)
+	os.WriteFile(filepath.Join(extra, "file"), []byte("from the hook\n"), 0o644)
+	hook := func(dir string) (script, seen string) {
+		seen, script = filepath.Join(dir, "seen"), filepath.Join(dir, "hook")
+		os.WriteFile(script, []byte("#!/bin/sh\necho \"$1\" >> "+seen+"\n"+
+			"case $1 in\n*-pre-bogus.drv) echo bogus;;\n*-pre-fail.drv) exit 3;;\n"+
+			"*) printf 'extra-sandbox-paths\\n/extra="+extra+"\\n\\nextra-chroot-dirs\\n/hooked-store-path="+extra+"/file\\n';;\nesac\n"), 0o755)
+		return
+	}
+	ourHook, ourSeen := hook(t.TempDir())
+	theirHook, theirSeen := hook(t.TempDir())
+	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"}, [2]string{"pre-build-hook", ourHook})
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true",
+		"--option", "sandbox-paths", "/bin/sh=/bin/busybox", "--option", "pre-build-hook", theirHook})
+	refEnv := nixDaemonClientEnv(ref)
+
+	ours, theirs := runNix(td.nixEnv(), "nix-build", "--no-out-link", file, "-A", "ok"), runNix(refEnv, "nix-build", "--no-out-link", file, "-A", "ok")
+	if ours.code != 0 {
+		if strings.Contains(ours.stderr, "setting up the build environment") {
+			t.Skipf("the kernel refuses the sandbox: %s", ours.stderr)
+		}
+		t.Fatalf("nix-build: %+v", ours)
+	}
+	if theirs.code != 0 {
+		t.Skipf("Nix's own sandbox does not work here: %s", theirs.stderr)
+	}
+	if ours.stdout != theirs.stdout {
+		t.Errorf("output %q, with nix-daemon %q", ours.stdout, theirs.stdout)
+	}
+	got, _ := os.ReadFile(filepath.Join(td.cfg.Root, ours.stdout))
+	want, _ := os.ReadFile(filepath.Join(ref.Root, theirs.stdout))
+	if string(got) != string(want) || string(got) != "from the hook\nseen\n" {
+		t.Errorf("the builder wrote %q, under nix-daemon %q", got, want)
+	}
+	a, _ := os.ReadFile(ourSeen)
+	b, _ := os.ReadFile(theirSeen)
+	if string(a) != string(b) || !strings.HasSuffix(strings.TrimSpace(string(a)), "-pre-ok.drv") {
+		t.Errorf("the hook was given %q, under nix-daemon %q", a, b)
+	}
+	for attr, msg := range map[string]string{"bogus": "unknown pre-build hook command 'bogus'", "fail": "' failed with exit code 3"} {
+		ours, theirs := runNix(td.nixEnv(), "nix-build", "--no-out-link", file, "-A", attr), runNix(refEnv, "nix-build", "--no-out-link", file, "-A", attr)
+		if ours.code != theirs.code || ours.code == 0 || !strings.Contains(ours.stderr, msg) || !strings.Contains(theirs.stderr, msg) {
+			t.Errorf("%s: nix-build exits %d, with nix-daemon %d\n%s\nnix-daemon:\n%s", attr, ours.code, theirs.code, ours.stderr, theirs.stderr)
+		}
+	}
+}
