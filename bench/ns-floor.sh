@@ -6,14 +6,25 @@
 # Prints the time for the 201, two at a time (as with max-jobs 2) and one at
 # a time, median over ROUNDS.
 #
-# usage: bench/ns-floor.sh [ROUNDS]    (needs unshare and /bin/busybox)
+# With GOEXEC=1 each build also starts a Go program that only executes sh
+# (bench/goexec, GOGC=off GOMAXPROCS=1 as Cairn's init runs): the floor of a
+# sandbox entered by re-executing a Go init.
+#
+# usage: [GOEXEC=1] bench/ns-floor.sh [ROUNDS]    (needs unshare and /bin/busybox)
 set -euo pipefail
 rounds=${1:-5}
+pre=()
+if [ -n "${GOEXEC:-}" ]; then
+	bin=$(mktemp -d)/goexec
+	(cd "$(dirname "$0")/.." && go build -o "$bin" ./bench/goexec)
+	pre=("$bin")
+	export GOGC=off GOMAXPROCS=1
+fi
 one() {
 	local i
 	for ((i = 0; i < $1; i++)); do
 		unshare --user --map-root-user --mount --pid --net --ipc --uts --cgroup --fork \
-			/bin/busybox sh -c 'echo x > /dev/null'
+			"${pre[@]}" /bin/busybox sh -c 'echo x > /dev/null'
 	done
 }
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
