@@ -124,6 +124,9 @@ func New() *Settings {
 	for name, v := range defaults {
 		s.values[name] = v
 	}
+	for name, v := range platformDefaults() {
+		s.values[name] = v
+	}
 	if rootBuildUsers() {
 		s.values["build-users-group"] = rootBuildUsersGroup
 	}
