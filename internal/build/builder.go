@@ -114,6 +114,11 @@ type Options struct {
 	// SecretKeyFiles sign every output built (secret-key-files), as Nix
 	// signs what it builds locally.
 	SecretKeyFiles []string
+	// ImpersonateLinux26 makes uname report Linux 2.6 to i686 and x86_64
+	// builds (impersonate-linux-26).
+	ImpersonateLinux26 bool
+	// ShmSize is the size of the sandbox's /dev/shm (sandbox-dev-shm-size).
+	ShmSize string
 	// PreBuildHook is run before each sandboxed build; it may name more
 	// paths to bind into the sandbox (pre-build-hook; see runPreBuildHook).
 	PreBuildHook string
@@ -161,6 +166,8 @@ func OptionsFrom(s Getter) Options {
 		Fallback:           s.Get("fallback") == "true",
 		SecretKeyFiles:     strings.Fields(s.Get("secret-key-files")),
 		PreBuildHook:       s.Get("pre-build-hook"),
+		ImpersonateLinux26: s.Get("impersonate-linux-26") == "true",
+		ShmSize:            s.Get("sandbox-dev-shm-size"),
 		PostBuildHook:      s.Get("post-build-hook"),
 	}
 	if kv, ok := s.(interface{ KeyValue() string }); ok && o.PostBuildHook != "" {

@@ -92,12 +92,13 @@ type hostProcess struct {
 // setuid or setgid files: with build users, an outside user could run one
 // to become the build user and change the output before it is registered)
 // and with no_new_privs, set by init before it executes the builder.
-func (b *Builder) startHost(ctx context.Context, drv *derivation.Derivation, env *Env, dirs *buildDirs, id identity, log *os.File) (*hostProcess, error) {
+func (b *Builder) startHost(ctx context.Context, drv *derivation.Derivation, opts Options, env *Env, dirs *buildDirs, id identity, log *os.File) (*hostProcess, error) {
 	if _, err := os.Stat(drv.Builder); err != nil {
 		return nil, fmt.Errorf("executing '%s': %w", drv.Builder, err)
 	}
 	args := append([]string{filepath.Base(drv.Builder)}, rewriteAll(env.Rewrite, drv.Args)...)
-	cmd, err := sandbox.HostCommand(ctx, sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: dirs.build})
+	cmd, err := sandbox.HostCommand(ctx, sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: dirs.build,
+		Personality: personality(drv.Platform, opts)})
 	if err != nil {
 		return nil, err
 	}

@@ -328,7 +328,7 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot) (status Status, err er
 			pw.Close()
 			return MiscFailure, err
 		}
-		hp, err := b.startHost(ctx, drv, env, dirs, id, pw)
+		hp, err := b.startHost(ctx, drv, opts, env, dirs, id, pw)
 		pw.Close()
 		if err != nil {
 			return MiscFailure, err
@@ -647,9 +647,11 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 		UIDMap:         []sandbox.IDMap{{Inside: uid, Outside: dirs.uid, Count: dirs.count}},
 		GIDMap:         []sandbox.IDMap{{Inside: gid, Outside: dirs.gid, Count: dirs.count}},
 		Setgroups:      os.Geteuid() == 0,
-		Command:        sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: opts.BuildDirTarget},
-		Net:            net,
-		Cgroup:         sandbox.Cgroup{Parent: b.cgroupParent},
+		ShmSize:        opts.ShmSize,
+		Command: sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: opts.BuildDirTarget,
+			Personality: personality(drv.Platform, opts)},
+		Net:    net,
+		Cgroup: sandbox.Cgroup{Parent: b.cgroupParent},
 	}
 	return spec, nil
 }
@@ -781,6 +783,30 @@ func rewriteAll(r *strings.Replacer, ss []string) []string {
 		out[i] = r.Replace(s)
 	}
 	return out
+}
+
+// Personality flags (linux/personality.h).
+const (
+	perLinux32      = 0x0008
+	uname26         = 0x0020000
+	addrNoRandomize = 0x0040000
+)
+
+// personality is what Nix 2.8 gives a builder of platform: address space
+// randomisation off, for determinism; a 32-bit persona for i686-linux on
+// x86_64 and for 32-bit ARM; with impersonate-linux-26, a Linux 2.6
+// uname for i686 and x86_64.
+func personality(platform string, opts Options) uint32 {
+	p := uint32(addrNoRandomize)
+	switch {
+	case platform == "i686-linux" && (opts.System == "x86_64-linux" || runtime.GOARCH == "amd64"),
+		platform == "armv7l-linux", platform == "armv6l-linux":
+		p |= perLinux32
+	}
+	if opts.ImpersonateLinux26 && (platform == "i686-linux" || platform == "x86_64-linux") {
+		p |= uname26
+	}
+	return p
 }
 
 // maxPreBuildHookOutput bounds what pre-build-hook may print.

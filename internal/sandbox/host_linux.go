@@ -46,7 +46,7 @@ func HostCommand(ctx context.Context, c Command) (*exec.Cmd, error) {
 	// init changes into c.Dir after taking the build user's credentials, so
 	// a directory that user cannot enter is reported by name, not as the
 	// exec of init failing.
-	enc, err := json.Marshal(Command{Path: c.Path, Args: c.Args, Dir: c.Dir})
+	enc, err := json.Marshal(Command{Path: c.Path, Args: c.Args, Dir: c.Dir, Personality: c.Personality})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: encode host command: %w", err)
 	}
@@ -79,6 +79,9 @@ func hostExec() error {
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fail("set no_new_privs", err)
+	}
+	if err := setPersonality(c.Personality); err != nil {
+		return fail("set personality", err)
 	}
 	if err := installFilter(); err != nil {
 		return fail("install seccomp filter", err)

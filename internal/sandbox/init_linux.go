@@ -145,6 +145,7 @@ var devNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}
 type early struct {
 	Root       string `json:"root"`
 	RootSize   int64  `json:"root_size,omitempty"`
+	ShmSize    string `json:"shm_size,omitempty"`
 	Hostname   string `json:"hostname,omitempty"`
 	Domainname string `json:"domainname,omitempty"`
 	UID        int    `json:"uid"`
@@ -154,7 +155,7 @@ type early struct {
 }
 
 func earlyOf(s *Spec) early {
-	return early{Root: s.Root, RootSize: s.RootSize, Hostname: s.Hostname, Domainname: s.Domainname,
+	return early{Root: s.Root, RootSize: s.RootSize, ShmSize: s.ShmSize, Hostname: s.Hostname, Domainname: s.Domainname,
 		UID: s.UID, GID: s.GID, UserNS: s.userNS(), Setgroups: s.Setgroups}
 }
 
@@ -309,7 +310,11 @@ func (st *setup) makeRoot() error {
 		"newinstance,ptmxmode=0666,mode=0620"); err != nil {
 		return err
 	}
-	if err := t.mountFS("/dev/shm", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=01777"); err != nil {
+	shmOpts := "mode=01777"
+	if st.e.ShmSize != "" {
+		shmOpts += ",size=" + st.e.ShmSize
+	}
+	if err := t.mountFS("/dev/shm", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, shmOpts); err != nil {
 		return err
 	}
 	devFD, err := t.dir("dev")
@@ -438,6 +443,9 @@ func (st *setup) finish(w *wireSpec) error {
 	if err := dropCapabilities(); err != nil {
 		return fail("drop capabilities", err)
 	}
+	if err := setPersonality(s.Command.Personality); err != nil {
+		return fail("set personality", err)
+	}
 	if err := installFilter(); err != nil {
 		return fail("install seccomp filter", err)
 	}
@@ -449,6 +457,26 @@ func (st *setup) finish(w *wireSpec) error {
 	}
 	err = syscall.Exec(s.Command.Path, s.Command.Args, s.Command.Env)
 	return fail("exec "+s.Command.Path, err)
+}
+
+// setPersonality ORs p into this thread's personality (what the exec
+// keeps), with p's persona, if any, in place of the current one.
+func setPersonality(p uint32) error {
+	if p == 0 {
+		return nil
+	}
+	cur, _, e := unix.RawSyscall(unix.SYS_PERSONALITY, 0xffffffff, 0, 0)
+	if e != 0 {
+		return e
+	}
+	next := uint32(cur) | p&^0xff
+	if p&0xff != 0 {
+		next = next&^0xff | p&0xff
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_PERSONALITY, uintptr(next), 0, 0); e != 0 {
+		return e
+	}
+	return nil
 }
 
 // switchIDs makes init's thread the build's user: supplementary groups

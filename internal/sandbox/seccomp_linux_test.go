@@ -146,6 +146,13 @@ func TestSpecValidate(t *testing.T) {
 	if err := good().Validate(); err != nil {
 		t.Fatalf("good spec: %v", err)
 	}
+	for _, size := range []string{"50%", "64m", "1048576", "2G"} {
+		s := good()
+		s.ShmSize = size
+		if err := s.Validate(); err != nil {
+			t.Errorf("shm size %q: %v", size, err)
+		}
+	}
 	tests := []struct {
 		name   string
 		modify func(*Spec)
@@ -166,6 +173,8 @@ func TestSpecValidate(t *testing.T) {
 		{"build dir without target", func(s *Spec) { s.BuildDir = "/tmp/b" }},
 		{"cgroup name with slash", func(s *Spec) { s.Cgroup = Cgroup{Parent: "/sys/fs/cgroup", Name: "a/b"} }},
 		{"long hostname", func(s *Spec) { s.Hostname = fmt.Sprintf("%065d", 0) }},
+		{"shm size with another option", func(s *Spec) { s.ShmSize = "1m,uid=0" }},
+		{"shm size not a size", func(s *Spec) { s.ShmSize = "half" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"regexp"
 	"strings"
 )
 
@@ -31,6 +32,9 @@ type Spec struct {
 	// RootSize is the size of the root tmpfs in bytes (0: 16 MiB). It holds
 	// only mount points and Files.
 	RootSize int64 `json:"root_size,omitempty"`
+	// ShmSize is the size of the /dev/shm tmpfs as tmpfs takes it (bytes,
+	// a k, m or g suffix, or a % of memory); "" is tmpfs's default, 50%.
+	ShmSize string `json:"shm_size,omitempty"`
 
 	Binds []Bind  `json:"binds,omitempty"`
 	Tmpfs []Tmpfs `json:"tmpfs,omitempty"`
@@ -120,6 +124,10 @@ type Command struct {
 	Args []string `json:"args"` // Args[0] included
 	Env  []string `json:"env"`  // exactly this; nothing is inherited
 	Dir  string   `json:"dir"`  // absolute, inside the sandbox; "" means /
+	// Personality is OR-ed into the process's personality before the
+	// exec (ADDR_NO_RANDOMIZE, UNAME26); a persona in its low byte
+	// (PER_LINUX32) replaces the current one.
+	Personality uint32 `json:"personality,omitempty"`
 }
 
 // Rlimit is applied with setrlimit before the command starts. Resource is
@@ -153,12 +161,19 @@ func (s *Spec) userNS() bool { return len(s.UIDMap) > 0 || len(s.GIDMap) > 0 }
 
 // Validate checks the Spec's shape: absolute clean paths, bounded sizes,
 // known rlimits. It does not touch the file system.
+// shmSizeRE is what ShmSize may be: a tmpfs size, nothing that could add
+// another mount option.
+var shmSizeRE = regexp.MustCompile(`^([0-9]+[kKmMgGtTpPeE%]?)?$`)
+
 func (s *Spec) Validate() error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("sandbox: spec: "+format, a...)
 	}
 	if err := checkAbs(s.Root); err != nil {
 		return bad("root: %v", err)
+	}
+	if !shmSizeRE.MatchString(s.ShmSize) {
+		return bad("/dev/shm size %q: not a size", s.ShmSize)
 	}
 	if len(s.Binds)+len(s.Tmpfs) > MaxMounts {
 		return bad("%d mounts (limit %d)", len(s.Binds)+len(s.Tmpfs), MaxMounts)
