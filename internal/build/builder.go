@@ -74,6 +74,9 @@ type Options struct {
 	// Sandbox runs builds in namespaces; a chroot store (real store dir ≠
 	// store dir) always does, as in Nix.
 	Sandbox bool
+	// SandboxRelaxed (sandbox = relaxed, with Sandbox set) runs fixed-output
+	// derivations and those with __noChroot on the host.
+	SandboxRelaxed bool
 	// SandboxPaths are sandbox-paths and extra-sandbox-paths entries:
 	// "path", "target=source", with a trailing "?" when optional.
 	SandboxPaths   []string
@@ -149,6 +152,7 @@ func OptionsFrom(s Getter) Options {
 		MaxSilentTime:      secs("max-silent-time"),
 		Timeout:            secs("timeout"),
 		Sandbox:            s.Get("sandbox") != "false",
+		SandboxRelaxed:     s.Get("sandbox") == "relaxed",
 		SandboxPaths:       append(strings.Fields(s.Get("sandbox-paths")), strings.Fields(s.Get("extra-sandbox-paths"))...),
 		BuildDirTarget:     s.Get("sandbox-build-dir"),
 		LogLines:           atoi("log-lines"),

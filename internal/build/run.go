@@ -189,7 +189,11 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot) (status Status, err er
 	drv := g.drv
 	opts := r.opts
 	st := b.store
-	sandboxed := opts.Sandbox || st.RealStoreDir() != string(st.StoreDir())
+	sandboxed, err := useSandbox(drv, g.drvPath, opts)
+	if err != nil {
+		return MiscFailure, err
+	}
+	sandboxed = sandboxed || st.RealStoreDir() != string(st.StoreDir())
 	if g.mode != Normal && !sandboxed {
 		return MiscFailure, fmt.Errorf("%w: checking or repairing '%s' without the sandbox", store.ErrUnsupported, g.drvPath)
 	}
@@ -783,6 +787,40 @@ func rewriteAll(r *strings.Replacer, ss []string) []string {
 		out[i] = r.Replace(s)
 	}
 	return out
+}
+
+// useSandbox says whether drv builds in the sandbox, as Nix 2.8 decides
+// before a chroot store forces it: always with sandbox = true (where
+// __noChroot is an error), never with false, and with relaxed unless the
+// derivation is fixed-output or sets __noChroot.
+func useSandbox(drv *derivation.Derivation, drvPath storepath.StorePath, opts Options) (bool, error) {
+	noChroot := boolAttr(drv, "__noChroot")
+	switch {
+	case !opts.Sandbox:
+		return false, nil
+	case !opts.SandboxRelaxed:
+		if noChroot {
+			return false, fmt.Errorf("derivation '%s' has '__noChroot' set, but that's not allowed when 'sandbox' is 'true'", drvPath)
+		}
+		return true, nil
+	}
+	kind, _ := drv.Type()
+	return kind != derivation.CAFixed && kind != derivation.Impure && !noChroot, nil
+}
+
+// boolAttr is Nix's getBoolAttr: a plain attribute is true when it is "1",
+// a structured one when it is the JSON true.
+func boolAttr(drv *derivation.Derivation, name string) bool {
+	text, ok := drv.Env["__json"]
+	if !ok {
+		return drv.Env[name] == "1"
+	}
+	var attrs map[string]json.RawMessage
+	if len(text) > MaxStructuredAttrs || json.Unmarshal([]byte(text), &attrs) != nil {
+		return false
+	}
+	var b bool
+	return json.Unmarshal(attrs[name], &b) == nil && b
 }
 
 // Personality flags (linux/personality.h).

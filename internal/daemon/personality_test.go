@@ -60,3 +60,20 @@ func TestNixPersonality(t *testing.T) {
 		}
 	}
 }
+
+// TestNixNoChroot: with sandbox = true, a derivation that sets __noChroot
+// fails through cairn daemon as through nix-daemon 2.8, with its message.
+func TestNixNoChroot(t *testing.T) {
+	nixtest.Require(t, "nix-build", "nix-daemon")
+	file := filepath.Join(t.TempDir(), "nochroot.nix")
+	os.WriteFile(file, []byte(`derivation { name = "no-chroot"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo > $out" ]; __noChroot = true; }`), 0o644)
+	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"})
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
+	sb := []string{"--option", "sandbox", "true", "--no-out-link", file}
+	ours, theirs := runNix(td.nixEnv(), "nix-build", sb...), runNix(nixDaemonClientEnv(ref), "nix-build", sb...)
+	const msg = "has '__noChroot' set, but that's not allowed when 'sandbox' is 'true'"
+	if ours.code == 0 || ours.code != theirs.code || ours.stderr != theirs.stderr || !strings.Contains(ours.stderr, msg) {
+		t.Errorf("nix-build exits %d:\n%s\nwith nix-daemon %d:\n%s", ours.code, ours.stderr, theirs.code, theirs.stderr)
+	}
+}
