@@ -117,6 +117,12 @@ type Options struct {
 	// SecretKeyFiles sign every output built (secret-key-files), as Nix
 	// signs what it builds locally.
 	SecretKeyFiles []string
+	// NoSyscallFilter runs builders without the seccomp filter and
+	// no_new_privs (filter-syscalls = false).
+	NoSyscallFilter bool
+	// AllowNewPrivileges runs them without no_new_privs, so set-id programs
+	// work (allow-new-privileges).
+	AllowNewPrivileges bool
 	// ImpersonateLinux26 makes uname report Linux 2.6 to i686 and x86_64
 	// builds (impersonate-linux-26).
 	ImpersonateLinux26 bool
@@ -171,6 +177,8 @@ func OptionsFrom(s Getter) Options {
 		SecretKeyFiles:     strings.Fields(s.Get("secret-key-files")),
 		PreBuildHook:       s.Get("pre-build-hook"),
 		ImpersonateLinux26: s.Get("impersonate-linux-26") == "true",
+		NoSyscallFilter:    s.Get("filter-syscalls") == "false",
+		AllowNewPrivileges: s.Get("allow-new-privileges") == "true",
 		ShmSize:            s.Get("sandbox-dev-shm-size"),
 		PostBuildHook:      s.Get("post-build-hook"),
 	}

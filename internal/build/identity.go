@@ -97,8 +97,15 @@ func (b *Builder) startHost(ctx context.Context, drv *derivation.Derivation, opt
 		return nil, fmt.Errorf("executing '%s': %w", drv.Builder, err)
 	}
 	args := append([]string{filepath.Base(drv.Builder)}, rewriteAll(env.Rewrite, drv.Args)...)
-	cmd, err := sandbox.HostCommand(ctx, sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: dirs.build,
-		Personality: personality(drv.Platform, opts)})
+	c := sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: dirs.build,
+		Personality: personality(drv.Platform, opts), NoSyscallFilter: opts.NoSyscallFilter, NewPrivileges: opts.AllowNewPrivileges}
+	// The filter without no_new_privs needs init to start as root and take
+	// the build user's ids itself, after installing it (as Nix's child).
+	var ids *sandbox.HostIDs
+	if id.user != nil && c.NewPrivileges && !c.NoSyscallFilter {
+		ids = &sandbox.HostIDs{UID: id.uid, GID: id.gid, Groups: id.groups}
+	}
+	cmd, err := sandbox.HostCommandAs(ctx, c, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -107,11 +114,13 @@ func (b *Builder) startHost(ctx context.Context, drv *derivation.Derivation, opt
 	hp := &hostProcess{cmd: cmd}
 	cmd.Cancel = func() error { hp.Kill(); return nil }
 	if id.user != nil {
-		groups := make([]uint32, len(id.groups))
-		for i, g := range id.groups {
-			groups[i] = uint32(g)
+		if ids == nil {
+			groups := make([]uint32, len(id.groups))
+			for i, g := range id.groups {
+				groups[i] = uint32(g)
+			}
+			attr.Credential = &syscall.Credential{Uid: uint32(id.uid), Gid: uint32(id.gid), Groups: groups}
 		}
-		attr.Credential = &syscall.Credential{Uid: uint32(id.uid), Gid: uint32(id.gid), Groups: groups}
 		if b.cgroupParent == "" {
 			hp.uid = id.uid
 		}

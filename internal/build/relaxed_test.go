@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -66,4 +68,42 @@ func TestSandboxModes(t *testing.T) {
 			t.Errorf("%s with sandbox = relaxed: built %q (%v), want %q", c.drv, got, err, c.want)
 		}
 	}
+}
+
+// TestHostPrivileges: on the host with build users, allow-new-privileges
+// runs the builder as the build user with the seccomp filter and without
+// no_new_privs (init installs the filter as root and then takes the user's
+// ids), and filter-syscalls = false without either.
+func TestHostPrivileges(t *testing.T) {
+	_, uids := pool(t)
+	st, b, opts := buildMode{name: "pool-host", users: true}.setup(t, Config{})
+	script := hostPath + `echo $(id -u) > $out; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t ' ' ' >> $out`
+	for _, c := range []struct {
+		name          string
+		newPrivs, off bool
+		want          string
+	}{
+		{"default", false, false, "NoNewPrivs: 1\nSeccomp: 2"},
+		{"new-privileges", true, false, "NoNewPrivs: 0\nSeccomp: 2"},
+		{"no-filter", false, true, "NoNewPrivs: 0\nSeccomp: 0"},
+	} {
+		o := opts
+		o.AllowNewPrivileges, o.NoSyscallFilter = c.newPrivs, c.off
+		res, err := b.Build(context.Background(), []Target{{Drv: addDrv(t, st, "privs-"+c.name, script, nil, nil)}}, o, nil)
+		if err != nil || res[0].Status != Built {
+			t.Fatalf("%s: %v %v", c.name, err, res[0].Err)
+		}
+		uid, rest, _ := strings.Cut(strings.TrimSpace(readOut(t, st, res[0].Outputs["out"])), "\n")
+		if rest != c.want || !slices.Contains(uids, atoi(uid)) {
+			t.Errorf("%s: uid %s, %q; want a pool uid %v, %q", c.name, uid, rest, uids, c.want)
+		}
+	}
+}
+
+func atoi(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return -1
+	}
+	return n
 }

@@ -653,7 +653,7 @@ func (b *Builder) spec(ctx context.Context, g *goal, r *request, dirs *buildDirs
 		Setgroups:      os.Geteuid() == 0,
 		ShmSize:        opts.ShmSize,
 		Command: sandbox.Command{Path: drv.Builder, Args: args, Env: env.List(), Dir: opts.BuildDirTarget,
-			Personality: personality(drv.Platform, opts)},
+			Personality: personality(drv.Platform, opts), NoSyscallFilter: opts.NoSyscallFilter, NewPrivileges: opts.AllowNewPrivileges},
 		Net:    net,
 		Cgroup: sandbox.Cgroup{Parent: b.cgroupParent},
 	}

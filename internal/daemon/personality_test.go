@@ -77,3 +77,40 @@ func TestNixNoChroot(t *testing.T) {
 		t.Errorf("nix-build exits %d:\n%s\nwith nix-daemon %d:\n%s", ours.code, ours.stderr, theirs.code, theirs.stderr)
 	}
 }
+
+const privilegesNix = `{ salt }: derivation {
+  name = "privileges-${salt}"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "while read k v; do case $k in NoNewPrivs:|Seccomp:) echo $k $v;; esac; done < /proc/self/status > $out" ];
+}`
+
+// TestNixPrivileges: filter-syscalls and allow-new-privileges give the
+// builder the seccomp filter and no_new_privs that nix-daemon 2.8 gives it.
+func TestNixPrivileges(t *testing.T) {
+	nixtest.Require(t, "nix-build", "nix-daemon")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	file := filepath.Join(t.TempDir(), "privileges.nix")
+	os.WriteFile(file, []byte(privilegesNix), 0o644)
+	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"})
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
+	for _, c := range []struct {
+		salt, want string
+		options    []string
+	}{
+		{"default", "NoNewPrivs: 1\nSeccomp: 2\n", nil},
+		{"nofilter", "NoNewPrivs: 0\nSeccomp: 0\n", []string{"--option", "filter-syscalls", "false"}},
+		{"newprivs", "NoNewPrivs: 0\nSeccomp: 2\n", []string{"--option", "allow-new-privileges", "true"}},
+	} {
+		args := append([]string{"--option", "sandbox", "true", "--no-out-link", file, "--argstr", "salt", c.salt}, c.options...)
+		ours, theirs := runNix(td.nixEnv(), "nix-build", args...), runNix(nixDaemonClientEnv(ref), "nix-build", args...)
+		if ours.code != 0 || theirs.code != 0 {
+			t.Fatalf("%s: nix-build exits %d:\n%s\nwith nix-daemon %d:\n%s", c.salt, ours.code, ours.stderr, theirs.code, theirs.stderr)
+		}
+		got, _ := os.ReadFile(filepath.Join(td.cfg.Root, ours.stdout))
+		nix, _ := os.ReadFile(filepath.Join(ref.Root, theirs.stdout))
+		if string(got) != string(nix) || string(got) != c.want {
+			t.Errorf("%s: the builder had %q, under nix-daemon %q, want %q", c.salt, got, nix, c.want)
+		}
+	}
+}

@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,6 +31,27 @@ const (
 // process group, parent-death signal). When ctx is done the command is
 // killed as exec.CommandContext does.
 func HostCommand(ctx context.Context, c Command) (*exec.Cmd, error) {
+	return HostCommandAs(ctx, c, nil)
+}
+
+// HostIDs are a user's ids for HostCommandAs.
+type HostIDs struct {
+	UID    int   `json:"uid"`
+	GID    int   `json:"gid"`
+	Groups []int `json:"groups"`
+}
+
+// hostCommand is what init in HostCommand's mode reads.
+type hostCommand struct {
+	Command
+	IDs *HostIDs `json:"ids,omitempty"`
+}
+
+// HostCommandAs is HostCommand for a command that runs as ids, which init
+// (started with the caller's credentials, root) takes itself once the
+// filter is installed: c.NewPrivileges needs that, as the filter without
+// no_new_privs needs CAP_SYS_ADMIN. nil ids: the caller sets credentials.
+func HostCommandAs(ctx context.Context, c Command, ids *HostIDs) (*exec.Cmd, error) {
 	if err := checkAbs(c.Path); err != nil || len(c.Args) == 0 {
 		return nil, fmt.Errorf("sandbox: host command %q: needs an absolute path and args[0]", c.Path)
 	}
@@ -46,7 +69,8 @@ func HostCommand(ctx context.Context, c Command) (*exec.Cmd, error) {
 	// init changes into c.Dir after taking the build user's credentials, so
 	// a directory that user cannot enter is reported by name, not as the
 	// exec of init failing.
-	enc, err := json.Marshal(Command{Path: c.Path, Args: c.Args, Dir: c.Dir, Personality: c.Personality})
+	enc, err := json.Marshal(hostCommand{Command: Command{Path: c.Path, Args: c.Args, Dir: c.Dir, Personality: c.Personality,
+		NoSyscallFilter: c.NoSyscallFilter, NewPrivileges: c.NewPrivileges}, IDs: ids})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: encode host command: %w", err)
 	}
@@ -59,10 +83,11 @@ func HostCommand(ctx context.Context, c Command) (*exec.Cmd, error) {
 // hostExec is init in HostCommand's mode.
 func hostExec() error {
 	runtime.LockOSThread()
-	var c Command
-	if err := json.Unmarshal([]byte(os.Getenv(hostCmdEnv)), &c); err != nil || c.Path == "" || len(c.Args) == 0 {
+	var hc hostCommand
+	if err := json.Unmarshal([]byte(os.Getenv(hostCmdEnv)), &hc); err != nil || hc.Path == "" || len(hc.Args) == 0 {
 		return fmt.Errorf("sandbox-init: host command: bad %s (%v)", hostCmdEnv, err)
 	}
+	c := &hc.Command
 	env := os.Environ()
 	n := 0
 	for _, e := range env {
@@ -72,20 +97,54 @@ func hostExec() error {
 		}
 	}
 	env = env[:n]
+	if err := c.privileges(true); err != nil {
+		return fail("set no_new_privs or install seccomp filter", err)
+	}
+	if hc.IDs != nil {
+		if err := switchHostIDs(hc.IDs); err != nil {
+			return err
+		}
+	}
 	if c.Dir != "" {
 		if err := unix.Chdir(c.Dir); err != nil {
 			return fmt.Errorf("changing into '%s': %w", c.Dir, err)
 		}
 	}
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fail("set no_new_privs", err)
-	}
 	if err := setPersonality(c.Personality); err != nil {
 		return fail("set personality", err)
 	}
-	if err := installFilter(); err != nil {
+	if err := c.privileges(false); err != nil {
 		return fail("install seccomp filter", err)
 	}
 	err := syscall.Exec(c.Path, c.Args, env)
 	return fmt.Errorf("executing '%s': %w", c.Path, err)
+}
+
+// switchHostIDs makes this thread (the one that executes the command) the
+// user ids names: groups, then gid, then uid, which drops every
+// capability; the parent-death signal, cleared by the change, is set again.
+func switchHostIDs(ids *HostIDs) error {
+	groups := make([]uint32, len(ids.Groups))
+	for i, g := range ids.Groups {
+		groups[i] = uint32(g)
+	}
+	var ptr unsafe.Pointer
+	if len(groups) > 0 {
+		ptr = unsafe.Pointer(&groups[0])
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(ptr), 0)
+	runtime.KeepAlive(groups)
+	if e != 0 {
+		return fail("setgroups", e)
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(ids.GID), uintptr(ids.GID), uintptr(ids.GID)); e != 0 {
+		return fail("setgid "+strconv.Itoa(ids.GID), e)
+	}
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(ids.UID), uintptr(ids.UID), uintptr(ids.UID)); e != 0 {
+		return fail("setuid "+strconv.Itoa(ids.UID), e)
+	}
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return fail("set parent-death signal", err)
+	}
+	return nil
 }

@@ -437,8 +437,8 @@ func (st *setup) finish(w *wireSpec) error {
 	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
 		return fail("set parent-death signal", err)
 	}
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fail("set no_new_privs", err)
+	if err := s.Command.privileges(true); err != nil {
+		return fail("set no_new_privs or install seccomp filter", err)
 	}
 	if err := dropCapabilities(); err != nil {
 		return fail("drop capabilities", err)
@@ -446,7 +446,7 @@ func (st *setup) finish(w *wireSpec) error {
 	if err := setPersonality(s.Command.Personality); err != nil {
 		return fail("set personality", err)
 	}
-	if err := installFilter(); err != nil {
+	if err := s.Command.privileges(false); err != nil {
 		return fail("install seccomp filter", err)
 	}
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
@@ -509,6 +509,25 @@ func dropCapabilities() error {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	return unix.Capset(&hdr, &data[0])
+}
+
+// privileges installs what c asks for of the seccomp filter and
+// no_new_privs; the filter without no_new_privs needs CAP_SYS_ADMIN, so
+// call it with early set before the capabilities are dropped, and again
+// (early unset) after.
+func (c *Command) privileges(early bool) error {
+	switch {
+	case c.NoSyscallFilter:
+		return nil
+	case c.NewPrivileges:
+		if early {
+			return installFilter()
+		}
+		return nil
+	case early:
+		return unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+	}
+	return installFilter()
 }
 
 func installFilter() error {

@@ -128,6 +128,12 @@ type Command struct {
 	// exec (ADDR_NO_RANDOMIZE, UNAME26); a persona in its low byte
 	// (PER_LINUX32) replaces the current one.
 	Personality uint32 `json:"personality,omitempty"`
+	// NoSyscallFilter runs the command without the seccomp filter and so,
+	// as in Nix, without no_new_privs (filter-syscalls = false).
+	NoSyscallFilter bool `json:"no_syscall_filter,omitempty"`
+	// NewPrivileges installs the filter without no_new_privs, so that
+	// set-id programs and file capabilities work (allow-new-privileges).
+	NewPrivileges bool `json:"new_privileges,omitempty"`
 }
 
 // Rlimit is applied with setrlimit before the command starts. Resource is
