@@ -82,10 +82,16 @@ func warnTo(w io.Writer) func(string) {
 func localOptions(settings *config.Settings) local.Options {
 	// build-users-group holds root's default (nixbld) unless set; set
 	// empty, the store dir keeps its owner and mode, as in Nix.
+	// gc-reserved-space = 0 keeps no db/reserved (Nix leaves an empty one).
+	reserved := settings.Int("gc-reserved-space")
+	if reserved == 0 {
+		reserved = -1
+	}
 	return local.Options{
 		NoFsync:         !settings.Bool("fsync-metadata"),
 		AutoOptimise:    settings.Bool("auto-optimise-store"),
 		BuildUsersGroup: settings.Get("build-users-group"),
+		ReservedSize:    reserved,
 	}
 }
 

@@ -224,3 +224,21 @@ func TestBuildAutoGC(t *testing.T) {
 		t.Errorf("%s is still valid after the automatic collection", dead)
 	}
 }
+
+// TestReservedSpaceAgainstNix: gc-reserved-space sizes db/reserved as it
+// does for nix-store.
+func TestReservedSpaceAgainstNix(t *testing.T) {
+	nixtest.Require(t, "nix-store")
+	file := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(file, []byte("f\n"), 0o644)
+	ours, theirs := filepath.Join(t.TempDir(), "root"), filepath.Join(t.TempDir(), "root")
+	if code, _, errOut := runMain(t, "--store", "local?root="+ours, "--option", "gc-reserved-space", "1048576", "store", "add", file); code != 0 {
+		t.Fatalf("store add: %s", errOut)
+	}
+	nixBoth(t, "nix-store", "--store", "local?root="+theirs, "--option", "gc-reserved-space", "1048576", "--add", file)
+	a, errA := os.Stat(filepath.Join(ours, "nix/var/nix/db/reserved"))
+	b, errB := os.Stat(filepath.Join(theirs, "nix/var/nix/db/reserved"))
+	if errA != nil || errB != nil || a.Size() != b.Size() || a.Size() != 1<<20 {
+		t.Errorf("db/reserved: Cairn %v %v, Nix %v %v", a, errA, b, errB)
+	}
+}
