@@ -123,6 +123,10 @@ type Options struct {
 	// AllowNewPrivileges runs them without no_new_privs, so set-id programs
 	// work (allow-new-privileges).
 	AllowNewPrivileges bool
+	// DiffHook is run on the two outputs of a check or of two rounds that
+	// differ, when RunDiffHook is set (diff-hook, run-diff-hook).
+	DiffHook    string
+	RunDiffHook bool
 	// ImpersonateLinux26 makes uname report Linux 2.6 to i686 and x86_64
 	// builds (impersonate-linux-26).
 	ImpersonateLinux26 bool
@@ -177,6 +181,8 @@ func OptionsFrom(s Getter) Options {
 		SecretKeyFiles:     strings.Fields(s.Get("secret-key-files")),
 		PreBuildHook:       s.Get("pre-build-hook"),
 		ImpersonateLinux26: s.Get("impersonate-linux-26") == "true",
+		DiffHook:           s.Get("diff-hook"),
+		RunDiffHook:        s.Get("run-diff-hook") == "true",
 		NoSyscallFilter:    s.Get("filter-syscalls") == "false",
 		AllowNewPrivileges: s.Get("allow-new-privileges") == "true",
 		ShmSize:            s.Get("sandbox-dev-shm-size"),

@@ -1,11 +1,16 @@
 package build
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"slices"
+	"strings"
+	"syscall"
 
 	"cairn/internal/fsnar"
 	"cairn/internal/nixhash"
@@ -199,7 +204,7 @@ func (b *Builder) repairClosure(g *goal, r *request) (Status, error) {
 // compareOutputs is the end of a check: each new output against the valid
 // one, as Nix 2.8's registerOutputs in check mode. srcs are where the new
 // outputs are; delayed is a fixed output's hash mismatch.
-func (b *Builder) compareOutputs(ctx context.Context, g *goal, r *request, infos []*store.PathInfo, srcs []string, delayed error) (Status, error) {
+func (b *Builder) compareOutputs(ctx context.Context, g *goal, r *request, dirs *buildDirs, infos []*store.PathInfo, srcs []string, delayed error) (Status, error) {
 	st := b.store
 	for i, info := range infos {
 		old, err := st.QueryPathInfo(ctx, info.Path)
@@ -211,7 +216,7 @@ func (b *Builder) compareOutputs(ctx context.Context, g *goal, r *request, infos
 		}
 		real := st.RealPath(info.Path)
 		if old.NarHash != info.NarHash {
-			if !r.opts.KeepFailed {
+			if !r.opts.KeepFailed && !r.opts.RunDiffHook {
 				return NotDeterministic, fmt.Errorf("derivation '%s' may not be deterministic: output '%s' differs",
 					hl(g.drvPath.String()), hl(real))
 			}
@@ -222,6 +227,7 @@ func (b *Builder) compareOutputs(ctx context.Context, g *goal, r *request, infos
 			if err := moveTree(srcs[i], dst); err != nil {
 				return MiscFailure, fmt.Errorf("keep output %s: %w", dst, err)
 			}
+			b.runDiffHook(ctx, g, r, dirs, info.Path.String(), dst)
 			return NotDeterministic, fmt.Errorf("derivation '%s' may not be deterministic: output '%s' differs from '%s'",
 				hl(g.drvPath.String()), hl(real), hl(dst))
 		}
@@ -242,6 +248,53 @@ func (b *Builder) compareOutputs(ctx context.Context, g *goal, r *request, infos
 		return OutputRejected, delayed
 	}
 	return Built, nil
+}
+
+// runDiffHook runs diff-hook, with run-diff-hook set, on two outputs that
+// differ, as Nix 2.8: found through PATH, with a and b, the .drv and the
+// build dir as arguments, as the builder's ids, in "/". Its stdout is
+// logged as an error; it failing is logged too, and changes nothing else.
+func (b *Builder) runDiffHook(ctx context.Context, g *goal, r *request, dirs *buildDirs, a, bPath string) {
+	hook := r.opts.DiffHook
+	if hook == "" || !r.opts.RunDiffHook {
+		return
+	}
+	cmd := exec.CommandContext(ctx, hook, a, bPath, g.drvPath.String(), dirs.build)
+	cmd.Dir = "/"
+	cmd.Stderr = os.Stderr
+	if dirs.uid != os.Geteuid() || dirs.gid != os.Getegid() {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(dirs.uid), Gid: uint32(dirs.gid)}}
+	}
+	var out bytes.Buffer
+	cmd.Stdout = &limitedWriter{w: &out, n: maxPreBuildHookOutput}
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		g.logf(false, "diff hook execution failed: diff-hook program '%s' %s", hook, statusString(ee.ExitCode(), exitSignal(ee)))
+		return
+	case err != nil:
+		g.logf(false, "diff hook execution failed: %v", err)
+		return
+	}
+	if text := strings.TrimRight(out.String(), " \t\n\r"); text != "" {
+		g.logf(false, "%s", text)
+	}
+}
+
+// limitedWriter keeps the first n bytes written to it and drops the rest.
+type limitedWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if l.n > 0 {
+		k := min(len(p), l.n)
+		l.w.Write(p[:k])
+		l.n -= k
+	}
+	return len(p), nil
 }
 
 // checkSuffix names the kept output of a check that differs.
@@ -279,7 +332,7 @@ func (b *Builder) RepairPath(ctx context.Context, p storepath.StorePath, opts Op
 // (enforce-determinism) or is logged and this round's outputs are kept.
 // The outputs of round 1 are kept at OUT.check with keep-failed; the last
 // round removes them. done says the round ends here (without registering).
-func (b *Builder) compareRound(g *goal, r *request, infos []*store.PathInfo, srcs []string) (Status, error, bool) {
+func (b *Builder) compareRound(ctx context.Context, g *goal, r *request, dirs *buildDirs, infos []*store.PathInfo, srcs []string) (Status, error, bool) {
 	st := b.store
 	if g.round > 1 {
 		for i, info := range infos {
@@ -289,11 +342,12 @@ func (b *Builder) compareRound(g *goal, r *request, infos []*store.PathInfo, src
 			g.nonDet = true
 			prev := info.Path.String() + checkSuffix
 			var err error
-			if _, serr := os.Lstat(st.RealPath(info.Path) + checkSuffix); serr == nil && r.opts.KeepFailed {
+			if _, serr := os.Lstat(st.RealPath(info.Path) + checkSuffix); serr == nil && (r.opts.KeepFailed || r.opts.RunDiffHook) {
 				err = fmt.Errorf("output '%s' of '%s' differs from '%s' from previous round", hl(info.Path.String()), hl(g.drvPath.String()), hl(prev))
 			} else {
 				err = fmt.Errorf("output '%s' of '%s' differs from previous round", hl(info.Path.String()), hl(g.drvPath.String()))
 			}
+			b.runDiffHook(ctx, g, r, dirs, prev, info.Path.String())
 			if r.opts.EnforceDeterminism {
 				return NotDeterministic, err, true
 			}
@@ -302,7 +356,7 @@ func (b *Builder) compareRound(g *goal, r *request, infos []*store.PathInfo, src
 			break
 		}
 	}
-	if g.round == 1 && g.round < g.rounds && r.opts.KeepFailed {
+	if g.round == 1 && g.round < g.rounds && (r.opts.KeepFailed || r.opts.RunDiffHook) {
 		for i, info := range infos {
 			dst := st.RealPath(info.Path) + checkSuffix
 			if err := removeAll(dst); err != nil {

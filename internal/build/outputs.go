@@ -113,13 +113,13 @@ func (b *Builder) registerOutputs(ctx context.Context, g *goal, r *request, dirs
 		return OutputRejected, err
 	}
 	if g.mode == Check {
-		return b.compareOutputs(ctx, g, r, infos, srcs, delayed)
+		return b.compareOutputs(ctx, g, r, dirs, infos, srcs, delayed)
 	}
 	if err := checkReferences(ctx, st, drv, g.drvPath, infos); err != nil {
 		return OutputRejected, err
 	}
 	if g.rounds > 1 {
-		if status, err, done := b.compareRound(g, r, infos, srcs); done {
+		if status, err, done := b.compareRound(ctx, g, r, dirs, infos, srcs); done {
 			return status, err
 		}
 	}

@@ -156,3 +156,72 @@ func TestNixPreBuildHook(t *testing.T) {
 		}
 	}
 }
+
+const diffHookNix = `
+let mk = name: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "read u < /proc/sys/kernel/random/uuid; echo $u > $out" ]; };
+in { rand = mk "diff-rand"; }
+`
+
+// TestNixDiffHook: --check of a non-deterministic derivation with
+// run-diff-hook and a diff-hook, through cairn daemon and nix-daemon 2.8:
+// the hook gets the same output paths and derivation, runs as a build user,
+// its output reaches the client, the new output stays at OUT.check, and
+// nix-build fails the same way.
+func TestNixDiffHook(t *testing.T) {
+	nixtest.Require(t, "nix-build", "nix-daemon")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	file := filepath.Join(t.TempDir(), "diff.nix")
+	os.WriteFile(file, []byte(diffHookNix), 0o644)
+	hook := func() (script, seen string) {
+		dir := t.TempDir()
+		os.Chmod(dir, 0o777) // the hook runs as a build user
+		os.Chmod(filepath.Dir(dir), 0o755)
+		seen, script = filepath.Join(dir, "seen"), filepath.Join(dir, "hook")
+		os.WriteFile(script, []byte("#!/bin/sh\necho \"$1 $2 $3 $(pwd)\" > "+seen+"\nid -u >> "+seen+"\necho the diff hook says hi\n"), 0o755)
+		return
+	}
+	ourHook, ourSeen := hook()
+	theirHook, theirSeen := hook()
+	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"}, [2]string{"diff-hook", ourHook}, [2]string{"run-diff-hook", "true"})
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true",
+		"--option", "sandbox-paths", "/bin/sh=/bin/busybox", "--option", "diff-hook", theirHook, "--option", "run-diff-hook", "true",
+		"--option", "build-users-group", td.srv.Settings.Get("build-users-group")})
+	refEnv := nixDaemonClientEnv(ref)
+	args := []string{"--option", "sandbox", "true", "--no-out-link", file, "-A", "rand"}
+	out := runNix(td.nixEnv(), "nix-build", args...)
+	if out.code != 0 {
+		t.Fatalf("nix-build: %+v", out)
+	}
+	if r := runNix(refEnv, "nix-build", args...); r.code != 0 || r.stdout != out.stdout {
+		t.Fatalf("nix-build with nix-daemon: %+v", r)
+	}
+	check := append(args, "--check")
+	ours, theirs := runNix(td.nixEnv(), "nix-build", check...), runNix(refEnv, "nix-build", check...)
+	norm := func(r nixRun, root string) string { return strings.ReplaceAll(stripANSI(r.stderr), root, "ROOT") }
+	if ours.code != theirs.code || ours.code == 0 || norm(ours, td.cfg.Root) != norm(theirs, ref.Root) ||
+		!strings.Contains(ours.stderr, "the diff hook says hi") {
+		t.Errorf("nix-build --check exits %d:\n%s\nwith nix-daemon %d:\n%s", ours.code, ours.stderr, theirs.code, theirs.stderr)
+	}
+	a, _ := os.ReadFile(ourSeen)
+	b, _ := os.ReadFile(theirSeen)
+	la, lb := strings.Split(strings.TrimSpace(string(a)), "\n"), strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(la) != 2 || len(lb) != 2 {
+		t.Fatalf("the hook saw %q, under nix-daemon %q", a, b)
+	}
+	// Arguments: the output, its .check copy (a real path), the .drv, the
+	// build dir (which differs); the working dir "/".
+	fa, fb := strings.Fields(la[0]), strings.Fields(lb[0])
+	fa[1], fb[1] = strings.TrimPrefix(fa[1], td.cfg.Root), strings.TrimPrefix(fb[1], ref.Root)
+	if len(fa) != 4 || len(fb) != 4 || !slices.Equal(fa[:3], fb[:3]) || fa[3] != "/" || fb[3] != "/" || fa[1] != out.stdout+".check" {
+		t.Errorf("the hook got %q, under nix-daemon %q", la[0], lb[0])
+	}
+	if (la[1] == "0") != (lb[1] == "0") || (os.Geteuid() == 0 && td.srv.Settings.Get("build-users-group") != "" && la[1] == "0") {
+		t.Errorf("the hook ran as uid %s, under nix-daemon %s; want a build user's", la[1], lb[1])
+	}
+	if _, err := os.Stat(filepath.Join(td.cfg.Root, out.stdout+".check")); err != nil {
+		t.Errorf("no .check output: %v", err)
+	}
+}
