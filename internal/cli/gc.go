@@ -113,12 +113,11 @@ func runGC(cmd *cobra.Command, req *protocol.CollectGarbageRequest, printRoots b
 	)
 	switch cfg.Scheme {
 	case store.SchemeDaemon:
-		opts := remote.Options{ClientOptions: remote.DefaultClientOptions(), Log: func(m *protocol.Message) {
+		opts := remote.Options{ClientOptions: clientOptions(settings), Log: func(m *protocol.Message) {
 			if m.Code == protocol.StderrNext {
 				fmt.Fprintln(stderr, strings.TrimSuffix(m.Text, "\n"))
 			}
 		}}
-		opts.ClientOptions.Verbosity = protocol.LvlInfo
 		rs, err := remote.Open(ctx, cfg, opts)
 		if err != nil {
 			return err

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 
 	"cairn/internal/config"
+	"cairn/internal/protocol"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 )
@@ -92,6 +94,32 @@ func localOptions(settings *config.Settings) local.Options {
 		AutoOptimise:    settings.Bool("auto-optimise-store"),
 		BuildUsersGroup: settings.Get("build-users-group"),
 		ReservedSize:    reserved,
+	}
+}
+
+// clientOptions are what a verb sends a daemon store in SetOptions, as
+// nix-store 2.8 sends them: the fixed fields from the settings (verbosity
+// info, build logs verbose), and as overrides the store settings that
+// nix.conf, NIX_CONFIG or --option set.
+func clientOptions(settings *config.Settings) *protocol.ClientOptions {
+	count := func(name string) uint64 {
+		if settings.Get(name) == "auto" {
+			return uint64(runtime.NumCPU())
+		}
+		return uint64(max(settings.Int(name), 0))
+	}
+	return &protocol.ClientOptions{
+		KeepFailed:     settings.Bool("keep-failed"),
+		KeepGoing:      settings.Bool("keep-going"),
+		TryFallback:    settings.Bool("fallback"),
+		Verbosity:      protocol.LvlInfo,
+		MaxBuildJobs:   count("max-jobs"),
+		MaxSilentTime:  count("max-silent-time"),
+		UseBuildHook:   true,
+		BuildVerbosity: protocol.LvlError,
+		BuildCores:     count("cores"),
+		UseSubstitutes: settings.Bool("substitute"),
+		Overrides:      settings.StoreOverrides(),
 	}
 }
 

@@ -117,7 +117,7 @@ func openStore(cmd *cobra.Command) (anyStore, error) {
 		return nil, err
 	}
 	if cfg.Scheme == store.SchemeDaemon {
-		return remote.Open(cmd.Context(), cfg, remote.Options{})
+		return remote.Open(cmd.Context(), cfg, remote.Options{ClientOptions: clientOptions(settings)})
 	}
 	return local.Open(cmd.Context(), cfg, localOptions(settings))
 }

@@ -116,6 +116,9 @@ func Canonical(name string) string {
 // not ready; use New.
 type Settings struct {
 	values map[string]string
+	// set names the settings given a value by configuration (a file,
+	// NIX_CONFIG, --option), not only by default: what Nix calls overridden.
+	set map[string]bool
 }
 
 // New returns Settings holding Nix 2.8's defaults for the settings Cairn reads.
@@ -151,8 +154,52 @@ func (s *Settings) Set(name, value string) error {
 		}
 	}
 	s.values[k.name] = value
+	if s.set == nil {
+		s.set = map[string]bool{}
+	}
+	s.set[k.name] = true
 	return nil
 }
+
+// StoreOverrides are the settings a Nix 2.8 client passes a daemon in
+// SetOptions: the store's settings that configuration set, but those
+// SetOptions carries in fields of their own and experimental-features.
+func (s *Settings) StoreOverrides() map[string]string {
+	o := map[string]string{}
+	for name := range s.set {
+		if storeSettings[name] {
+			o[name] = s.values[name]
+		}
+	}
+	// Cairn keeps extra-sandbox-paths apart (an old setting of its own);
+	// for Nix 2.8 it is sandbox-paths' extra- form.
+	if s.set["extra-sandbox-paths"] {
+		o["sandbox-paths"] = strings.TrimSpace(s.values["sandbox-paths"] + " " + s.values["extra-sandbox-paths"])
+	}
+	return o
+}
+
+// storeSettings are Nix 2.8's libstore and file transfer settings, which its
+// client passes on (RemoteStore::setOptions), less keep-failed, keep-going,
+// fallback, max-jobs, max-silent-time, cores, substitute and
+// experimental-features.
+var storeSettings = func() map[string]bool {
+	m := map[string]bool{}
+	for _, n := range strings.Fields(`allow-new-privileges allow-symlinked-store allowed-impure-host-deps
+		allowed-users auto-optimise-store build-hook build-poll-interval build-users-group builders
+		builders-use-substitutes compress-build-log connect-timeout darwin-log-sandbox-violations diff-hook
+		download-attempts enforce-determinism extra-platforms filter-syscalls fsync-metadata gc-reserved-space
+		hashed-mirrors http-connections http2 ignored-acls impersonate-linux-26 keep-build-log keep-derivations
+		keep-env-derivations keep-outputs log-lines max-build-log-size max-free min-free min-free-check-interval
+		nar-buffer-size narinfo-cache-negative-ttl narinfo-cache-positive-ttl netrc-file plugin-files
+		post-build-hook pre-build-hook print-missing repeat require-sigs run-diff-hook sandbox sandbox-build-dir
+		sandbox-dev-shm-size sandbox-fallback sandbox-paths secret-key-files stalled-download-timeout store
+		substituters sync-before-registering system system-features tarball-ttl timeout trusted-public-keys
+		trusted-substituters trusted-users use-sqlite-wal user-agent-suffix`) {
+		m[n] = true
+	}
+	return m
+}()
 
 // check validates a value of the setting's kind; the errors wrap ErrInvalid
 // and read as Nix 2.8's.
