@@ -25,6 +25,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(125)
 	}
+	if os.Getenv(denyNamespacesEnv) != "" {
+		if err := denyNamespaces(); err != nil {
+			fmt.Fprintln(os.Stderr, "deny namespaces:", err)
+			os.Exit(2)
+		}
+	}
 	os.Exit(m.Run())
 }
 

@@ -74,6 +74,9 @@ type Options struct {
 	// Sandbox runs builds in namespaces; a chroot store (real store dir ≠
 	// store dir) always does, as in Nix.
 	Sandbox bool
+	// SandboxFallback builds on the host when the kernel refuses the
+	// sandbox's namespaces (sandbox-fallback).
+	SandboxFallback bool
 	// SandboxRelaxed (sandbox = relaxed, with Sandbox set) runs fixed-output
 	// derivations and those with __noChroot on the host.
 	SandboxRelaxed bool
@@ -163,6 +166,7 @@ func OptionsFrom(s Getter) Options {
 		Timeout:            secs("timeout"),
 		Sandbox:            s.Get("sandbox") != "false",
 		SandboxRelaxed:     s.Get("sandbox") == "relaxed",
+		SandboxFallback:    s.Get("sandbox-fallback") != "false",
 		SandboxPaths:       append(strings.Fields(s.Get("sandbox-paths")), strings.Fields(s.Get("extra-sandbox-paths"))...),
 		BuildDirTarget:     s.Get("sandbox-build-dir"),
 		LogLines:           atoi("log-lines"),

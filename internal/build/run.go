@@ -101,7 +101,13 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 		g.rounds += opts.Repeat
 	}
 	for g.round = 1; ; g.round++ {
-		status, err := b.runBuild(g, r, sl)
+		status, err := b.runBuild(g, r, sl, false)
+		if errors.Is(err, errSandboxRefused) {
+			// sandbox-fallback: the kernel refused the namespaces, and
+			// nothing of the build ran; once more on the host, as Nix.
+			g.timesBuilt--
+			status, err = b.runBuild(g, r, sl, true)
+		}
 		if err != nil || !status.Success() || g.round >= g.rounds {
 			built = status.Success()
 			return status, err
@@ -184,7 +190,13 @@ func (d *buildDirs) outputDir(st *local.Store, p storepath.StorePath) string {
 	return st.RealPath(p)
 }
 
-func (b *Builder) runBuild(g *goal, r *request, sl *slot) (status Status, err error) {
+// errSandboxRefused says the kernel refused a build's namespaces where
+// sandbox-fallback lets it run on the host instead.
+var errSandboxRefused = errors.New("the kernel refused the sandbox's namespaces")
+
+// runBuild runs one round of g's build; onHost runs it outside the sandbox
+// (sandbox-fallback after errSandboxRefused).
+func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status Status, err error) {
 	ctx := g.ctx
 	drv := g.drv
 	opts := r.opts
@@ -193,7 +205,8 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot) (status Status, err er
 	if err != nil {
 		return MiscFailure, err
 	}
-	sandboxed = sandboxed || st.RealStoreDir() != string(st.StoreDir())
+	diverted := st.RealStoreDir() != string(st.StoreDir())
+	sandboxed = (sandboxed || diverted) && !onHost
 	if g.mode != Normal && !sandboxed {
 		return MiscFailure, fmt.Errorf("%w: checking or repairing '%s' without the sandbox", store.ErrUnsupported, g.drvPath)
 	}
@@ -316,6 +329,11 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot) (status Status, err er
 		sp, err := b.inits.Start(ctx, spec)
 		pw.Close()
 		if err != nil {
+			// As Nix 2.8 only when cloning with the namespaces fails with
+			// EPERM or EINVAL; a chroot store cannot build on the host.
+			if opts.SandboxFallback && !diverted && g.mode == Normal && sandbox.IsNamespacesRefused(err) {
+				return MiscFailure, errSandboxRefused
+			}
 			return MiscFailure, fmt.Errorf("while setting up the build environment: %w", err)
 		}
 		if err := sl.run(ctx); err != nil {

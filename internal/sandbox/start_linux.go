@@ -142,6 +142,9 @@ func spawn(ctx context.Context, spec *Spec, stdio io.Writer) (*Process, *os.File
 	if err := cmd.Start(); err != nil {
 		p.removeCgroup()
 		parentEnd.Close()
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL) {
+			err = &namespacesRefused{err}
+		}
 		return nil, nil, fmt.Errorf("sandbox: start init: %w", err)
 	}
 	p.holdMountNS()
@@ -180,6 +183,21 @@ func initAttr(spec *Spec) (*syscall.SysProcAttr, []string, error) {
 		return nil, nil, fmt.Errorf("sandbox: encode shape: %w", err)
 	}
 	return attr, []string{initEnv + "=1", earlyEnv + "=" + string(shape), "GOGC=off", "GOMAXPROCS=1"}, nil
+}
+
+// namespacesRefused is init's clone failing with EPERM or EINVAL: the
+// kernel (or a container's seccomp profile) refuses the namespaces.
+type namespacesRefused struct{ err error }
+
+func (e *namespacesRefused) Error() string { return e.err.Error() }
+func (e *namespacesRefused) Unwrap() error { return e.err }
+
+// IsNamespacesRefused reports whether err is Start failing because the
+// kernel refused to clone init with the sandbox's namespaces (EPERM or
+// EINVAL), where Nix's sandbox-fallback builds without the sandbox.
+func IsNamespacesRefused(err error) bool {
+	var nr *namespacesRefused
+	return errors.As(err, &nr)
 }
 
 // initProc is init as the parent sees it: its own child, or the spawner's.
