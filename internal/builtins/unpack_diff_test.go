@@ -43,7 +43,8 @@ func TestUnpackChannelNix(t *testing.T) {
 			drv := s.Run(t, nil, "nix-instantiate", "--expr", expr)
 			out := s.Run(t, nil, "nix-store", "-q", "--outputs", drv)
 			src := s.Run(t, nil, "nix-store", "-q", "--references", drv)
-			nixOut, nixErr := nixtest.Output(nil, "nix-store", "--store", s.URL(), "-r", drv)
+			// No build users (see build's TestBuiltinUnpackChannelNix).
+			nixOut, nixErr := nixtest.Output(nil, "nix-store", "--store", s.URL(), "--option", "build-users-group", "", "-r", drv)
 
 			j := &Job{Builder: "builtin:unpack-channel", Out: filepath.Join(t.TempDir(), "out"),
 				View: &View{StoreDir: "/nix/store", RealStoreDir: filepath.Join(s.Root, "nix/store"), Paths: map[string]bool{path.Base(src): true}},
