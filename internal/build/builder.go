@@ -870,3 +870,28 @@ func sortedPaths[V any](m map[storepath.StorePath]V) []storepath.StorePath {
 
 // hl highlights an argument of a message as Nix's hintfmt does.
 func hl(s string) string { return "\x1b[35;1m" + s + "\x1b[0m" }
+
+// ExitStatus is Nix's Worker::exitStatus for the failed results: 100 for a
+// build failure, plus 1 if one timed out, plus 2 for a hash mismatch, plus 8
+// when a check found a difference (alone: 104); 1 otherwise.
+func ExitStatus(failed []Result) int {
+	mask := 0
+	for _, r := range failed {
+		switch r.Status {
+		case PermanentFailure:
+			mask |= 0x04
+		case TimedOut:
+			mask |= 0x04 | 0x01
+		case OutputRejected:
+			if r.Err != nil && strings.Contains(r.Err.Error(), "hash mismatch") {
+				mask |= 0x04 | 0x02
+			}
+		case NotDeterministic:
+			mask |= 0x08
+		}
+	}
+	if mask == 0 {
+		return 1
+	}
+	return mask | 0x60
+}

@@ -226,42 +226,18 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	}
 	switch {
 	case len(failed) == 1:
-		return &exitError{status: buildExitStatus(failed), err: failed[0].Err}
+		return &exitError{status: build.ExitStatus(failed), err: failed[0].Err}
 	case len(failed) > 1:
 		var names []string
 		for _, r := range failed {
 			log.Error(r.Err.Error())
 			names = append(names, "'"+r.Target.Drv.String()+"'")
 		}
-		return &exitError{status: buildExitStatus(failed), err: fmt.Errorf("build of %s failed", strings.Join(names, ", "))}
+		return &exitError{status: build.ExitStatus(failed), err: fmt.Errorf("build of %s failed", strings.Join(names, ", "))}
 	}
 	return nil
 }
 
-// buildExitStatus is Nix's worker exit status: 100 for a build failure,
-// plus 1 if one timed out, plus 2 for a hash mismatch, plus 8 when a check
-// found a difference (alone: 104); 1 otherwise.
-func buildExitStatus(failed []build.Result) int {
-	mask := 0
-	for _, r := range failed {
-		switch r.Status {
-		case build.PermanentFailure:
-			mask |= 0x04
-		case build.TimedOut:
-			mask |= 0x04 | 0x01
-		case build.OutputRejected:
-			if r.Err != nil && strings.Contains(r.Err.Error(), "hash mismatch") {
-				mask |= 0x04 | 0x02
-			}
-		case build.NotDeterministic:
-			mask |= 0x08
-		}
-	}
-	if mask == 0 {
-		return 1
-	}
-	return mask | 0x60
-}
 
 func sortedOutputNames(m map[string]storepath.StorePath) []string {
 	var names []string

@@ -297,7 +297,7 @@ func (c *conn) buildFailure(log *buildLogger, results []build.Result) error {
 	if len(failed) == 0 {
 		return nil
 	}
-	status := uint64(workerExitStatus(failed))
+	status := uint64(build.ExitStatus(failed))
 	if len(failed) == 1 {
 		return &protocol.Error{Level: protocol.LvlError, Name: "Error", Message: failed[0].Err.Error(), Status: status}
 	}
@@ -309,30 +309,6 @@ func (c *conn) buildFailure(log *buildLogger, results []build.Result) error {
 	return &protocol.Error{Level: protocol.LvlError, Name: "Error", Message: fmt.Sprintf("build of %s failed", strings.Join(names, ", ")), Status: status}
 }
 
-// workerExitStatus is Nix's Worker::exitStatus: 100 for a build failure,
-// plus 1 for a timeout, plus 2 for a hash mismatch, plus 8 when a check
-// found a difference (alone: 104); 1 otherwise.
-func workerExitStatus(failed []build.Result) int {
-	mask := 0
-	for _, r := range failed {
-		switch r.Status {
-		case build.PermanentFailure:
-			mask |= 0x04
-		case build.TimedOut:
-			mask |= 0x05
-		case build.OutputRejected:
-			if r.Err != nil && strings.Contains(r.Err.Error(), "hash mismatch") {
-				mask |= 0x06
-			}
-		case build.NotDeterministic:
-			mask |= 0x08
-		}
-	}
-	if mask == 0 {
-		return 1
-	}
-	return mask | 0x60
-}
 
 // optionsSent reports whether the client sent SetOptions (every Nix client
 // does, with a non-zero useBuildHook, maxBuildJobs or buildCores).
