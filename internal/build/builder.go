@@ -85,6 +85,9 @@ type Options struct {
 	SandboxPaths   []string
 	BuildDirTarget string // sandbox-build-dir; "" means /build
 	LogLines       int    // lines of log quoted in a failure; 0 means 10
+	// LogShown says the build log reaches the user as it comes (Nix's
+	// verbose logger, as in nix-store --serve), so a failure quotes none.
+	LogShown       bool
 	System         string // "" means x86_64-linux
 	ExtraPlatforms []string
 	SystemFeatures []string // what requiredSystemFeatures may ask for

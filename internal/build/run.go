@@ -465,7 +465,7 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status S
 	}
 	if werr != nil || code != 0 {
 		msg := fmt.Sprintf("builder for '%s' %s", hl(g.drvPath.String()), statusString(code, sig))
-		if tail := lw.Tail(); len(tail) > 0 {
+		if tail := lw.Tail(); len(tail) > 0 && !opts.LogShown {
 			msg += fmt.Sprintf(";\nlast %d log lines:\n", len(tail))
 			for _, l := range tail {
 				msg += "> " + l + "\n"

@@ -238,7 +238,6 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	return nil
 }
 
-
 func sortedOutputNames(m map[string]storepath.StorePath) []string {
 	var names []string
 	for n := range m {

@@ -309,7 +309,6 @@ func (c *conn) buildFailure(log *buildLogger, results []build.Result) error {
 	return &protocol.Error{Level: protocol.LvlError, Name: "Error", Message: fmt.Sprintf("build of %s failed", strings.Join(names, ", ")), Status: status}
 }
 
-
 // optionsSent reports whether the client sent SetOptions (every Nix client
 // does, with a non-zero useBuildHook, maxBuildJobs or buildCores).
 func (c *conn) optionsSent() bool {

@@ -1,0 +1,110 @@
+package cli
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"cairn/internal/testutil/nixtest"
+)
+
+const serveNix = `
+let mk = name: script: deps: derivation { inherit name deps; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
+  dep = mk "serve-dep" "echo dep > $out" [];
+in {
+  top = mk "serve-top" "echo top $deps > $out" [ dep ];
+  fails = mk "serve-fails" "echo going to fail; exit 3" [];
+}
+`
+
+// TestServeAgainstNix: Nix 2.8's ssh:// store and remote builds against
+// `cairn store serve` (as remote-program, on localhost, which Nix runs
+// without ssh) and against its own nix-store --serve, side by side: paths
+// copied to and from it, path infos and closures read through it, a
+// derivation built on it and one that fails there.
+func TestServeAgainstNix(t *testing.T) {
+	nixtest.Require(t, "nix", "nix-store", "nix-build", "nix-instantiate")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir := t.TempDir()
+	bin := cairnBinary(t, dir)
+	file := filepath.Join(dir, "serve.nix")
+	os.WriteFile(file, []byte(serveNix), 0o644)
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
+		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
+	run := func(name string, args ...string) (string, string, int) {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Env = env
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return strings.TrimSpace(out.String()), errOut.String(), code
+	}
+	must := func(name string, args ...string) string {
+		t.Helper()
+		out, errOut, code := run(name, args...)
+		if code != 0 {
+			t.Fatalf("%s %s: exit %d\n%s", name, strings.Join(args, " "), code, errOut)
+		}
+		return out
+	}
+	src := "local?root=" + filepath.Join(dir, "src")
+	top := must("nix-build", "--store", src, "--no-out-link", file, "-A", "top")
+	ours := map[string]string{"program": bin + " store serve", "root": filepath.Join(dir, "cairn-store")}
+	theirs := map[string]string{"program": "nix-store", "root": filepath.Join(dir, "nix-store")}
+	for _, side := range []map[string]string{ours, theirs} {
+		side["url"] = "ssh://localhost?remote-program=" + side["program"] + "&remote-store=local?root=" + side["root"]
+		side["builder"] = "ssh://localhost?remote-program=" + strings.ReplaceAll(side["program"], " ", "%20") +
+			"&remote-store=local?root=" + side["root"] + " x86_64-linux"
+	}
+	// Registration times are the copying's second, which may differ.
+	regTime := regexp.MustCompile(`"registrationTime":[0-9]+`)
+	both := func(check func(side map[string]string) string) {
+		t.Helper()
+		a, b := check(ours), check(theirs)
+		if a, b = regTime.ReplaceAllString(a, ""), regTime.ReplaceAllString(b, ""); a != b {
+			t.Errorf("through cairn store serve:\n%s\nthrough nix-store --serve:\n%s", a, b)
+		}
+	}
+	// Copy a closure there; read it back through the ssh store and from the
+	// store itself.
+	both(func(side map[string]string) string {
+		must("nix", "copy", "--from", src, "--to", side["url"], top)
+		info := must("nix", "path-info", "--store", side["url"], "--json", "-r", top)
+		local := must("nix", "path-info", "--store", "local?root="+side["root"], "--json", "-r", top)
+		if side["program"] == theirs["program"] {
+			return info + "\n" + local
+		}
+		return info + "\n" + must(bin, "--store", "local?root="+side["root"], "store", "path-info", "--json", "-r", top)
+	})
+	// Copy it back from there.
+	both(func(side map[string]string) string {
+		back := "local?root=" + filepath.Join(dir, "back-"+filepath.Base(side["root"]))
+		must("nix", "copy", "--no-check-sigs", "--from", side["url"], "--to", back, top)
+		return must("nix", "path-info", "--store", back, "--json", "-r", top)
+	})
+	// Remote builds: the top derivation, and one whose builder fails.
+	both(func(side map[string]string) string {
+		local := "local?root=" + filepath.Join(dir, "local-"+filepath.Base(side["root"]))
+		out := must("nix-build", "--store", local, "--max-jobs", "0", "--builders", side["builder"], "--no-out-link", file, "-A", "top")
+		got := must("nix", "store", "cat", "--store", local, out)
+		remote := must("nix", "path-info", "--store", "local?root="+side["root"], out)
+		_, errOut, code := run("nix-build", "--store", local, "--max-jobs", "0", "--builders", side["builder"], "--no-out-link", file, "-A", "fails")
+		errOut = strings.ReplaceAll(errOut, side["builder"][:strings.Index(side["builder"], " ")], "BUILDER")
+		if i := strings.Index(errOut, "error:"); i >= 0 {
+			errOut = errOut[i:]
+		}
+		return strings.Join([]string{out, got, remote, strings.TrimSpace(errOut), strings.Repeat("!", code)}, "\n")
+	})
+}
