@@ -149,7 +149,7 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	if err != nil {
 		return err
 	}
-	url, err := storeURL(a.store, settings)
+	url, err := storeURL(a.store, settings, true)
 	if err != nil {
 		return err
 	}

@@ -124,13 +124,17 @@ func clientOptions(settings *config.Settings) *protocol.ClientOptions {
 }
 
 // storeURL is the store a verb works on: the --store flag's, else the store
-// setting's, else NIX_REMOTE's, else the default (store.DefaultURL).
-func storeURL(flag string, settings *config.Settings) (string, error) {
+// setting's, else NIX_REMOTE's, else the default (store.DefaultURL; for a verb
+// that needs a local store, store.DefaultLocalURL).
+func storeURL(flag string, settings *config.Settings, localOnly bool) (string, error) {
 	if flag != "" {
 		return flag, nil
 	}
 	if u := settings.Get("store"); u != "" && u != "auto" {
 		return u, nil
+	}
+	if localOnly {
+		return store.DefaultLocalURL(nil)
 	}
 	return store.DefaultURL(nil)
 }

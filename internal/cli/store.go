@@ -47,7 +47,7 @@ func storeConfig(cmd *cobra.Command) (*store.Config, *config.Settings, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	url, err := storeURL(flag, settings)
+	url, err := storeURL(flag, settings, false)
 	if err != nil {
 		return nil, nil, err
 	}

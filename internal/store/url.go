@@ -259,16 +259,27 @@ func escapeParam(s string) string {
 // DefaultURL chooses the store when none is given: NIX_REMOTE if set; else
 // "local" if the user may write the local store (the store dir, or the nearest
 // existing directory above it, is writable, as /nix is for root or after a Nix
-// install); else a chroot store under $XDG_DATA_HOME/cairn (by default
-// ~/.local/share/cairn), which needs no setup.
+// install); else "daemon" if a daemon's socket is there (NIX_DAEMON_SOCKET_PATH,
+// else STATE/daemon-socket/socket), as Nix's "auto" chooses; else a chroot store
+// under $XDG_DATA_HOME/cairn (by default ~/.local/share/cairn), which needs no
+// setup.
 func DefaultURL(getenv Getenv) (string, error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
-	return defaultURL(getenv, writable)
+	return defaultURL(getenv, writable, true)
 }
 
-func defaultURL(getenv Getenv, writable func(string) bool) (string, error) {
+// DefaultLocalURL is DefaultURL for what needs a local store: it never
+// chooses the daemon.
+func DefaultLocalURL(getenv Getenv) (string, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	return defaultURL(getenv, writable, false)
+}
+
+func defaultURL(getenv Getenv, writable func(string) bool, daemon bool) (string, error) {
 	if r := getenv("NIX_REMOTE"); r != "" {
 		return r, nil
 	}
@@ -278,6 +289,14 @@ func defaultURL(getenv Getenv, writable func(string) bool) (string, error) {
 	}
 	if writable(local.RealStoreDir) {
 		return "local", nil
+	}
+	// A daemon serves the store: talk to it, as Nix's "auto" does.
+	socket := getenv("NIX_DAEMON_SOCKET_PATH")
+	if socket == "" {
+		socket = filepath.Join(local.StateDir, "daemon-socket/socket")
+	}
+	if fi, err := os.Stat(socket); daemon && err == nil && fi.Mode()&os.ModeSocket != 0 {
+		return "daemon", nil
 	}
 	data := getenv("XDG_DATA_HOME")
 	if data == "" {

@@ -2,6 +2,9 @@ package store
 
 import (
 	"errors"
+	"net"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -111,6 +114,14 @@ func TestParseURLDaemon(t *testing.T) {
 
 func TestDefaultURL(t *testing.T) {
 	writable := func(dir string) bool { return dir == "/w/store" }
+	sock := filepath.Join(t.TempDir(), "socket")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	notSock := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(notSock, nil, 0o644)
 	tests := []struct {
 		name string
 		env  map[string]string
@@ -120,15 +131,20 @@ func TestDefaultURL(t *testing.T) {
 		{"writable store dir", map[string]string{"NIX_STORE_DIR": "/w/store"}, "local"},
 		{"unwritable store: XDG", map[string]string{"NIX_STORE_DIR": "/ro/store", "XDG_DATA_HOME": "/data"}, "local?root=/data/cairn"},
 		{"unwritable store: HOME", map[string]string{"NIX_STORE_DIR": "/ro/store", "HOME": "/home/u"}, "local?root=/home/u/.local/share/cairn"},
+		{"unwritable store, a daemon's socket", map[string]string{"NIX_STORE_DIR": "/ro/store", "HOME": "/home/u", "NIX_DAEMON_SOCKET_PATH": sock}, "daemon"},
+		{"unwritable store, not a socket", map[string]string{"NIX_STORE_DIR": "/ro/store", "HOME": "/home/u", "NIX_DAEMON_SOCKET_PATH": notSock}, "local?root=/home/u/.local/share/cairn"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := defaultURL(func(k string) string { return tt.env[k] }, writable)
+			got, err := defaultURL(func(k string) string { return tt.env[k] }, writable, true)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got != tt.want {
 				t.Errorf("DefaultURL = %q, want %q", got, tt.want)
+			}
+			if local, _ := defaultURL(func(k string) string { return tt.env[k] }, writable, false); (local == "daemon") || (tt.want != "daemon" && local != tt.want) {
+				t.Errorf("DefaultLocalURL = %q", local)
 			}
 		})
 	}
