@@ -110,6 +110,10 @@ type buildMode struct {
 	noCgroups bool
 }
 
+// sandboxedWithUsers is a root daemon's usual mode: sandboxed builds as
+// the test's build users.
+var sandboxedWithUsers = buildMode{name: "pool", sandbox: true, users: true}
+
 // buildModes lists the modes this process can test: as root, with build
 // users (sandboxed and on the host) and sandboxed as itself; otherwise
 // rootless, sandboxed and on the host.
@@ -399,19 +403,11 @@ func TestBuildUsers(t *testing.T) {
 // they wait for a place; one holding a place must never wait for a uid,
 // or both wait for ever (as they once did).
 func TestBuildUsersManyBuilds(t *testing.T) {
-	pool(t)
-	requireSandbox(t)
-	st := testStore(t)
-	b, err := NewWithConfig(st, Config{BuildUsersGroup: testPool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	st, b, opts := sandboxedWithUsers.setup(t, Config{})
 	var targets []Target
 	for i := range 4 * testPoolSize {
 		targets = append(targets, Target{Drv: addDrv(t, st, fmt.Sprintf("many-%d", i), fmt.Sprintf("echo %d > $out", i), nil, nil)})
 	}
-	opts := testOptions()
 	opts.MaxJobs = testPoolSize + 1
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -432,16 +428,8 @@ func TestBuildUsersManyBuilds(t *testing.T) {
 // the same pooled dirs finds it again, and a build without it does not see
 // it.
 func TestBuildUsersLinkedInputs(t *testing.T) {
-	pool(t)
-	requireSandbox(t)
-	st := testStore(t)
-	b, err := NewWithConfig(st, Config{BuildUsersGroup: testPool})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	st, b, opts := sandboxedWithUsers.setup(t, Config{})
 	ctx := context.Background()
-	opts := testOptions()
 	opts.MaxJobs = 1
 	build := func(drv storepath.StorePath) storepath.StorePath {
 		t.Helper()
