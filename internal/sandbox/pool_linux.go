@@ -171,7 +171,7 @@ func (pl *Pool) refill(key string, spec *Spec) {
 // shape is the part of spec a spare is started with (see shapeOf): what
 // spawn and init's early steps read.
 func (spec *Spec) shape() *Spec {
-	return &Spec{Root: spec.Root, RootSize: spec.RootSize, Hostname: spec.Hostname, Domainname: spec.Domainname,
+	return &Spec{Root: spec.Root, RootSize: spec.RootSize, ShmSize: spec.ShmSize, Hostname: spec.Hostname, Domainname: spec.Domainname,
 		UID: spec.UID, GID: spec.GID, UIDMap: spec.UIDMap, GIDMap: spec.GIDMap, Setgroups: spec.Setgroups,
 		Cgroup: spec.Cgroup, Net: spec.Net}
 }
