@@ -122,26 +122,9 @@ func TestNixPreBuildHook(t *testing.T) {
 	ourHook, ourSeen := hook(t.TempDir())
 	theirHook, theirSeen := hook(t.TempDir())
 	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"}, [2]string{"pre-build-hook", ourHook})
-	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true",
-		"--option", "sandbox-paths", "/bin/sh=/bin/busybox", "--option", "pre-build-hook", theirHook})
-	refEnv := nixDaemonClientEnv(ref)
-
-	ours, theirs := runNix(td.nixEnv(), "nix-build", "--no-out-link", file, "-A", "ok"), runNix(refEnv, "nix-build", "--no-out-link", file, "-A", "ok")
-	if ours.code != 0 {
-		if strings.Contains(ours.stderr, "setting up the build environment") {
-			t.Skipf("the kernel refuses the sandbox: %s", ours.stderr)
-		}
-		t.Fatalf("nix-build: %+v", ours)
-	}
-	if theirs.code != 0 {
-		t.Skipf("Nix's own sandbox does not work here: %s", theirs.stderr)
-	}
-	if ours.stdout != theirs.stdout {
-		t.Errorf("output %q, with nix-daemon %q", ours.stdout, theirs.stdout)
-	}
-	got, _ := os.ReadFile(filepath.Join(td.cfg.Root, ours.stdout))
-	want, _ := os.ReadFile(filepath.Join(ref.Root, theirs.stdout))
-	if string(got) != string(want) || string(got) != "from the hook\nseen\n" {
+	ref, refEnv := sandboxedRef(t, "--option", "pre-build-hook", theirHook)
+	_, got, want := buildBoth(t, td, ref, refEnv, "--no-out-link", file, "-A", "ok")
+	if got != want || got != "from the hook\nseen\n" {
 		t.Errorf("the builder wrote %q, under nix-daemon %q", got, want)
 	}
 	a, _ := os.ReadFile(ourSeen)

@@ -31,31 +31,14 @@ func TestNixPersonality(t *testing.T) {
 	}
 	file := filepath.Join(t.TempDir(), "personality.nix")
 	os.WriteFile(file, []byte(personalityNix), 0o644)
-	settings := [][2]string{{"sandbox-paths", "/bin/sh=/bin/busybox"}, {"impersonate-linux-26", "true"}, {"sandbox-dev-shm-size", "32m"}}
-	td := newTestDaemon(t, settings...)
-	var args []string
-	for _, kv := range settings {
-		args = append(args, "--option", kv[0], kv[1])
-	}
-	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, append([]string{"--option", "sandbox", "true"}, args...))
-	refEnv := nixDaemonClientEnv(ref)
+	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"}, [2]string{"impersonate-linux-26", "true"}, [2]string{"sandbox-dev-shm-size", "32m"})
+	ref, refEnv := sandboxedRef(t, "--option", "impersonate-linux-26", "true", "--option", "sandbox-dev-shm-size", "32m")
 	for attr, want := range map[string]string{
 		"x86_64": "personality 00060000\nshm 32768k\n",
 		"i686":   "personality 00060008\nshm 32768k\n",
 	} {
-		ours, theirs := runNix(td.nixEnv(), "nix-build", "--no-out-link", file, "-A", attr), runNix(refEnv, "nix-build", "--no-out-link", file, "-A", attr)
-		if ours.code != 0 {
-			if strings.Contains(ours.stderr, "setting up the build environment") {
-				t.Skipf("the kernel refuses the sandbox: %s", ours.stderr)
-			}
-			t.Fatalf("%s: nix-build: %+v", attr, ours)
-		}
-		if theirs.code != 0 {
-			t.Skipf("Nix's own sandbox does not work here: %s", theirs.stderr)
-		}
-		got, _ := os.ReadFile(filepath.Join(td.cfg.Root, ours.stdout))
-		nix, _ := os.ReadFile(filepath.Join(ref.Root, theirs.stdout))
-		if string(got) != string(nix) || string(got) != want {
+		_, got, nix := buildBoth(t, td, ref, refEnv, "--no-out-link", file, "-A", attr)
+		if got != nix || got != want {
 			t.Errorf("%s: the builder saw %q, under nix-daemon %q, want %q", attr, got, nix, want)
 		}
 	}
@@ -69,9 +52,9 @@ func TestNixNoChroot(t *testing.T) {
 	os.WriteFile(file, []byte(`derivation { name = "no-chroot"; system = builtins.currentSystem; builder = "/bin/sh";
   args = [ "-c" "echo > $out" ]; __noChroot = true; }`), 0o644)
 	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"})
-	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
+	_, refEnv := sandboxedRef(t)
 	sb := []string{"--option", "sandbox", "true", "--no-out-link", file}
-	ours, theirs := runNix(td.nixEnv(), "nix-build", sb...), runNix(nixDaemonClientEnv(ref), "nix-build", sb...)
+	ours, theirs := runNix(td.nixEnv(), "nix-build", sb...), runNix(refEnv, "nix-build", sb...)
 	const msg = "has '__noChroot' set, but that's not allowed when 'sandbox' is 'true'"
 	if ours.code == 0 || ours.code != theirs.code || ours.stderr != theirs.stderr || !strings.Contains(ours.stderr, msg) {
 		t.Errorf("nix-build exits %d:\n%s\nwith nix-daemon %d:\n%s", ours.code, ours.stderr, theirs.code, theirs.stderr)
@@ -93,7 +76,7 @@ func TestNixPrivileges(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "privileges.nix")
 	os.WriteFile(file, []byte(privilegesNix), 0o644)
 	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"})
-	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
+	ref, refEnv := sandboxedRef(t)
 	for _, c := range []struct {
 		salt, want string
 		options    []string
@@ -103,14 +86,41 @@ func TestNixPrivileges(t *testing.T) {
 		{"newprivs", "NoNewPrivs: 0\nSeccomp: 2\n", []string{"--option", "allow-new-privileges", "true"}},
 	} {
 		args := append([]string{"--option", "sandbox", "true", "--no-out-link", file, "--argstr", "salt", c.salt}, c.options...)
-		ours, theirs := runNix(td.nixEnv(), "nix-build", args...), runNix(nixDaemonClientEnv(ref), "nix-build", args...)
-		if ours.code != 0 || theirs.code != 0 {
-			t.Fatalf("%s: nix-build exits %d:\n%s\nwith nix-daemon %d:\n%s", c.salt, ours.code, ours.stderr, theirs.code, theirs.stderr)
-		}
-		got, _ := os.ReadFile(filepath.Join(td.cfg.Root, ours.stdout))
-		nix, _ := os.ReadFile(filepath.Join(ref.Root, theirs.stdout))
-		if string(got) != string(nix) || string(got) != c.want {
+		_, got, nix := buildBoth(t, td, ref, refEnv, args...)
+		if got != nix || got != c.want {
 			t.Errorf("%s: the builder had %q, under nix-daemon %q, want %q", c.salt, got, nix, c.want)
 		}
 	}
+}
+
+// sandboxedRef starts nix-daemon 2.8 on a chroot store with the sandbox on,
+// /bin/sh bound in, and options, as the reference for a test daemon.
+func sandboxedRef(t *testing.T, options ...string) (*storetest.Daemon, []string) {
+	t.Helper()
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, append([]string{"--option", "sandbox", "true",
+		"--option", "sandbox-paths", "/bin/sh=/bin/busybox"}, options...))
+	return ref, nixDaemonClientEnv(ref)
+}
+
+// buildBoth runs nix-build with args through td and through the reference;
+// both must succeed (where either sandbox cannot run, the test is skipped).
+// It returns the output path and what each daemon's output holds.
+func buildBoth(t *testing.T, td *testDaemon, ref *storetest.Daemon, refEnv []string, args ...string) (out, ours, theirs string) {
+	t.Helper()
+	a, b := runNix(td.nixEnv(), "nix-build", args...), runNix(refEnv, "nix-build", args...)
+	if a.code != 0 {
+		if strings.Contains(a.stderr, "setting up the build environment") {
+			t.Skipf("the kernel refuses the sandbox: %s", a.stderr)
+		}
+		t.Fatalf("nix-build %s: %+v", strings.Join(args, " "), a)
+	}
+	if b.code != 0 {
+		t.Skipf("Nix's own sandbox does not work here: %s", b.stderr)
+	}
+	if a.stdout != b.stdout {
+		t.Errorf("nix-build %s: output %q, with nix-daemon %q", strings.Join(args, " "), a.stdout, b.stdout)
+	}
+	got, _ := os.ReadFile(filepath.Join(td.cfg.Root, a.stdout))
+	want, _ := os.ReadFile(filepath.Join(ref.Root, b.stdout))
+	return a.stdout, string(got), string(want)
 }
