@@ -13,10 +13,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"cairn/internal/build"
+	"cairn/internal/config"
 	"cairn/internal/gc"
 	"cairn/internal/gcroots"
+	"cairn/internal/protocol"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
+	"cairn/internal/store/remote"
 	"cairn/internal/storepath"
 	"cairn/internal/substitute"
 )
@@ -156,6 +159,9 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	cfg, err := parseStoreURL(url, warn)
 	if err != nil {
 		return err
+	}
+	if cfg.Scheme == store.SchemeDaemon {
+		return runBuildRemote(ctx, stdout, stderr, a, cfg, settings)
 	}
 	if cfg.Scheme != store.SchemeLocal {
 		return fmt.Errorf("%s: %w: cairn build needs a local store", cfg.URL, store.ErrUnsupported)
@@ -341,4 +347,90 @@ func (l *cliBuildLog) printf(format string, args ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	fmt.Fprintf(l.w, format, args...)
+}
+
+// runBuildRemote builds through a daemon (BuildPaths), as nix-store -r does
+// with NIX_REMOTE: the targets must be store paths in the daemon's store
+// (.drv paths, with !outputs, or plain paths to substitute). The daemon's
+// log reaches stderr; the outputs are printed as for a local build.
+func runBuildRemote(ctx context.Context, stdout, stderr io.Writer, a *buildArgs, cfg *store.Config, settings *config.Settings) error {
+	log := &remoteBuildLog{w: stderr}
+	rs, err := remote.Open(ctx, cfg, remote.Options{ClientOptions: clientOptions(settings), Log: log.message})
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	var paths []protocol.DerivedPath
+	for _, arg := range a.targets {
+		path, outs, _ := strings.Cut(arg, "!")
+		if !strings.HasPrefix(path, string(rs.StoreDir())+"/") {
+			return fmt.Errorf("build %s: %w: with a daemon store the targets are store paths (add a derivation file with nix-instantiate first)", arg, store.ErrUnsupported)
+		}
+		p, err := argStorePath(rs.StoreDir(), path)
+		if err != nil {
+			return err
+		}
+		dp := protocol.DerivedPath{Path: p}
+		if p.IsDerivation() {
+			dp.Built, dp.All = true, outs == "" || outs == "*"
+			if !dp.All {
+				dp.Outputs = slices.Sorted(slices.Values(strings.Split(outs, ",")))
+			}
+		}
+		paths = append(paths, dp)
+	}
+	if err := rs.BuildPaths(ctx, paths, protocol.BuildMode(a.mode)); err != nil {
+		var re *remote.Error
+		if errors.As(err, &re) {
+			return &exitError{status: max(int(re.Status), 1), err: errors.New(re.Message)}
+		}
+		return err
+	}
+	for _, dp := range paths {
+		if !dp.Built {
+			fmt.Fprintln(stdout, dp.Path)
+			continue
+		}
+		outs, err := rs.QueryDerivationOutputs(ctx, dp.Path)
+		if err != nil {
+			return err
+		}
+		for _, name := range sortedOutputNames(outs) {
+			if dp.All || slices.Contains(dp.Outputs, name) {
+				fmt.Fprintln(stdout, outs[name])
+			}
+		}
+	}
+	return nil
+}
+
+// remoteBuildLog prints what a daemon says during a build as nix-store
+// does on a terminal-less stderr: messages, the text of activities at the
+// info level or below, and builders' log lines.
+type remoteBuildLog struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *remoteBuildLog) message(m *protocol.Message) {
+	var text string
+	switch m.Code {
+	case protocol.StderrNext:
+		text = strings.TrimSuffix(m.Text, "\n")
+	case protocol.StderrStartActivity:
+		if m.Activity.Text == "" || m.Activity.Level > protocol.LvlInfo {
+			return
+		}
+		text = m.Activity.Text + "..."
+	case protocol.StderrResult:
+		if m.Result != protocol.ResBuildLogLine || len(m.Fields) == 0 || !m.Fields[0].IsString {
+			return
+		}
+		text = m.Fields[0].String
+	default:
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintln(l.w, text)
 }

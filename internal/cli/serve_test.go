@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"cairn/internal/store/storetest"
 	"cairn/internal/testutil/nixtest"
 )
 
@@ -107,4 +108,49 @@ func TestServeAgainstNix(t *testing.T) {
 		}
 		return strings.Join([]string{out, got, remote, strings.TrimSpace(errOut), strings.Repeat("!", code)}, "\n")
 	})
+}
+
+// TestBuildThroughDaemon: cairn build on a daemon store (BuildPaths) builds
+// what nix-store -r builds through the same daemon, prints the outputs,
+// shows the builder's log, and fails as it fails.
+func TestBuildThroughDaemon(t *testing.T) {
+	nixtest.Require(t, "nix-store", "nix-instantiate")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir := t.TempDir()
+	bin := cairnBinary(t, dir)
+	d := storetest.StartDaemonWith(t, []string{bin, "daemon"}, []string{"--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
+	url := "unix://" + d.Socket + "?root=" + d.Root // the client reads .drv files under root
+	file := filepath.Join(dir, "serve.nix")
+	os.WriteFile(file, []byte(serveNix), 0o644)
+	env := append(nixtest.Env(), "NIX_REMOTE="+url)
+	nix := func(args ...string) (string, string, int) {
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Env = env
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		return strings.TrimSpace(out.String()), errOut.String(), code
+	}
+	top, _, _ := nix("nix-instantiate", file, "-A", "top")
+	fails, _, _ := nix("nix-instantiate", file, "-A", "fails")
+	code, out, errOut := runMain(t, "--store", url, "build", top)
+	want, wantErr, _ := nix("nix-store", "-r", top)
+	if code != 0 || strings.TrimSpace(out) != want || want == "" || !strings.Contains(errOut, "building '") {
+		t.Errorf("cairn build %s: exit %d, %q\n%s\nnix-store -r: %q\n%s", top, code, out, errOut, want, wantErr)
+	}
+	code, _, errOut = runMain(t, "--store", url, "build", fails)
+	_, nixErr, nixCode := nix("nix-store", "-r", fails)
+	msg := "builder for '" + fails + "' failed with exit code 3"
+	if code != nixCode || code == 0 || !strings.Contains(errOut, msg) || !strings.Contains(nixErr, msg) || !strings.Contains(errOut, "going to fail") {
+		t.Errorf("a failing build: exit %d\n%s\nnix-store -r: exit %d\n%s", code, errOut, nixCode, nixErr)
+	}
+	if code, _, errOut = runMain(t, "--store", url, "build", file); code == 0 || !strings.Contains(errOut, "targets are store paths") {
+		t.Errorf("a file target: exit %d\n%s", code, errOut)
+	}
 }

@@ -286,3 +286,9 @@ func (s *Store) FindRoots(ctx context.Context) (*protocol.RootsReply, error) {
 	}
 	return &rep, nil
 }
+
+// BuildPaths builds or substitutes paths (BuildPaths) in mode; a failure is
+// an *Error with the daemon's message and the worker's exit status.
+func (s *Store) BuildPaths(ctx context.Context, paths []protocol.DerivedPath, mode protocol.BuildMode) error {
+	return s.do(ctx, &protocol.BuildPathsRequest{Code: protocol.OpBuildPaths, Paths: paths, Mode: mode}, nil, skipU64)
+}
