@@ -57,9 +57,18 @@ type knownSetting struct {
 var byName = func() map[string]*knownSetting {
 	m := make(map[string]*knownSetting, 2*len(knownSettings))
 	for i := range knownSettings {
+		m[knownSettings[i].name] = &knownSettings[i]
+	}
+	for i := range knownSettings {
 		s := &knownSettings[i]
-		m[s.name] = s
 		for _, a := range s.aliases {
+			if own, ok := m[a]; ok && own.name == a {
+				// A later release renamed a setting (download-attempts
+				// became filetransfer-retry-attempts): both names are the
+				// older one, which Nix 2.8 knows and Cairn's defaults use.
+				m[s.name] = own
+				continue
+			}
 			m[a] = s
 		}
 	}
@@ -444,6 +453,7 @@ func ConfDir(env Env) string {
 func Load(env Env, warn func(string)) (*Settings, error) {
 	s := New()
 	s.values["netrc-file"] = filepath.Join(ConfDir(env), "netrc")
+	s.values["builders"] = "@" + filepath.Join(ConfDir(env), "machines")
 	if err := s.ApplyFile(filepath.Join(ConfDir(env), "nix.conf"), warn); err != nil {
 		return nil, err
 	}

@@ -114,6 +114,7 @@ var rootBuildUsers = sync.OnceValue(func() bool {
 // settings Cairn reads. Settings Cairn does not read have no default here; they are
 // still accepted and kept.
 var defaults = map[string]string{
+	"allow-new-privileges":       "false",
 	"allowed-users":              "*",
 	"auto-allocate-uids":         "false",
 	"auto-optimise-store":        "false",
@@ -124,6 +125,7 @@ var defaults = map[string]string{
 	"compress-build-log":         "true",
 	"connect-timeout":            "0",
 	"cores":                      strconv.Itoa(runtime.NumCPU()),
+	"diff-hook":                  "",
 	"download-attempts":          "5",
 	"fallback":                   "false",
 	"filter-syscalls":            "true",
@@ -133,6 +135,7 @@ var defaults = map[string]string{
 	"gc-reserved-space":          "8388608",
 	"hashed-mirrors":             "",
 	"id-count":                   "8388608",
+	"impersonate-linux-26":       "false",
 	"keep-build-log":             "true",
 	"keep-derivations":           "true",
 	"keep-env-derivations":       "false",
@@ -151,8 +154,10 @@ var defaults = map[string]string{
 	"post-build-hook":            "",
 	"pre-build-hook":             "",
 	"require-sigs":               "true",
+	"run-diff-hook":              "false",
 	"sandbox":                    "true",
 	"sandbox-build-dir":          "/build",
+	"sandbox-dev-shm-size":       "50%",
 	"sandbox-fallback":           "true",
 	"sandbox-paths":              "",
 	"secret-key-files":           "",
