@@ -350,9 +350,10 @@ func (l *cliBuildLog) printf(format string, args ...any) {
 }
 
 // runBuildRemote builds through a daemon (BuildPaths), as nix-store -r does
-// with NIX_REMOTE: the targets must be store paths in the daemon's store
-// (.drv paths, with !outputs, or plain paths to substitute). The daemon's
-// log reaches stderr; the outputs are printed as for a local build.
+// with NIX_REMOTE: the targets are store paths in the daemon's store (.drv
+// paths, with !outputs, or plain paths to substitute) or derivation files,
+// added through the daemon first. The daemon's log reaches stderr; the
+// outputs are printed as for a local build.
 func runBuildRemote(ctx context.Context, stdout, stderr io.Writer, a *buildArgs, cfg *store.Config, settings *config.Settings) error {
 	log := &remoteBuildLog{w: stderr}
 	rs, err := remote.Open(ctx, cfg, remote.Options{ClientOptions: clientOptions(settings), Log: log.message})
@@ -363,21 +364,26 @@ func runBuildRemote(ctx context.Context, stdout, stderr io.Writer, a *buildArgs,
 	var paths []protocol.DerivedPath
 	for _, arg := range a.targets {
 		path, outs, _ := strings.Cut(arg, "!")
-		if !strings.HasPrefix(path, string(rs.StoreDir())+"/") {
-			return fmt.Errorf("build %s: %w: with a daemon store the targets are store paths (add a derivation file with nix-instantiate first)", arg, store.ErrUnsupported)
-		}
-		p, err := argStorePath(rs.StoreDir(), path)
-		if err != nil {
+		var ps []storepath.StorePath
+		if strings.HasPrefix(path, string(rs.StoreDir())+"/") {
+			p, err := argStorePath(rs.StoreDir(), path)
+			if err != nil {
+				return err
+			}
+			ps = append(ps, p)
+		} else if ps, err = addDerivationFile(ctx, rs, path); err != nil {
 			return err
 		}
-		dp := protocol.DerivedPath{Path: p}
-		if p.IsDerivation() {
-			dp.Built, dp.All = true, outs == "" || outs == "*"
-			if !dp.All {
-				dp.Outputs = slices.Sorted(slices.Values(strings.Split(outs, ",")))
+		for _, p := range ps {
+			dp := protocol.DerivedPath{Path: p}
+			if p.IsDerivation() {
+				dp.Built, dp.All = true, outs == "" || outs == "*"
+				if !dp.All {
+					dp.Outputs = slices.Sorted(slices.Values(strings.Split(outs, ",")))
+				}
 			}
+			paths = append(paths, dp)
 		}
-		paths = append(paths, dp)
 	}
 	if err := rs.BuildPaths(ctx, paths, protocol.BuildMode(a.mode)); err != nil {
 		var re *remote.Error

@@ -12,7 +12,7 @@ import (
 
 	"cairn/internal/build"
 	"cairn/internal/derivation"
-	"cairn/internal/store/local"
+	"cairn/internal/store"
 	"cairn/internal/storepath"
 )
 
@@ -32,13 +32,17 @@ they are computed, as are the .drv paths. A .drv file's input derivations must b
 or lie beside it under their store base names.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openLocalStore(cmd)
+			st, err := openStore(cmd)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
+			ds, ok := st.(build.DrvStore)
+			if !ok {
+				return fmt.Errorf("%w: this store cannot take derivations", store.ErrUnsupported)
+			}
 			for _, file := range args {
-				paths, err := addDerivationFile(cmd.Context(), st, file)
+				paths, err := addDerivationFile(cmd.Context(), ds, file)
 				if err != nil {
 					return err
 				}
@@ -54,7 +58,7 @@ or lie beside it under their store base names.`,
 // addDerivationFile adds the derivations in file (JSON or ATerm) to st and
 // returns the .drv paths of the file's roots: the derivations no other one
 // in the file depends on, sorted.
-func addDerivationFile(ctx context.Context, st *local.Store, file string) ([]storepath.StorePath, error) {
+func addDerivationFile(ctx context.Context, st build.DrvStore, file string) ([]storepath.StorePath, error) {
 	data, err := readBounded(file, derivation.MaxSize)
 	if err != nil {
 		return nil, err
@@ -85,7 +89,7 @@ func addDerivationFile(ctx context.Context, st *local.Store, file string) ([]sto
 	return []storepath.StorePath{key}, nil
 }
 
-func addDerivationJSON(ctx context.Context, st *local.Store, file string, data []byte) ([]storepath.StorePath, error) {
+func addDerivationJSON(ctx context.Context, st build.DrvStore, file string, data []byte) ([]storepath.StorePath, error) {
 	dir := st.StoreDir()
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(data, &top); err != nil {
@@ -131,7 +135,7 @@ func addDerivationJSON(ctx context.Context, st *local.Store, file string, data [
 
 // addInOrder adds drvs, each after its inputs among them, checking that each
 // lands at the path it is keyed by.
-func addInOrder(ctx context.Context, st *local.Store, drvs map[storepath.StorePath]*derivation.Derivation) error {
+func addInOrder(ctx context.Context, st build.DrvStore, drvs map[storepath.StorePath]*derivation.Derivation) error {
 	done := map[storepath.StorePath]bool{}
 	var visit func(p storepath.StorePath, depth int) error
 	visit = func(p storepath.StorePath, depth int) error {
