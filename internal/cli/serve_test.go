@@ -162,3 +162,70 @@ func TestBuildThroughDaemon(t *testing.T) {
 		t.Errorf("a JSON derivation: exit %d, %q\n%s; want %q", code, out, errOut, want)
 	}
 }
+
+// TestServeDaemonStore: cairn store serve on a daemon store (the store a
+// user without root reaches) serves Nix's ssh:// store and build-remote
+// through the daemon: copies both ways, path infos, a build done by the
+// daemon and one that fails there.
+func TestServeDaemonStore(t *testing.T) {
+	nixtest.Require(t, "nix", "nix-build")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir := t.TempDir()
+	bin := cairnBinary(t, dir)
+	d := storetest.StartDaemonWith(t, []string{bin, "daemon"}, []string{"--option", "sandbox", "true", "--option", "sandbox-paths", "/bin/sh=/bin/busybox"})
+	file := filepath.Join(dir, "serve.nix")
+	os.WriteFile(file, []byte(serveNix), 0o644)
+	env := append(nixtest.Env(), "HOME="+dir, "NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n")
+	run := func(args ...string) (string, string, int) {
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Env = env
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		return strings.TrimSpace(out.String()), errOut.String(), code
+	}
+	must := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := run(args...)
+		if code != 0 {
+			t.Fatalf("%s: exit %d\n%s", strings.Join(args, " "), code, errOut)
+		}
+		return out
+	}
+	daemonStore := "unix://" + d.Socket + "?root=" + d.Root
+	ssh := "ssh://localhost?remote-program=" + bin + " store serve&remote-store=" + strings.ReplaceAll(daemonStore, "&", "%26")
+	builder := "ssh://localhost?remote-program=" + bin + "%20store%20serve&remote-store=" + strings.ReplaceAll(daemonStore, "?", "%3F") + " x86_64-linux"
+	src := "local?root=" + filepath.Join(dir, "src")
+	top := must("nix-build", "--store", src, "--no-out-link", file, "-A", "top")
+	must("nix", "copy", "--from", src, "--to", ssh, top)
+	want := must("nix", "path-info", "--store", src, "--json", "-r", top)
+	// What a copy keeps: not the registration time (the serve protocol does
+	// not carry it) nor ultimate (a copy is not built here).
+	regTime := regexp.MustCompile(`,?"(registrationTime":[0-9]+|ultimate":true)`)
+	for _, from := range []string{ssh, daemonStore} {
+		if got := must("nix", "path-info", "--store", from, "--json", "-r", top); regTime.ReplaceAllString(got, "") != regTime.ReplaceAllString(want, "") {
+			t.Errorf("path-info through %s:\n%s\nwant\n%s", from, got, want)
+		}
+	}
+	back := "local?root=" + filepath.Join(dir, "back")
+	must("nix", "copy", "--no-check-sigs", "--from", ssh, "--to", back, top)
+	if got := must("nix", "path-info", "--store", back, "--json", "-r", top); regTime.ReplaceAllString(got, "") != regTime.ReplaceAllString(want, "") {
+		t.Errorf("copied back:\n%s\nwant\n%s", got, want)
+	}
+	// Builds: the daemon builds them.
+	local := "local?root=" + filepath.Join(dir, "local")
+	out := must("nix-build", "--store", local, "--max-jobs", "0", "--builders", builder, "--no-out-link", file, "-A", "top")
+	if out != top {
+		t.Errorf("built remotely %s, want %s", out, top)
+	}
+	_, errOut, code := run("nix-build", "--store", local, "--max-jobs", "0", "--builders", builder, "--no-out-link", file, "-A", "fails")
+	if code == 0 || !strings.Contains(errOut, "failed with exit code 3") {
+		t.Errorf("a failing remote build: exit %d\n%s", code, errOut)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"cairn/internal/serve"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
+	"cairn/internal/store/remote"
 	"cairn/internal/substitute"
 )
 
@@ -31,31 +32,40 @@ func newStoreServeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if cfg.Scheme != store.SchemeLocal {
-				return fmt.Errorf("%s: %w: cairn store serve needs a local store", cfg.URL, store.ErrUnsupported)
-			}
 			ctx := cmd.Context()
-			st, err := local.Open(ctx, cfg, localOptions(settings))
-			if err != nil {
-				return err
-			}
-			defer st.Close()
 			stderr := cmd.ErrOrStderr()
-			s := &serve.Server{
-				Store: st,
-				Roots: gcroots.New(cfg.StateDir, cfg.StoreDir, cfg.RealStoreDir),
-				Write: write,
-				Log:   stderr,
-			}
-			if write {
-				b, err := build.NewWithConfig(st, build.ConfigFrom(settings))
+			s := &serve.Server{Write: write}
+			switch cfg.Scheme {
+			case store.SchemeDaemon:
+				// The daemon decides what this user may do; the settings
+				// reach it as a client's.
+				rs, err := remote.Open(ctx, cfg, remote.Options{ClientOptions: clientOptions(settings)})
 				if err != nil {
 					return err
 				}
-				defer b.Close()
-				s.Builder = b
-				s.Options = build.OptionsFrom(settings)
-				s.Options.Subst = substitute.ConfigFrom(settings, warnTo(stderr))
+				defer rs.Close()
+				s.Store = &serve.Remote{Store: rs}
+			case store.SchemeLocal:
+				st, err := local.Open(ctx, cfg, localOptions(settings))
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				l := &serve.Local{Store: st, Roots: gcroots.New(cfg.StateDir, cfg.StoreDir, cfg.RealStoreDir), Log: stderr}
+				defer l.Close()
+				if write {
+					b, err := build.NewWithConfig(st, build.ConfigFrom(settings))
+					if err != nil {
+						return err
+					}
+					defer b.Close()
+					l.Builder = b
+					l.Options = build.OptionsFrom(settings)
+					l.Options.Subst = substitute.ConfigFrom(settings, warnTo(stderr))
+				}
+				s.Store = l
+			default:
+				return fmt.Errorf("%s: %w: cairn store serve needs a local or a daemon store", cfg.URL, store.ErrUnsupported)
 			}
 			return s.Serve(ctx, cmd.InOrStdin(), cmd.OutOrStdout())
 		},

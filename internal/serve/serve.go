@@ -11,35 +11,63 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
-	"cairn/internal/build"
-	"cairn/internal/gcroots"
+	"cairn/internal/derivation"
 	"cairn/internal/protocol"
 	"cairn/internal/store"
-	"cairn/internal/store/local"
 	"cairn/internal/storepath"
 	"cairn/internal/wire"
 )
 
 // Server serves one connection.
 type Server struct {
-	Store *local.Store
-	// Roots, when set, holds the temporary roots QueryValidPaths takes
-	// with its lock flag (with Write), until the connection ends.
-	Roots *gcroots.Roots
-	// Builder builds for BuildPaths and BuildDerivation, and substitutes
-	// for QueryValidPaths; nil refuses them.
-	Builder *build.Builder
-	// Options are the settings' build options; each build request's own
-	// override some of them, as nix-store --serve does.
-	Options build.Options
+	// Store is what is served: a local store (Local) or a daemon's
+	// (Remote).
+	Store Store
 	// Write allows the commands that change the store (nix-store --serve
 	// --write).
 	Write bool
-	// Log receives build output and errors (the process's stderr).
-	Log io.Writer
+}
+
+// Store is what a Server needs of the store it serves.
+type Store interface {
+	StoreDir() storepath.StoreDir
+	QueryPathInfo(ctx context.Context, p storepath.StorePath) (*store.PathInfo, error)
+	QueryValidPaths(ctx context.Context, paths []storepath.StorePath) ([]storepath.StorePath, error)
+	QueryClosure(ctx context.Context, roots []storepath.StorePath, reverse bool) ([]storepath.StorePath, error)
+	QueryDerivationOutputs(ctx context.Context, drv storepath.StorePath) (map[string]storepath.StorePath, error)
+	IsValidPath(ctx context.Context, p storepath.StorePath) (bool, error)
+	NarFromPath(ctx context.Context, p storepath.StorePath, w io.Writer) error
+	AddNar(ctx context.Context, info *store.PathInfo, r io.Reader, opts store.AddNarOptions) error
+	// Import adds the paths of an export stream, reading from r exactly
+	// the stream.
+	Import(ctx context.Context, r io.Reader) error
+	// Export writes paths as an export stream.
+	Export(ctx context.Context, w *wire.Writer, paths []storepath.StorePath) error
+	// AddTempRoot keeps p from the collector until the connection ends.
+	AddTempRoot(ctx context.Context, p storepath.StorePath) error
+	// Substitute tries to make paths valid from binary caches; failures
+	// are ignored, as Nix's substitutePaths ignores them.
+	Substitute(ctx context.Context, paths []storepath.StorePath)
+	// BuildPaths builds targets; a failure is reported as the worker's exit
+	// status and message (err is for what ends the connection).
+	BuildPaths(ctx context.Context, targets []protocol.DerivedPath, o Options) (status uint64, msg string, err error)
+	// BuildDerivation builds drv as the derivation at drvPath.
+	BuildDerivation(ctx context.Context, drvPath storepath.StorePath, drv *derivation.Derivation, o Options) (*protocol.BuildResult, error)
+}
+
+// Options are a build request's options (protocol.ServeBuildOptions, gated
+// on the client's version).
+type Options struct {
+	MaxSilentTime, Timeout time.Duration
+	MaxLogSize             int64 // 0: unlimited
+	Repeat                 int
+	EnforceDeterminism     bool
+	RunDiffHook            bool
+	KeepFailed             bool
 }
 
 // Serve answers the client on in and out until it closes in. An error
@@ -57,7 +85,6 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	}
 	v := min(cv, protocol.ServeVersion)
 	c := &conn{s: s, ctx: ctx, br: br, r: r, w: w, v: v}
-	defer c.close()
 	for {
 		cmd := protocol.ServeCmd(r.Uint64())
 		if err := r.Err(); err != nil {
@@ -79,19 +106,12 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 }
 
 type conn struct {
-	s    *Server
-	ctx  context.Context
-	br   *bufio.Reader
-	r    *wire.Reader
-	w    *wire.Writer
-	v    protocol.Version
-	temp *gcroots.TempRoots
-}
-
-func (c *conn) close() {
-	if c.temp != nil {
-		c.temp.Close()
-	}
+	s   *Server
+	ctx context.Context
+	br  *bufio.Reader
+	r   *wire.Reader
+	w   *wire.Writer
+	v   protocol.Version
 }
 
 func (c *conn) requireWrite(what string) error {
@@ -142,7 +162,7 @@ func (c *conn) do(cmd protocol.ServeCmd) error {
 		if err := c.requireWrite("importing paths"); err != nil {
 			return err
 		}
-		if _, err := st.Import(c.ctx, c.br); err != nil {
+		if err := st.Import(c.ctx, c.br); err != nil {
 			return err
 		}
 		c.w.Uint64(1)
@@ -206,29 +226,20 @@ func (c *conn) do(cmd protocol.ServeCmd) error {
 }
 
 // queryValidPaths is command 1: with Write, lock takes temporary roots and
-// substitute tries the caches first (failures ignored, as Nix's
-// substitutePaths).
+// substitute tries the caches first.
 func (c *conn) queryValidPaths(a protocol.ServeQueryValidPathsArgs) error {
-	if a.Lock && c.s.Write && c.s.Roots != nil {
-		if c.temp == nil {
-			t, err := c.s.Roots.OpenTemp()
-			if err != nil {
-				return err
-			}
-			c.temp = t
-		}
+	st := c.s.Store
+	if a.Lock && c.s.Write {
 		for _, p := range a.Paths {
-			if err := c.temp.Add(c.ctx, p); err != nil {
+			if err := st.AddTempRoot(c.ctx, p); err != nil {
 				return err
 			}
 		}
 	}
-	if a.Substitute && c.s.Write && c.s.Builder != nil {
-		for _, p := range a.Paths {
-			c.s.Builder.EnsurePaths(c.ctx, []storepath.StorePath{p}, c.s.Options, nil)
-		}
+	if a.Substitute && c.s.Write {
+		st.Substitute(c.ctx, a.Paths)
 	}
-	valid, err := c.s.Store.QueryValidPaths(c.ctx, a.Paths)
+	valid, err := st.QueryValidPaths(c.ctx, a.Paths)
 	if err != nil {
 		return err
 	}
@@ -276,13 +287,10 @@ func (c *conn) closure(paths []storepath.StorePath, includeOutputs bool) ([]stor
 	return out, nil
 }
 
-// buildOptions are the settings' options with a build request's own, as
-// nix-store --serve sets them: no substitution, no log kept, the diff hook
-// run (≥2.3).
-func (c *conn) buildOptions(o protocol.ServeBuildOptions) build.Options {
-	opts := c.s.Options
-	opts.MaxSilentTime = seconds(o.MaxSilentTime)
-	opts.Timeout = seconds(o.BuildTimeout)
+// options are a build request's options, as the client's version has them;
+// nix-store --serve also runs the diff hook from 2.3 on.
+func (c *conn) options(o protocol.ServeBuildOptions) Options {
+	opts := Options{MaxSilentTime: seconds(o.MaxSilentTime), Timeout: seconds(o.BuildTimeout)}
 	if c.v.AtLeast(2) {
 		opts.MaxLogSize = int64(min(o.MaxLogSize, 1<<62))
 	}
@@ -294,9 +302,6 @@ func (c *conn) buildOptions(o protocol.ServeBuildOptions) build.Options {
 	if c.v.AtLeast(7) {
 		opts.KeepFailed = o.KeepFailed
 	}
-	opts.DiscardLog = true
-	opts.LogShown = true // on stderr, line by line
-	opts.Subst.Caches = nil
 	return opts
 }
 
@@ -311,64 +316,26 @@ func (c *conn) buildPaths() error {
 	if c.r.Err() != nil {
 		return nil
 	}
-	if c.s.Builder == nil {
-		return errors.New("building is not supported by this store")
-	}
-	opts := c.buildOptions(o)
-	var targets []build.Target
-	var opaque []storepath.StorePath
+	var targets []protocol.DerivedPath
 	for _, spec := range specs {
 		path, outs, drvOutputs := strings.Cut(spec, "!")
 		p, err := c.s.Store.StoreDir().Parse(path)
 		if err != nil {
 			return err
 		}
-		if !drvOutputs {
-			if p.IsDerivation() {
-				targets = append(targets, build.Target{Drv: p})
-			} else {
-				opaque = append(opaque, p)
-			}
-			continue
-		}
-		t := build.Target{Drv: p}
-		if outs != "*" {
-			t.Outputs = strings.Split(outs, ",")
+		t := protocol.DerivedPath{Path: p, Built: p.IsDerivation(), All: p.IsDerivation()}
+		if drvOutputs && outs != "*" {
+			t.All, t.Outputs = false, slices.Sorted(slices.Values(strings.Split(outs, ",")))
 		}
 		targets = append(targets, t)
 	}
-	log := &logger{w: c.s.Log}
-	if len(opaque) > 0 {
-		if err := c.s.Builder.EnsurePaths(c.ctx, opaque, opts, log); err != nil {
-			c.w.Uint64(1)
-			c.w.String(err.Error())
-			return nil
-		}
-	}
-	results, err := c.s.Builder.Build(c.ctx, targets, opts, log)
+	status, msg, err := c.s.Store.BuildPaths(c.ctx, targets, c.options(o))
 	if err != nil {
 		return err
 	}
-	var failed []build.Result
-	for _, res := range results {
-		if !res.Status.Success() {
-			failed = append(failed, res)
-		}
-	}
-	switch len(failed) {
-	case 0:
-		c.w.Uint64(0)
-	case 1:
-		c.w.Uint64(uint64(build.ExitStatus(failed)))
-		c.w.String(failed[0].Err.Error())
-	default:
-		log.Error(failed[0].Err.Error())
-		var names []string
-		for _, res := range failed {
-			names = append(names, "'"+res.Target.Drv.String()+"'")
-		}
-		c.w.Uint64(uint64(build.ExitStatus(failed)))
-		c.w.String(fmt.Sprintf("build of %s failed", strings.Join(names, ", ")))
+	c.w.Uint64(status)
+	if status != 0 {
+		c.w.String(msg)
 	}
 	return nil
 }
@@ -381,45 +348,10 @@ func (c *conn) buildDerivation() error {
 	if c.r.Err() != nil {
 		return nil
 	}
-	if c.s.Builder == nil {
-		return errors.New("building is not supported by this store")
+	res, err := c.s.Store.BuildDerivation(c.ctx, a.DrvPath, a.Drv, c.options(a.Options))
+	if err != nil {
+		return err
 	}
-	res := c.s.Builder.BuildDerivation(c.ctx, a.DrvPath, a.Drv, c.buildOptions(a.Options), &logger{w: c.s.Log})
-	out := protocol.BuildResult{
-		Status:             protocol.BuildStatus(res.Status),
-		TimesBuilt:         uint64(res.TimesBuilt),
-		IsNonDeterministic: res.NonDeterministic,
-		StartTime:          res.Start,
-		StopTime:           res.Stop,
-	}
-	if res.Err != nil {
-		out.ErrorMsg = res.Err.Error()
-	}
-	if res.Status.Success() {
-		out.BuiltOutputs = map[string]protocol.BuiltOutput{}
-		for name, p := range res.Outputs {
-			out.BuiltOutputs[name] = protocol.BuiltOutput{OutPath: p}
-		}
-	}
-	protocol.WriteServeBuildResult(c.w, c.v, &out)
+	protocol.WriteServeBuildResult(c.w, c.v, res)
 	return nil
 }
-
-// logger writes builds' output and errors to the process's stderr, where
-// the client (Nix's build-remote, over ssh) shows them.
-type logger struct{ w io.Writer }
-
-func (l *logger) BuildStarted(drv storepath.StorePath) build.BuildLog { return l }
-func (l *logger) Progress(done, expected, running, failed int)        {}
-func (l *logger) Error(msg string) {
-	if l.w != nil {
-		fmt.Fprintf(l.w, "error: %s\n", msg)
-	}
-}
-func (l *logger) Line(text string) {
-	if l.w != nil {
-		fmt.Fprintln(l.w, text)
-	}
-}
-func (l *logger) Message(string) {}
-func (l *logger) Done()          {}

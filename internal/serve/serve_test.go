@@ -9,11 +9,14 @@ import (
 	"strings"
 	"testing"
 
+	"cairn/internal/config"
+	"cairn/internal/daemon"
 	"cairn/internal/nar"
 	"cairn/internal/nixhash"
 	"cairn/internal/protocol"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
+	"cairn/internal/store/remote"
 	"cairn/internal/storepath"
 	"cairn/internal/wire"
 )
@@ -69,7 +72,7 @@ func TestServeQueries(t *testing.T) {
 	st := testStore(t)
 	p := addFile(t, st, "a", "a\n")
 	missing, _ := st.StoreDir().Parse("/nix/store/00000000000000000000000000000000-missing")
-	reply, err := session(t, &Server{Store: st}, func(w *wire.Writer) {
+	reply, err := session(t, &Server{Store: &Local{Store: st}}, func(w *wire.Writer) {
 		w.Uint64(uint64(protocol.ServeQueryValidPaths))
 		(&protocol.ServeQueryValidPathsArgs{Paths: []storepath.StorePath{p, missing}}).Write(w)
 		w.Uint64(uint64(protocol.ServeQueryPathInfos))
@@ -114,21 +117,21 @@ func TestServeWrites(t *testing.T) {
 		}
 	}
 	for _, cmd := range []protocol.ServeCmd{protocol.ServeImportPaths, protocol.ServeBuildPaths, protocol.ServeBuildDerivation} {
-		_, err := session(t, &Server{Store: st}, func(w *wire.Writer) { w.Uint64(uint64(cmd)) })
+		_, err := session(t, &Server{Store: &Local{Store: st}}, func(w *wire.Writer) { w.Uint64(uint64(cmd)) })
 		if err == nil || !strings.Contains(err.Error(), "is not allowed") {
 			t.Errorf("%s without --write: %v", cmd, err)
 		}
 	}
-	if _, err := session(t, &Server{Store: st}, add(narBuf.Bytes())); err == nil || !strings.Contains(err.Error(), "importing paths is not allowed") {
+	if _, err := session(t, &Server{Store: &Local{Store: st}}, add(narBuf.Bytes())); err == nil || !strings.Contains(err.Error(), "importing paths is not allowed") {
 		t.Errorf("AddToStoreNar without --write: %v", err)
 	}
-	if _, err := session(t, &Server{Store: st, Write: true}, add(narBuf.Bytes()[:narBuf.Len()-8])); err == nil {
+	if _, err := session(t, &Server{Store: &Local{Store: st}, Write: true}, add(narBuf.Bytes()[:narBuf.Len()-8])); err == nil {
 		t.Error("a short NAR was accepted")
 	}
 	if ok, _ := st.IsValidPath(context.Background(), p); ok {
 		t.Fatal("a short NAR made the path valid")
 	}
-	reply, err := session(t, &Server{Store: st, Write: true}, add(narBuf.Bytes()))
+	reply, err := session(t, &Server{Store: &Local{Store: st}, Write: true}, add(narBuf.Bytes()))
 	if err != nil || !bytes.Equal(reply, []byte{1, 0, 0, 0, 0, 0, 0, 0}) {
 		t.Fatalf("AddToStoreNar: %v %x", err, reply)
 	}
@@ -136,7 +139,7 @@ func TestServeWrites(t *testing.T) {
 		t.Errorf("after AddToStoreNar: %+v %v", got, err)
 	}
 	// The dump of it is the NAR that was sent.
-	reply, err = session(t, &Server{Store: st}, func(w *wire.Writer) {
+	reply, err = session(t, &Server{Store: &Local{Store: st}}, func(w *wire.Writer) {
 		w.Uint64(uint64(protocol.ServeDumpStorePath))
 		w.StorePath(p)
 	})
@@ -149,10 +152,10 @@ func TestServeWrites(t *testing.T) {
 func TestServeBadInput(t *testing.T) {
 	st := testStore(t)
 	var out bytes.Buffer
-	if err := (&Server{Store: st}).Serve(context.Background(), strings.NewReader("not the magic at all"), &out); err == nil {
+	if err := (&Server{Store: &Local{Store: st}}).Serve(context.Background(), strings.NewReader("not the magic at all"), &out); err == nil {
 		t.Error("bad magic accepted")
 	}
-	if _, err := session(t, &Server{Store: st}, func(w *wire.Writer) { w.Uint64(99) }); err == nil || !strings.Contains(err.Error(), "unknown serve command 99") {
+	if _, err := session(t, &Server{Store: &Local{Store: st}}, func(w *wire.Writer) { w.Uint64(99) }); err == nil || !strings.Contains(err.Error(), "unknown serve command 99") {
 		t.Errorf("unknown command: %v", err)
 	}
 }
@@ -178,7 +181,7 @@ func FuzzServe(f *testing.F) {
 		w.Uint64(uint64(protocol.ServeVersion))
 		w.Flush()
 		in.Write(data)
-		(&Server{Store: st, Write: true}).Serve(context.Background(), &in, io.Discard)
+		(&Server{Store: &Local{Store: st}, Write: true}).Serve(context.Background(), &in, io.Discard)
 		paths, err := st.QueryAllValidPaths(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -189,4 +192,72 @@ func FuzzServe(f *testing.F) {
 			}
 		}
 	})
+}
+
+// daemonStore serves st with cairn's daemon on a socket and returns a
+// client of it.
+func daemonStore(t *testing.T, st *local.Store) *remote.Store {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "socket")
+	ln, err := daemon.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := &daemon.Server{Store: st, Settings: config.New(), Auth: func(context.Context, daemon.Peer) (daemon.Decision, error) {
+		return daemon.Decision{User: "tester", Allowed: true, Trusted: true}, nil
+	}}
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx, ln); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	cfg, err := store.ParseURL("unix://"+sock, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := remote.Open(ctx, cfg, remote.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rs.Close() })
+	return rs
+}
+
+// TestServeDaemonImportExport: on a daemon's store, ImportPaths adds an
+// export stream's paths (spooled, hashed, added through the daemon) and
+// ExportPaths writes them back byte for byte.
+func TestServeDaemonImportExport(t *testing.T) {
+	src := testStore(t)
+	a := addFile(t, src, "a", "a\n")
+	b := addFile(t, src, "b", "b\n")
+	var export bytes.Buffer
+	if err := src.Export(context.Background(), &export, []storepath.StorePath{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	dst := testStore(t)
+	s := &Server{Store: &Remote{Store: daemonStore(t, dst)}, Write: true}
+	reply, err := session(t, s, func(w *wire.Writer) {
+		w.Uint64(uint64(protocol.ServeImportPaths))
+		w.Write(export.Bytes())
+		w.Uint64(uint64(protocol.ServeExportPaths))
+		w.Uint64(0)
+		w.StorePaths([]storepath.StorePath{a, b})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := wire.NewReader(bytes.NewReader(reply))
+	if ok := r.Uint64(); ok != 1 {
+		t.Fatalf("ImportPaths replied %d", ok)
+	}
+	rest, _ := io.ReadAll(r)
+	if !bytes.Equal(rest, export.Bytes()) {
+		t.Errorf("the export of the imported paths differs from the stream imported:\n%q\n%q", rest, export.Bytes())
+	}
+	for _, p := range []storepath.StorePath{a, b} {
+		want, _ := src.QueryPathInfo(context.Background(), p)
+		got, err := dst.QueryPathInfo(context.Background(), p)
+		if err != nil || got.NarHash != want.NarHash || got.NarSize != want.NarSize {
+			t.Errorf("%s in the daemon's store: %+v %v", p, got, err)
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"cairn/internal/derivation"
 	"cairn/internal/fsnar"
 	"cairn/internal/nixhash"
 	"cairn/internal/protocol"
@@ -291,4 +292,16 @@ func (s *Store) FindRoots(ctx context.Context) (*protocol.RootsReply, error) {
 // an *Error with the daemon's message and the worker's exit status.
 func (s *Store) BuildPaths(ctx context.Context, paths []protocol.DerivedPath, mode protocol.BuildMode) error {
 	return s.do(ctx, &protocol.BuildPathsRequest{Code: protocol.OpBuildPaths, Paths: paths, Mode: mode}, nil, skipU64)
+}
+
+// BuildDerivation builds drv, which need not be in the store, as the
+// derivation at drvPath (BuildDerivation; the daemon requires a trusted
+// client for input-addressed ones).
+func (s *Store) BuildDerivation(ctx context.Context, drvPath storepath.StorePath, drv *derivation.Derivation, mode protocol.BuildMode) (*protocol.BuildResult, error) {
+	var res *protocol.BuildResult
+	err := s.do(ctx, &protocol.BuildDerivationRequest{DrvPath: drvPath, Drv: drv, Mode: mode}, nil, func(c *conn) error {
+		res = protocol.ReadBuildResult(c.r, c.p)
+		return c.r.Err()
+	})
+	return res, err
 }
