@@ -38,29 +38,8 @@ func TestServeAgainstNix(t *testing.T) {
 	os.WriteFile(file, []byte(serveNix), 0o644)
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
 		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
-	run := func(name string, args ...string) (string, string, int) {
-		t.Helper()
-		cmd := exec.Command(name, args...)
-		cmd.Env = env
-		var out, errOut strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &errOut
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		return strings.TrimSpace(out.String()), errOut.String(), code
-	}
-	must := func(name string, args ...string) string {
-		t.Helper()
-		out, errOut, code := run(name, args...)
-		if code != 0 {
-			t.Fatalf("%s %s: exit %d\n%s", name, strings.Join(args, " "), code, errOut)
-		}
-		return out
-	}
+	cmds := commander{t, env}
+	run, must := cmds.run, cmds.must
 	src := "local?root=" + filepath.Join(dir, "src")
 	top := must("nix-build", "--store", src, "--no-out-link", file, "-A", "top")
 	ours := map[string]string{"program": bin + " store serve", "root": filepath.Join(dir, "cairn-store")}
@@ -126,18 +105,7 @@ func TestBuildThroughDaemon(t *testing.T) {
 	file := filepath.Join(dir, "serve.nix")
 	os.WriteFile(file, []byte(serveNix), 0o644)
 	env := append(nixtest.Env(), "NIX_REMOTE="+url)
-	nix := func(args ...string) (string, string, int) {
-		cmd := exec.Command(args[0], args[1:]...)
-		cmd.Env = env
-		var out, errOut strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &errOut
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-		return strings.TrimSpace(out.String()), errOut.String(), code
-	}
+	nix := commander{t, env}.run
 	top, _, _ := nix("nix-instantiate", file, "-A", "top")
 	fails, _, _ := nix("nix-instantiate", file, "-A", "fails")
 	code, out, errOut := runMain(t, "--store", url, "build", top)
@@ -178,26 +146,8 @@ func TestServeDaemonStore(t *testing.T) {
 	file := filepath.Join(dir, "serve.nix")
 	os.WriteFile(file, []byte(serveNix), 0o644)
 	env := append(nixtest.Env(), "HOME="+dir, "NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n")
-	run := func(args ...string) (string, string, int) {
-		cmd := exec.Command(args[0], args[1:]...)
-		cmd.Env = env
-		var out, errOut strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &errOut
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-		return strings.TrimSpace(out.String()), errOut.String(), code
-	}
-	must := func(args ...string) string {
-		t.Helper()
-		out, errOut, code := run(args...)
-		if code != 0 {
-			t.Fatalf("%s: exit %d\n%s", strings.Join(args, " "), code, errOut)
-		}
-		return out
-	}
+	cmds := commander{t, env}
+	run, must := cmds.run, cmds.must
 	daemonStore := "unix://" + d.Socket + "?root=" + d.Root
 	ssh := "ssh://localhost?remote-program=" + bin + " store serve&remote-store=" + strings.ReplaceAll(daemonStore, "&", "%26")
 	builder := "ssh://localhost?remote-program=" + bin + "%20store%20serve&remote-store=" + strings.ReplaceAll(daemonStore, "?", "%3F") + " x86_64-linux"
@@ -228,4 +178,36 @@ func TestServeDaemonStore(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "failed with exit code 3") {
 		t.Errorf("a failing remote build: exit %d\n%s", code, errOut)
 	}
+}
+
+// commander runs programs with env: run returns stdout (trimmed), stderr
+// and the exit code; must fails the test unless the program succeeds.
+type commander struct {
+	t   *testing.T
+	env []string
+}
+
+func (c commander) run(args ...string) (string, string, int) {
+	c.t.Helper()
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = c.env
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatalf("%s: %v", args[0], err)
+	}
+	return strings.TrimSpace(out.String()), errOut.String(), code
+}
+
+func (c commander) must(args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.run(args...)
+	if code != 0 {
+		c.t.Fatalf("%s: exit %d\n%s", strings.Join(args, " "), code, errOut)
+	}
+	return out
 }
