@@ -15,6 +15,7 @@ import (
 
 	"cairn/internal/builtins"
 	"cairn/internal/derivation"
+	"cairn/internal/protocol"
 	"cairn/internal/sandbox"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
@@ -897,4 +898,49 @@ func ExitStatus(failed []Result) int {
 		return 1
 	}
 	return mask | 0x60
+}
+
+// Failure is how a request ends when some of its results failed, as Nix
+// 2.8's Store::buildPaths ends: the failed results, the worker's exit
+// status, and the error, the one failure's own or "build of 'A', 'B'
+// failed" (Nix logs the failures' own errors first; the caller does). All
+// nil and 0 when every result succeeded.
+func Failure(results []Result) (failed []Result, status int, err error) {
+	for _, r := range results {
+		if !r.Status.Success() {
+			failed = append(failed, r)
+		}
+	}
+	switch len(failed) {
+	case 0:
+		return nil, 0, nil
+	case 1:
+		return failed, ExitStatus(failed), failed[0].Err
+	}
+	var names []string
+	for _, r := range failed {
+		names = append(names, "'"+r.Target.Drv.String()+"'")
+	}
+	return failed, ExitStatus(failed), fmt.Errorf("build of %s failed", strings.Join(names, ", "))
+}
+
+// Wire is r as the worker and serve protocols carry it.
+func (r Result) Wire() protocol.BuildResult {
+	res := protocol.BuildResult{
+		Status:             protocol.BuildStatus(r.Status),
+		TimesBuilt:         uint64(r.TimesBuilt),
+		IsNonDeterministic: r.NonDeterministic,
+		StartTime:          r.Start,
+		StopTime:           r.Stop,
+	}
+	if r.Err != nil {
+		res.ErrorMsg = r.Err.Error()
+	}
+	if r.Status.Success() {
+		res.BuiltOutputs = map[string]protocol.BuiltOutput{}
+		for name, p := range r.Outputs {
+			res.BuiltOutputs[name] = protocol.BuiltOutput{OutPath: p}
+		}
+	}
+	return res
 }

@@ -220,28 +220,23 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	if err != nil {
 		return err
 	}
-	var failed []build.Result
 	for _, r := range results {
-		if !r.Status.Success() {
-			failed = append(failed, r)
-			continue
-		}
-		for _, name := range sortedOutputNames(r.Outputs) {
-			fmt.Fprintln(stdout, r.Outputs[name])
+		if r.Status.Success() {
+			for _, name := range sortedOutputNames(r.Outputs) {
+				fmt.Fprintln(stdout, r.Outputs[name])
+			}
 		}
 	}
-	switch {
-	case len(failed) == 1:
-		return &exitError{status: build.ExitStatus(failed), err: failed[0].Err}
-	case len(failed) > 1:
-		var names []string
+	failed, status, err := build.Failure(results)
+	if err == nil {
+		return nil
+	}
+	if len(failed) > 1 {
 		for _, r := range failed {
 			log.Error(r.Err.Error())
-			names = append(names, "'"+r.Target.Drv.String()+"'")
 		}
-		return &exitError{status: build.ExitStatus(failed), err: fmt.Errorf("build of %s failed", strings.Join(names, ", "))}
 	}
-	return nil
+	return &exitError{status: status, err: err}
 }
 
 func sortedOutputNames(m map[string]storepath.StorePath) []string {

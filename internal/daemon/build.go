@@ -263,50 +263,17 @@ func jsonFields(raw []json.RawMessage) []protocol.Field {
 	return fs
 }
 
-// buildResult converts a build result for the wire.
-func buildResult(r build.Result) protocol.BuildResult {
-	res := protocol.BuildResult{
-		Status:             protocol.BuildStatus(r.Status),
-		TimesBuilt:         uint64(r.TimesBuilt),
-		IsNonDeterministic: r.NonDeterministic,
-		StartTime:          r.Start,
-		StopTime:           r.Stop,
-	}
-	if r.Err != nil {
-		res.ErrorMsg = r.Err.Error()
-	}
-	if r.Status.Success() {
-		res.BuiltOutputs = map[string]protocol.BuiltOutput{}
-		for name, p := range r.Outputs {
-			res.BuiltOutputs[name] = protocol.BuiltOutput{OutPath: p}
-		}
-	}
-	return res
-}
-
-// buildFailure is the error BuildPaths ends with, as Nix 2.8's
-// Store::buildPaths: the one failure's own error, or "build of … failed"
-// after logging the first; the status is the worker's exit status.
+// buildFailure is the error BuildPaths ends with (build.Failure), after
+// logging the first failure's own when there are several.
 func (c *conn) buildFailure(log *buildLogger, results []build.Result) error {
-	var failed []build.Result
-	for _, r := range results {
-		if !r.Status.Success() {
-			failed = append(failed, r)
-		}
-	}
-	if len(failed) == 0 {
+	failed, status, err := build.Failure(results)
+	if err == nil {
 		return nil
 	}
-	status := uint64(build.ExitStatus(failed))
-	if len(failed) == 1 {
-		return &protocol.Error{Level: protocol.LvlError, Name: "Error", Message: failed[0].Err.Error(), Status: status}
+	if len(failed) > 1 {
+		log.Error(failed[0].Err.Error())
 	}
-	log.Error(failed[0].Err.Error())
-	var names []string
-	for _, r := range failed {
-		names = append(names, "'"+r.Target.Drv.String()+"'")
-	}
-	return &protocol.Error{Level: protocol.LvlError, Name: "Error", Message: fmt.Sprintf("build of %s failed", strings.Join(names, ", ")), Status: status}
+	return &protocol.Error{Level: protocol.LvlError, Name: "Error", Message: err.Error(), Status: uint64(status)}
 }
 
 // optionsSent reports whether the client sent SetOptions (every Nix client

@@ -1257,7 +1257,7 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 			return err
 		}
 		for j, r := range built {
-			results[index[j]].BuildResult = buildResult(r)
+			results[index[j]].BuildResult = r.Wire()
 		}
 		if q.Code != protocol.OpBuildPathsWithResults {
 			if err := c.buildFailure(log, built); err != nil {
@@ -1308,7 +1308,7 @@ func (c *conn) buildDerivation(q *protocol.BuildDerivationRequest) error {
 	opts.Mode = build.Mode(q.Mode)
 	r := b.BuildDerivation(c.ctx, q.DrvPath, q.Drv, opts, log)
 	log.stop()
-	res := buildResult(r)
+	res := r.Wire()
 	if r.Status.Success() {
 		// Every output, as Nix reports them.
 		res.BuiltOutputs = map[string]protocol.BuiltOutput{}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"slices"
-	"strings"
 
 	"cairn/internal/build"
 	"cairn/internal/derivation"
@@ -107,48 +106,22 @@ func (l *Local) BuildPaths(ctx context.Context, targets []protocol.DerivedPath, 
 	if err != nil {
 		return 0, "", err
 	}
-	var failed []build.Result
-	for _, res := range results {
-		if !res.Status.Success() {
-			failed = append(failed, res)
-		}
-	}
-	switch len(failed) {
-	case 0:
+	failed, status, err := build.Failure(results)
+	if err == nil {
 		return 0, "", nil
-	case 1:
-		return uint64(build.ExitStatus(failed)), failed[0].Err.Error(), nil
 	}
-	log.Error(failed[0].Err.Error())
-	var names []string
-	for _, res := range failed {
-		names = append(names, "'"+res.Target.Drv.String()+"'")
+	if len(failed) > 1 {
+		log.Error(failed[0].Err.Error())
 	}
-	return uint64(build.ExitStatus(failed)), fmt.Sprintf("build of %s failed", strings.Join(names, ", ")), nil
+	return uint64(status), err.Error(), nil
 }
 
 func (l *Local) BuildDerivation(ctx context.Context, drvPath storepath.StorePath, drv *derivation.Derivation, o Options) (*protocol.BuildResult, error) {
 	if l.Builder == nil {
 		return nil, errors.New("building is not supported by this store")
 	}
-	res := l.Builder.BuildDerivation(ctx, drvPath, drv, l.buildOptions(o), &logger{w: l.Log})
-	out := &protocol.BuildResult{
-		Status:             protocol.BuildStatus(res.Status),
-		TimesBuilt:         uint64(res.TimesBuilt),
-		IsNonDeterministic: res.NonDeterministic,
-		StartTime:          res.Start,
-		StopTime:           res.Stop,
-	}
-	if res.Err != nil {
-		out.ErrorMsg = res.Err.Error()
-	}
-	if res.Status.Success() {
-		out.BuiltOutputs = map[string]protocol.BuiltOutput{}
-		for name, p := range res.Outputs {
-			out.BuiltOutputs[name] = protocol.BuiltOutput{OutPath: p}
-		}
-	}
-	return out, nil
+	res := l.Builder.BuildDerivation(ctx, drvPath, drv, l.buildOptions(o), &logger{w: l.Log}).Wire()
+	return &res, nil
 }
 
 // Close releases the temporary roots (not the store, which stays the
