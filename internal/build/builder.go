@@ -16,6 +16,7 @@ import (
 	"cairn/internal/builtins"
 	"cairn/internal/derivation"
 	"cairn/internal/protocol"
+	"cairn/internal/remotebuild"
 	"cairn/internal/sandbox"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
@@ -147,6 +148,11 @@ type Options struct {
 	PostBuildHook string
 	// HookConfig is the settings as nix.conf lines, the hook's NIX_CONFIG.
 	HookConfig string
+	// Builders are the remote builders (the builders setting: machines,
+	// "@file" includes); BuildersUseSubstitutes lets them substitute the
+	// inputs (builders-use-substitutes). See remote.go.
+	Builders               string
+	BuildersUseSubstitutes bool
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -162,39 +168,41 @@ func OptionsFrom(s Getter) Options {
 	}
 	secs := func(name string) time.Duration { return time.Duration(atoi(name)) * time.Second }
 	o := Options{
-		MaxJobs:            atoi("max-jobs"),
-		Cores:              atoi("cores"),
-		KeepFailed:         s.Get("keep-failed") == "true",
-		KeepGoing:          s.Get("keep-going") == "true",
-		MaxSilentTime:      secs("max-silent-time"),
-		Timeout:            secs("timeout"),
-		Sandbox:            s.Get("sandbox") != "false",
-		SandboxRelaxed:     s.Get("sandbox") == "relaxed",
-		SandboxFallback:    s.Get("sandbox-fallback") != "false",
-		SandboxPaths:       append(strings.Fields(s.Get("sandbox-paths")), strings.Fields(s.Get("extra-sandbox-paths"))...),
-		BuildDirTarget:     s.Get("sandbox-build-dir"),
-		LogLines:           atoi("log-lines"),
-		System:             s.Get("system"),
-		ExtraPlatforms:     strings.Fields(s.Get("extra-platforms")),
-		SystemFeatures:     strings.Fields(s.Get("system-features")),
-		CompressLog:        s.Get("compress-build-log") != "false",
-		DiscardLog:         s.Get("keep-build-log") == "false",
-		MaxLogSize:         int64(atoi("max-build-log-size")),
-		Repeat:             min(max(atoi("repeat"), 0), maxRepeat),
-		EnforceDeterminism: s.Get("enforce-determinism") != "false",
-		Builtins:           builtins.SettingsFrom(s, os.Getenv),
-		Network:            s.Get("fixed-output-network"),
-		Subst:              substitute.ConfigFrom(s, func(string) {}),
-		Fallback:           s.Get("fallback") == "true",
-		SecretKeyFiles:     strings.Fields(s.Get("secret-key-files")),
-		PreBuildHook:       s.Get("pre-build-hook"),
-		ImpersonateLinux26: s.Get("impersonate-linux-26") == "true",
-		DiffHook:           s.Get("diff-hook"),
-		RunDiffHook:        s.Get("run-diff-hook") == "true",
-		NoSyscallFilter:    s.Get("filter-syscalls") == "false",
-		AllowNewPrivileges: s.Get("allow-new-privileges") == "true",
-		ShmSize:            s.Get("sandbox-dev-shm-size"),
-		PostBuildHook:      s.Get("post-build-hook"),
+		MaxJobs:                atoi("max-jobs"),
+		Cores:                  atoi("cores"),
+		KeepFailed:             s.Get("keep-failed") == "true",
+		KeepGoing:              s.Get("keep-going") == "true",
+		MaxSilentTime:          secs("max-silent-time"),
+		Timeout:                secs("timeout"),
+		Sandbox:                s.Get("sandbox") != "false",
+		SandboxRelaxed:         s.Get("sandbox") == "relaxed",
+		SandboxFallback:        s.Get("sandbox-fallback") != "false",
+		SandboxPaths:           append(strings.Fields(s.Get("sandbox-paths")), strings.Fields(s.Get("extra-sandbox-paths"))...),
+		BuildDirTarget:         s.Get("sandbox-build-dir"),
+		LogLines:               atoi("log-lines"),
+		System:                 s.Get("system"),
+		ExtraPlatforms:         strings.Fields(s.Get("extra-platforms")),
+		SystemFeatures:         strings.Fields(s.Get("system-features")),
+		CompressLog:            s.Get("compress-build-log") != "false",
+		DiscardLog:             s.Get("keep-build-log") == "false",
+		MaxLogSize:             int64(atoi("max-build-log-size")),
+		Repeat:                 min(max(atoi("repeat"), 0), maxRepeat),
+		EnforceDeterminism:     s.Get("enforce-determinism") != "false",
+		Builtins:               builtins.SettingsFrom(s, os.Getenv),
+		Network:                s.Get("fixed-output-network"),
+		Subst:                  substitute.ConfigFrom(s, func(string) {}),
+		Fallback:               s.Get("fallback") == "true",
+		SecretKeyFiles:         strings.Fields(s.Get("secret-key-files")),
+		PreBuildHook:           s.Get("pre-build-hook"),
+		ImpersonateLinux26:     s.Get("impersonate-linux-26") == "true",
+		DiffHook:               s.Get("diff-hook"),
+		RunDiffHook:            s.Get("run-diff-hook") == "true",
+		NoSyscallFilter:        s.Get("filter-syscalls") == "false",
+		AllowNewPrivileges:     s.Get("allow-new-privileges") == "true",
+		ShmSize:                s.Get("sandbox-dev-shm-size"),
+		PostBuildHook:          s.Get("post-build-hook"),
+		Builders:               s.Get("builders"),
+		BuildersUseSubstitutes: s.Get("builders-use-substitutes") == "true",
 	}
 	if kv, ok := s.(interface{ KeyValue() string }); ok && o.PostBuildHook != "" {
 		o.HookConfig = kv.KeyValue()
@@ -266,6 +274,13 @@ type ModeLogger interface {
 	Print(msg string, info bool)
 }
 
+// RemoteLogger is a Logger told which remote builder a build runs on (Nix's
+// "building '…' on '…'").
+type RemoteLogger interface {
+	Logger
+	BuildStartedOn(drv storepath.StorePath, machine string) BuildLog
+}
+
 // BuildLog receives one build's output, line by line.
 type BuildLog interface {
 	Line(text string)    // a line of the builder's output, without "\n"
@@ -307,6 +322,7 @@ type Builder struct {
 
 	mu    sync.Mutex
 	goals map[goalKey]*goal
+	freed chan struct{} // closed when a remote build ends (remote.go)
 	seq   atomic.Uint64
 	cache derivation.HashCache
 }
@@ -398,6 +414,12 @@ type request struct {
 	done, expected, running, failed int
 	reported                        map[storepath.StorePath]bool
 	good                            map[storepath.StorePath]bool // contentsGood's answers (repair)
+	// The remote builders, parsed on first use (remote.go); noRemote
+	// keeps them out (a basic derivation's request, as in Nix).
+	noRemote     bool
+	remoteParsed bool
+	remote       *remotebuild.Scheduler
+	remoteErr    error
 }
 
 func (r *request) progress(f func()) {
@@ -539,6 +561,7 @@ func (b *Builder) Build(ctx context.Context, targets []Target, opts Options, log
 // as the derivation at drvPath, which need not be in the store.
 func (b *Builder) BuildDerivation(ctx context.Context, drvPath storepath.StorePath, drv *derivation.Derivation, opts Options, log Logger) Result {
 	r := b.newRequest(opts, log)
+	r.noRemote = true
 	res := Result{Target: Target{Drv: drvPath}}
 	outs, missing, err := b.missing(ctx, drv, nil)
 	if err != nil {
@@ -665,6 +688,7 @@ type goal struct {
 	requests []*request
 	running  bool
 	sinks    []BuildLog
+	machine  string // the remote builder's store URI, while one builds it
 }
 
 // acquire returns the goal for drvPath in mode, joining a running one or

@@ -49,7 +49,12 @@ func (g *goal) logf(info bool, format string, args ...any) {
 }
 
 // buildStarted opens r's log of g's build, telling a ModeLogger the mode.
+// Called with g.mu held, or by g's own goroutine (the only writer of
+// g.machine).
 func (r *request) buildStarted(g *goal) BuildLog {
+	if rl, ok := r.log.(RemoteLogger); ok && g.machine != "" {
+		return rl.BuildStartedOn(g.drvPath, g.machine)
+	}
 	if ml, ok := r.log.(ModeLogger); ok {
 		return ml.BuildStartedMode(g.drvPath, g.mode, max(g.round, 1), max(g.rounds, 1))
 	}

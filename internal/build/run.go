@@ -45,19 +45,24 @@ func (b *Builder) build(g *goal, r *request) (Status, error) {
 	ctx := g.ctx
 	drv := g.drv
 	opts := r.opts
-	required := strings.Fields(drv.Env["requiredSystemFeatures"])
-	slices.Sort(required)
-	required = slices.Compact(required)
-	missingFeature := slices.ContainsFunc(required, func(f string) bool { return !slices.Contains(opts.SystemFeatures, f) })
-	if drv.Platform != opts.System && !slices.Contains(opts.ExtraPlatforms, drv.Platform) && !isBuiltin(drv) || missingFeature {
+	if handled, status, err := b.tryRemote(g, r); handled {
+		return status, err
+	}
+	if opts.MaxJobs == 0 {
+		// As Nix's worker: whether remote builders were there to try.
+		if sched, _ := r.remoteScheduler(b.store.StateDir()); sched != nil {
+			return MiscFailure, errors.New("unable to start any build; remote machines may not have all required system features." +
+				"\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html")
+		}
+		return MiscFailure, errors.New("unable to start any build; either increase '--max-jobs' or enable remote builds." +
+			"\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html")
+	}
+	required := requiredFeatures(drv)
+	if !platformHere(drv, opts) && !isBuiltin(drv) || !featuresHere(required, opts) {
 		have := slices.Clone(opts.SystemFeatures)
 		slices.Sort(have)
 		return MiscFailure, fmt.Errorf("a '%s' with features {%s} is required to build '%s', but I am a '%s' with features {%s}",
 			hl(drv.Platform), hl(strings.Join(required, ", ")), hl(g.drvPath.String()), hl(opts.System), hl(strings.Join(slices.Compact(have), ", ")))
-	}
-	if opts.MaxJobs == 0 {
-		return MiscFailure, errors.New("unable to start any build; either increase '--max-jobs' or enable remote builds." +
-			"\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html")
 	}
 	sl := &slot{r: r}
 	if err := sl.prepare(ctx); err != nil {
@@ -217,22 +222,7 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status S
 	}
 	defer release()
 
-	// Input closure: input sources and the wanted outputs of input drvs.
-	roots := slices.Clone(drv.InputSrcs)
-	for _, in := range sortedPaths(drv.InputDrvs) {
-		inDrv, err := b.readDrv(ctx, in)
-		if err != nil {
-			return MiscFailure, err
-		}
-		for _, o := range drv.InputDrvs[in] {
-			out, ok := inDrv.Outputs[o]
-			if !ok || out.Path.IsZero() {
-				return MiscFailure, fmt.Errorf("derivation '%s' has no output '%s'", in, o)
-			}
-			roots = append(roots, out.Path)
-		}
-	}
-	inputs, err := st.QueryClosure(ctx, roots, false)
+	inputs, err := b.inputClosure(ctx, drv)
 	if err != nil {
 		return MiscFailure, err
 	}
@@ -386,18 +376,7 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status S
 		})
 		defer t.Stop()
 	}
-	lw := newLineWriter(opts.LogLines, func(line string, msg bool) {
-		g.mu.Lock()
-		sinks := slices.Clone(g.sinks)
-		g.mu.Unlock()
-		for _, s := range sinks {
-			if msg {
-				s.Message(line[len("@nix "):])
-			} else {
-				s.Line(line)
-			}
-		}
-	})
+	lw := newLineWriter(opts.LogLines, g.emit)
 	copyDone := make(chan error, 1)
 	go func() {
 		buf := make([]byte, 32<<10)
@@ -487,16 +466,8 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status S
 	}
 
 	status, err = b.registerOutputs(ctx, g, r, dirs, inputs)
-	if err == nil && status == Built && opts.PostBuildHook != "" {
-		hookLine := func(line string) {
-			g.mu.Lock()
-			sinks := slices.Clone(g.sinks)
-			g.mu.Unlock()
-			for _, s := range sinks {
-				s.Line("post-build-hook: " + line)
-			}
-		}
-		if err = runPostBuildHook(ctx, opts.PostBuildHook, opts.HookConfig, g.drvPath, drv, hookLine); err != nil {
+	if err == nil && status == Built {
+		if err = b.postBuild(g, r); err != nil {
 			status = MiscFailure
 		}
 	}
@@ -505,6 +476,52 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status S
 		r.logKeep(dirs.build)
 	}
 	return status, err
+}
+
+// inputClosure is the closure of drv's input sources and the outputs it
+// wants of its input derivations.
+func (b *Builder) inputClosure(ctx context.Context, drv *derivation.Derivation) ([]storepath.StorePath, error) {
+	roots := slices.Clone(drv.InputSrcs)
+	for _, in := range sortedPaths(drv.InputDrvs) {
+		inDrv, err := b.readDrv(ctx, in)
+		if err != nil {
+			return nil, err
+		}
+		for _, o := range drv.InputDrvs[in] {
+			out, ok := inDrv.Outputs[o]
+			if !ok || out.Path.IsZero() {
+				return nil, fmt.Errorf("derivation '%s' has no output '%s'", in, o)
+			}
+			roots = append(roots, out.Path)
+		}
+	}
+	return b.store.QueryClosure(ctx, roots, false)
+}
+
+// emit passes a line of the builder's output (or an "@nix" message) to
+// the logs of g's requests.
+func (g *goal) emit(line string, msg bool) {
+	g.mu.Lock()
+	sinks := slices.Clone(g.sinks)
+	g.mu.Unlock()
+	for _, s := range sinks {
+		if msg {
+			s.Message(line[len("@nix "):])
+		} else {
+			s.Line(line)
+		}
+	}
+}
+
+// postBuild runs post-build-hook once g's outputs are valid, its output
+// going to g's logs.
+func (b *Builder) postBuild(g *goal, r *request) error {
+	if r.opts.PostBuildHook == "" {
+		return nil
+	}
+	return runPostBuildHook(g.ctx, r.opts.PostBuildHook, r.opts.HookConfig, g.drvPath, g.drv, func(line string) {
+		g.emit("post-build-hook: "+line, false)
+	})
 }
 
 func (r *request) logKeep(dir string) {

@@ -300,6 +300,10 @@ func (l *cliBuildLog) BuildStartedMode(drv storepath.StorePath, m build.Mode, ro
 	}
 	return l
 }
+func (l *cliBuildLog) BuildStartedOn(drv storepath.StorePath, machine string) build.BuildLog {
+	l.printf("building '%s' on '%s'...\n", drv, machine)
+	return l
+}
 func (l *cliBuildLog) Print(msg string, info bool) { l.printf("%s\n", msg) }
 
 // Substituting prints what nix-build prints as a path is substituted.

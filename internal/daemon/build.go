@@ -161,6 +161,13 @@ func (l *buildLogger) BuildStartedMode(drv storepath.StorePath, m build.Mode, ro
 	return &buildActivity{c: l.c, id: id, children: map[uint64]uint64{}}
 }
 
+// BuildStartedOn starts the Build activity of a build on a remote builder.
+func (l *buildLogger) BuildStartedOn(drv storepath.StorePath, machine string) build.BuildLog {
+	id := l.c.log.StartActivity(protocol.LvlInfo, protocol.ActBuild, fmt.Sprintf("building '%s' on '%s'", drv, machine),
+		protocol.StringField(drv.String()), protocol.StringField(machine), protocol.IntField(1), protocol.IntField(1))
+	return &buildActivity{c: l.c, id: id, children: map[uint64]uint64{}}
+}
+
 // Print logs a message as Nix's printError or printInfo.
 func (l *buildLogger) Print(msg string, info bool) {
 	lvl := protocol.LvlError
