@@ -324,7 +324,7 @@ func (l *cliBuildLog) Error(msg string) {
 		l.printf("%s\n", msg)
 		return
 	}
-	l.printf("error: %s\n", msg)
+	l.printf("%s\n", errorText(msg))
 }
 func (l *cliBuildLog) Line(text string) { l.printf("%s\n", text) }
 func (l *cliBuildLog) Done()            {}

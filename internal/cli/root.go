@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -50,7 +51,7 @@ func Main(args []string) int {
 func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	args, options, err := takeOptions(args)
 	if err != nil {
-		fmt.Fprintf(stderr, "error: %v\n", err)
+		fmt.Fprintln(stderr, errorText(err.Error()))
 		return 1
 	}
 	ctx = context.WithValue(ctx, optionsKey{}, options)
@@ -59,10 +60,16 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(stderr, "error: %v\n", err)
+		fmt.Fprintln(stderr, errorText(err.Error()))
 		return exitStatus(err)
 	}
 	return 0
+}
+
+// errorText is msg as Nix prints an error: after "error: ", and every
+// further line indented to match.
+func errorText(msg string) string {
+	return "error: " + strings.ReplaceAll(strings.TrimRight(msg, "\n"), "\n", "\n       ")
 }
 
 // exitError carries a specific exit status out of a verb.

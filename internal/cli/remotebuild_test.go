@@ -1,0 +1,122 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"cairn/internal/testutil/nixtest"
+)
+
+const remoteNix = `
+let mk = name: script: deps: derivation { inherit name deps; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
+  dep = mk "remote-dep" "echo dep > $out" [];
+in {
+  top = mk "remote-top" "echo top $deps > $out" [ dep ];
+  fails = mk "remote-fails" "echo going to fail; exit 3" [];
+  feat = derivation { name = "remote-feat"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo x > $out" ]; requiredSystemFeatures = [ "big" ]; };
+  here = derivation { name = "remote-here"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo here > $out" ]; preferLocalBuild = true; };
+}
+`
+
+// TestRemoteBuildAgainstNix: cairn build with remote builders against
+// nix-build with the same builders, each on its own chroot store, the
+// remote side being Nix's own nix-store --serve on localhost (which both
+// run without ssh): the same outputs and metadata here and there, the same
+// slot lock files, the same messages for a failing build, for a derivation
+// no machine can take, for a machine that cannot be reached, and a local
+// build for a derivation that prefers one.
+func TestRemoteBuildAgainstNix(t *testing.T) {
+	nixtest.Require(t, "nix", "nix-store", "nix-build", "nix-instantiate")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir := t.TempDir()
+	bin := cairnBinary(t, dir)
+	file := filepath.Join(dir, "remote.nix")
+	os.WriteFile(file, []byte(remoteNix), 0o644)
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
+		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
+	cmds := commander{t, env}
+	run, must := cmds.run, cmds.must
+	type side struct{ name, local, remote string }
+	sides := []*side{{name: "nix"}, {name: "cairn"}}
+	for _, s := range sides {
+		s.local = "local?root=" + filepath.Join(dir, s.name+"-local")
+		s.remote = filepath.Join(dir, s.name+"-remote")
+	}
+	builder := func(s *side, extra string) string {
+		return "ssh://localhost?remote-store=local?root=" + s.remote + " x86_64-linux" + extra
+	}
+	// build runs either tool's build of attr with max-jobs and builders.
+	build := func(s *side, attr, maxJobs, builders string) (string, string, int) {
+		if s.name == "nix" {
+			return run("nix-build", "--store", s.local, "--max-jobs", maxJobs, "--builders", builders, "--no-out-link", file, "-A", attr)
+		}
+		drv := must("nix-instantiate", "--store", s.local, file, "-A", attr)
+		return run(bin, "--store", s.local, "build", "--option", "max-jobs", maxJobs, "--option", "builders", builders, drv)
+	}
+	regTime := regexp.MustCompile(`"registrationTime":[0-9]+`)
+	both := func(what string, check func(s *side) string) {
+		t.Helper()
+		a, b := check(sides[0]), check(sides[1])
+		if a, b = regTime.ReplaceAllString(a, ""), regTime.ReplaceAllString(b, ""); a != b || a == "" {
+			t.Errorf("%s:\nnix-build:\n%s\ncairn build:\n%s", what, a, b)
+		}
+	}
+	// from returns msg from its first line that starts with prefix on, the
+	// store locations replaced.
+	from := func(s *side, msg, prefix string) string {
+		msg = strings.ReplaceAll(msg, s.remote, "REMOTE")
+		if i := strings.Index(msg, prefix); i >= 0 {
+			return msg[i:]
+		}
+		return "(no " + prefix + ") " + msg
+	}
+
+	both("a dependent graph built remotely", func(s *side) string {
+		out, errOut, code := build(s, "top", "0", builder(s, ""))
+		if code != 0 || !strings.Contains(errOut, "' on 'ssh://localhost?remote-store=local?root="+s.remote+"'") {
+			t.Errorf("%s: exit %d, no build on the machine:\n%s", s.name, code, errOut)
+		}
+		here := must("nix", "path-info", "--store", s.local, "--json", "-r", out)
+		there := must("nix", "path-info", "--store", "local?root="+s.remote, "--json", "-r", out)
+		contents := must("nix", "store", "cat", "--store", s.local, out)
+		load, _ := os.ReadDir(filepath.Join(strings.TrimPrefix(s.local, "local?root="), "nix/var/nix/current-load"))
+		var names []string
+		for _, e := range load {
+			names = append(names, strings.ReplaceAll(e.Name(), strings.ReplaceAll(s.remote, "/", "_"), "REMOTE"))
+		}
+		slices.Sort(names)
+		return strings.Join([]string{out, contents, here, there, strings.Join(names, " ")}, "\n")
+	})
+	both("a builder that fails there", func(s *side) string {
+		_, errOut, code := build(s, "fails", "0", builder(s, ""))
+		if !strings.Contains(errOut, "going to fail") {
+			t.Errorf("%s: no builder output:\n%s", s.name, errOut)
+		}
+		// Nix's nix-build shows the log as it comes and quotes none.
+		errOut, _, _ = strings.Cut(errOut, ";\n")
+		return strings.TrimSpace(from(s, errOut, "error: build of")) + "\nexit " + string(rune('0'+code))
+	})
+	both("no machine with the features", func(s *side) string {
+		// Also a parse of three machines, as Nix prints them.
+		b := builder(s, ",i686-linux - 2 3 kvm,foo,kvm bar ; localhost2 - - 0")
+		_, errOut, code := build(s, "feat", "0", b)
+		return from(s, errOut, "Failed to find") + "\nexit " + string(rune('0'+code))
+	})
+	both("a machine that cannot be reached", func(s *side) string {
+		_, errOut, code := build(s, "fails", "0", "ssh://localhost?remote-program=/nonexistent/prog x86_64-linux")
+		return from(s, errOut, "cannot build on") + "\nexit " + string(rune('0'+code))
+	})
+	both("a derivation that prefers a local build", func(s *side) string {
+		out, errOut, code := build(s, "here", "1", builder(s, ""))
+		if code != 0 || strings.Contains(errOut, " on 'ssh://") {
+			t.Errorf("%s: exit %d, built remotely or not at all:\n%s", s.name, code, errOut)
+		}
+		return must("nix", "path-info", "--store", s.local, "--json", out)
+	})
+}
