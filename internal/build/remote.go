@@ -193,7 +193,7 @@ func (l *remoteLog) Write(p []byte) (int, error) {
 func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (status Status, err error, connected bool) {
 	ctx, drv, opts, st := g.ctx, g.drv, r.opts, b.store
 	log := &remoteLog{lw: newLineWriter(opts.LogLines, g.emit)}
-	conn, err := remotebuild.Dial(ctx, m, log)
+	conn, err := remotebuild.Open(ctx, m, st.StoreDir(), log)
 	if err != nil {
 		return MiscFailure, err, false
 	}
@@ -266,7 +266,7 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 		basic.InputSrcs = inputs
 	}
 	basic.InputDrvs = nil
-	res, err := conn.BuildDerivation(g.drvPath, &basic, protocol.ServeBuildOptions{
+	res, err := conn.Build(ctx, g.drvPath, &basic, protocol.ServeBuildOptions{
 		MaxSilentTime:      uint64(opts.MaxSilentTime / time.Second),
 		BuildTimeout:       uint64(opts.Timeout / time.Second),
 		MaxLogSize:         uint64(max(opts.MaxLogSize, 0)),
@@ -291,7 +291,7 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 		}
 	}
 	if len(missing) > 0 {
-		uri := "ssh://" + conn.Host
+		uri := conn.URI()
 		_, err := remotebuild.CopyFrom(ctx, conn, st, missing, func(info *store.PathInfo) func() {
 			var acts []substitute.Activity
 			g.forEach(func(r *request) {

@@ -25,7 +25,8 @@ in {
 // TestRemoteBuildAgainstNix: cairn build with remote builders against
 // nix-build with the same builders, each on its own chroot store, the
 // remote side being Nix's own nix-store --serve on localhost (which both
-// run without ssh): the same outputs and metadata here and there, the same
+// run without ssh), and nix-daemon --stdio for ssh-ng:// machines: the same
+// outputs and metadata here and there, the same
 // slot lock files, the same messages for a failing build, for a derivation
 // no machine can take, for a machine that cannot be reached, and a local
 // build for a derivation that prefers one.
@@ -111,6 +112,19 @@ func TestRemoteBuildAgainstNix(t *testing.T) {
 	both("a machine that cannot be reached", func(s *side) string {
 		_, errOut, code := build(s, "fails", "0", "ssh://localhost?remote-program=/nonexistent/prog x86_64-linux")
 		return from(s, errOut, "cannot build on") + "\nexit " + string(rune('0'+code))
+	})
+	both("the graph on an ssh-ng:// machine (nix-daemon --stdio)", func(s *side) string {
+		ng := strings.Replace(builder(s, ""), "ssh://", "ssh-ng://", 1)
+		ng = strings.Replace(ng, s.remote, s.remote+"-ng", 1)
+		l := s.local
+		s.local += "-ng"
+		defer func() { s.local = l }()
+		out, errOut, code := build(s, "top", "0", ng)
+		if code != 0 || !strings.Contains(errOut, "' on 'ssh-ng://localhost?remote-store=") {
+			t.Errorf("%s: exit %d, no build on the ssh-ng machine:\n%s", s.name, code, errOut)
+		}
+		return strings.Join([]string{out, must("nix", "path-info", "--store", s.local, "--json", "-r", out),
+			must("nix", "path-info", "--store", "local?root="+s.remote+"-ng", "--json", "-r", out)}, "\n")
 	})
 	both("a derivation that prefers a local build", func(s *side) string {
 		out, errOut, code := build(s, "here", "1", builder(s, ""))

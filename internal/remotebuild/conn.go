@@ -72,11 +72,16 @@ func (s *stderrSwitch) held() string {
 // shellEscape quotes s for sh, as Nix's shellEscape.
 func shellEscape(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// command is the argv that runs the serve protocol on m, and the host.
+// command is the argv that runs the serve protocol (ssh://) or the worker
+// protocol (ssh-ng://) on m, and the host.
 func command(m *Machine, tmp string) (argv []string, host string, err error) {
+	program, args := "nix-store", " --serve --write"
 	rest, ok := strings.CutPrefix(m.StoreURI, "ssh://")
 	if !ok {
-		return nil, "", fmt.Errorf("store '%s': only ssh:// remote builders are supported", m.StoreURI)
+		if rest, ok = strings.CutPrefix(m.StoreURI, "ssh-ng://"); !ok {
+			return nil, "", fmt.Errorf("store '%s': remote builders must be ssh:// or ssh-ng:// stores", m.StoreURI)
+		}
+		program, args = "nix-daemon", " --stdio"
 	}
 	host, query, _ := strings.Cut(rest, "?")
 	params, err := url.ParseQuery(query)
@@ -86,11 +91,10 @@ func command(m *Machine, tmp string) (argv []string, host string, err error) {
 	if host == "" || strings.HasPrefix(host, "-") {
 		return nil, "", fmt.Errorf("invalid SSH host name '%s'", host)
 	}
-	program := "nix-store"
 	if p := params.Get("remote-program"); p != "" {
 		program = p
 	}
-	cmdline := program + " --serve --write"
+	cmdline := program + args
 	if rs := params.Get("remote-store"); rs != "" {
 		cmdline += " --store " + shellEscape(rs)
 	}
@@ -131,53 +135,63 @@ func command(m *Machine, tmp string) (argv []string, host string, err error) {
 	return append(argv, cmdline), host, nil
 }
 
-// Dial starts the serve protocol on m and shakes hands. After the
-// handshake, what the remote side writes to stderr (its builders' logs)
-// goes to log. The error of a failed connection reads as Nix's ("cannot
-// connect to 'HOST'"), followed by what the remote side said.
-func Dial(ctx context.Context, m *Machine, log io.Writer) (*Conn, error) {
-	tmp, err := os.MkdirTemp("", "cairn-ssh-")
+// start runs the command that speaks to m's store, its stderr held by the
+// returned switch until the connection is made.
+func start(ctx context.Context, m *Machine) (cmd *exec.Cmd, stdin io.WriteCloser, stdout io.Reader, stderr *stderrSwitch, host, tmp string, err error) {
+	tmp, err = os.MkdirTemp("", "cairn-ssh-")
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, nil, "", "", err
 	}
 	argv, host, err := command(m, tmp)
+	if err == nil {
+		cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
+		cmd.Env = withoutPrompts(os.Environ())
+		stderr = &stderrSwitch{}
+		cmd.Stderr = stderr
+		if stdin, err = cmd.StdinPipe(); err == nil {
+			if stdout, err = cmd.StdoutPipe(); err == nil {
+				if err = cmd.Start(); err != nil {
+					err = fmt.Errorf("cannot connect to '%s': %w", host, err)
+				}
+			}
+		}
+	}
 	if err != nil {
 		os.RemoveAll(tmp)
-		return nil, err
+		return nil, nil, nil, nil, "", "", err
 	}
-	c := &Conn{Host: host, tmp: tmp, stderr: &stderrSwitch{}}
-	c.cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
-	c.cmd.Env = withoutPrompts(os.Environ())
-	c.cmd.Stderr = c.stderr
-	stdin, err := c.cmd.StdinPipe()
+	return cmd, stdin, stdout, stderr, host, tmp, nil
+}
+
+// connectError is Nix's message for a connection that failed (EOF, or not
+// the protocol), followed by what the remote side said.
+func connectError(program, host string, err error, said string) error {
+	var e error = fmt.Errorf("cannot connect to '%s'", host)
+	if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		e = fmt.Errorf("'%s' protocol mismatch from '%s': %v", program, host, err)
+	}
+	if said != "" {
+		e = fmt.Errorf("%w: %s", e, said)
+	}
+	return e
+}
+
+// Dial starts the serve protocol on m (an ssh:// machine) and shakes
+// hands. After the handshake, what the remote side writes to stderr (its
+// builders' logs) goes to log. The error of a failed connection reads as
+// Nix's ("cannot connect to 'HOST'"), followed by what the remote side said.
+func Dial(ctx context.Context, m *Machine, log io.Writer) (*Conn, error) {
+	cmd, stdin, stdout, stderr, host, tmp, err := start(ctx, m)
 	if err != nil {
-		os.RemoveAll(tmp)
 		return nil, err
 	}
-	stdout, err := c.cmd.StdoutPipe()
-	if err != nil {
-		os.RemoveAll(tmp)
-		return nil, err
-	}
-	if err := c.cmd.Start(); err != nil {
-		os.RemoveAll(tmp)
-		return nil, fmt.Errorf("cannot connect to '%s': %w", host, err)
-	}
-	c.stdin = stdin
+	c := &Conn{Host: host, tmp: tmp, stderr: stderr, cmd: cmd, stdin: stdin}
 	c.r = wire.NewReader(stdout)
 	c.w = wire.NewWriter(stdin)
 	v, err := protocol.ServeClientHandshake(c.r, c.w, protocol.ServeVersion)
 	if err != nil {
 		c.Close()
-		msg := c.stderr.held()
-		var e error = fmt.Errorf("cannot connect to '%s'", host)
-		if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-			e = fmt.Errorf("'nix-store --serve' protocol mismatch from '%s': %v", host, err)
-		}
-		if msg != "" {
-			e = fmt.Errorf("%w: %s", e, msg)
-		}
-		return nil, e
+		return nil, connectError("nix-store --serve", host, err, c.stderr.held())
 	}
 	c.Version = min(v, protocol.ServeVersion)
 	c.stderr.connect(log)

@@ -37,8 +37,8 @@ func dependenciesFirst(infos []*store.PathInfo) ([]*store.PathInfo, error) {
 // sent, dependencies first, as Nix's copyPaths sends them to an ssh store.
 // With substitute the machine may substitute them instead. It returns how
 // many paths were sent.
-func CopyTo(ctx context.Context, c *Conn, st *local.Store, paths []storepath.StorePath, substitute bool) (int, error) {
-	valid, err := c.QueryValidPaths(paths, false, substitute)
+func CopyTo(ctx context.Context, c Peer, st *local.Store, paths []storepath.StorePath, substitute bool) (int, error) {
+	valid, err := c.queryValid(ctx, paths, substitute)
 	if err != nil {
 		return 0, err
 	}
@@ -56,7 +56,7 @@ func CopyTo(ctx context.Context, c *Conn, st *local.Store, paths []storepath.Sto
 		return 0, err
 	}
 	if len(infos) != len(missing) {
-		return 0, fmt.Errorf("copy to '%s': some of %d paths are not valid here", c.Host, len(missing))
+		return 0, fmt.Errorf("copy to '%s': some of %d paths are not valid here", c.URI(), len(missing))
 	}
 	if infos, err = dependenciesFirst(infos); err != nil {
 		return 0, err
@@ -64,7 +64,7 @@ func CopyTo(ctx context.Context, c *Conn, st *local.Store, paths []storepath.Sto
 	for i, info := range infos {
 		pr, pw := io.Pipe()
 		go func() { pw.CloseWithError(st.NarFromPath(ctx, info.Path, pw)) }()
-		err := c.AddToStoreNar(info, pr)
+		err := c.addNar(ctx, info, pr)
 		pr.CloseWithError(io.ErrClosedPipe)
 		if err != nil {
 			return i, err
@@ -77,14 +77,14 @@ func CopyTo(ctx context.Context, c *Conn, st *local.Store, paths []storepath.Sto
 // has, all registered in one transaction, and returns their infos. started
 // is told as each path's copy starts, and the function it returns as it
 // ends (Nix's "copying path '…' from '…'").
-func CopyFrom(ctx context.Context, c *Conn, st *local.Store, paths []storepath.StorePath, started func(*store.PathInfo) func()) ([]*store.PathInfo, error) {
-	infos, err := c.QueryPathInfos(paths)
+func CopyFrom(ctx context.Context, c Peer, st *local.Store, paths []storepath.StorePath, started func(*store.PathInfo) func()) ([]*store.PathInfo, error) {
+	infos, err := c.queryInfos(ctx, paths)
 	if err != nil {
 		return nil, err
 	}
 	for _, p := range paths {
 		if !slices.ContainsFunc(infos, func(i *store.PathInfo) bool { return i.Path == p }) {
-			return nil, fmt.Errorf("path '%s' is not valid on '%s'", p, c.Host)
+			return nil, fmt.Errorf("path '%s' is not valid on '%s'", p, c.URI())
 		}
 	}
 	if infos, err = dependenciesFirst(infos); err != nil {
@@ -97,7 +97,7 @@ func CopyFrom(ctx context.Context, c *Conn, st *local.Store, paths []storepath.S
 		info.Ultimate = false
 		info.RegistrationTime = now
 		done := started(info)
-		r, err := c.DumpStorePath(info.Path, info.NarSize)
+		r, finish, err := c.nar(ctx, info.Path, info.NarSize)
 		if err != nil {
 			done()
 			return nil, err
@@ -107,12 +107,15 @@ func CopyFrom(ctx context.Context, c *Conn, st *local.Store, paths []storepath.S
 			// A NAR shorter than its size fails the hash; one that
 			// is longer would leave bytes in the stream.
 			if n, _ := io.Copy(io.Discard, r); n > 0 {
-				err = fmt.Errorf("copy %s from '%s': %d bytes after the NAR", info.Path, c.Host, n)
+				err = fmt.Errorf("%d bytes after the NAR", n)
 			}
+		}
+		if ferr := finish(); err == nil {
+			err = ferr
 		}
 		done()
 		if err != nil {
-			return nil, fmt.Errorf("copy %s from '%s': %w", info.Path, c.Host, err)
+			return nil, fmt.Errorf("copy %s from '%s': %w", info.Path, c.URI(), err)
 		}
 	}
 	if err := b.Commit(ctx); err != nil {
