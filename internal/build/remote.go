@@ -254,7 +254,9 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 	if err != nil {
 		return failed(err.Error())
 	}
-	_, err = remotebuild.CopyTo(ctx, conn, st, inputs, opts.BuildersUseSubstitutes)
+	// Nix's copyPaths activity, as its text shows.
+	copying := func(n int) { g.logf(true, "copying %d paths...", n) }
+	_, err = remotebuild.CopyTo(ctx, conn, st, inputs, opts.BuildersUseSubstitutes, copying)
 	release()
 	if err != nil {
 		return failed(err.Error())
@@ -291,6 +293,7 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 		}
 	}
 	if len(missing) > 0 {
+		copying(len(missing))
 		uri := conn.URI()
 		_, err := remotebuild.CopyFrom(ctx, conn, st, missing, func(info *store.PathInfo) func() {
 			var acts []substitute.Activity

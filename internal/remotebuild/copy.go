@@ -35,9 +35,10 @@ func dependenciesFirst(infos []*store.PathInfo) ([]*store.PathInfo, error) {
 
 // CopyTo makes paths (a closure) valid on the machine: those it lacks are
 // sent, dependencies first, as Nix's copyPaths sends them to an ssh store.
-// With substitute the machine may substitute them instead. It returns how
+// With substitute the machine may substitute them instead. copying is told
+// how many it lacks before they go (Nix's "copying N paths"). It returns how
 // many paths were sent.
-func CopyTo(ctx context.Context, c Peer, st *local.Store, paths []storepath.StorePath, substitute bool) (int, error) {
+func CopyTo(ctx context.Context, c Peer, st *local.Store, paths []storepath.StorePath, substitute bool, copying func(n int)) (int, error) {
 	valid, err := c.queryValid(ctx, paths, substitute)
 	if err != nil {
 		return 0, err
@@ -48,6 +49,7 @@ func CopyTo(ctx context.Context, c Peer, st *local.Store, paths []storepath.Stor
 			missing = append(missing, p)
 		}
 	}
+	copying(len(missing))
 	if len(missing) == 0 {
 		return 0, nil
 	}
