@@ -30,9 +30,8 @@ import (
 // protocol's BuildDerivation, and the missing outputs copied back. The
 // machine's stderr is the build's log.
 //
-// Unlike Nix, the outputs are not locked while they build remotely: the
-// copy back locks them as any add does, and takes nothing another process
-// made valid meanwhile.
+// The outputs are locked from the connection on, and copied back under
+// those locks, as Nix's hook copies them under the goal's.
 
 // uploadLockWait is how long a build waits for another to finish copying
 // to the same machine before it copies anyway, as Nix's hook.
@@ -217,6 +216,29 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 		log.file = f
 		log.mu.Unlock()
 	}
+	// As a local build: the collector waits, and the outputs are locked
+	// (Nix's hook copies them back under the goal's locks too).
+	releaseGC, err := st.HoldGC(ctx)
+	if err != nil {
+		return MiscFailure, err, true
+	}
+	defer releaseGC()
+	var outs []storepath.StorePath
+	for _, name := range drv.OutputNames() {
+		outs = append(outs, drv.Outputs[name].Path)
+	}
+	locks, err := st.LockStorePaths(ctx, outs)
+	if err != nil {
+		return MiscFailure, err, true
+	}
+	built := false
+	defer func() { locks.Unlock(built) }()
+	if _, missing, err := b.missing(ctx, drv, nil); err != nil {
+		return MiscFailure, err, true
+	} else if !missing {
+		built = true
+		return AlreadyValid, nil, true
+	}
 	g.mu.Lock()
 	g.machine = m.StoreURI
 	g.mu.Unlock()
@@ -295,7 +317,7 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 	if len(missing) > 0 {
 		copying(len(missing))
 		uri := conn.URI()
-		_, err := remotebuild.CopyFrom(ctx, conn, st, missing, func(info *store.PathInfo) func() {
+		_, err := remotebuild.CopyFrom(ctx, conn, st, missing, true, func(info *store.PathInfo) func() {
 			var acts []substitute.Activity
 			g.forEach(func(r *request) {
 				if l := r.substLogger(); l != nil {
@@ -312,6 +334,7 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 			return failed(err.Error())
 		}
 	}
+	built = true
 	if err := b.postBuild(g, r); err != nil {
 		return MiscFailure, err, true
 	}

@@ -78,8 +78,9 @@ func CopyTo(ctx context.Context, c Peer, st *local.Store, paths []storepath.Stor
 // CopyFrom makes paths valid here with the NARs and metadata the machine
 // has, all registered in one transaction, and returns their infos. started
 // is told as each path's copy starts, and the function it returns as it
-// ends (Nix's "copying path '…' from '…'").
-func CopyFrom(ctx context.Context, c Peer, st *local.Store, paths []storepath.StorePath, started func(*store.PathInfo) func()) ([]*store.PathInfo, error) {
+// ends (Nix's "copying path '…' from '…'"). With locked the caller holds
+// the paths' locks.
+func CopyFrom(ctx context.Context, c Peer, st *local.Store, paths []storepath.StorePath, locked bool, started func(*store.PathInfo) func()) ([]*store.PathInfo, error) {
 	infos, err := c.queryInfos(ctx, paths)
 	if err != nil {
 		return nil, err
@@ -94,6 +95,9 @@ func CopyFrom(ctx context.Context, c Peer, st *local.Store, paths []storepath.St
 	}
 	b := st.NewBatch()
 	defer b.Discard()
+	if locked {
+		b.HoldingLocks(paths...)
+	}
 	now := time.Now()
 	for _, info := range infos {
 		info.Ultimate = false

@@ -54,6 +54,20 @@ type Batch struct {
 	// skipped are the paths the last Commit found valid already.
 	skipped    []storepath.StorePath
 	cacheStamp stamp // the WAL-index header inside the last register's transaction (infocache.go)
+	// held are paths whose locks the caller holds (LockStorePaths), which
+	// Commit must not take again: a flock is per open file.
+	held map[string]bool
+}
+
+// HoldingLocks tells the batch that the caller holds the path locks of
+// paths (a build adding its outputs), so that Commit does not wait for them.
+func (b *Batch) HoldingLocks(paths ...storepath.StorePath) {
+	if b.held == nil {
+		b.held = map[string]bool{}
+	}
+	for _, p := range paths {
+		b.held[p.Base()] = true
+	}
 }
 
 // slot is the entry in a slot directory of the store's add temporary where
@@ -913,7 +927,11 @@ func (b *Batch) Commit(ctx context.Context) error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	defer release()
-	locks, err := s.lockStorePaths(ctx, bases)
+	toLock := bases
+	if len(b.held) > 0 {
+		toLock = slices.DeleteFunc(slices.Clone(bases), func(base string) bool { return b.held[base] })
+	}
+	locks, err := s.lockStorePaths(ctx, toLock)
 	if err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
