@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"cairn/internal/derivation"
 	"cairn/internal/protocol"
@@ -69,6 +71,40 @@ func (s *stderrSwitch) held() string {
 	return strings.TrimRight(s.buf.String(), " \t\n\r")
 }
 
+// decodeQuery reads a store URI's parameters as Nix's decodeQuery: pairs
+// split at '&' and the first '=', values percent-decoded ('+' stays '+'),
+// the first of two equal names kept, a pair without '=' ignored.
+func decodeQuery(q string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(q, "&") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			continue
+		}
+		var b strings.Builder
+		for i := 0; i < len(v); {
+			if v[i] != '%' {
+				b.WriteByte(v[i])
+				i++
+				continue
+			}
+			if i+2 >= len(v) {
+				return nil, fmt.Errorf("invalid URI parameter '%s'", v)
+			}
+			n, err := strconv.ParseUint(v[i+1:i+3], 16, 8)
+			if err != nil {
+				return nil, fmt.Errorf("invalid URI parameter '%s'", v)
+			}
+			b.WriteByte(byte(n))
+			i += 3
+		}
+		if _, seen := out[k]; !seen {
+			out[k] = b.String()
+		}
+	}
+	return out, nil
+}
+
 // shellEscape quotes s for sh, as Nix's shellEscape.
 func shellEscape(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
@@ -84,18 +120,18 @@ func command(m *Machine, tmp string) (argv []string, host string, err error) {
 		program, args = "nix-daemon", " --stdio"
 	}
 	host, query, _ := strings.Cut(rest, "?")
-	params, err := url.ParseQuery(query)
+	params, err := decodeQuery(query)
 	if err != nil {
 		return nil, "", fmt.Errorf("store '%s': %w", m.StoreURI, err)
 	}
 	if host == "" || strings.HasPrefix(host, "-") {
 		return nil, "", fmt.Errorf("invalid SSH host name '%s'", host)
 	}
-	if p := params.Get("remote-program"); p != "" {
+	if p := params["remote-program"]; p != "" {
 		program = p
 	}
 	cmdline := program + args
-	if rs := params.Get("remote-store"); rs != "" {
+	if rs := params["remote-store"]; rs != "" {
 		cmdline += " --store " + shellEscape(rs)
 	}
 	if host == "localhost" {
@@ -103,14 +139,14 @@ func command(m *Machine, tmp string) (argv []string, host string, err error) {
 	}
 	argv = []string{"ssh", host, "-x", "-a"}
 	argv = append(argv, fields(os.Getenv("NIX_SSHOPTS"))...)
-	key := params.Get("ssh-key")
+	key := params["ssh-key"]
 	if m.SSHKey != "" {
 		key = m.SSHKey
 	}
 	if key != "" {
 		argv = append(argv, "-i", key)
 	}
-	hostKey := params.Get("base64-ssh-public-host-key")
+	hostKey := params["base64-ssh-public-host-key"]
 	if m.SSHPublicHostKey != "" {
 		hostKey = m.SSHPublicHostKey
 	}
@@ -129,8 +165,12 @@ func command(m *Machine, tmp string) (argv []string, host string, err error) {
 		}
 		argv = append(argv, "-oUserKnownHostsFile="+file)
 	}
-	if params.Get("compress") == "true" {
+	switch params["compress"] {
+	case "true", "yes", "1":
 		argv = append(argv, "-C")
+	case "", "false", "no", "0":
+	default:
+		return nil, "", fmt.Errorf("store '%s': Boolean setting 'compress' has invalid value '%s'", m.StoreURI, params["compress"])
 	}
 	return append(argv, cmdline), host, nil
 }
@@ -146,6 +186,11 @@ func start(ctx context.Context, m *Machine) (cmd *exec.Cmd, stdin io.WriteCloser
 	if err == nil {
 		cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
 		cmd.Env = withoutPrompts(os.Environ())
+		// Cancelling kills the whole group: a child of bash or ssh that
+		// holds the pipes open would otherwise keep a read waiting.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+		cmd.WaitDelay = 5 * time.Second
 		stderr = &stderrSwitch{}
 		cmd.Stderr = stderr
 		if stdin, err = cmd.StdinPipe(); err == nil {
@@ -167,7 +212,9 @@ func start(ctx context.Context, m *Machine) (cmd *exec.Cmd, stdin io.WriteCloser
 // the protocol), followed by what the remote side said.
 func connectError(program, host string, err error, said string) error {
 	var e error = fmt.Errorf("cannot connect to '%s'", host)
-	if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+	// Only an answer that is not the protocol is a mismatch; an EOF or a
+	// write into a closed pipe is the remote side gone.
+	if errors.Is(err, protocol.ErrProtocol) {
 		e = fmt.Errorf("'%s' protocol mismatch from '%s': %v", program, host, err)
 	}
 	if said != "" {

@@ -63,9 +63,6 @@ func expand(builders string, depth int) ([]string, error) {
 			out = append(out, line)
 			continue
 		}
-		if depth >= maxMachinesDepth {
-			return nil, fmt.Errorf("read machines file %s: included more than %d deep", line[1:], maxMachinesDepth)
-		}
 		path := strings.Trim(line[1:], " \t\n\r")
 		text, err := os.ReadFile(path)
 		if errors.Is(err, os.ErrNotExist) {
@@ -73,6 +70,9 @@ func expand(builders string, depth int) ([]string, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read machines file: %w", err)
+		}
+		if depth >= maxMachinesDepth {
+			return nil, fmt.Errorf("read machines file %s: included more than %d deep", path, maxMachinesDepth)
 		}
 		more, err := expand(string(text), depth+1)
 		if err != nil {

@@ -94,10 +94,9 @@ func openLock(path string) (*os.File, error) {
 // Choose picks the least loaded machine of the right type with a free slot
 // (load over speed factor, then the faster machine, then the lower load). With
 // Decline, msg says why no machine was found (Nix's "Failed to find a machine
-// for remote build!"); it is empty when no machine is of the right type
-// because there are none.
+// for remote build!").
 func (s *Scheduler) Choose(ctx context.Context, drvName string, req Request) (slot *Slot, d Decision, msg string, err error) {
-	os.Mkdir(s.dir, 0o777) // an error shows when the lock is opened
+	os.MkdirAll(s.dir, 0o777) // an error shows when the lock is opened
 	main, err := openLock(filepath.Join(s.dir, "main-lock"))
 	if err != nil {
 		return nil, Decline, "", fmt.Errorf("lock %s: %w", s.dir, err)
@@ -137,8 +136,10 @@ func (s *Scheduler) Choose(ctx context.Context, drvName string, req Request) (sl
 		}
 		better := best == nil
 		if !better {
-			a, b := load/m.SpeedFactor, bestLoad/best.SpeedFactor
-			better = a < b || a == b && (m.SpeedFactor > best.SpeedFactor || m.SpeedFactor == best.SpeedFactor && load < bestLoad)
+			// A Machine made without Parse may have 0: Nix's is at least 1.
+			sf, bsf := max(m.SpeedFactor, 1), max(best.SpeedFactor, 1)
+			a, b := load/sf, bestLoad/bsf
+			better = a < b || a == b && (sf > bsf || sf == bsf && load < bestLoad)
 		}
 		if better {
 			closeLock(bestLock)
