@@ -25,7 +25,9 @@ in {
 // TestRemoteBuildAgainstNix: cairn build with remote builders against
 // nix-build with the same builders, each on its own chroot store, the
 // remote side being Nix's own nix-store --serve on localhost (which both
-// run without ssh), and nix-daemon --stdio for ssh-ng:// machines: the same
+// run without ssh), and nix-daemon --stdio for ssh-ng:// machines, then
+// Cairn's own as the machines' programs (cairn store serve, cairn daemon
+// --stdio): the same
 // outputs and metadata here and there, the same
 // slot lock files, the same messages for a failing build, for a derivation
 // no machine can take, for a machine that cannot be reached, and a local
@@ -126,6 +128,28 @@ func TestRemoteBuildAgainstNix(t *testing.T) {
 		return strings.Join([]string{out, must("nix", "path-info", "--store", s.local, "--json", "-r", out),
 			must("nix", "path-info", "--store", "local?root="+s.remote+"-ng", "--json", "-r", out)}, "\n")
 	})
+	// Cairn at both ends: cairn store serve (ssh://) and cairn daemon
+	// --stdio (ssh-ng://) as the machines' programs.
+	for _, scheme := range []string{"ssh", "ssh-ng"} {
+		both("the graph on a "+scheme+":// machine running Cairn", func(s *side) string {
+			program := bin + " store serve"
+			if scheme == "ssh-ng" {
+				program = bin + " daemon"
+			}
+			machine := filepath.Join(dir, s.name+"-cairn-"+scheme)
+			b := scheme + "://localhost?remote-program=" + strings.ReplaceAll(program, " ", "%20") +
+				"&remote-store=local?root=" + machine + " x86_64-linux"
+			l := s.local
+			s.local += "-to-cairn-" + scheme
+			defer func() { s.local = l }()
+			out, errOut, code := build(s, "top", "0", b)
+			if code != 0 || !strings.Contains(errOut, "' on '"+scheme+"://localhost?remote-program=") {
+				t.Errorf("%s: exit %d, no build on the machine:\n%s", s.name, code, errOut)
+			}
+			return strings.Join([]string{out, must("nix", "path-info", "--store", s.local, "--json", "-r", out),
+				must("nix", "path-info", "--store", "local?root="+machine, "--json", "-r", out)}, "\n")
+		})
+	}
 	both("a derivation that prefers a local build", func(s *side) string {
 		out, errOut, code := build(s, "here", "1", builder(s, ""))
 		if code != 0 || strings.Contains(errOut, " on 'ssh://") {
