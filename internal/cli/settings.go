@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 
 	"cairn/internal/config"
 	"cairn/internal/protocol"
@@ -94,6 +95,7 @@ func localOptions(settings *config.Settings) local.Options {
 		AutoOptimise:    settings.Bool("auto-optimise-store"),
 		BuildUsersGroup: settings.Get("build-users-group"),
 		ReservedSize:    reserved,
+		IgnoredACLs:     append([]string{}, strings.Fields(settings.Get("ignored-acls"))...), // empty: keep none
 	}
 }
 

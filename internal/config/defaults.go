@@ -128,6 +128,7 @@ var defaults = map[string]string{
 	"diff-hook":                  "",
 	"download-attempts":          "5",
 	"fallback":                   "false",
+	"ignored-acls":               "security.selinux system.nfs4_acl",
 	"filter-syscalls":            "true",
 	"fixed-output-host-loopback": "true", // Cairn's own
 	"fixed-output-network":       "auto", // Cairn's own

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -19,13 +20,27 @@ const (
 	modeExec   = 0o555
 )
 
-// ignoredXattrs are extended attributes canonicalisation leaves alone, as Nix's
-// default ignored-acls: the kernel or file system manages them.
-var ignoredXattrs = map[string]bool{
-	"security.selinux": true,
-	"system.nfs4_acl":  true,
-	"security.csm":     true,
+// DefaultIgnoredACLs is Nix 2.8's ignored-acls: extended attributes the
+// kernel or file system manages, which canonicalisation leaves alone.
+var DefaultIgnoredACLs = []string{"security.selinux", "system.nfs4_acl"}
+
+// ignored is the ignored-acls setting as a set, for the whole process
+// as Nix's settings are (SetIgnoredACLs).
+var ignored atomic.Pointer[map[string]bool]
+
+func init() { SetIgnoredACLs(DefaultIgnoredACLs) }
+
+// SetIgnoredACLs sets the extended attributes canonicalisation keeps
+// (ignored-acls), for every store of the process.
+func SetIgnoredACLs(names []string) {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	ignored.Store(&m)
 }
+
+func ignoredXattr(name []byte) bool { return (*ignored.Load())[string(name)] }
 
 // Canonicalise makes the tree at name inside the directory dirfd look like a store
 // path: regular files and directories mode 0444, or 0555 when the owner may
@@ -206,7 +221,7 @@ func (c *canon) stripXattrs(dirfd int, name, disk string) error {
 		return &os.PathError{Op: "canonicalise: list attributes", Path: disk, Err: err}
 	}
 	for _, a := range bytes.Split(c.xbuf[:n], []byte{0}) {
-		if len(a) == 0 || ignoredXattrs[string(a)] {
+		if len(a) == 0 || ignoredXattr(a) {
 			continue
 		}
 		if err := unix.Lremovexattr(p, string(a)); err != nil {
@@ -309,7 +324,7 @@ func stripXattrsFD(fd int, disk string) error {
 	switch {
 	case err == nil:
 		for _, a := range bytes.Split(buf[:n], []byte{0}) {
-			if len(a) == 0 || ignoredXattrs[string(a)] {
+			if len(a) == 0 || ignoredXattr(a) {
 				continue
 			}
 			if err := unix.Fremovexattr(fd, string(a)); err != nil {

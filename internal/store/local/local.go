@@ -51,6 +51,9 @@ type Options struct {
 	// AutoOptimise deduplicates the files of every path added or built
 	// through .links (Nix's auto-optimise-store; see AutoOptimise).
 	AutoOptimise bool
+	// IgnoredACLs, when not nil, are the extended attributes canonicalisation
+	// keeps (ignored-acls), set for the whole process at Open (SetIgnoredACLs).
+	IgnoredACLs []string
 	// Warnings receives the store's warnings (a path invalidated at open
 	// because a crash left its contents incomplete, a failed sync), one per
 	// line; nil means standard error.
@@ -134,6 +137,9 @@ var (
 func Open(ctx context.Context, cfg *store.Config, opts Options) (*Store, error) {
 	if cfg.Scheme != store.SchemeLocal {
 		return nil, fmt.Errorf("open store %s: %w: not a local store", cfg.URL, store.ErrUnsupported)
+	}
+	if opts.IgnoredACLs != nil {
+		SetIgnoredACLs(opts.IgnoredACLs)
 	}
 	s := &Store{cfg: *cfg, dir: cfg.StoreDir, opts: opts, realFD: -1, tmpFD: -1}
 	if err := s.open(ctx); err != nil {
