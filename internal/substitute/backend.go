@@ -77,17 +77,9 @@ type HTTPOptions struct {
 }
 
 func newHTTPBackend(base string, o HTTPOptions) (*httpBackend, error) {
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
-	if o.CAFile != "" {
-		data, err := readBounded(o.CAFile, MaxCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read CA bundle %s: %w", o.CAFile, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(data) {
-			return nil, fmt.Errorf("read CA bundle %s: no certificates", o.CAFile)
-		}
-		tlsConf.RootCAs = pool
+	tlsConf, err := tlsConfig(o.CAFile)
+	if err != nil {
+		return nil, err
 	}
 	dialer := &net.Dialer{Timeout: o.ConnectTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
@@ -109,6 +101,24 @@ func newHTTPBackend(base string, o HTTPOptions) (*httpBackend, error) {
 		},
 	}
 	return &httpBackend{base: strings.TrimSuffix(base, "/"), client: client}, nil
+}
+
+// tlsConfig is the TLS of a cache's client: TLS 1.2 or later, the roots of
+// caFile (ssl-cert-file) or, when "", the system's.
+func tlsConfig(caFile string) (*tls.Config, error) {
+	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		data, err := readBounded(caFile, MaxCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read CA bundle %s: %w", caFile, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(data) {
+			return nil, fmt.Errorf("read CA bundle %s: no certificates", caFile)
+		}
+		conf.RootCAs = pool
+	}
+	return conf, nil
 }
 
 func readBounded(name string, limit int64) ([]byte, error) {
@@ -170,6 +180,8 @@ func newBackend(u *url.URL, o HTTPOptions) (Backend, error) {
 		v := *u
 		v.RawQuery, v.Fragment = "", ""
 		return newHTTPBackend(v.String(), o)
+	case "s3":
+		return newS3Backend(u, o)
 	}
 	return nil, fmt.Errorf("open cache %s: %w", u.Redacted(), errUnsupportedScheme)
 }

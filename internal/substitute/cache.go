@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -111,6 +112,16 @@ func NewCache(rawURL string, o Options) (*Cache, error) {
 // NewCacheFrom returns a Cache named name over backend b.
 func NewCacheFrom(name string, b Backend, o Options) *Cache {
 	return &Cache{url: name, backend: b, negTTL: o.NegativeTTL, posTTL: o.PositiveTTL, known: map[string]remembered{}}
+}
+
+// URI is the cache as Nix names it in messages (its getUri): the URL
+// without its parameters, and for http(s) without a trailing "/".
+func (c *Cache) URI() string {
+	u, _, _ := strings.Cut(c.url, "?")
+	if strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://") {
+		u = strings.TrimRight(u, "/")
+	}
+	return u
 }
 
 // URL is the cache's URL as it was opened.

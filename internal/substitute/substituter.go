@@ -441,7 +441,7 @@ func (s *Substituter) substitute(ctx context.Context, cfg Config, p storepath.St
 			// As if the cache did not have it (Nix tries the next one,
 			// and a derivation then builds without --fallback).
 			if log != nil {
-				log.Warn(fmt.Sprintf("the substitute for '%s' from '%s' is not signed by any of the keys in 'trusted-public-keys'", p, c.URL()))
+				log.Warn(fmt.Sprintf("the substitute for '%s' from '%s' is not signed by any of the keys in 'trusted-public-keys'", p, c.URI()))
 			}
 			unsigned = true
 			continue
@@ -554,11 +554,11 @@ func (s *Substituter) fetch(ctx context.Context, c *Cache, ni *narinfo.NarInfo, 
 	p := ni.StorePath
 	var act Activity
 	if log != nil {
-		act = log.Substituting(p, c.URL(), ni.NarSize)
+		act = log.Substituting(p, c.URI(), ni.NarSize)
 		defer act.Done()
 	}
 	wrap := func(err error) error {
-		return fmt.Errorf("substitute '%s' from '%s': %w", p, c.URL(), err)
+		return fmt.Errorf("substitute '%s' from '%s': %w", p, c.URI(), err)
 	}
 	rc, err := c.OpenNar(ctx, ni)
 	if err != nil {
