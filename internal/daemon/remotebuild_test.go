@@ -63,4 +63,15 @@ func TestNixRemoteBuild(t *testing.T) {
 	if ours.code != theirs.code || ours.code == 0 || x != y || !strings.Contains(x, "failed: builder for '") {
 		t.Errorf("a failing builder: exit %d, with nix-daemon %d\n%s\nwith nix-daemon:\n%s", ours.code, theirs.code, x, y)
 	}
+
+	// The client's own builders (a trusted user's --builders and
+	// --max-jobs), the daemon having none.
+	plain := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"})
+	c := runNix(plain.nixEnv(), "nix-build", "--no-out-link", "--max-jobs", "0", "--builders", machine("client"), file, "-A", "top")
+	if c.code != 0 || strings.TrimSpace(c.stdout) != out || !strings.Contains(c.stderr, "' on 'ssh://localhost?remote-program=") {
+		t.Errorf("nix-build --builders through cairn daemon: exit %d, %q\n%s", c.code, c.stdout, c.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "client", out)); err != nil {
+		t.Errorf("not built on the client's machine: %v", err)
+	}
 }
