@@ -193,6 +193,9 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	opts := build.OptionsFrom(settings)
 	opts.Subst = substitute.ConfigFrom(settings, warn)
 	opts.Mode = a.mode
+	// The builders' output is printed as it comes, so a failure quotes
+	// none of it, as nix-build's does.
+	opts.LogShown = true
 	// Plain store paths are substituted (with their closures) when missing,
 	// derivations built; plain paths print first, as they are realised first.
 	var drvs []build.Target

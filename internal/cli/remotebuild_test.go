@@ -158,3 +158,28 @@ func TestRemoteBuildAgainstNix(t *testing.T) {
 		return must("nix", "path-info", "--store", s.local, "--json", out)
 	})
 }
+
+// TestLocalFailureAgainstNix: a builder failing here reads as nix-build's
+// failure: its log as it came, then the error without a quoted tail, and
+// the same exit status.
+func TestLocalFailureAgainstNix(t *testing.T) {
+	nixtest.Require(t, "nix-build", "nix-instantiate")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir := t.TempDir()
+	bin := cairnBinary(t, dir)
+	file := filepath.Join(dir, "remote.nix")
+	os.WriteFile(file, []byte(remoteNix), 0o644)
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
+		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
+	cmds := commander{t, env}
+	_, nixErr, nixCode := cmds.run("nix-build", "--store", "local?root="+filepath.Join(dir, "nix"), "--no-out-link", file, "-A", "fails")
+	drv := cmds.must("nix-instantiate", "--store", "local?root="+filepath.Join(dir, "cairn-store"), file, "-A", "fails")
+	_, cairnErr, cairnCode := cmds.run(bin, "--store", "local?root="+filepath.Join(dir, "cairn-store"), "build", drv)
+	// nix-build first lists what it will build; Cairn does not.
+	from := func(s string) string { return s[max(strings.Index(s, "building '"), 0):] }
+	if nixCode != cairnCode || from(nixErr) != from(cairnErr) || !strings.Contains(cairnErr, "going to fail") {
+		t.Errorf("nix-build: exit %d\n%s\ncairn build: exit %d\n%s", nixCode, nixErr, cairnCode, cairnErr)
+	}
+}
