@@ -96,6 +96,7 @@ func localOptions(settings *config.Settings) local.Options {
 		BuildUsersGroup: settings.Get("build-users-group"),
 		ReservedSize:    reserved,
 		IgnoredACLs:     append([]string{}, strings.Fields(settings.Get("ignored-acls"))...), // empty: keep none
+		NoWAL:           !settings.Bool("use-sqlite-wal"),
 	}
 }
 

@@ -51,6 +51,9 @@ type Options struct {
 	// AutoOptimise deduplicates the files of every path added or built
 	// through .links (Nix's auto-optimise-store; see AutoOptimise).
 	AutoOptimise bool
+	// NoWAL is use-sqlite-wal = false, which Cairn does not follow: the
+	// database stays in WAL mode (its syncing relies on it), with a warning.
+	NoWAL bool
 	// IgnoredACLs, when not nil, are the extended attributes canonicalisation
 	// keeps (ignored-acls), set for the whole process at Open (SetIgnoredACLs).
 	IgnoredACLs []string
@@ -150,6 +153,9 @@ func Open(ctx context.Context, cfg *store.Config, opts Options) (*Store, error) 
 }
 
 func (s *Store) open(ctx context.Context) error {
+	if s.opts.NoWAL {
+		s.warnf("warning: 'use-sqlite-wal = false' is not supported; the database of %s stays in WAL mode", s.cfg.URL)
+	}
 	if err := s.makeLayout(); err != nil {
 		return err
 	}
