@@ -248,6 +248,9 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 	// As Nix's hook fails: its message logged, and the build failed with
 	// the hook's exit code.
 	failed := func(msg string) (Status, error, bool) {
+		if ctx.Err() != nil {
+			return MiscFailure, ctx.Err(), true // cancelled: the machine's side went with it
+		}
 		g.forEach(func(r *request) {
 			if r.log != nil {
 				r.log.Error(msg)

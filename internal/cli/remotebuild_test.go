@@ -1,12 +1,16 @@
 package cli
 
 import (
+	"bufio"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"cairn/internal/testutil/nixtest"
 )
@@ -181,5 +185,68 @@ func TestLocalFailureAgainstNix(t *testing.T) {
 	from := func(s string) string { return s[max(strings.Index(s, "building '"), 0):] }
 	if nixCode != cairnCode || from(nixErr) != from(cairnErr) || !strings.Contains(cairnErr, "going to fail") {
 		t.Errorf("nix-build: exit %d\n%s\ncairn build: exit %d\n%s", nixCode, nixErr, cairnCode, cairnErr)
+	}
+}
+
+// TestRemoteBuildCancel: interrupting cairn build while its derivation
+// builds on a machine stops the build there too (nix-store --serve is
+// asked to stop, and stops its builder), and frees the machine's slot.
+func TestRemoteBuildCancel(t *testing.T) {
+	nixtest.Require(t, "nix-store", "nix-instantiate")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir := t.TempDir()
+	bin := cairnBinary(t, dir)
+	file := filepath.Join(dir, "sleeper.nix")
+	// A marker no other test's builder runs.
+	os.WriteFile(file, []byte(`derivation { name = "remote-sleeper"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo sleeping; sleep 3737; echo > $out" ]; }`), 0o644)
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
+		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
+	cmds := commander{t, env}
+	local, machine := "local?root="+filepath.Join(dir, "local"), "local?root="+filepath.Join(dir, "machine")
+	drv := cmds.must("nix-instantiate", "--store", local, file)
+	builders := "ssh://localhost?remote-store=" + machine + " x86_64-linux"
+	cmd := exec.Command(bin, "--store", local, "build", "--option", "max-jobs", "0", "--option", "builders", builders, drv)
+	cmd.Env = env
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var seen []string
+	for sc.Scan() {
+		if seen = append(seen, sc.Text()); sc.Text() == "sleeping" {
+			break
+		}
+	}
+	running := func() bool {
+		out, _ := exec.Command("pgrep", "-f", "sleep 3737").Output()
+		return len(strings.TrimSpace(string(out))) > 0
+	}
+	if !running() {
+		cmd.Process.Kill()
+		t.Fatalf("the builder does not run on the machine:\n%s", strings.Join(seen, "\n"))
+	}
+	cmd.Process.Signal(os.Interrupt)
+	go io.Copy(io.Discard, stderr)
+	if err := cmd.Wait(); err == nil {
+		t.Error("an interrupted build succeeded")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for running() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if running() {
+		exec.Command("pkill", "-f", "sleep 3737").Run()
+		t.Fatal("the builder still runs on the machine after the interrupt")
+	}
+	// The slot is free again: the next build gets it at once.
+	os.WriteFile(file, []byte(`derivation { name = "remote-quick"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo > $out" ]; }`), 0o644)
+	quick := cmds.must("nix-instantiate", "--store", local, file)
+	if _, errOut, code := cmds.run(bin, "--store", local, "build", "--option", "max-jobs", "0", "--option", "builders", builders, quick); code != 0 {
+		t.Errorf("a build after the interrupt: exit %d\n%s", code, errOut)
 	}
 }

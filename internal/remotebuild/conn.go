@@ -175,6 +175,9 @@ func command(m *Machine, tmp string) (argv []string, host string, err error) {
 	return append(argv, cmdline), host, nil
 }
 
+// stopGrace is how long a cancelled remote side has to stop its builds.
+const stopGrace = 5 * time.Second
+
 // start runs the command that speaks to m's store, its stderr held by the
 // returned switch until the connection is made.
 func start(ctx context.Context, m *Machine) (cmd *exec.Cmd, stdin io.WriteCloser, stdout io.Reader, stderr *stderrSwitch, host, tmp string, err error) {
@@ -186,11 +189,18 @@ func start(ctx context.Context, m *Machine) (cmd *exec.Cmd, stdin io.WriteCloser
 	if err == nil {
 		cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
 		cmd.Env = withoutPrompts(os.Environ())
-		// Cancelling kills the whole group: a child of bash or ssh that
+		// Cancelling ends the whole group: a child of bash or ssh that
 		// holds the pipes open would otherwise keep a read waiting.
+		// SIGTERM first, so that nix-store --serve stops its builders
+		// (killed, they would outlive it); SIGKILL if the group is still
+		// there after stopGrace.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-		cmd.WaitDelay = 5 * time.Second
+		cmd.Cancel = func() error {
+			pgid := cmd.Process.Pid
+			time.AfterFunc(stopGrace, func() { syscall.Kill(-pgid, syscall.SIGKILL) })
+			return syscall.Kill(-pgid, syscall.SIGTERM)
+		}
+		cmd.WaitDelay = stopGrace + time.Second
 		stderr = &stderrSwitch{}
 		cmd.Stderr = stderr
 		if stdin, err = cmd.StdinPipe(); err == nil {
