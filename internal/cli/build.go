@@ -207,6 +207,9 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 			plain = append(plain, t.Drv)
 		}
 	}
+	if mi, err := b.Missing(ctx, targets, opts); err == nil {
+		printMissing(ctx, st, mi, log)
+	}
 	if len(plain) > 0 {
 		if err := b.EnsurePaths(ctx, plain, opts, log); err != nil {
 			var ne *substitute.NotFoundError
@@ -240,6 +243,48 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 		}
 	}
 	return &exitError{status: status, err: err}
+}
+
+// printMissing says what will be built and fetched, as nix-build and
+// nix-store -r do before they start (Nix's printMissing).
+func printMissing(ctx context.Context, st *local.Store, mi *protocol.MissingInfo, log *cliBuildLog) {
+	if n := len(mi.WillBuild); n > 0 {
+		if n == 1 {
+			log.printf("this derivation will be built:\n")
+		} else {
+			log.printf("these %d derivations will be built:\n", n)
+		}
+		// Dependencies first, as Nix lists them.
+		infos, _ := st.QueryPathInfos(ctx, mi.WillBuild)
+		refs := map[storepath.StorePath][]storepath.StorePath{}
+		for _, info := range infos {
+			refs[info.Path] = info.References
+		}
+		sorted, err := store.TopoSort(mi.WillBuild, func(p storepath.StorePath) []storepath.StorePath { return refs[p] })
+		if err != nil {
+			sorted = mi.WillBuild
+		}
+		for i := len(sorted) - 1; i >= 0; i-- {
+			log.printf("  %s\n", sorted[i])
+		}
+	}
+	if n := len(mi.WillSubstitute); n > 0 {
+		dl, nar := float32(mi.DownloadSize)/(1024*1024), float32(mi.NarSize)/(1024*1024)
+		if n == 1 {
+			log.printf("this path will be fetched (%.2f MiB download, %.2f MiB unpacked):\n", dl, nar)
+		} else {
+			log.printf("these %d paths will be fetched (%.2f MiB download, %.2f MiB unpacked):\n", n, dl, nar)
+		}
+		for _, p := range mi.WillSubstitute {
+			log.printf("  %s\n", p)
+		}
+	}
+	if len(mi.Unknown) > 0 {
+		log.printf("don't know how to build these paths:\n")
+		for _, p := range mi.Unknown {
+			log.printf("  %s\n", p)
+		}
+	}
 }
 
 func sortedOutputNames(m map[string]storepath.StorePath) []string {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -1041,144 +1040,29 @@ func (c *conn) missingOutputs(dp protocol.DerivedPath) (*derivation.Derivation, 
 	return drv, outs, false, nil
 }
 
-// queryMissing answers QueryMissing as Nix 2.8 does: a valid derivation
-// whose missing outputs are all in a binary cache will be
-// substituted (their references looked at in turn), otherwise built (its
-// inputs looked at in turn); a missing opaque path a cache has will be
-// substituted, with its references; every other path that is not valid is
-// unknown. The sizes are the narinfos' FileSize and NarSize.
+// queryMissing answers QueryMissing as Nix 2.8 does (build.QueryMissing),
+// through this connection's view of the store and its caches.
 func (c *conn) queryMissing(paths []protocol.DerivedPath) (*protocol.MissingInfo, error) {
-	mi := &protocol.MissingInfo{}
-	cfg := c.substConfig()
-	seen := map[string]bool{}
-	var visit func(dp protocol.DerivedPath) error
-	willSubstitute := func(infos []protocol.SubstitutablePathInfo) error {
-		for _, info := range infos {
-			mi.WillSubstitute = append(mi.WillSubstitute, info.Path)
-			mi.DownloadSize += info.DownloadSize
-			mi.NarSize += info.NarSize
-		}
-		var refs []storepath.StorePath
-		for _, info := range infos {
-			for _, ref := range info.References {
-				if !seen[ref.String()] {
-					refs = append(refs, ref)
-				}
-			}
-		}
-		if len(refs) > 1 {
-			valid, err := c.validPaths(refs)
-			if err != nil {
-				return err
-			}
-			substitute.Prefetch(c.ctx, cfg, slices.DeleteFunc(slices.Clone(refs), func(p storepath.StorePath) bool { return valid[p] }))
-		}
-		for _, ref := range refs {
-			if err := visit(protocol.DerivedPath{Path: ref}); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	visit = func(dp protocol.DerivedPath) error {
-		key := dp.Path.String()
-		if dp.Built {
-			key += "!" + strings.Join(dp.Outputs, ",")
-		}
-		if seen[key] {
-			return nil
-		}
-		seen[key] = true
-		if err := c.ctx.Err(); err != nil {
-			return err
-		}
-		ok, err := c.isValid(dp.Path)
-		if err != nil {
-			return err
-		}
-		if !dp.Built {
-			if ok {
-				return nil
-			}
-			infos, err := c.substitutableIn(cfg, []storepath.StorePath{dp.Path})
-			if err != nil {
-				return err
-			}
-			if len(infos) == 0 {
-				mi.Unknown = append(mi.Unknown, dp.Path)
-				return nil
-			}
-			return willSubstitute(infos)
-		}
-		if !ok {
-			mi.Unknown = append(mi.Unknown, dp.Path)
-			return nil
-		}
-		drv, outs, missing, err := c.missingOutputs(dp)
-		if err != nil || !missing {
-			return err
-		}
-		if build.SubstitutesAllowed(drv) && len(cfg.Caches) > 0 {
-			var invalid []storepath.StorePath
-			known := true
-			for _, name := range slices.Sorted(maps.Keys(outs)) {
-				o := outs[name]
-				if o.IsZero() {
-					known = false
-					break
-				}
-				if ok, err := c.isValid(o); err != nil {
-					return err
-				} else if !ok {
-					invalid = append(invalid, o)
-				}
-			}
-			if known {
-				infos, err := c.substitutableIn(cfg, invalid)
-				if err != nil {
-					return err
-				}
-				if len(infos) == len(invalid) {
-					for _, o := range invalid {
-						seen[o.String()] = true
-					}
-					return willSubstitute(infos)
-				}
-			}
-		}
-		mi.WillBuild = append(mi.WillBuild, dp.Path)
-		for in, outs := range drv.InputDrvs {
-			if err := visit(protocol.DerivedPath{Path: in, Built: true, Outputs: outs}); err != nil {
-				return err
-			}
-		}
-		for _, src := range drv.InputSrcs {
-			if err := visit(protocol.DerivedPath{Path: src}); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	var opaque []storepath.StorePath
-	for _, dp := range paths {
-		if !dp.Built {
-			opaque = append(opaque, dp.Path)
-		}
-	}
-	if len(opaque) > 1 {
-		valid, err := c.validPaths(opaque)
-		if err != nil {
-			return nil, err
-		}
-		substitute.Prefetch(c.ctx, cfg, slices.DeleteFunc(opaque, func(p storepath.StorePath) bool { return valid[p] }))
-	}
-	for _, dp := range paths {
-		if err := visit(dp); err != nil {
-			return nil, err
-		}
-	}
-	mi.WillBuild, mi.WillSubstitute, mi.Unknown = sorted(mi.WillBuild), sorted(mi.WillSubstitute), sorted(mi.Unknown)
-	return mi, nil
+	return build.QueryMissing(c.ctx, missingSource{c: c, cfg: c.substConfig()}, paths)
+}
+
+// missingSource is a connection as build.QueryMissing asks it.
+type missingSource struct {
+	c   *conn
+	cfg substitute.Config
+}
+
+func (m missingSource) IsValid(p storepath.StorePath) (bool, error) { return m.c.isValid(p) }
+func (m missingSource) ValidPaths(ps []storepath.StorePath) (map[storepath.StorePath]bool, error) {
+	return m.c.validPaths(ps)
+}
+func (m missingSource) Substitutable(ps []storepath.StorePath) ([]protocol.SubstitutablePathInfo, error) {
+	return m.c.substitutableIn(m.cfg, ps)
+}
+func (m missingSource) HasCaches() bool { return len(m.cfg.Caches) > 0 }
+func (m missingSource) Prefetch(ps []storepath.StorePath) { substitute.Prefetch(m.c.ctx, m.cfg, ps) }
+func (m missingSource) MissingOutputs(dp protocol.DerivedPath) (*derivation.Derivation, map[string]storepath.StorePath, bool, error) {
+	return m.c.missingOutputs(dp)
 }
 
 // buildPaths builds what is asked for (BuildPaths, BuildPathsWithResults):
