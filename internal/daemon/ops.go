@@ -1059,7 +1059,7 @@ func (m missingSource) ValidPaths(ps []storepath.StorePath) (map[storepath.Store
 func (m missingSource) Substitutable(ps []storepath.StorePath) ([]protocol.SubstitutablePathInfo, error) {
 	return m.c.substitutableIn(m.cfg, ps)
 }
-func (m missingSource) HasCaches() bool { return len(m.cfg.Caches) > 0 }
+func (m missingSource) HasCaches() bool                   { return len(m.cfg.Caches) > 0 }
 func (m missingSource) Prefetch(ps []storepath.StorePath) { substitute.Prefetch(m.c.ctx, m.cfg, ps) }
 func (m missingSource) MissingOutputs(dp protocol.DerivedPath) (*derivation.Derivation, map[string]storepath.StorePath, bool, error) {
 	return m.c.missingOutputs(dp)
