@@ -153,6 +153,8 @@ type Options struct {
 	// inputs (builders-use-substitutes). See remote.go.
 	Builders               string
 	BuildersUseSubstitutes bool
+	// ExperimentalFeatures are experimental-features (recursive-nix).
+	ExperimentalFeatures []string
 }
 
 // Getter reads a setting by name (config.Settings and the daemon's
@@ -203,6 +205,7 @@ func OptionsFrom(s Getter) Options {
 		PostBuildHook:          s.Get("post-build-hook"),
 		Builders:               s.Get("builders"),
 		BuildersUseSubstitutes: s.Get("builders-use-substitutes") == "true",
+		ExperimentalFeatures:   strings.Fields(s.Get("experimental-features")),
 	}
 	if kv, ok := s.(interface{ KeyValue() string }); ok && o.PostBuildHook != "" {
 		o.HookConfig = kv.KeyValue()

@@ -264,6 +264,19 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status S
 	if err := dirs.writeFiles(env.Files); err != nil {
 		return MiscFailure, fmt.Errorf("build %s: %w", g.drvPath, err)
 	}
+	// Recursive Nix: a daemon for the builder, until it is gone.
+	var rec *Recursion
+	stopRecursive := func() {}
+	if usesRecursiveNix(requiredFeatures(drv)) {
+		var stop func()
+		if rec, stop, err = b.startRecursive(ctx, opts, dirs, sandboxed, inputs); err != nil {
+			return MiscFailure, err
+		}
+		var once sync.Once
+		stopRecursive = func() { once.Do(stop) }
+		defer stopRecursive()
+		env.Vars["NIX_REMOTE"] = "unix://" + buildTop + "/" + RecursiveSocket
+	}
 
 	// The log file is created while the sandbox starts.
 	var logFile *logFile
@@ -415,6 +428,7 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status S
 		}
 	}
 	sl.stopRunning() // nothing of the builder runs any more
+	stopRecursive()
 	<-copyDone
 	lw.Flush()
 	if <-logOpened; logErr != nil {
@@ -465,6 +479,10 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status S
 		return st, errors.New(msg)
 	}
 
+	if rec != nil {
+		// What it added may be referred to, as its inputs.
+		inputs = append(slices.Clone(inputs), rec.Added()...)
+	}
 	status, err = b.registerOutputs(ctx, g, r, dirs, inputs)
 	if err == nil && status == Built {
 		if err = b.postBuild(g, r); err != nil {

@@ -2,6 +2,7 @@ package build
 
 import (
 	"cairn/internal/substitute"
+	"net"
 
 	"bufio"
 	"context"
@@ -71,6 +72,9 @@ type Config struct {
 	// SubstitutionJobs bounds the downloads from binary caches at once
 	// (max-substitution-jobs); 0 means substitute.DefaultJobs.
 	SubstitutionJobs int
+	// ServeRecursive serves a recursive-nix build's daemon on ln (see
+	// recursive.go) until ctx ends; nil means no recursive Nix.
+	ServeRecursive func(ctx context.Context, ln net.Listener, rec *Recursion)
 }
 
 // ConfigFrom reads Config from settings as Nix names them.

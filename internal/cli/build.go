@@ -14,6 +14,7 @@ import (
 
 	"cairn/internal/build"
 	"cairn/internal/config"
+	"cairn/internal/daemon"
 	"cairn/internal/gc"
 	"cairn/internal/gcroots"
 	"cairn/internal/protocol"
@@ -184,7 +185,10 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 		}
 		targets = append(targets, ts...)
 	}
-	b, err := build.NewWithConfig(st, build.ConfigFrom(settings))
+	bcfg := build.ConfigFrom(settings)
+	// Recursive Nix: a recursive-nix build's own daemon, on this store.
+	bcfg.ServeRecursive = (&daemon.Server{Store: st, Settings: settings}).ServeRecursive
+	b, err := build.NewWithConfig(st, bcfg)
 	if err != nil {
 		return err
 	}

@@ -38,6 +38,7 @@ func (c *conn) builder() (*build.Builder, error) {
 		if c.s.Settings != nil {
 			cfg = build.ConfigFrom(c.s.Settings)
 		}
+		cfg.ServeRecursive = c.s.ServeRecursive
 		bo.b, bo.err = build.NewWithConfig(st, cfg)
 	})
 	return bo.b, bo.err

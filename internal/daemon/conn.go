@@ -9,9 +9,11 @@ import (
 	"strings"
 	"sync"
 
+	"cairn/internal/build"
 	"cairn/internal/gcroots"
 	"cairn/internal/protocol"
 	"cairn/internal/store"
+	"cairn/internal/store/local"
 	"cairn/internal/wire"
 )
 
@@ -29,6 +31,10 @@ type conn struct {
 	tempMu   sync.Mutex
 	temp     *gcroots.TempRoots // made on the first temporary root
 	spin     *spinReader        // the socket, polled after replies; nil for streams
+	// rec is set on a recursive-nix build's connections (recursive.go),
+	// whose store is restricted.
+	rec        *build.Recursion
+	restricted *restrictedStore
 }
 
 func newConn(ctx context.Context, s *Server, r io.Reader, w io.Writer) *conn {
@@ -39,6 +45,11 @@ func newConn(ctx context.Context, s *Server, r io.Reader, w io.Writer) *conn {
 		c.ctx = store.WithTempRooter(ctx, c)
 	}
 	c.settings.global = s.Settings
+	if rec, ok := ctx.Value(recursionKey{}).(*build.Recursion); ok {
+		if st, ok := s.Store.(*local.Store); ok {
+			c.rec, c.restricted = rec, &restrictedStore{next: st, rec: rec}
+		}
+	}
 	if s.Store != nil {
 		c.r.StoreDir = s.Store.StoreDir()
 	}

@@ -47,12 +47,21 @@ type (
 
 // capability returns the store as T, or an error naming what is missing.
 func capability[T any](c *conn, what string) (T, error) {
-	v, ok := c.s.Store.(T)
+	v, ok := c.view().(T)
 	if !ok {
 		var zero T
 		return zero, errNotSupported(what)
 	}
 	return v, nil
+}
+
+// view is the store this connection sees: the daemon's, or a recursive
+// build's restricted one.
+func (c *conn) view() store.Store {
+	if c.restricted != nil {
+		return c.restricted
+	}
+	return c.s.Store
 }
 
 // abortError ends the connection without a word: the client expects raw
@@ -66,6 +75,11 @@ func (e *abortError) Error() string { return e.err.Error() }
 func (c *conn) perform(req protocol.Request) error {
 	// Automatic collection (min-free), where Nix's daemon checks: adds wait
 	// for a collection that is due, builds only start one.
+	if c.rec != nil {
+		if handled, err := c.recursiveOp(req); handled {
+			return err
+		}
+	}
 	tell := func(s string) { c.log.Log(protocol.LvlInfo, s) }
 	switch req.(type) {
 	case *protocol.AddToStoreRequest, *protocol.AddTextToStoreRequest, *protocol.AddToStoreNarRequest, *protocol.AddMultipleToStoreRequest:
@@ -497,7 +511,7 @@ func (c *conn) addMultiple(fr *wire.FramedReader, q *protocol.AddMultipleToStore
 	opts := store.AddNarOptions{Repair: q.Repair}
 	var add func(info *store.PathInfo, r io.Reader) error
 	var commit func() error
-	if b, ok := c.s.Store.(batcher); ok {
+	if b, ok := c.view().(batcher); ok {
 		batch := b.NewBatch()
 		defer batch.Discard()
 		add = func(info *store.PathInfo, r io.Reader) error { return batch.AddNar(c.ctx, info, r, opts) }
@@ -1160,7 +1174,17 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 			return k + r.Path.Path.Name() + "$" + r.Path.Path.String()
 		}
 		slices.SortStableFunc(results, func(a, b protocol.KeyedBuildResult) int { return strings.Compare(key(a), key(b)) })
+		if c.rec != nil {
+			if err := c.addBuilt(q.Paths); err != nil {
+				return err
+			}
+		}
 		return c.reply(&protocol.KeyedBuildResultsReply{Results: results})
+	}
+	if c.rec != nil {
+		if err := c.addBuilt(q.Paths); err != nil {
+			return err
+		}
 	}
 	return c.reply(&protocol.U64Reply{Value: 1})
 }

@@ -1,0 +1,48 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"cairn/internal/testutil/nixtest"
+)
+
+// TestRecursiveAgainstNix: cairn build of a recursive-nix derivation on a
+// local store, no daemon around, as nix-build builds it: the builder's Nix
+// adds a path through the build's own daemon and sees it, and the output
+// refers to it.
+func TestRecursiveAgainstNix(t *testing.T) {
+	nixtest.Require(t, "nix-build", "nix-instantiate", "nix-store")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir := t.TempDir()
+	bin := cairnBinary(t, dir)
+	file := filepath.Join(dir, "recursive.nix")
+	os.WriteFile(file, []byte(`derivation {
+  name = "cli-recursive"; system = builtins.currentSystem; builder = "/bin/sh";
+  requiredSystemFeatures = [ "recursive-nix" ];
+  PATH = "/usr/bin:/bin";
+  args = [ "-c" "echo from-inside > $TMPDIR/f; p=$(nix-store --add $TMPDIR/f); echo $p $(cat $p) > $out" ];
+}`), 0o644)
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
+		"NIX_CONFIG=experimental-features = nix-command recursive-nix\nsubstituters =\nsandbox = true\n" +
+			"sandbox-paths = /bin/sh=/bin/busybox /usr /lib=/usr/lib /lib64=/usr/lib64\nbuild-users-group =\n" +
+			"system-features = recursive-nix benchmark big-parallel nixos-test\n"}
+	cmds := commander{t, env}
+	nixStore, cairnStore := "local?root="+filepath.Join(dir, "nix"), "local?root="+filepath.Join(dir, "cairn-store")
+	want := cmds.must("nix-build", "--store", nixStore, "--no-out-link", file)
+	drv := cmds.must("nix-instantiate", "--store", cairnStore, file)
+	got := cmds.must(bin, "--store", cairnStore, "build", drv)
+	if got != want {
+		t.Fatalf("cairn build printed %q, nix-build %q", got, want)
+	}
+	read := func(store string) string {
+		return cmds.must("nix", "store", "cat", "--store", store, got) + "\n" + cmds.must("nix-store", "--store", store, "-q", "--references", got)
+	}
+	if a, b := read(cairnStore), read(nixStore); a != b || !strings.Contains(a, "from-inside") {
+		t.Errorf("cairn build made:\n%s\nnix-build:\n%s", a, b)
+	}
+}
