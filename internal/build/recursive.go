@@ -107,7 +107,19 @@ func (b *Builder) startRecursive(ctx context.Context, opts Options, dirs *buildD
 			if _, err := os.Lstat(dst); err == nil {
 				return fmt.Errorf("store path '%s' already exists in the sandbox", p)
 			}
-			if err := copyTree(st.RealPath(p), dst); err != nil {
+			src := st.RealPath(p)
+			fi, err := os.Lstat(src)
+			if err == nil && fi.Mode().IsRegular() {
+				// With build users the builder owns neither the
+				// inode nor the dir: a link is safe, as Nix's.
+				if dirs.count > 0 && dirs.uid != os.Geteuid() && os.Link(src, dst) == nil {
+					return nil
+				}
+				err = copyFile(src, dst, fi.Mode()&0o100 != 0)
+			} else if err == nil {
+				err = copyTree(src, dst)
+			}
+			if err != nil {
 				return fmt.Errorf("could not add path '%s' to sandbox: %w", p, err)
 			}
 			return nil
