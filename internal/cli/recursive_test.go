@@ -2,8 +2,11 @@ package cli
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"cairn/internal/testutil/nixtest"
@@ -44,5 +47,42 @@ func TestRecursiveAgainstNix(t *testing.T) {
 	}
 	if a, b := read(cairnStore), read(nixStore); a != b || !strings.Contains(a, "from-inside") {
 		t.Errorf("cairn build made:\n%s\nnix-build:\n%s", a, b)
+	}
+
+	// Rootless: the same build by an unprivileged user on a store of its
+	// own (the builder maps to it in a user namespace; added files are
+	// copied into the sandbox, not linked).
+	if os.Getuid() != 0 {
+		return
+	}
+	uid, gid := exampleUser(t)
+	home := filepath.Join(dir, "user")
+	os.Mkdir(home, 0o755)
+	os.Chown(home, uid, gid)
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	asUser := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Env = append(slices.Clone(env), "HOME="+home)
+		cmd.Dir = home
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		out, err := cmd.Output()
+		if err != nil {
+			var stderr string
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = string(ee.Stderr)
+			}
+			t.Fatalf("%s as %d: %v\n%s", strings.Join(args, " "), uid, err, stderr)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	userStore := "local?root=" + filepath.Join(home, "store")
+	drv = asUser("nix-instantiate", "--store", userStore, file)
+	if got := asUser(bin, "--store", userStore, "build", drv); got != want {
+		t.Fatalf("rootless cairn build printed %q, nix-build %q", got, want)
+	}
+	if a, b := read(userStore), read(nixStore); a != b {
+		t.Errorf("rootless cairn build made:\n%s\nnix-build:\n%s", a, b)
 	}
 }
