@@ -18,6 +18,7 @@ import (
 	"cairn/internal/gc"
 	"cairn/internal/gcroots"
 	"cairn/internal/protocol"
+	"cairn/internal/remotebuild"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/store/remote"
@@ -161,7 +162,7 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	if err != nil {
 		return err
 	}
-	if cfg.Scheme == store.SchemeDaemon {
+	if cfg.Scheme == store.SchemeDaemon || cfg.Scheme == store.SchemeSSHNG {
 		return runBuildRemote(ctx, stdout, stderr, a, cfg, settings)
 	}
 	if cfg.Scheme != store.SchemeLocal {
@@ -407,11 +408,21 @@ func (l *cliBuildLog) printf(format string, args ...any) {
 // outputs are printed as for a local build.
 func runBuildRemote(ctx context.Context, stdout, stderr io.Writer, a *buildArgs, cfg *store.Config, settings *config.Settings) error {
 	log := &remoteBuildLog{w: stderr}
-	rs, err := remote.Open(ctx, cfg, remote.Options{ClientOptions: clientOptions(settings), Log: log.message})
-	if err != nil {
-		return err
+	var rs *remote.Store
+	var err error
+	if cfg.Scheme == store.SchemeSSHNG {
+		c, err := remotebuild.DialDaemonWith(ctx, &remotebuild.Machine{StoreURI: cfg.URL}, cfg.StoreDir, stderr, remote.Options{Log: log.message})
+		if err != nil {
+			return fmt.Errorf("open store %s: %w", cfg.URL, err)
+		}
+		defer c.Close()
+		rs = c.Store()
+	} else {
+		if rs, err = remote.Open(ctx, cfg, remote.Options{ClientOptions: clientOptions(settings), Log: log.message}); err != nil {
+			return err
+		}
+		defer rs.Close()
 	}
-	defer rs.Close()
 	var paths []protocol.DerivedPath
 	for _, arg := range a.targets {
 		path, outs, _ := strings.Cut(arg, "!")

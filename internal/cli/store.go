@@ -12,6 +12,7 @@ import (
 
 	"cairn/internal/config"
 	"cairn/internal/nixhash"
+	"cairn/internal/remotebuild"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/store/remote"
@@ -116,11 +117,27 @@ func openStore(cmd *cobra.Command) (anyStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Scheme == store.SchemeDaemon {
+	switch cfg.Scheme {
+	case store.SchemeDaemon:
 		return remote.Open(cmd.Context(), cfg, remote.Options{ClientOptions: clientOptions(settings)})
+	case store.SchemeSSHNG:
+		c, err := remotebuild.DialDaemon(cmd.Context(), &remotebuild.Machine{StoreURI: cfg.URL}, cfg.StoreDir, cmd.ErrOrStderr())
+		if err != nil {
+			return nil, fmt.Errorf("open store %s: %w", cfg.URL, err)
+		}
+		return sshNGStore{c.Store(), c}, nil
 	}
 	return local.Open(cmd.Context(), cfg, localOptions(settings))
 }
+
+// sshNGStore is a daemon's store over ssh (ssh-ng://): closing it ends the
+// command too.
+type sshNGStore struct {
+	*remote.Store
+	conn *remotebuild.DaemonConn
+}
+
+func (s sshNGStore) Close() error { return s.conn.Close() }
 
 // maxSymlinkHops bounds how many symlinks resolving a store path argument follows.
 const maxSymlinkHops = 40

@@ -85,28 +85,38 @@ type pipes struct {
 // shakes hands, as Dial. The builders' log lines go to log, and so does what
 // the remote side writes to stderr once connected.
 func DialDaemon(ctx context.Context, m *Machine, dir storepath.StoreDir, log io.Writer) (*DaemonConn, error) {
-	cmd, stdin, stdout, stderr, host, tmp, err := start(ctx, m)
-	if err != nil {
-		return nil, err
-	}
-	c := &DaemonConn{Host: host, cmd: cmd, stdin: stdin, stderr: stderr, tmp: tmp}
-	c.st = remote.NewConn(dir, pipes{stdout, stdin}, remote.Options{
-		NoSetOptions: true, // as Nix 2.8's ssh-ng store
+	return DialDaemonWith(ctx, m, dir, log, remote.Options{
 		Log: func(msg *protocol.Message) {
 			if msg.Code == protocol.StderrResult && msg.Result == protocol.ResBuildLogLine && len(msg.Fields) > 0 && msg.Fields[0].IsString {
 				io.WriteString(log, msg.Fields[0].String+"\n")
 			}
 		},
 	})
+}
+
+// DialDaemonWith is DialDaemon with the store's options: its Log gets the
+// daemon's messages; stderr what the remote side writes to its stderr once
+// connected. SetOptions is never sent, as by Nix 2.8's ssh-ng store.
+func DialDaemonWith(ctx context.Context, m *Machine, dir storepath.StoreDir, stderr io.Writer, opts remote.Options) (*DaemonConn, error) {
+	cmd, stdin, stdout, held, host, tmp, err := start(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	c := &DaemonConn{Host: host, cmd: cmd, stdin: stdin, stderr: held, tmp: tmp}
+	opts.NoSetOptions = true
+	c.st = remote.NewConn(dir, pipes{stdout, stdin}, opts)
 	if err := c.st.Ping(ctx); err != nil {
 		c.Close()
 		return nil, connectError("nix-daemon --stdio", host, err, c.stderr.held())
 	}
-	c.stderr.connect(log)
+	c.stderr.connect(stderr)
 	return c, nil
 }
 
 func (c *DaemonConn) URI() string { return "ssh-ng://" + c.Host }
+
+// Store is the machine's store, through the connection.
+func (c *DaemonConn) Store() *remote.Store { return c.st }
 
 func (c *DaemonConn) Build(ctx context.Context, drvPath storepath.StorePath, drv *derivation.Derivation, opts protocol.ServeBuildOptions) (*protocol.BuildResult, error) {
 	return c.st.BuildDerivation(ctx, drvPath, drv, protocol.BuildNormal)

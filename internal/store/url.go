@@ -22,13 +22,16 @@ const (
 const (
 	SchemeLocal  = "local"
 	SchemeDaemon = "daemon" // "daemon" and "unix://PATH": a daemon's socket (package remote)
+	// SchemeSSHNG is "ssh-ng://[USER@]HOST": nix-daemon --stdio (or
+	// remote-program) run through ssh, for "localhost" without it.
+	SchemeSSHNG = "ssh-ng"
 )
 
 // Config is a parsed store URL: which kind of store and where its parts live.
 type Config struct {
 	// URL is the URL as given.
 	URL string
-	// Scheme is SchemeLocal or SchemeDaemon.
+	// Scheme is SchemeLocal, SchemeDaemon or SchemeSSHNG.
 	Scheme string
 	// Socket is the daemon's Unix socket (SchemeDaemon only): the PATH of
 	// "unix://PATH", else NIX_DAEMON_SOCKET_PATH, else STATE/daemon-socket/socket.
@@ -81,6 +84,11 @@ func parseURL(s string, getenv Getenv) (*Config, error) {
 		if socket != "" && !filepath.IsAbs(socket) {
 			return nil, fmt.Errorf("%w: socket %q is not an absolute path", ErrInvalid, socket)
 		}
+	case strings.HasPrefix(base, "ssh-ng://"):
+		if base == "ssh-ng://" {
+			return nil, fmt.Errorf("%w: no host", ErrInvalid)
+		}
+		scheme = SchemeSSHNG
 	case strings.Contains(base, "://"):
 		return nil, fmt.Errorf("%w: don't know how to open this kind of Nix store", ErrUnsupported)
 	case base == "" || base == "auto" || base == "local":
@@ -181,6 +189,9 @@ var knownParams = map[string]bool{
 	"ignore-gc-delete-failure": true, "use-roots-daemon": true,
 	// remote stores
 	"max-connections": true, "max-connection-age": true,
+	// ssh stores
+	"ssh-key": true, "base64-ssh-public-host-key": true, "compress": true, "remote-program": true,
+	"remote-store": true,
 }
 
 // UnknownParams lists, sorted, the URL's parameters no Nix store reads.
