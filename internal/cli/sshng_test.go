@@ -29,7 +29,9 @@ func TestSSHNGStoreAgainstNix(t *testing.T) {
 		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
 	cmds := commander{t, env}
 	must := cmds.must
-	url := func(name string) string { return "ssh-ng://localhost?remote-store=local?root=" + filepath.Join(dir, name) }
+	url := func(name string) string {
+		return "ssh-ng://localhost?remote-store=local?root=" + filepath.Join(dir, name)
+	}
 	regTime := regexp.MustCompile(`"registrationTime":[0-9]+`)
 	ours, theirs := url("ours"), url("theirs")
 	p := must(bin, "--store", ours, "store", "add", src)
