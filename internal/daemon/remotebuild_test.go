@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"cairn/internal/testutil/nixtest"
 )
@@ -73,5 +74,52 @@ func TestNixRemoteBuild(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "client", out)); err != nil {
 		t.Errorf("not built on the client's machine: %v", err)
+	}
+}
+
+// TestRemoteBuildSlots: three clients building at once (max-jobs 0) on a
+// machine with one slot: the builds take turns there, the waiting ones say
+// so, and each starts as soon as the slot is free.
+func TestRemoteBuildSlots(t *testing.T) {
+	nixtest.Require(t, "nix-build", "nix-store")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "slots.nix")
+	os.WriteFile(file, []byte(`{ n }: derivation { name = "slot-${n}"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "sleep 1; echo ${n} > $out" ]; }`), 0o644)
+	serve := filepath.Join(dir, "serve")
+	os.WriteFile(serve, []byte("#!/bin/sh\nexport NIX_CONFIG='sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\n"+
+		"build-users-group =\nsubstituters ='\nexec nix-store \"$@\"\n"), 0o755)
+	machine := filepath.Join(dir, "machine")
+	// Made before the builds: two nix-store processes making a fresh
+	// chroot store at once can fail.
+	if r := runNix(nil, "nix-store", "--store", "local?root="+machine, "--verify"); r.code != 0 {
+		t.Fatalf("nix-store --verify: %+v", r)
+	}
+	td := newTestDaemon(t, [2]string{"sandbox-paths", "/bin/sh=/bin/busybox"},
+		[2]string{"builders", "ssh://localhost?remote-program=" + serve + "&remote-store=local?root=" + machine + " x86_64-linux - 1"})
+	start := time.Now()
+	results := make(chan nixRun, 3)
+	for _, n := range []string{"a", "b", "c"} {
+		go func() {
+			results <- runNix(td.nixEnv(), "nix-build", "--max-jobs", "0", "--no-out-link", file, "--argstr", "n", n)
+		}()
+	}
+	waited := 0
+	for range 3 {
+		r := <-results
+		if r.code != 0 || !strings.Contains(r.stderr, "' on 'ssh://localhost?remote-program=") {
+			t.Errorf("nix-build: exit %d\n%s", r.code, r.stderr)
+		}
+		if strings.Contains(r.stderr, "waiting for a machine to build '") {
+			waited++
+		}
+	}
+	// One at a time: at least three seconds; woken as the slot frees, not
+	// after a poll interval.
+	if d := time.Since(start); d < 3*time.Second || d > 10*time.Second || waited < 2 {
+		t.Errorf("three 1 s builds on one slot took %v; %d waited for the machine", d, waited)
 	}
 }
