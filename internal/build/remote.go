@@ -43,13 +43,13 @@ const uploadLockWait = 15 * time.Minute
 const remotePoll = time.Second
 
 // remoteScheduler returns r's machines, parsed on first use; nil when there
-// are none (or r came as a basic derivation).
+// are none.
 func (r *request) remoteScheduler(stateDir string) (*remotebuild.Scheduler, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.remoteParsed {
 		r.remoteParsed = true
-		if !r.noRemote && strings.TrimSpace(r.opts.Builders) != "" {
+		if strings.TrimSpace(r.opts.Builders) != "" {
 			ms, err := remotebuild.Parse(r.opts.Builders, r.opts.System)
 			r.remoteErr = err
 			if len(ms) > 0 {
@@ -119,6 +119,9 @@ func (b *Builder) waitRemote(ctx context.Context) error {
 // tryRemote offers g to the remote builders. With handled false the build
 // is to run here.
 func (b *Builder) tryRemote(g *goal, r *request) (handled bool, status Status, err error) {
+	if r.noRemote {
+		return false, 0, nil
+	}
 	sched, err := r.remoteScheduler(b.store.StateDir())
 	if err != nil {
 		return true, MiscFailure, err
