@@ -112,6 +112,28 @@ func (c *conn) perform(req protocol.Request) error {
 		if err != nil {
 			return err
 		}
+		if q.Substitute && len(valid) < len(q.Paths) && c.rec == nil {
+			// As Nix's substitutePaths: what the caches have is fetched
+			// first (not derivations); a failure is only a warning.
+			var missing []storepath.StorePath
+			for _, p := range q.Paths {
+				if !slices.Contains(valid, p) && !p.IsDerivation() {
+					missing = append(missing, p)
+				}
+			}
+			if subs, err := c.substitutableIn(c.substConfig(), missing); err == nil && len(subs) > 0 {
+				have := make([]storepath.StorePath, len(subs))
+				for i, s := range subs {
+					have[i] = s.Path
+				}
+				if err := c.ensurePaths(have); err != nil && c.ctx.Err() == nil {
+					c.log.Warn(err.Error())
+				}
+			}
+			if valid, err = vq.QueryValidPaths(c.ctx, q.Paths); err != nil {
+				return err
+			}
+		}
 		return c.reply(&protocol.PathsReply{Paths: sorted(valid)})
 	case *protocol.QueryPathFromHashPartRequest:
 		c.start()

@@ -394,3 +394,40 @@ func TestUntrustedSubstituters(t *testing.T) {
 		})
 	}
 }
+
+// TestNixCopySubstituteOnDestination: QueryValidPaths with its substitute
+// flag (which Nix 2.8's client sets from builders-use-substitutes) fetches
+// what the daemon's caches have before it answers, through cairn daemon as
+// through nix-daemon: the paths nix copy would have sent come from the
+// cache instead, signed by it.
+func TestNixCopySubstituteOnDestination(t *testing.T) {
+	nixtest.Require(t, "nix-store", "nix", "nix-daemon")
+	sc := makeSubstCache(t)
+	cache := "file://" + sc.dir
+	td := newTestDaemon(t, [2]string{"substituters", cache}, [2]string{"trusted-public-keys", sc.pub})
+	ref := storetest.StartDaemonWith(t, []string{"nix-daemon"}, []string{"--option", "substituters", cache,
+		"--option", "trusted-public-keys", sc.pub})
+	// The closure in a store of the client's, unsigned (an export stream
+	// carries no signatures).
+	fetched := &nixtest.Store{Root: filepath.Join(t.TempDir(), "fetched")}
+	fetched.Run(t, nil, "nix-store", "--option", "substituters", cache, "--option", "trusted-public-keys", sc.pub, "-r", sc.top)
+	closure := strings.Fields(fetched.Run(t, nil, "nix-store", "-qR", sc.top))
+	stream, err := nixtest.Output(nil, "nix-store", append([]string{"--store", "local?root=" + fetched.Root, "--export"}, closure...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &nixtest.Store{Root: filepath.Join(t.TempDir(), "src")}
+	src.Run(t, stream, "nix-store", "--import")
+	clientConf := "NIX_CONFIG=experimental-features = nix-command\nsubstituters = " + cache + "\n"
+	var infos [2]string
+	for i, env := range [][]string{td.nixEnv(), nixDaemonClientEnv(ref)} {
+		env = append(env, clientConf)
+		if r := runNix(env, "nix", "copy", "--from", "local?root="+src.Root, "--option", "builders-use-substitutes", "true", sc.top); r.code != 0 {
+			t.Fatalf("nix copy: %+v", r)
+		}
+		infos[i] = pathInfos(t, env, sc.top)
+	}
+	if infos[0] != infos[1] || !strings.Contains(infos[0], "cairn-daemon-test-1:") {
+		t.Errorf("copied with builders-use-substitutes, through cairn daemon:\n%s\nthrough nix-daemon:\n%s", infos[0], infos[1])
+	}
+}

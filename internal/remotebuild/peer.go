@@ -132,7 +132,7 @@ func (c *DaemonConn) Close() error {
 }
 
 func (c *DaemonConn) queryValid(ctx context.Context, paths []storepath.StorePath, substitute bool) ([]storepath.StorePath, error) {
-	return c.st.QueryValidPaths(ctx, paths)
+	return c.st.QueryValidPathsSubstituting(ctx, paths, substitute)
 }
 
 func (c *DaemonConn) queryInfos(ctx context.Context, paths []storepath.StorePath) ([]*store.PathInfo, error) {

@@ -117,8 +117,15 @@ func (s *Store) IsValidPath(ctx context.Context, p storepath.StorePath) (bool, e
 
 // QueryValidPaths returns the valid paths among paths, in their order, each once.
 func (s *Store) QueryValidPaths(ctx context.Context, paths []storepath.StorePath) ([]storepath.StorePath, error) {
+	return s.QueryValidPathsSubstituting(ctx, paths, false)
+}
+
+// QueryValidPathsSubstituting is QueryValidPaths that, with substitute, lets
+// the daemon substitute the missing paths first (from 1.27; below, it does
+// not).
+func (s *Store) QueryValidPathsSubstituting(ctx context.Context, paths []storepath.StorePath, substitute bool) ([]storepath.StorePath, error) {
 	var rep protocol.PathsReply
-	err := s.do(ctx, &protocol.QueryValidPathsRequest{Paths: paths}, nil, func(c *conn) error {
+	err := s.do(ctx, &protocol.QueryValidPathsRequest{Paths: paths, Substitute: substitute}, nil, func(c *conn) error {
 		rep.Read(c.r, c.p)
 		return c.r.Err()
 	})
