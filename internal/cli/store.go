@@ -111,23 +111,13 @@ type anyStore interface {
 }
 
 // openStore opens the store --store names: a local store, or a daemon's
-// ("daemon", "unix://PATH") through package remote.
+// ("daemon", "unix://PATH", "ssh-ng://HOST") through package remote.
 func openStore(cmd *cobra.Command) (anyStore, error) {
 	cfg, settings, err := storeConfig(cmd)
 	if err != nil {
 		return nil, err
 	}
-	switch cfg.Scheme {
-	case store.SchemeDaemon:
-		return remote.Open(cmd.Context(), cfg, remote.Options{ClientOptions: clientOptions(settings)})
-	case store.SchemeSSHNG:
-		c, err := remotebuild.DialDaemon(cmd.Context(), &remotebuild.Machine{StoreURI: cfg.URL}, cfg.StoreDir, cmd.ErrOrStderr())
-		if err != nil {
-			return nil, fmt.Errorf("open store %s: %w", cfg.URL, err)
-		}
-		return sshNGStore{c.Store(), c}, nil
-	}
-	return local.Open(cmd.Context(), cfg, localOptions(settings))
+	return openStoreConfig(cmd.Context(), cfg, settings, cmd.ErrOrStderr())
 }
 
 // sshNGStore is a daemon's store over ssh (ssh-ng://): closing it ends the

@@ -84,6 +84,10 @@ type NarReader interface {
 type AddNarOptions struct {
 	// Repair replaces the files of a path that is already valid.
 	Repair bool
+	// CheckSigs asks a daemon to check the path's signatures as it would
+	// an untrusted client's (require-sigs); a local store leaves that to
+	// its caller.
+	CheckSigs bool
 }
 
 // NarAdder adds a path from its NAR and declared metadata (Nix's AddToStoreNar,

@@ -1,0 +1,250 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"cairn/internal/config"
+	"cairn/internal/narinfo"
+	"cairn/internal/remotebuild"
+	"cairn/internal/store"
+	"cairn/internal/store/local"
+	"cairn/internal/store/remote"
+	"cairn/internal/storepath"
+)
+
+func init() { registerStoreVerb(newStoreCopyCmd) }
+
+func newStoreCopyCmd() *cobra.Command {
+	var from, to string
+	var noCheckSigs, substitute bool
+	cmd := &cobra.Command{
+		Use:   "copy (--from URL | --to URL) PATH...",
+		Short: "Copy paths and their closures between stores, as nix copy",
+		Long: "Copy the PATHs and everything they refer to from the store --from names to the\n" +
+			"store --store names, or from the store --store names to the one --to names;\n" +
+			"local stores, daemons (daemon, unix://PATH) and ssh-ng://HOST alike. A path\n" +
+			"copied into a local store needs a signature by a trusted-public-keys key\n" +
+			"(require-sigs) unless it is content-addressed or --no-check-sigs is given;\n" +
+			"a daemon decides for itself.",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (from == "") == (to == "") {
+				return errors.New("exactly one of '--from' and '--to' is needed")
+			}
+			ctx := cmd.Context()
+			cfg, settings, err := storeConfig(cmd)
+			if err != nil {
+				return err
+			}
+			other, err := parseStoreURL(from+to, warnTo(cmd.ErrOrStderr()))
+			if err != nil {
+				return err
+			}
+			srcCfg, dstCfg := other, cfg
+			if to != "" {
+				srcCfg, dstCfg = cfg, other
+			}
+			src, err := openStoreConfig(ctx, srcCfg, settings, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			dst, err := openStoreConfig(ctx, dstCfg, settings, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer dst.Close()
+			paths, err := argStorePaths(src.StoreDir(), args)
+			if err != nil {
+				return err
+			}
+			c := &copier{src: src, dst: dst, srcURI: storeURI(srcCfg), dstURI: storeURI(dstCfg),
+				checkSigs: !noCheckSigs, substitute: substitute, log: cmd.ErrOrStderr()}
+			if _, ok := dst.(*local.Store); ok && c.checkSigs && settings.Bool("require-sigs") {
+				c.keys = trustedKeys(settings, warnTo(cmd.ErrOrStderr()))
+				c.verify = true
+			}
+			return c.copy(ctx, paths)
+		},
+	}
+	cmd.Flags().StringVar(&from, "from", "", "copy from the store at `URL`")
+	cmd.Flags().StringVar(&to, "to", "", "copy to the store at `URL`")
+	cmd.Flags().BoolVar(&noCheckSigs, "no-check-sigs", false, "do not require signatures")
+	cmd.Flags().BoolVarP(&substitute, "substitute-on-destination", "s", false, "let the destination substitute what its caches have")
+	return cmd
+}
+
+// storeURI is how Nix names a store in "copying path '…' to '…'" (its
+// getUri): "local", "daemon", or the scheme and host.
+func storeURI(cfg *store.Config) string {
+	switch cfg.Scheme {
+	case store.SchemeDaemon:
+		return "daemon"
+	case store.SchemeSSHNG:
+		u, _, _ := strings.Cut(cfg.URL, "?")
+		return u
+	}
+	return "local"
+}
+
+// openStoreConfig opens the store cfg names, as openStore opens --store's.
+func openStoreConfig(ctx context.Context, cfg *store.Config, settings *config.Settings, stderr io.Writer) (anyStore, error) {
+	switch cfg.Scheme {
+	case store.SchemeDaemon:
+		return remote.Open(ctx, cfg, remote.Options{ClientOptions: clientOptions(settings)})
+	case store.SchemeSSHNG:
+		c, err := remotebuild.DialDaemon(ctx, &remotebuild.Machine{StoreURI: cfg.URL}, cfg.StoreDir, stderr)
+		if err != nil {
+			return nil, fmt.Errorf("open store %s: %w", cfg.URL, err)
+		}
+		return sshNGStore{c.Store(), c}, nil
+	}
+	return local.Open(ctx, cfg, localOptions(settings))
+}
+
+// trustedKeys are trusted-public-keys, a malformed one warned about.
+func trustedKeys(settings *config.Settings, warn func(string)) []narinfo.PublicKey {
+	var keys []narinfo.PublicKey
+	for _, s := range strings.Fields(settings.Get("trusted-public-keys")) {
+		k, err := narinfo.ParsePublicKey(s)
+		if err != nil {
+			warn(fmt.Sprintf("ignoring malformed public key '%s': %v", s, err))
+			continue
+		}
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// copier copies closures from src to dst as Nix's copyPaths does.
+type copier struct {
+	src, dst       anyStore
+	srcURI, dstURI string
+	checkSigs      bool
+	substitute     bool
+	verify         bool // dst is local: check signatures here
+	keys           []narinfo.PublicKey
+	log            io.Writer
+}
+
+func (c *copier) copy(ctx context.Context, paths []storepath.StorePath) error {
+	closure, err := c.src.QueryClosure(ctx, paths, false)
+	if err != nil {
+		return err
+	}
+	valid, err := c.validOnDst(ctx, closure)
+	if err != nil {
+		return err
+	}
+	isValid := make(map[storepath.StorePath]bool, len(valid))
+	for _, p := range valid {
+		isValid[p] = true
+	}
+	var missing []storepath.StorePath
+	for _, p := range closure {
+		if !isValid[p] {
+			missing = append(missing, p)
+		}
+	}
+	fmt.Fprintf(c.log, "copying %d paths...\n", len(missing))
+	if len(missing) == 0 {
+		return nil
+	}
+	infos, err := c.src.QueryPathInfos(ctx, missing)
+	if err != nil {
+		return err
+	}
+	byPath := make(map[storepath.StorePath]*store.PathInfo, len(infos))
+	for _, info := range infos {
+		byPath[info.Path] = info
+	}
+	order, err := store.TopoSort(missing, func(p storepath.StorePath) []storepath.StorePath { return byPath[p].References })
+	if err != nil {
+		return err
+	}
+	sorted := make([]*store.PathInfo, 0, len(order))
+	for i := len(order) - 1; i >= 0; i-- {
+		// Copied as Nix copies: never marked built here.
+		info := byPath[order[i]]
+		info.Ultimate = false
+		sorted = append(sorted, info)
+	}
+	if rs, ok := c.dst.(interface {
+		AddNars(context.Context, []*store.PathInfo, func(*store.PathInfo) (io.ReadCloser, error), func(*store.PathInfo), store.AddNarOptions) error
+	}); ok {
+		// A daemon: every path in one stream; it checks the signatures.
+		err := rs.AddNars(ctx, sorted, func(info *store.PathInfo) (io.ReadCloser, error) {
+			pr, pw := io.Pipe()
+			go func() { pw.CloseWithError(c.src.NarFromPath(ctx, info.Path, pw)) }()
+			return pr, nil
+		}, func(info *store.PathInfo) {
+			fmt.Fprintf(c.log, "%s\n", c.message(info.Path))
+		}, store.AddNarOptions{CheckSigs: c.checkSigs})
+		var de *remote.Error
+		if errors.As(err, &de) {
+			return errors.New(de.Message) // the daemon's words, as Nix shows them
+		}
+		return err
+	}
+	adder, ok := c.dst.(store.NarAdder)
+	if !ok {
+		return fmt.Errorf("copy to '%s': %w", c.dstURI, store.ErrUnsupported)
+	}
+	for _, info := range sorted {
+		fmt.Fprintf(c.log, "%s\n", c.message(info.Path))
+		if c.verify && !info.ContentAddressed() && !signed(info, c.keys) {
+			return fmt.Errorf("cannot add path '%s' because it lacks a valid signature", info.Path)
+		}
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(c.src.NarFromPath(ctx, info.Path, pw)) }()
+		err := adder.AddNar(ctx, info, pr, store.AddNarOptions{CheckSigs: c.checkSigs})
+		pr.CloseWithError(io.ErrClosedPipe)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validOnDst asks the destination which paths it has, letting it
+// substitute first with --substitute-on-destination (a daemon's).
+func (c *copier) validOnDst(ctx context.Context, paths []storepath.StorePath) ([]storepath.StorePath, error) {
+	if rs, ok := c.dst.(interface {
+		QueryValidPathsSubstituting(context.Context, []storepath.StorePath, bool) ([]storepath.StorePath, error)
+	}); ok {
+		return rs.QueryValidPathsSubstituting(ctx, paths, c.substitute)
+	}
+	vq, ok := c.dst.(store.ValidityQuerier)
+	if !ok {
+		return nil, fmt.Errorf("copy to '%s': %w", c.dstURI, store.ErrUnsupported)
+	}
+	return vq.QueryValidPaths(ctx, paths)
+}
+
+// message is Nix's text for one path copied.
+func (c *copier) message(p storepath.StorePath) string {
+	switch {
+	case c.srcURI == "local" || c.srcURI == "daemon":
+		return fmt.Sprintf("copying path '%s' to '%s'...", p, c.dstURI)
+	case c.dstURI == "local" || c.dstURI == "daemon":
+		return fmt.Sprintf("copying path '%s' from '%s'...", p, c.srcURI)
+	}
+	return fmt.Sprintf("copying path '%s' from '%s' to '%s'...", p, c.srcURI, c.dstURI)
+}
+
+// signed reports whether one of info's signatures is by one of keys.
+func signed(info *store.PathInfo, keys []narinfo.PublicKey) bool {
+	var sigs []narinfo.Signature
+	for _, s := range info.Signatures {
+		if sig, err := narinfo.ParseSignature(s); err == nil {
+			sigs = append(sigs, sig)
+		}
+	}
+	return len(sigs) > 0 && narinfo.VerifyAny(info.Fingerprint(), sigs, keys)
+}
