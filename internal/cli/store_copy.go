@@ -192,6 +192,9 @@ func (c *copier) copy(ctx context.Context, paths []storepath.StorePath) error {
 		}
 		return err
 	}
+	if st, ok := c.dst.(*local.Store); ok {
+		return c.copyLocal(ctx, st, sorted)
+	}
 	adder, ok := c.dst.(store.NarAdder)
 	if !ok {
 		return fmt.Errorf("copy to '%s': %w", c.dstURI, store.ErrUnsupported)
@@ -206,6 +209,42 @@ func (c *copier) copy(ctx context.Context, paths []storepath.StorePath) error {
 		err := adder.AddNar(ctx, info, pr, store.AddNarOptions{CheckSigs: c.checkSigs})
 		pr.CloseWithError(io.ErrClosedPipe)
 		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// localBatch is how many paths a local destination registers at once (its
+// spare lock files: see local.Store.AddPaths).
+const localBatch = 64
+
+// copyLocal adds infos (dependencies first) to a local store, a batch of
+// localBatch paths per transaction.
+func (c *copier) copyLocal(ctx context.Context, st *local.Store, infos []*store.PathInfo) error {
+	for start := 0; start < len(infos); start += localBatch {
+		b := st.NewBatch()
+		for _, info := range infos[start:min(start+localBatch, len(infos))] {
+			fmt.Fprintf(c.log, "%s\n", c.message(info.Path))
+			var err error
+			if c.verify && !info.ContentAddressed() && !signed(info, c.keys) {
+				err = fmt.Errorf("cannot add path '%s' because it lacks a valid signature", info.Path)
+			} else {
+				pr, pw := io.Pipe()
+				go func() { pw.CloseWithError(c.src.NarFromPath(ctx, info.Path, pw)) }()
+				err = b.AddNar(ctx, info, pr, store.AddNarOptions{})
+				pr.CloseWithError(io.ErrClosedPipe)
+			}
+			if err != nil {
+				// The paths before it stay copied, as Nix copies one
+				// at a time.
+				if cerr := b.Commit(ctx); cerr != nil {
+					return cerr
+				}
+				return err
+			}
+		}
+		if err := b.Commit(ctx); err != nil {
 			return err
 		}
 	}
