@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -50,12 +51,12 @@ func newStoreCopyCmd() *cobra.Command {
 			if to != "" {
 				srcCfg, dstCfg = cfg, other
 			}
-			src, err := openStoreConfig(ctx, srcCfg, settings, cmd.ErrOrStderr())
+			src, err := openCopyStore(ctx, srcCfg, settings, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
 			defer src.Close()
-			dst, err := openStoreConfig(ctx, dstCfg, settings, cmd.ErrOrStderr())
+			dst, err := openCopyStore(ctx, dstCfg, settings, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -64,7 +65,11 @@ func newStoreCopyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c := &copier{src: src, dst: dst, srcURI: storeURI(srcCfg), dstURI: storeURI(dstCfg),
+			csrc, ok := src.(copySource)
+			if !ok {
+				return fmt.Errorf("copy from '%s': %w", storeURI(srcCfg), store.ErrUnsupported)
+			}
+			c := &copier{src: csrc, dst: dst, srcURI: storeURI(srcCfg), dstURI: storeURI(dstCfg),
 				checkSigs: !noCheckSigs, substitute: substitute, log: cmd.ErrOrStderr()}
 			if _, ok := dst.(*local.Store); ok && c.checkSigs && settings.Bool("require-sigs") {
 				c.keys = trustedKeys(settings, warnTo(cmd.ErrOrStderr()))
@@ -86,11 +91,97 @@ func storeURI(cfg *store.Config) string {
 	switch cfg.Scheme {
 	case store.SchemeDaemon:
 		return "daemon"
-	case store.SchemeSSHNG:
+	case store.SchemeSSHNG, store.SchemeSSH:
 		u, _, _ := strings.Cut(cfg.URL, "?")
 		return u
 	}
 	return "local"
+}
+
+// openCopyStore opens a store to copy from or to: any the verbs open, and
+// ssh:// (nix-store --serve).
+func openCopyStore(ctx context.Context, cfg *store.Config, settings *config.Settings, stderr io.Writer) (store.Store, error) {
+	if cfg.Scheme != store.SchemeSSH {
+		return openStoreConfig(ctx, cfg, settings, stderr)
+	}
+	c, err := remotebuild.Dial(ctx, &remotebuild.Machine{StoreURI: cfg.URL}, stderr)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", cfg.URL, err)
+	}
+	return &serveStore{c: c, dir: cfg.StoreDir}, nil
+}
+
+// serveStore is an ssh:// store (nix-store --serve --write) as copying
+// uses it.
+type serveStore struct {
+	c   *remotebuild.Conn
+	dir storepath.StoreDir
+}
+
+func (s *serveStore) StoreDir() storepath.StoreDir { return s.dir }
+func (s *serveStore) Close() error                 { return s.c.Close() }
+
+func (s *serveStore) QueryPathInfos(ctx context.Context, paths []storepath.StorePath) ([]*store.PathInfo, error) {
+	return s.c.QueryPathInfos(paths)
+}
+
+// QueryClosure follows references one level per QueryPathInfos, as Nix's
+// computeFSClosure does on an ssh store.
+func (s *serveStore) QueryClosure(ctx context.Context, roots []storepath.StorePath, reverse bool) ([]storepath.StorePath, error) {
+	seen := map[storepath.StorePath]bool{}
+	var out []storepath.StorePath
+	for frontier := roots; len(frontier) > 0; {
+		var next []storepath.StorePath
+		infos, err := s.c.QueryPathInfos(frontier)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range frontier {
+			if !slices.ContainsFunc(infos, func(i *store.PathInfo) bool { return i.Path == p }) {
+				return nil, fmt.Errorf("path '%s' is not valid", p)
+			}
+		}
+		for _, info := range infos {
+			if seen[info.Path] {
+				continue
+			}
+			seen[info.Path] = true
+			out = append(out, info.Path)
+			for _, r := range info.References {
+				if !seen[r] {
+					next = append(next, r)
+				}
+			}
+		}
+		storepath.SortPaths(next)
+		frontier = slices.Compact(next)
+	}
+	storepath.SortPaths(out)
+	return out, nil
+}
+
+func (s *serveStore) NarFromPath(ctx context.Context, p storepath.StorePath, w io.Writer) error {
+	infos, err := s.c.QueryPathInfos([]storepath.StorePath{p})
+	if err != nil {
+		return err
+	}
+	if len(infos) == 0 {
+		return fmt.Errorf("path '%s' is not valid", p)
+	}
+	r, err := s.c.DumpStorePath(p, infos[0].NarSize)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(w, r)
+	return err
+}
+
+func (s *serveStore) QueryValidPathsSubstituting(ctx context.Context, paths []storepath.StorePath, substitute bool) ([]storepath.StorePath, error) {
+	return s.c.QueryValidPaths(paths, false, substitute)
+}
+
+func (s *serveStore) AddNar(ctx context.Context, info *store.PathInfo, nar io.Reader, opts store.AddNarOptions) error {
+	return s.c.AddToStoreNar(info, nar)
 }
 
 // openStoreConfig opens the store cfg names, as openStore opens --store's.
@@ -122,9 +213,19 @@ func trustedKeys(settings *config.Settings, warn func(string)) []narinfo.PublicK
 	return keys
 }
 
+// copySource is what copying reads from a store.
+type copySource interface {
+	StoreDir() storepath.StoreDir
+	Close() error
+	QueryClosure(ctx context.Context, roots []storepath.StorePath, reverse bool) ([]storepath.StorePath, error)
+	QueryPathInfos(ctx context.Context, paths []storepath.StorePath) ([]*store.PathInfo, error)
+	NarFromPath(ctx context.Context, p storepath.StorePath, w io.Writer) error
+}
+
 // copier copies closures from src to dst as Nix's copyPaths does.
 type copier struct {
-	src, dst       anyStore
+	src            copySource
+	dst            store.Store
 	srcURI, dstURI string
 	checkSigs      bool
 	substitute     bool

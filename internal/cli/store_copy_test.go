@@ -14,7 +14,8 @@ import (
 // same source store into stores of its own: an unsigned input-addressed
 // closure refused by a local store, then copied with --no-check-sigs, then
 // nothing left to copy; the same closure to an ssh-ng:// store (refused by
-// the daemon there, then copied without the check) and back.
+// the daemon there, then copied without the check) and back, and to and
+// from an ssh:// store.
 // The same stderr and exit, the same nix path-info --json.
 func TestStoreCopyAgainstNix(t *testing.T) {
 	nixtest.Require(t, "nix", "nix-store", "nix-build", "nix-daemon")
@@ -67,6 +68,19 @@ func TestStoreCopyAgainstNix(t *testing.T) {
 	both("from ssh-ng://", func(tool string) string {
 		back := "local?root=" + filepath.Join(dir, tool+"-back")
 		return copyWith(tool, back, "--no-check-sigs", "--from", ng(tool), top) + "\n" +
+			cmds.must("nix", "path-info", "--store", back, "--json", "-r", top)
+	})
+	// ssh:// (nix-store --serve --write): no signatures asked there.
+	legacy := func(tool string) string {
+		return "ssh://localhost?remote-store=local?root=" + filepath.Join(dir, tool+"-ssh")
+	}
+	both("to ssh://", func(tool string) string {
+		return copyWith(tool, src, "--to", legacy(tool), top) + "\n" +
+			cmds.must("nix", "path-info", "--store", strings.TrimPrefix(legacy(tool), "ssh://localhost?remote-store="), "--json", "-r", top)
+	})
+	both("from ssh://", func(tool string) string {
+		back := "local?root=" + filepath.Join(dir, tool+"-ssh-back")
+		return copyWith(tool, back, "--no-check-sigs", "--from", legacy(tool), top) + "\n" +
 			cmds.must("nix", "path-info", "--store", back, "--json", "-r", top)
 	})
 }

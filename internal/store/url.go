@@ -25,13 +25,16 @@ const (
 	// SchemeSSHNG is "ssh-ng://[USER@]HOST": nix-daemon --stdio (or
 	// remote-program) run through ssh, for "localhost" without it.
 	SchemeSSHNG = "ssh-ng"
+	// SchemeSSH is "ssh://[USER@]HOST": nix-store --serve (the serve
+	// protocol; package remotebuild), which only copying uses.
+	SchemeSSH = "ssh"
 )
 
 // Config is a parsed store URL: which kind of store and where its parts live.
 type Config struct {
 	// URL is the URL as given.
 	URL string
-	// Scheme is SchemeLocal, SchemeDaemon or SchemeSSHNG.
+	// Scheme is SchemeLocal, SchemeDaemon, SchemeSSHNG or SchemeSSH.
 	Scheme string
 	// Socket is the daemon's Unix socket (SchemeDaemon only): the PATH of
 	// "unix://PATH", else NIX_DAEMON_SOCKET_PATH, else STATE/daemon-socket/socket.
@@ -89,6 +92,11 @@ func parseURL(s string, getenv Getenv) (*Config, error) {
 			return nil, fmt.Errorf("%w: no host", ErrInvalid)
 		}
 		scheme = SchemeSSHNG
+	case strings.HasPrefix(base, "ssh://"):
+		if base == "ssh://" {
+			return nil, fmt.Errorf("%w: no host", ErrInvalid)
+		}
+		scheme = SchemeSSH
 	case strings.Contains(base, "://"):
 		return nil, fmt.Errorf("%w: don't know how to open this kind of Nix store", ErrUnsupported)
 	case base == "" || base == "auto" || base == "local":
