@@ -17,13 +17,14 @@ import (
 	"cairn/internal/store/local"
 	"cairn/internal/store/remote"
 	"cairn/internal/storepath"
+	"cairn/internal/substitute"
 )
 
 func init() { registerStoreVerb(newStoreCopyCmd) }
 
 func newStoreCopyCmd() *cobra.Command {
 	var from, to string
-	var noCheckSigs, substitute bool
+	var noCheckSigs, onDestination bool
 	cmd := &cobra.Command{
 		Use:   "copy (--from URL | --to URL) PATH...",
 		Short: "Copy paths and their closures between stores, as nix copy",
@@ -32,7 +33,8 @@ func newStoreCopyCmd() *cobra.Command {
 			"local stores, daemons (daemon, unix://PATH) and ssh-ng://HOST alike. A path\n" +
 			"copied into a local store needs a signature by a trusted-public-keys key\n" +
 			"(require-sigs) unless it is content-addressed or --no-check-sigs is given;\n" +
-			"a daemon decides for itself.",
+			"a daemon decides for itself. --to file:///DIR writes a binary cache there\n" +
+			"(?compression=xz|bzip2|zstd|none, ?secret-key=FILE to sign).",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (from == "") == (to == "") {
@@ -42,6 +44,24 @@ func newStoreCopyCmd() *cobra.Command {
 			cfg, settings, err := storeConfig(cmd)
 			if err != nil {
 				return err
+			}
+			if strings.HasPrefix(to, "file://") {
+				// A binary cache, written as nix copy writes one.
+				src, err := openStoreConfig(ctx, cfg, settings, cmd.ErrOrStderr())
+				if err != nil {
+					return err
+				}
+				defer src.Close()
+				cache, err := substitute.OpenFileCache(to, src.StoreDir())
+				if err != nil {
+					return err
+				}
+				paths, err := argStorePaths(src.StoreDir(), args)
+				if err != nil {
+					return err
+				}
+				c := &copier{src: src, dst: cache, srcURI: storeURI(cfg), dstURI: cache.URI(), log: cmd.ErrOrStderr()}
+				return c.copy(ctx, paths)
 			}
 			other, err := parseStoreURL(from+to, warnTo(cmd.ErrOrStderr()))
 			if err != nil {
@@ -70,7 +90,7 @@ func newStoreCopyCmd() *cobra.Command {
 				return fmt.Errorf("copy from '%s': %w", storeURI(srcCfg), store.ErrUnsupported)
 			}
 			c := &copier{src: csrc, dst: dst, srcURI: storeURI(srcCfg), dstURI: storeURI(dstCfg),
-				checkSigs: !noCheckSigs, substitute: substitute, log: cmd.ErrOrStderr()}
+				checkSigs: !noCheckSigs, substitute: onDestination, log: cmd.ErrOrStderr()}
 			if _, ok := dst.(*local.Store); ok && c.checkSigs && settings.Bool("require-sigs") {
 				c.keys = trustedKeys(settings, warnTo(cmd.ErrOrStderr()))
 				c.verify = true
@@ -81,7 +101,7 @@ func newStoreCopyCmd() *cobra.Command {
 	cmd.Flags().StringVar(&from, "from", "", "copy from the store at `URL`")
 	cmd.Flags().StringVar(&to, "to", "", "copy to the store at `URL`")
 	cmd.Flags().BoolVar(&noCheckSigs, "no-check-sigs", false, "do not require signatures")
-	cmd.Flags().BoolVarP(&substitute, "substitute-on-destination", "s", false, "let the destination substitute what its caches have")
+	cmd.Flags().BoolVarP(&onDestination, "substitute-on-destination", "s", false, "let the destination substitute what its caches have")
 	return cmd
 }
 

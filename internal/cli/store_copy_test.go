@@ -84,3 +84,76 @@ func TestStoreCopyAgainstNix(t *testing.T) {
 			cmds.must("nix", "path-info", "--store", back, "--json", "-r", top)
 	})
 }
+
+// TestStoreCopyToCacheAgainstNix: cairn store copy --to file:// writes the
+// binary cache nix copy writes: byte for byte without compression; with xz
+// and a signing key, one Nix 2.8 substitutes from and finds signed alike.
+func TestStoreCopyToCacheAgainstNix(t *testing.T) {
+	nixtest.Require(t, "nix", "nix-store", "nix-build")
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir := t.TempDir()
+	bin := cairnBinary(t, dir)
+	file := filepath.Join(dir, "serve.nix")
+	os.WriteFile(file, []byte(serveNix), 0o644)
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
+		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
+	cmds := commander{t, env}
+	src := "local?root=" + filepath.Join(dir, "src")
+	top := cmds.must("nix-build", "--store", src, "--no-out-link", file, "-A", "top")
+	sec, pub := filepath.Join(dir, "key.sec"), filepath.Join(dir, "key.pub")
+	cmds.must("nix-store", "--generate-binary-cache-key", "cairn-copy-test-1", sec, pub)
+	pubKey, _ := os.ReadFile(pub)
+	copyTo := func(tool, url string) string {
+		var errOut string
+		var code int
+		if tool == "nix" {
+			_, errOut, code = cmds.run("nix", "copy", "--store", src, "--to", url, top)
+		} else {
+			_, errOut, code = cmds.run(bin, "--store", src, "store", "copy", "--to", url, top)
+		}
+		return strings.ReplaceAll(errOut, tool+"-cache", "CACHE") + "exit " + string(rune('0'+code))
+	}
+	files := func(root string) map[string]string {
+		out := map[string]string{}
+		filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				b, _ := os.ReadFile(p)
+				out[strings.TrimPrefix(p, root)] = string(b)
+			}
+			return nil
+		})
+		return out
+	}
+	none := func(tool string) string { return "file://" + filepath.Join(dir, tool+"-cache-none") + "?compression=none" }
+	if a, b := copyTo("cairn", none("cairn")), copyTo("nix", none("nix")); a != b {
+		t.Errorf("cairn store copy --to file://:\n%s\nnix copy:\n%s", a, b)
+	}
+	got, want := files(filepath.Join(dir, "cairn-cache-none")), files(filepath.Join(dir, "nix-cache-none"))
+	if len(got) != 5 || len(got) != len(want) {
+		t.Errorf("cache files: cairn %d, nix %d", len(got), len(want))
+	}
+	for name, data := range want {
+		if got[name] != data {
+			t.Errorf("%s differs:\ncairn: %q\nnix:   %q", name, got[name], data)
+		}
+	}
+	// xz and signed: Nix substitutes from both and finds the same signatures.
+	var infos [2]string
+	for i, tool := range []string{"cairn", "nix"} {
+		cache := "file://" + filepath.Join(dir, tool+"-cache-xz")
+		if r := copyTo(tool, cache+"?secret-key="+sec); !strings.HasSuffix(r, "exit 0") {
+			t.Fatalf("%s copy to %s: %s", tool, cache, r)
+		}
+		if r := copyTo(tool, cache+"?secret-key="+sec); !strings.HasPrefix(r, "copying 0 paths...\n") {
+			t.Errorf("%s copy again: %s", tool, r)
+		}
+		dst := "local?root=" + filepath.Join(dir, tool+"-subst")
+		cmds.must("nix-store", "--store", dst, "--option", "substituters", cache, "--option", "trusted-public-keys", strings.TrimSpace(string(pubKey)), "-r", top)
+		infos[i] = regexp.MustCompile(`"registrationTime":[0-9]+`).ReplaceAllString(cmds.must("nix", "path-info", "--store", dst, "--json", "-r", top), "")
+	}
+	if infos[0] != infos[1] || !strings.Contains(infos[0], "cairn-copy-test-1:") {
+		t.Errorf("substituted from cairn's cache:\n%s\nfrom nix's:\n%s", infos[0], infos[1])
+	}
+}
