@@ -126,7 +126,9 @@ func TestStoreCopyToCacheAgainstNix(t *testing.T) {
 		})
 		return out
 	}
-	none := func(tool string) string { return "file://" + filepath.Join(dir, tool+"-cache-none") + "?compression=none" }
+	none := func(tool string) string {
+		return "file://" + filepath.Join(dir, tool+"-cache-none") + "?compression=none"
+	}
 	if a, b := copyTo("cairn", none("cairn")), copyTo("nix", none("nix")); a != b {
 		t.Errorf("cairn store copy --to file://:\n%s\nnix copy:\n%s", a, b)
 	}
