@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # nix copy (Nix 2.8) and cairn store copy side by side: SMALL small files
 # (paths of their own) and a tree (one path), from one source store into a
-# fresh chroot store (--no-check-sigs), and into a fresh store behind
-# nix-daemon --stdio (ssh-ng://localhost, run without ssh). Alternating
-# rounds, medians in ms, and the ratio Cairn / Nix.
+# fresh chroot store (--no-check-sigs), into a fresh store behind
+# nix-daemon --stdio (ssh-ng://localhost, run without ssh), and into a fresh
+# file:// binary cache (xz, the default). Alternating rounds, medians in ms,
+# and the ratio Cairn / Nix.
 #
 # usage: bench/copy-sbs.sh [ROUNDS] [SMALL] [TREE]
 set -euo pipefail
@@ -23,10 +24,11 @@ declare -A t
 for r in $(seq "$rounds"); do
 	order="nix cairn"; [ $((r % 2)) = 0 ] && order="cairn nix"
 	for tool in $order; do
-		for kind in local ng; do
+		for kind in local ng cache; do
 			d="$w/$tool-$kind-$r"
 			to="local?root=$d"
 			[ $kind = ng ] && to="ssh-ng://localhost?remote-store=local?root=$d"
+			[ $kind = cache ] && to="file://$d"
 			sync
 			s=$(date +%s%N)
 			if [ $tool = nix ]; then
@@ -39,7 +41,7 @@ for r in $(seq "$rounds"); do
 	done
 done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-for kind in local ng; do
+for kind in local ng cache; do
 	a=$(echo "${t[nix-$kind]}" | median); b=$(echo "${t[cairn-$kind]}" | median)
 	echo "copy $small files + a tree to $kind: nix copy median $a ms (${t[nix-$kind]}), cairn store copy median $b ms (${t[cairn-$kind]}), cairn/nix $(awk "BEGIN {printf \"%.2f\", $b / $a}")"
 done
