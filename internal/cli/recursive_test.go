@@ -8,8 +8,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-
-	"cairn/internal/testutil/nixtest"
 )
 
 // TestRecursiveAgainstNix: cairn build of a recursive-nix derivation on a
@@ -17,24 +15,15 @@ import (
 // adds a path through the build's own daemon and sees it, and the output
 // refers to it.
 func TestRecursiveAgainstNix(t *testing.T) {
-	nixtest.Require(t, "nix-build", "nix-instantiate", "nix-store")
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("no /bin/busybox")
-	}
-	dir := t.TempDir()
-	bin := cairnBinary(t, dir)
-	file := filepath.Join(dir, "recursive.nix")
-	os.WriteFile(file, []byte(`derivation {
+	dir, bin, file, cmds := againstNix(t, "recursive.nix", `derivation {
   name = "cli-recursive"; system = builtins.currentSystem; builder = "/bin/sh";
   requiredSystemFeatures = [ "recursive-nix" ];
   PATH = "/usr/bin:/bin";
   args = [ "-c" "echo from-inside > $TMPDIR/f; p=$(nix-store --add $TMPDIR/f); echo $p $(cat $p) > $out" ];
-}`), 0o644)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
-		"NIX_CONFIG=experimental-features = nix-command recursive-nix\nsubstituters =\nsandbox = true\n" +
-			"sandbox-paths = /bin/sh=/bin/busybox /usr /lib=/usr/lib /lib64=/usr/lib64\nbuild-users-group =\n" +
-			"system-features = recursive-nix benchmark big-parallel nixos-test\n"}
-	cmds := commander{t, env}
+}`,
+		"experimental-features = nix-command recursive-nix\nsandbox-paths = /bin/sh=/bin/busybox /usr /lib=/usr/lib /lib64=/usr/lib64\n"+
+			"system-features = recursive-nix benchmark big-parallel nixos-test\n", "nix-build", "nix-instantiate", "nix-store")
+	env := cmds.env
 	nixStore, cairnStore := "local?root="+filepath.Join(dir, "nix"), "local?root="+filepath.Join(dir, "cairn-store")
 	want := cmds.must("nix-build", "--store", nixStore, "--no-out-link", file)
 	drv := cmds.must("nix-instantiate", "--store", cairnStore, file)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -11,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"cairn/internal/testutil/nixtest"
 )
 
 const remoteNix = `
@@ -37,17 +36,7 @@ in {
 // that cannot be reached, and a local build for a derivation that prefers
 // one.
 func TestRemoteBuildAgainstNix(t *testing.T) {
-	nixtest.Require(t, "nix", "nix-store", "nix-build", "nix-instantiate")
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("no /bin/busybox")
-	}
-	dir := t.TempDir()
-	bin := cairnBinary(t, dir)
-	file := filepath.Join(dir, "remote.nix")
-	os.WriteFile(file, []byte(remoteNix), 0o644)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
-		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
-	cmds := commander{t, env}
+	dir, bin, file, cmds := againstNix(t, "remote.nix", remoteNix, "", "nix", "nix-store", "nix-build", "nix-instantiate")
 	run, must := cmds.run, cmds.must
 	type side struct{ name, local, remote string }
 	sides := []*side{{name: "nix"}, {name: "cairn"}}
@@ -156,17 +145,7 @@ func TestRemoteBuildAgainstNix(t *testing.T) {
 // failure: what will be built, its log as it came, then the error without
 // a quoted tail, and the same exit status.
 func TestLocalFailureAgainstNix(t *testing.T) {
-	nixtest.Require(t, "nix-build", "nix-instantiate")
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("no /bin/busybox")
-	}
-	dir := t.TempDir()
-	bin := cairnBinary(t, dir)
-	file := filepath.Join(dir, "remote.nix")
-	os.WriteFile(file, []byte(remoteNix), 0o644)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
-		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
-	cmds := commander{t, env}
+	dir, bin, file, cmds := againstNix(t, "remote.nix", remoteNix, "", "nix-build", "nix-instantiate")
 	_, nixErr, nixCode := cmds.run("nix-build", "--store", "local?root="+filepath.Join(dir, "nix"), "--no-out-link", file, "-A", "fails")
 	drv := cmds.must("nix-instantiate", "--store", "local?root="+filepath.Join(dir, "cairn-store"), file, "-A", "fails")
 	_, cairnErr, cairnCode := cmds.run(bin, "--store", "local?root="+filepath.Join(dir, "cairn-store"), "build", drv)
@@ -179,19 +158,12 @@ func TestLocalFailureAgainstNix(t *testing.T) {
 // builds on a machine stops the build there too (nix-store --serve is
 // asked to stop, and stops its builder), and frees the machine's slot.
 func TestRemoteBuildCancel(t *testing.T) {
-	nixtest.Require(t, "nix-store", "nix-instantiate")
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("no /bin/busybox")
-	}
-	dir := t.TempDir()
-	bin := cairnBinary(t, dir)
-	file := filepath.Join(dir, "sleeper.nix")
-	// A marker no other test's builder runs.
-	os.WriteFile(file, []byte(`derivation { name = "remote-sleeper"; system = builtins.currentSystem; builder = "/bin/sh";
-  args = [ "-c" "echo sleeping; sleep 3737; echo > $out" ]; }`), 0o644)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
-		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
-	cmds := commander{t, env}
+	// A marker no other builder runs, not even this test's in another
+	// checkout.
+	marker := fmt.Sprintf("sleep %d", 3000+os.Getpid()%1000)
+	dir, bin, file, cmds := againstNix(t, "sleeper.nix", `derivation { name = "remote-sleeper"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo sleeping; `+marker+`; echo > $out" ]; }`, "", "nix-store", "nix-instantiate")
+	env := cmds.env
 	local, machine := "local?root="+filepath.Join(dir, "local"), "local?root="+filepath.Join(dir, "machine")
 	drv := cmds.must("nix-instantiate", "--store", local, file)
 	builders := "ssh://localhost?remote-store=" + machine + " x86_64-linux"
@@ -209,7 +181,7 @@ func TestRemoteBuildCancel(t *testing.T) {
 		}
 	}
 	running := func() bool {
-		out, _ := exec.Command("pgrep", "-f", "sleep 3737").Output()
+		out, _ := exec.Command("pgrep", "-f", marker).Output()
 		return len(strings.TrimSpace(string(out))) > 0
 	}
 	if !running() {
@@ -226,7 +198,7 @@ func TestRemoteBuildCancel(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if running() {
-		exec.Command("pkill", "-f", "sleep 3737").Run()
+		exec.Command("pkill", "-f", marker).Run()
 		t.Fatal("the builder still runs on the machine after the interrupt")
 	}
 	// The slot is free again: the next build gets it at once.

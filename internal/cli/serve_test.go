@@ -28,17 +28,7 @@ in {
 // copied to and from it, path infos and closures read through it, a
 // derivation built on it and one that fails there.
 func TestServeAgainstNix(t *testing.T) {
-	nixtest.Require(t, "nix", "nix-store", "nix-build", "nix-instantiate")
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("no /bin/busybox")
-	}
-	dir := t.TempDir()
-	bin := cairnBinary(t, dir)
-	file := filepath.Join(dir, "serve.nix")
-	os.WriteFile(file, []byte(serveNix), 0o644)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
-		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
-	cmds := commander{t, env}
+	dir, bin, file, cmds := againstNix(t, "serve.nix", serveNix, "", "nix", "nix-store", "nix-build", "nix-instantiate")
 	run, must := cmds.run, cmds.must
 	src := "local?root=" + filepath.Join(dir, "src")
 	top := must("nix-build", "--store", src, "--no-out-link", file, "-A", "top")
@@ -182,6 +172,32 @@ func TestServeDaemonStore(t *testing.T) {
 
 // commander runs programs with env: run returns stdout (trimmed), stderr
 // and the exit code; must fails the test unless the program succeeds.
+// sandboxedNixConf is the NIX_CONFIG of the tests that run Nix's clients
+// next to cairn: no caches, the sandbox with busybox as /bin/sh, no build
+// users.
+const sandboxedNixConf = "experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"
+
+// againstNix prepares a test of cairn against Nix's clients: it skips
+// without the tools or busybox, and returns a temporary dir holding the
+// cairn binary and the file name with contents, and a commander whose
+// NIX_CONFIG is sandboxedNixConf (then extraConf).
+func againstNix(t *testing.T, name, contents, extraConf string, tools ...string) (dir, bin, file string, cmds commander) {
+	t.Helper()
+	nixtest.Require(t, tools...)
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox")
+	}
+	dir = t.TempDir()
+	bin = cairnBinary(t, dir)
+	file = filepath.Join(dir, name)
+	if err := os.WriteFile(file, []byte(contents), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
+		"NIX_CONFIG=" + sandboxedNixConf + extraConf}
+	return dir, bin, file, commander{t, env}
+}
+
 type commander struct {
 	t   *testing.T
 	env []string

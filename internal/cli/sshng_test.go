@@ -6,8 +6,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-
-	"cairn/internal/testutil/nixtest"
 )
 
 // TestSSHNGStoreAgainstNix: cairn's verbs on an ssh-ng:// store (nix-daemon
@@ -15,19 +13,9 @@ import (
 // use it: a path added through it, read back as nix path-info reads it, its
 // closure, and a derivation built through it.
 func TestSSHNGStoreAgainstNix(t *testing.T) {
-	nixtest.Require(t, "nix", "nix-store", "nix-daemon", "nix-instantiate")
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("no /bin/busybox")
-	}
-	dir := t.TempDir()
-	bin := cairnBinary(t, dir)
-	file := filepath.Join(dir, "serve.nix")
-	os.WriteFile(file, []byte(serveNix), 0o644)
+	dir, bin, file, cmds := againstNix(t, "serve.nix", serveNix, "", "nix", "nix-store", "nix-daemon", "nix-instantiate")
 	src := filepath.Join(dir, "hello.txt")
 	os.WriteFile(src, []byte("hello over ssh-ng\n"), 0o644)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
-		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
-	cmds := commander{t, env}
 	must := cmds.must
 	url := func(name string) string {
 		return "ssh-ng://localhost?remote-store=local?root=" + filepath.Join(dir, name)

@@ -6,8 +6,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-
-	"cairn/internal/testutil/nixtest"
 )
 
 // TestStoreCopyAgainstNix: cairn store copy against nix copy, each from the
@@ -18,17 +16,7 @@ import (
 // from an ssh:// store.
 // The same stderr and exit, the same nix path-info --json.
 func TestStoreCopyAgainstNix(t *testing.T) {
-	nixtest.Require(t, "nix", "nix-store", "nix-build", "nix-daemon")
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("no /bin/busybox")
-	}
-	dir := t.TempDir()
-	bin := cairnBinary(t, dir)
-	file := filepath.Join(dir, "serve.nix")
-	os.WriteFile(file, []byte(serveNix), 0o644)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
-		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
-	cmds := commander{t, env}
+	dir, bin, file, cmds := againstNix(t, "serve.nix", serveNix, "", "nix", "nix-store", "nix-build", "nix-daemon")
 	src := "local?root=" + filepath.Join(dir, "src")
 	top := cmds.must("nix-build", "--store", src, "--no-out-link", file, "-A", "top")
 	regTime := regexp.MustCompile(`"registrationTime":[0-9]+`)
@@ -89,17 +77,7 @@ func TestStoreCopyAgainstNix(t *testing.T) {
 // binary cache nix copy writes: byte for byte without compression; with xz
 // and a signing key, one Nix 2.8 substitutes from and finds signed alike.
 func TestStoreCopyToCacheAgainstNix(t *testing.T) {
-	nixtest.Require(t, "nix", "nix-store", "nix-build")
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("no /bin/busybox")
-	}
-	dir := t.TempDir()
-	bin := cairnBinary(t, dir)
-	file := filepath.Join(dir, "serve.nix")
-	os.WriteFile(file, []byte(serveNix), 0o644)
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "NIX_CONF_DIR=/nonexistent", "NIX_USER_CONF_FILES=/nonexistent",
-		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nsandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group =\n"}
-	cmds := commander{t, env}
+	dir, bin, file, cmds := againstNix(t, "serve.nix", serveNix, "", "nix", "nix-store", "nix-build")
 	src := "local?root=" + filepath.Join(dir, "src")
 	top := cmds.must("nix-build", "--store", src, "--no-out-link", file, "-A", "top")
 	sec, pub := filepath.Join(dir, "key.sec"), filepath.Join(dir, "key.pub")
