@@ -2,7 +2,6 @@ package build
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"slices"
 	"strings"
@@ -194,20 +193,7 @@ func (m localMissing) ValidPaths(ps []storepath.StorePath) (map[storepath.StoreP
 func (m localMissing) HasCaches() bool                   { return len(m.cfg.Caches) > 0 }
 func (m localMissing) Prefetch(ps []storepath.StorePath) { substitute.Prefetch(m.ctx, m.cfg, ps) }
 func (m localMissing) Substitutable(ps []storepath.StorePath) ([]protocol.SubstitutablePathInfo, error) {
-	var out []protocol.SubstitutablePathInfo
-	for _, p := range ps {
-		f, err := substitute.Query(m.ctx, m.cfg, p, nil)
-		if errors.Is(err, substitute.ErrNoSubstitute) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		ni := f.NarInfo
-		out = append(out, protocol.SubstitutablePathInfo{Path: p, Deriver: ni.Deriver, References: ni.References,
-			DownloadSize: ni.FileSize, NarSize: ni.NarSize})
-	}
-	return out, nil
+	return substitute.Substitutable(m.ctx, m.cfg, ps)
 }
 func (m localMissing) MissingOutputs(dp protocol.DerivedPath) (*derivation.Derivation, map[string]storepath.StorePath, bool, error) {
 	drv, err := m.b.readDrv(m.ctx, dp.Path)

@@ -137,23 +137,7 @@ func (c *conn) substitutablePaths(paths []storepath.StorePath) ([]storepath.Stor
 }
 
 func (c *conn) substitutableIn(cfg substitute.Config, paths []storepath.StorePath) ([]protocol.SubstitutablePathInfo, error) {
-	var out []protocol.SubstitutablePathInfo
-	if len(cfg.Caches) == 0 {
-		return nil, nil
-	}
-	for _, p := range paths {
-		f, err := substitute.Query(c.ctx, cfg, p, nil)
-		if errors.Is(err, substitute.ErrNoSubstitute) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		ni := f.NarInfo
-		out = append(out, protocol.SubstitutablePathInfo{Path: p, Deriver: ni.Deriver, References: ni.References,
-			DownloadSize: ni.FileSize, NarSize: ni.NarSize})
-	}
-	return out, nil
+	return substitute.Substitutable(c.ctx, cfg, paths)
 }
 
 var _ build.Logger = (*buildLogger)(nil)

@@ -13,6 +13,7 @@ import (
 
 	"cairn/internal/narinfo"
 	"cairn/internal/nixhash"
+	"cairn/internal/protocol"
 	"cairn/internal/store"
 	"cairn/internal/store/local"
 	"cairn/internal/storepath"
@@ -658,4 +659,26 @@ func Prefetch(ctx context.Context, cfg Config, paths []storepath.StorePath) {
 		})
 	}
 	wg.Wait()
+}
+
+// Substitutable returns what cfg's caches know of those of paths they have
+// (QuerySubstitutablePathInfos' answer); a path none has is left out.
+func Substitutable(ctx context.Context, cfg Config, paths []storepath.StorePath) ([]protocol.SubstitutablePathInfo, error) {
+	var out []protocol.SubstitutablePathInfo
+	if len(cfg.Caches) == 0 {
+		return nil, nil
+	}
+	for _, p := range paths {
+		f, err := Query(ctx, cfg, p, nil)
+		if errors.Is(err, ErrNoSubstitute) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		ni := f.NarInfo
+		out = append(out, protocol.SubstitutablePathInfo{Path: p, Deriver: ni.Deriver, References: ni.References,
+			DownloadSize: ni.FileSize, NarSize: ni.NarSize})
+	}
+	return out, nil
 }
