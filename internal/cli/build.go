@@ -188,7 +188,9 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	}
 	bcfg := build.ConfigFrom(settings)
 	// Recursive Nix: a recursive-nix build's own daemon, on this store.
-	bcfg.ServeRecursive = (&daemon.Server{Store: st, Settings: settings}).ServeRecursive
+	rsrv := &daemon.Server{Store: st, Settings: settings}
+	defer rsrv.Close()
+	bcfg.ServeRecursive = rsrv.ServeRecursive
 	b, err := build.NewWithConfig(st, bcfg)
 	if err != nil {
 		return err

@@ -44,6 +44,10 @@ func (c *conn) builder() (*build.Builder, error) {
 	return bo.b, bo.err
 }
 
+// Close ends what a Server that is not serving (one used only for
+// ServeRecursive, say) keeps: its Builder's spare sandboxes.
+func (s *Server) Close() { s.closeBuilder() }
+
 // closeBuilder ends what the Server's Builder keeps between builds.
 func (s *Server) closeBuilder() {
 	if v, ok := builders.LoadAndDelete(s); ok {
