@@ -33,9 +33,7 @@ func TestNixRemoteBuild(t *testing.T) {
 	file := filepath.Join(dir, "remote.nix")
 	os.WriteFile(file, []byte(remoteBuildNix), 0o644)
 	// The machines' nix-store --serve, with the sandbox settings.
-	serve := filepath.Join(dir, "serve")
-	os.WriteFile(serve, []byte("#!/bin/sh\nexport NIX_CONFIG='sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\n"+
-		"build-users-group =\nsubstituters ='\nexec nix-store \"$@\"\n"), 0o755)
+	serve := serveProgram(t, dir)
 	machine := func(name string) string {
 		return "ssh://localhost?remote-program=" + serve + "&remote-store=local?root=" + filepath.Join(dir, name) + " x86_64-linux"
 	}
@@ -89,9 +87,7 @@ func TestRemoteBuildSlots(t *testing.T) {
 	file := filepath.Join(dir, "slots.nix")
 	os.WriteFile(file, []byte(`{ n }: derivation { name = "slot-${n}"; system = builtins.currentSystem; builder = "/bin/sh";
   args = [ "-c" "sleep 1; echo ${n} > $out" ]; }`), 0o644)
-	serve := filepath.Join(dir, "serve")
-	os.WriteFile(serve, []byte("#!/bin/sh\nexport NIX_CONFIG='sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\n"+
-		"build-users-group =\nsubstituters ='\nexec nix-store \"$@\"\n"), 0o755)
+	serve := serveProgram(t, dir)
 	machine := filepath.Join(dir, "machine")
 	// Made before the builds: two nix-store processes making a fresh
 	// chroot store at once can fail.
@@ -122,4 +118,18 @@ func TestRemoteBuildSlots(t *testing.T) {
 	if d := time.Since(start); d < 3*time.Second || d > 10*time.Second || waited < 2 {
 		t.Errorf("three 1 s builds on one slot took %v; %d waited for the machine", d, waited)
 	}
+}
+
+// serveProgram writes a machine's remote program into dir: Nix 2.8's
+// nix-store (--serve) with the sandbox settings of the tests (the daemons'
+// own reach no machine).
+func serveProgram(t *testing.T, dir string) string {
+	t.Helper()
+	serve := filepath.Join(dir, "serve")
+	err := os.WriteFile(serve, []byte("#!/bin/sh\nexport NIX_CONFIG='sandbox = true\nsandbox-paths = /bin/sh=/bin/busybox\n"+
+		"build-users-group =\nsubstituters ='\nexec nix-store \"$@\"\n"), 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serve
 }
