@@ -601,3 +601,29 @@ func TestDialCancelKillsGroup(t *testing.T) {
 		t.Errorf("Dial returned %v after a 200 ms deadline", d)
 	}
 }
+
+// FuzzCommand: any store URI gives an argv or an error, never a panic; the
+// command line quotes remote-store so that the shell sees one word.
+func FuzzCommand(f *testing.F) {
+	for _, s := range []string{
+		"ssh://localhost?remote-store=local?root=/a%20b'c",
+		"ssh-ng://user@host?remote-program=/nix/store/x-nix-2.8+git/bin/nix-daemon&compress=true",
+		"ssh://host?ssh-key=/k&base64-ssh-public-host-key=c3NoLWVkMjU1MTkgQUFBQQ",
+		"ssh://-oProxyCommand=x", "ssh://host?remote-program=%4", "file:///x", "ssh://",
+	} {
+		f.Add(s)
+	}
+	tmp := f.TempDir()
+	f.Fuzz(func(t *testing.T, uri string) {
+		argv, host, err := command(&Machine{StoreURI: uri}, tmp)
+		if err != nil {
+			return
+		}
+		if host == "" || strings.HasPrefix(host, "-") || len(argv) < 3 {
+			t.Fatalf("%q: argv %q, host %q", uri, argv, host)
+		}
+		if argv[0] == "ssh" && argv[1] != host {
+			t.Fatalf("%q: ssh to %q, host %q", uri, argv[1], host)
+		}
+	})
+}
