@@ -34,7 +34,8 @@ func newStoreCopyCmd() *cobra.Command {
 			"copied into a local store needs a signature by a trusted-public-keys key\n" +
 			"(require-sigs) unless it is content-addressed or --no-check-sigs is given;\n" +
 			"a daemon decides for itself. --to file:///DIR writes a binary cache there\n" +
-			"(?compression=xz|bzip2|zstd|none, ?secret-key=FILE to sign).",
+			"(?compression=xz|bzip2|zstd|none, ?secret-key=FILE to sign); --from a binary\n" +
+			"cache URL (file://, http(s)://, s3://) reads one.",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (from == "") == (to == "") {
@@ -61,6 +62,28 @@ func newStoreCopyCmd() *cobra.Command {
 					return err
 				}
 				c := &copier{src: src, dst: cache, srcURI: storeURI(cfg), dstURI: cache.URI(), log: cmd.ErrOrStderr()}
+				return c.copy(ctx, paths)
+			}
+			if isCacheURL(from) {
+				// From a binary cache: its narinfos and NARs.
+				dst, err := openStoreConfig(ctx, cfg, settings, cmd.ErrOrStderr())
+				if err != nil {
+					return err
+				}
+				defer dst.Close()
+				cache, err := substitute.NewCache(from, substitute.OptionsFrom(settings))
+				if err != nil {
+					return err
+				}
+				paths, err := argStorePaths(dst.StoreDir(), args)
+				if err != nil {
+					return err
+				}
+				c := &copier{src: cacheSource{cache, dst.StoreDir()}, dst: dst, srcURI: cache.URI(), dstURI: storeURI(cfg),
+					checkSigs: !noCheckSigs, log: cmd.ErrOrStderr()}
+				if _, ok := dst.(*local.Store); ok && c.checkSigs && settings.Bool("require-sigs") {
+					c.keys, c.verify = trustedKeys(settings, warnTo(cmd.ErrOrStderr())), true
+				}
 				return c.copy(ctx, paths)
 			}
 			other, err := parseStoreURL(from+to, warnTo(cmd.ErrOrStderr()))
@@ -118,6 +141,97 @@ func storeURI(cfg *store.Config) string {
 	return "local"
 }
 
+// isCacheURL says u names a binary cache to copy from.
+func isCacheURL(u string) bool {
+	for _, p := range []string{"file://", "http://", "https://", "s3://"} {
+		if strings.HasPrefix(u, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// cacheSource is a binary cache as copying reads it.
+type cacheSource struct {
+	c   *substitute.Cache
+	dir storepath.StoreDir // the destination's, which the cache's must be
+}
+
+func (s cacheSource) StoreDir() storepath.StoreDir { return s.dir }
+func (s cacheSource) Close() error                 { return nil }
+
+func (s cacheSource) QueryPathInfos(ctx context.Context, paths []storepath.StorePath) ([]*store.PathInfo, error) {
+	var out []*store.PathInfo
+	for _, p := range paths {
+		ni, err := s.c.NarInfo(ctx, p)
+		if errors.Is(err, substitute.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		info := &store.PathInfo{Path: ni.StorePath, NarHash: ni.NarHash, NarSize: ni.NarSize,
+			References: ni.References, Deriver: ni.Deriver, CA: ni.CA}
+		for _, sig := range ni.Sigs {
+			info.Signatures = append(info.Signatures, sig.String())
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+func (s cacheSource) QueryClosure(ctx context.Context, roots []storepath.StorePath, reverse bool) ([]storepath.StorePath, error) {
+	return closureOf(ctx, s.QueryPathInfos, roots)
+}
+
+func (s cacheSource) NarFromPath(ctx context.Context, p storepath.StorePath, w io.Writer) error {
+	ni, err := s.c.NarInfo(ctx, p)
+	if err != nil {
+		return err
+	}
+	rc, err := s.c.OpenNar(ctx, ni)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return substitute.Decompress(ni.Compression, rc, w)
+}
+
+// closureOf follows references one level per query, as Nix's
+// computeFSClosure does on a store that has no closure query.
+func closureOf(ctx context.Context, infos func(context.Context, []storepath.StorePath) ([]*store.PathInfo, error), roots []storepath.StorePath) ([]storepath.StorePath, error) {
+	seen := map[storepath.StorePath]bool{}
+	var out []storepath.StorePath
+	for frontier := roots; len(frontier) > 0; {
+		var next []storepath.StorePath
+		got, err := infos(ctx, frontier)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range frontier {
+			if !slices.ContainsFunc(got, func(i *store.PathInfo) bool { return i.Path == p }) {
+				return nil, fmt.Errorf("path '%s' is not valid", p)
+			}
+		}
+		for _, info := range got {
+			if seen[info.Path] {
+				continue
+			}
+			seen[info.Path] = true
+			out = append(out, info.Path)
+			for _, r := range info.References {
+				if !seen[r] {
+					next = append(next, r)
+				}
+			}
+		}
+		storepath.SortPaths(next)
+		frontier = slices.Compact(next)
+	}
+	storepath.SortPaths(out)
+	return out, nil
+}
+
 // openCopyStore opens a store to copy from or to: any the verbs open, and
 // ssh:// (nix-store --serve).
 func openCopyStore(ctx context.Context, cfg *store.Config, settings *config.Settings, stderr io.Writer) (store.Store, error) {
@@ -145,39 +259,9 @@ func (s *serveStore) QueryPathInfos(ctx context.Context, paths []storepath.Store
 	return s.c.QueryPathInfos(paths)
 }
 
-// QueryClosure follows references one level per QueryPathInfos, as Nix's
-// computeFSClosure does on an ssh store.
+// QueryClosure follows references one level per QueryPathInfos.
 func (s *serveStore) QueryClosure(ctx context.Context, roots []storepath.StorePath, reverse bool) ([]storepath.StorePath, error) {
-	seen := map[storepath.StorePath]bool{}
-	var out []storepath.StorePath
-	for frontier := roots; len(frontier) > 0; {
-		var next []storepath.StorePath
-		infos, err := s.c.QueryPathInfos(frontier)
-		if err != nil {
-			return nil, err
-		}
-		for _, p := range frontier {
-			if !slices.ContainsFunc(infos, func(i *store.PathInfo) bool { return i.Path == p }) {
-				return nil, fmt.Errorf("path '%s' is not valid", p)
-			}
-		}
-		for _, info := range infos {
-			if seen[info.Path] {
-				continue
-			}
-			seen[info.Path] = true
-			out = append(out, info.Path)
-			for _, r := range info.References {
-				if !seen[r] {
-					next = append(next, r)
-				}
-			}
-		}
-		storepath.SortPaths(next)
-		frontier = slices.Compact(next)
-	}
-	storepath.SortPaths(out)
-	return out, nil
+	return closureOf(ctx, s.QueryPathInfos, roots)
 }
 
 func (s *serveStore) NarFromPath(ctx context.Context, p storepath.StorePath, w io.Writer) error {

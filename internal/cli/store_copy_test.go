@@ -75,7 +75,8 @@ func TestStoreCopyAgainstNix(t *testing.T) {
 
 // TestStoreCopyToCacheAgainstNix: cairn store copy --to file:// writes the
 // binary cache nix copy writes: byte for byte without compression; with xz
-// and a signing key, one Nix 2.8 substitutes from and finds signed alike.
+// and a signing key, one Nix 2.8 substitutes from and finds signed alike;
+// and --from file:// copies it back as nix copy does.
 func TestStoreCopyToCacheAgainstNix(t *testing.T) {
 	dir, bin, file, cmds := againstNix(t, "serve.nix", serveNix, "", "nix", "nix-store", "nix-build")
 	src := "local?root=" + filepath.Join(dir, "src")
@@ -135,5 +136,25 @@ func TestStoreCopyToCacheAgainstNix(t *testing.T) {
 	}
 	if infos[0] != infos[1] || !strings.Contains(infos[0], "cairn-copy-test-1:") {
 		t.Errorf("substituted from cairn's cache:\n%s\nfrom nix's:\n%s", infos[0], infos[1])
+	}
+	// Back from the cache Cairn wrote, signatures checked against the key:
+	// as nix copy --from does.
+	key := strings.TrimSpace(string(pubKey))
+	from := "file://" + filepath.Join(dir, "cairn-cache-xz")
+	var back [2]string
+	for i, tool := range []string{"cairn", "nix"} {
+		dst := "local?root=" + filepath.Join(dir, tool+"-back")
+		var errOut string
+		var code int
+		if tool == "nix" {
+			_, errOut, code = cmds.run("nix", "copy", "--store", dst, "--option", "trusted-public-keys", key, "--from", from, top)
+		} else {
+			_, errOut, code = cmds.run(bin, "--store", dst, "--option", "trusted-public-keys", key, "store", "copy", "--from", from, top)
+		}
+		back[i] = errOut + "exit " + string(rune('0'+code)) + "\n" +
+			regexp.MustCompile(`"registrationTime":[0-9]+`).ReplaceAllString(cmds.must("nix", "path-info", "--store", dst, "--json", "-r", top), "")
+	}
+	if back[0] != back[1] || !strings.Contains(back[0], "exit 0") {
+		t.Errorf("cairn store copy --from file://:\n%s\nnix copy:\n%s", back[0], back[1])
 	}
 }

@@ -42,3 +42,15 @@ func decompressor(compression string, r io.Reader) (io.Reader, func(), error) {
 	}
 	return nil, nil, fmt.Errorf("unsupported compression method '%s'", compression)
 }
+
+// Decompress writes to w what r holds compressed as compression (a
+// narinfo's Compression) says.
+func Decompress(compression string, r io.Reader, w io.Writer) error {
+	dr, done, err := decompressor(compression, r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	_, err = io.Copy(w, dr)
+	return err
+}
