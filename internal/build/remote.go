@@ -135,12 +135,43 @@ func (b *Builder) tryRemote(g *goal, r *request) (handled bool, status Status, e
 	if (g.mode != Normal || boolAttr(drv, "preferLocalBuild") && here) && opts.MaxJobs != 0 {
 		return false, 0, nil
 	}
+	var outs []storepath.StorePath
+	for _, name := range drv.OutputNames() {
+		outs = append(outs, drv.Outputs[name].Path)
+	}
+	st := b.store
 	waiting := false
 	for {
+		// As Nix's goal: the outputs locked (and the collector kept
+		// waiting) while a machine is chosen and while it builds; given
+		// up while waiting for a machine, or to build here.
+		releaseGC, err := st.HoldGC(g.ctx)
+		if err != nil {
+			return true, MiscFailure, err
+		}
+		locks, err := st.LockStorePaths(g.ctx, outs)
+		if err != nil {
+			releaseGC()
+			return true, MiscFailure, err
+		}
+		unlock := func(built bool) {
+			locks.Unlock(built)
+			releaseGC()
+		}
+		if _, missing, err := b.missing(g.ctx, drv, nil); err != nil || !missing {
+			unlock(err == nil)
+			if err != nil {
+				return true, MiscFailure, err
+			}
+			return true, AlreadyValid, nil // another process built them meanwhile
+		}
 		willing := opts.MaxJobs > 0 && (r.jobs == nil || len(r.jobs) < cap(r.jobs))
 		req := remotebuild.Request{System: drv.Platform, Features: features,
 			CanBuildLocally: willing && platformHere(drv, opts) && featuresHere(features, opts)}
 		slot, d, msg, err := sched.Choose(g.ctx, g.drvPath.Base(), req)
+		if err != nil || d != remotebuild.Accept {
+			unlock(false)
+		}
 		if err != nil {
 			return true, MiscFailure, err
 		}
@@ -163,6 +194,7 @@ func (b *Builder) tryRemote(g *goal, r *request) (handled bool, status Status, e
 		status, err, connected := b.buildRemote(g, r, slot.Machine)
 		slot.Release()
 		b.remoteFreed()
+		unlock(status.Success())
 		if connected {
 			return true, status, err
 		}
@@ -190,8 +222,9 @@ func (l *remoteLog) Write(p []byte) (int, error) {
 	return l.lw.Write(p)
 }
 
-// buildRemote builds g on m. connected false says m could not be reached
-// (err says why) and nothing was done there.
+// buildRemote builds g on m, its caller holding the GC lock shared and the
+// outputs' locks. connected false says m could not be reached (err says
+// why) and nothing was done there.
 func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (status Status, err error, connected bool) {
 	ctx, drv, opts, st := g.ctx, g.drv, r.opts, b.store
 	log := &remoteLog{lw: newLineWriter(opts.LogLines, g.emit)}
@@ -218,29 +251,6 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 		log.mu.Lock()
 		log.file = f
 		log.mu.Unlock()
-	}
-	// As a local build: the collector waits, and the outputs are locked
-	// (Nix's hook copies them back under the goal's locks too).
-	releaseGC, err := st.HoldGC(ctx)
-	if err != nil {
-		return MiscFailure, err, true
-	}
-	defer releaseGC()
-	var outs []storepath.StorePath
-	for _, name := range drv.OutputNames() {
-		outs = append(outs, drv.Outputs[name].Path)
-	}
-	locks, err := st.LockStorePaths(ctx, outs)
-	if err != nil {
-		return MiscFailure, err, true
-	}
-	built := false
-	defer func() { locks.Unlock(built) }()
-	if _, missing, err := b.missing(ctx, drv, nil); err != nil {
-		return MiscFailure, err, true
-	} else if !missing {
-		built = true
-		return AlreadyValid, nil, true
 	}
 	g.mu.Lock()
 	g.machine = m.StoreURI
@@ -340,7 +350,6 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 			return failed(err.Error())
 		}
 	}
-	built = true
 	if err := b.postBuild(g, r); err != nil {
 		return MiscFailure, err, true
 	}
