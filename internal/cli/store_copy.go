@@ -33,7 +33,7 @@ func newStoreCopyCmd() *cobra.Command {
 			"local stores, daemons (daemon, unix://PATH) and ssh-ng://HOST alike. A path\n" +
 			"copied into a local store needs a signature by a trusted-public-keys key\n" +
 			"(require-sigs) unless it is content-addressed or --no-check-sigs is given;\n" +
-			"a daemon decides for itself. --to file:///DIR writes a binary cache there\n" +
+			"a daemon decides for itself. --to file:///DIR (or s3://BUCKET) writes a binary cache there\n" +
 			"(?compression=xz|bzip2|zstd|none, ?secret-key=FILE to sign); --from a binary\n" +
 			"cache URL (file://, http(s)://, s3://) reads one.",
 		Args: cobra.MinimumNArgs(1),
@@ -46,14 +46,14 @@ func newStoreCopyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if strings.HasPrefix(to, "file://") {
+			if strings.HasPrefix(to, "file://") || strings.HasPrefix(to, "s3://") {
 				// A binary cache, written as nix copy writes one.
 				src, err := openStoreConfig(ctx, cfg, settings, cmd.ErrOrStderr())
 				if err != nil {
 					return err
 				}
 				defer src.Close()
-				cache, err := substitute.OpenFileCache(to, src.StoreDir())
+				cache, err := substitute.OpenCacheWriter(ctx, to, src.StoreDir(), substitute.OptionsFrom(settings).HTTP)
 				if err != nil {
 					return err
 				}

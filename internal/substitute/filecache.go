@@ -20,74 +20,138 @@ import (
 	"cairn/internal/storepath"
 )
 
-// FileCache writes a binary cache in a directory (file:///DIR), as Nix
-// 2.8's local binary cache store does for nix copy --to: nix-cache-info,
-// the NARs under nar/ (compressed as the compression parameter says, xz by
-// default), a narinfo per path, signed with the secret-key parameter's key.
-type FileCache struct {
-	dir         string
+// CacheWriter writes a binary cache, in a directory (file:///DIR) or an S3
+// bucket (s3://BUCKET), as Nix 2.8's binary cache stores do for nix copy
+// --to: nix-cache-info, the NARs under nar/ (compressed as the compression
+// parameter says, xz by default), a narinfo per path, signed with the
+// secret-key parameter's key.
+type CacheWriter struct {
+	files       cacheFiles
 	uri         string
 	storeDir    storepath.StoreDir
 	compression string
 	key         narinfo.SecretKey
 }
 
+// cacheFiles is where a CacheWriter keeps its files.
+type cacheFiles interface {
+	has(ctx context.Context, name string) (bool, error)
+	// put stores data as name; putFile stores the temporary file tmp
+	// (which it may take) as name.
+	put(ctx context.Context, name string, data []byte, contentType string) error
+	putFile(ctx context.Context, name string, tmp *os.File, contentType string) error
+	// tempDir is where NARs are compressed before they are put.
+	tempDir() string
+}
+
+// The content types Nix's uploads have.
+const (
+	typeCacheInfo = "text/x-nix-cache-info"
+	typeNarInfo   = "text/x-nix-narinfo"
+	typeNar       = "application/x-nix-nar"
+)
+
 // compressions are the methods a FileCache writes, with their NAR file
 // extensions.
 var compressions = map[string]string{"none": "", "xz": ".xz", "bzip2": ".bz2", "zstd": ".zst"}
 
-// OpenFileCache opens (making it if need be) the cache rawURL names, for
-// paths of storeDir.
-func OpenFileCache(rawURL string, storeDir storepath.StoreDir) (*FileCache, error) {
+// OpenCacheWriter opens the cache rawURL names (file:///DIR, made if need
+// be, or s3://BUCKET), for paths of storeDir, and writes its
+// nix-cache-info if it has none.
+func OpenCacheWriter(ctx context.Context, rawURL string, storeDir storepath.StoreDir, o HTTPOptions) (*CacheWriter, error) {
 	u, err := url.Parse(rawURL)
-	if err != nil || u.Scheme != "file" || u.Path == "" {
-		return nil, fmt.Errorf("open binary cache %s: not a file:// URL", rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("open binary cache %s: %w", rawURL, err)
 	}
 	q := u.Query()
-	f := &FileCache{dir: u.Path, uri: "file://" + u.Path, storeDir: storeDir, compression: "xz"}
-	if c := q.Get("compression"); c != "" {
-		f.compression = c
+	w := &CacheWriter{storeDir: storeDir, compression: "xz"}
+	switch {
+	case u.Scheme == "file" && u.Path != "":
+		for _, d := range []string{"", "nar", "log", "realisations"} {
+			if err := os.MkdirAll(filepath.Join(u.Path, d), 0o755); err != nil {
+				return nil, fmt.Errorf("open binary cache %s: %w", rawURL, err)
+			}
+		}
+		w.files, w.uri = dirFiles(u.Path), "file://"+u.Path
+	case u.Scheme == "s3":
+		b, err := newS3Backend(u, o)
+		if err != nil {
+			return nil, err
+		}
+		w.files, w.uri = &s3Files{b: b, tmp: os.TempDir()}, "s3://"+u.Host
+	default:
+		return nil, fmt.Errorf("open binary cache %s: not a file:// or s3:// URL", rawURL)
 	}
-	if _, ok := compressions[f.compression]; !ok {
-		return nil, fmt.Errorf("unknown compression method '%s'", f.compression)
+	if c := q.Get("compression"); c != "" {
+		w.compression = c
+	}
+	if _, ok := compressions[w.compression]; !ok {
+		return nil, fmt.Errorf("unknown compression method '%s'", w.compression)
 	}
 	if k := q.Get("secret-key"); k != "" {
 		text, err := os.ReadFile(k)
 		if err != nil {
 			return nil, fmt.Errorf("open binary cache %s: %w", rawURL, err)
 		}
-		if f.key, err = narinfo.ParseSecretKey(strings.TrimSpace(string(text))); err != nil {
+		if w.key, err = narinfo.ParseSecretKey(strings.TrimSpace(string(text))); err != nil {
 			return nil, fmt.Errorf("open binary cache %s: secret key %s: %w", rawURL, k, err)
 		}
 	}
-	for _, d := range []string{"", "nar", "log", "realisations"} {
-		if err := os.MkdirAll(filepath.Join(f.dir, d), 0o755); err != nil {
+	if ok, err := w.files.has(ctx, "nix-cache-info"); err != nil {
+		return nil, fmt.Errorf("open binary cache %s: %w", rawURL, err)
+	} else if !ok {
+		if err := w.files.put(ctx, "nix-cache-info", []byte("StoreDir: "+string(storeDir)+"\n"), typeCacheInfo); err != nil {
 			return nil, fmt.Errorf("open binary cache %s: %w", rawURL, err)
 		}
 	}
-	info := filepath.Join(f.dir, "nix-cache-info")
-	if _, err := os.Stat(info); errors.Is(err, os.ErrNotExist) {
-		if err := writeAtomically(info, []byte("StoreDir: "+string(storeDir)+"\n")); err != nil {
-			return nil, fmt.Errorf("open binary cache %s: %w", rawURL, err)
-		}
-	}
-	return f, nil
+	return w, nil
 }
 
+// dirFiles keeps a cache's files in a directory.
+type dirFiles string
+
+func (d dirFiles) has(ctx context.Context, name string) (bool, error) {
+	_, err := os.Stat(filepath.Join(string(d), name))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (d dirFiles) put(ctx context.Context, name string, data []byte, contentType string) error {
+	return writeAtomically(filepath.Join(string(d), name), data)
+}
+
+func (d dirFiles) putFile(ctx context.Context, name string, tmp *os.File, contentType string) error {
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(string(d), name))
+}
+
+func (d dirFiles) tempDir() string { return filepath.Join(string(d), "nar") }
+
 // URI is the cache as Nix names it in messages.
-func (f *FileCache) URI() string { return f.uri }
+func (f *CacheWriter) URI() string { return f.uri }
 
 // StoreDir is the store directory of the cache's paths.
-func (f *FileCache) StoreDir() storepath.StoreDir { return f.storeDir }
+func (f *CacheWriter) StoreDir() storepath.StoreDir { return f.storeDir }
 
-// Close releases nothing; a FileCache holds no resources.
-func (f *FileCache) Close() error { return nil }
+// Close releases nothing; a CacheWriter holds no resources.
+func (f *CacheWriter) Close() error { return nil }
 
 // QueryValidPaths returns the paths among paths whose narinfo the cache has.
-func (f *FileCache) QueryValidPaths(ctx context.Context, paths []storepath.StorePath) ([]storepath.StorePath, error) {
+func (f *CacheWriter) QueryValidPaths(ctx context.Context, paths []storepath.StorePath) ([]storepath.StorePath, error) {
 	var out []storepath.StorePath
 	for _, p := range paths {
-		if _, err := os.Stat(filepath.Join(f.dir, p.HashPart()+".narinfo")); err == nil {
+		ok, err := f.files.has(ctx, p.HashPart()+".narinfo")
+		if err != nil {
+			return nil, err
+		}
+		if ok {
 			out = append(out, p)
 		}
 	}
@@ -95,7 +159,7 @@ func (f *FileCache) QueryValidPaths(ctx context.Context, paths []storepath.Store
 }
 
 // IsValidPath reports whether the cache has p's narinfo.
-func (f *FileCache) IsValidPath(ctx context.Context, p storepath.StorePath) (bool, error) {
+func (f *CacheWriter) IsValidPath(ctx context.Context, p storepath.StorePath) (bool, error) {
 	v, err := f.QueryValidPaths(ctx, []storepath.StorePath{p})
 	return len(v) == 1, err
 }
@@ -103,8 +167,8 @@ func (f *FileCache) IsValidPath(ctx context.Context, p storepath.StorePath) (boo
 // AddNar writes the NAR read from r (exactly info.NarSize bytes, hashing to
 // info.NarHash) compressed under nar/, then the path's narinfo: the NAR
 // first, so that a narinfo never names a missing file.
-func (f *FileCache) AddNar(ctx context.Context, info *store.PathInfo, r io.Reader, opts store.AddNarOptions) error {
-	tmp, err := os.CreateTemp(filepath.Join(f.dir, "nar"), ".tmp-")
+func (f *CacheWriter) AddNar(ctx context.Context, info *store.PathInfo, r io.Reader, opts store.AddNarOptions) error {
+	tmp, err := os.CreateTemp(f.files.tempDir(), ".tmp-")
 	if err != nil {
 		return fmt.Errorf("add %s to %s: %w", info.Path, f.uri, err)
 	}
@@ -127,12 +191,9 @@ func (f *FileCache) AddNar(ctx context.Context, info *store.PathInfo, r io.Reade
 	if uint64(n) != info.NarSize || narHash.Sum() != info.NarHash {
 		return fmt.Errorf("add %s to %s: %w", info.Path, f.uri, store.ErrHashMismatch)
 	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
 	fh := fileHash.Sum()
 	name := "nar/" + fh.Format(nixhash.Nix32, false) + ".nar" + compressions[f.compression]
-	if err := os.Rename(tmp.Name(), filepath.Join(f.dir, name)); err != nil {
+	if err := f.files.putFile(ctx, name, tmp, typeNar); err != nil {
 		return fmt.Errorf("add %s to %s: %w", info.Path, f.uri, err)
 	}
 	ni := &narinfo.NarInfo{StorePath: info.Path, URL: name, Compression: f.compression, FileHash: fh, FileSize: file.n,
@@ -147,7 +208,7 @@ func (f *FileCache) AddNar(ctx context.Context, info *store.PathInfo, r io.Reade
 			return err
 		}
 	}
-	return writeAtomically(filepath.Join(f.dir, info.Path.HashPart()+".narinfo"), []byte(ni.String()))
+	return f.files.put(ctx, info.Path.HashPart()+".narinfo", []byte(ni.String()), typeNarInfo)
 }
 
 // countingWriter counts what goes through it.

@@ -1,6 +1,7 @@
 package substitute
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -170,3 +172,52 @@ type readCloser struct {
 }
 
 func (r readCloser) Close() error { return r.close() }
+
+// s3Files keeps a cache's files in an S3 bucket, as Nix's S3 store uploads
+// them: a HEAD for has, a PUT with the content type for put.
+type s3Files struct {
+	b   *s3Backend
+	tmp string
+}
+
+func (f *s3Files) has(ctx context.Context, name string) (bool, error) {
+	c, err := f.b.connect(ctx)
+	if err != nil {
+		return false, err
+	}
+	_, err = c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(f.b.bucket), Key: aws.String(name)})
+	if err == nil {
+		return true, nil
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) && (ae.ErrorCode() == "NotFound" || ae.ErrorCode() == "NoSuchKey" || ae.ErrorCode() == "AccessDenied") {
+		return false, nil
+	}
+	return false, fmt.Errorf("AWS error checking '%s': %w", name, err)
+}
+
+func (f *s3Files) put(ctx context.Context, name string, data []byte, contentType string) error {
+	return f.upload(ctx, name, bytes.NewReader(data), contentType)
+}
+
+func (f *s3Files) putFile(ctx context.Context, name string, tmp *os.File, contentType string) error {
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	return f.upload(ctx, name, tmp, contentType)
+}
+
+func (f *s3Files) upload(ctx context.Context, name string, body io.ReadSeeker, contentType string) error {
+	c, err := f.b.connect(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(f.b.bucket), Key: aws.String(name), Body: body,
+		ContentType: aws.String(contentType)})
+	if err != nil {
+		return fmt.Errorf("AWS error uploading '%s': %w", name, err)
+	}
+	return nil
+}
+
+func (f *s3Files) tempDir() string { return f.tmp }
