@@ -4,14 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"cairn/internal/derivation"
 	"cairn/internal/protocol"
@@ -288,9 +284,12 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 	if err != nil {
 		return MiscFailure, err, true
 	}
-	release, err := uploadLock(ctx, st.StateDir(), m.StoreURI, g)
+	release, hogged, err := remotebuild.UploadLock(ctx, st.StateDir(), m.StoreURI, uploadLockWait)
 	if err != nil {
 		return failed(err.Error())
+	}
+	if hogged {
+		g.logf(false, "somebody is hogging the upload lock for '%s', continuing...", m.StoreURI)
 	}
 	// Nix's copyPaths activity, as its text shows.
 	copying := func(n int) { g.logf(true, "copying %d paths...", n) }
@@ -354,34 +353,4 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 		return MiscFailure, err, true
 	}
 	return Built, nil, true
-}
-
-// uploadLock takes the lock that keeps two builds from copying to one
-// machine at once (current-load/<uri>.upload-lock, Nix's name), waiting at
-// most uploadLockWait.
-func uploadLock(ctx context.Context, stateDir, uri string, g *goal) (func(), error) {
-	dir := filepath.Join(stateDir, "current-load")
-	os.Mkdir(dir, 0o777)
-	f, err := os.OpenFile(filepath.Join(dir, strings.ReplaceAll(uri, "/", "_")+".upload-lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock the upload to '%s': %w", uri, err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, uploadLockWait)
-	defer cancel()
-	for delay := time.Millisecond; ; delay = min(delay*2, 100*time.Millisecond) {
-		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
-			break
-		}
-		select {
-		case <-wctx.Done():
-			if ctx.Err() != nil {
-				f.Close()
-				return nil, ctx.Err()
-			}
-			g.logf(false, "somebody is hogging the upload lock for '%s', continuing...", uri)
-			return func() { f.Close() }, nil
-		case <-time.After(delay):
-		}
-	}
-	return func() { f.Close() }, nil
 }

@@ -82,7 +82,7 @@ func newStoreCopyCmd() *cobra.Command {
 				c := &copier{src: cacheSource{cache, dst.StoreDir()}, dst: dst, srcURI: cache.URI(), dstURI: storeURI(cfg),
 					checkSigs: !noCheckSigs, log: cmd.ErrOrStderr()}
 				if _, ok := dst.(*local.Store); ok && c.checkSigs && settings.Bool("require-sigs") {
-					c.keys, c.verify = trustedKeys(settings, warnTo(cmd.ErrOrStderr())), true
+					c.keys, c.verify = narinfo.TrustedKeys(settings.Get("trusted-public-keys"), warnTo(cmd.ErrOrStderr())), true
 				}
 				return c.copy(ctx, paths)
 			}
@@ -115,7 +115,7 @@ func newStoreCopyCmd() *cobra.Command {
 			c := &copier{src: csrc, dst: dst, srcURI: storeURI(srcCfg), dstURI: storeURI(dstCfg),
 				checkSigs: !noCheckSigs, substitute: onDestination, log: cmd.ErrOrStderr()}
 			if _, ok := dst.(*local.Store); ok && c.checkSigs && settings.Bool("require-sigs") {
-				c.keys = trustedKeys(settings, warnTo(cmd.ErrOrStderr()))
+				c.keys = narinfo.TrustedKeys(settings.Get("trusted-public-keys"), warnTo(cmd.ErrOrStderr()))
 				c.verify = true
 			}
 			return c.copy(ctx, paths)
@@ -303,20 +303,6 @@ func openStoreConfig(ctx context.Context, cfg *store.Config, settings *config.Se
 	return local.Open(ctx, cfg, localOptions(settings))
 }
 
-// trustedKeys are trusted-public-keys, a malformed one warned about.
-func trustedKeys(settings *config.Settings, warn func(string)) []narinfo.PublicKey {
-	var keys []narinfo.PublicKey
-	for _, s := range strings.Fields(settings.Get("trusted-public-keys")) {
-		k, err := narinfo.ParsePublicKey(s)
-		if err != nil {
-			warn(fmt.Sprintf("ignoring malformed public key '%s': %v", s, err))
-			continue
-		}
-		keys = append(keys, k)
-	}
-	return keys
-}
-
 // copySource is what copying reads from a store.
 type copySource interface {
 	StoreDir() storepath.StoreDir
@@ -406,7 +392,7 @@ func (c *copier) copy(ctx context.Context, paths []storepath.StorePath) error {
 	}
 	for _, info := range sorted {
 		fmt.Fprintf(c.log, "%s\n", c.message(info.Path))
-		if c.verify && !info.ContentAddressed() && !signed(info, c.keys) {
+		if c.verify && !info.ContentAddressed() && !narinfo.VerifyAny(info.Fingerprint(), narinfo.ParseSignatures(info.Signatures), c.keys) {
 			return fmt.Errorf("cannot add path '%s' because it lacks a valid signature", info.Path)
 		}
 		pr, pw := io.Pipe()
@@ -432,7 +418,7 @@ func (c *copier) copyLocal(ctx context.Context, st *local.Store, infos []*store.
 		for _, info := range infos[start:min(start+localBatch, len(infos))] {
 			fmt.Fprintf(c.log, "%s\n", c.message(info.Path))
 			var err error
-			if c.verify && !info.ContentAddressed() && !signed(info, c.keys) {
+			if c.verify && !info.ContentAddressed() && !narinfo.VerifyAny(info.Fingerprint(), narinfo.ParseSignatures(info.Signatures), c.keys) {
 				err = fmt.Errorf("cannot add path '%s' because it lacks a valid signature", info.Path)
 			} else {
 				pr, pw := io.Pipe()
@@ -480,15 +466,4 @@ func (c *copier) message(p storepath.StorePath) string {
 		return fmt.Sprintf("copying path '%s' from '%s'...", p, c.srcURI)
 	}
 	return fmt.Sprintf("copying path '%s' from '%s' to '%s'...", p, c.srcURI, c.dstURI)
-}
-
-// signed reports whether one of info's signatures is by one of keys.
-func signed(info *store.PathInfo, keys []narinfo.PublicKey) bool {
-	var sigs []narinfo.Signature
-	for _, s := range info.Signatures {
-		if sig, err := narinfo.ParseSignature(s); err == nil {
-			sigs = append(sigs, sig)
-		}
-	}
-	return len(sigs) > 0 && narinfo.VerifyAny(info.Fingerprint(), sigs, keys)
 }

@@ -449,13 +449,7 @@ func (c *conn) checkAdd(info *store.PathInfo, repair, dontCheckSigs bool) error 
 	if (dontCheckSigs && trusted) || !c.settings.Bool("require-sigs") || info.ContentAddressed() {
 		return nil
 	}
-	var sigs []narinfo.Signature
-	for _, s := range info.Signatures {
-		if sig, err := narinfo.ParseSignature(s); err == nil {
-			sigs = append(sigs, sig)
-		}
-	}
-	if len(sigs) > 0 && narinfo.VerifyAny(info.Fingerprint(), sigs, c.publicKeys()) {
+	if narinfo.VerifyAny(info.Fingerprint(), narinfo.ParseSignatures(info.Signatures), c.publicKeys()) {
 		return nil
 	}
 	return fmt.Errorf("cannot add path '%s' because it lacks a valid signature", hl(info.Path.String()))

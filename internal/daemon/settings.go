@@ -110,14 +110,5 @@ func (c *conn) filterSubstituters(value string) string {
 // publicKeys parses trusted-public-keys, skipping malformed keys with a
 // warning.
 func (c *conn) publicKeys() []narinfo.PublicKey {
-	var keys []narinfo.PublicKey
-	for _, s := range c.settings.Strings("trusted-public-keys") {
-		k, err := narinfo.ParsePublicKey(s)
-		if err != nil {
-			c.log.Warn(fmt.Sprintf("ignoring malformed public key '%s': %v", s, err))
-			continue
-		}
-		keys = append(keys, k)
-	}
-	return keys
+	return narinfo.TrustedKeys(c.settings.Get("trusted-public-keys"), c.log.Warn)
 }

@@ -211,6 +211,34 @@ func VerifyAny(fingerprint string, sigs []Signature, trusted []PublicKey) bool {
 	return CountValid(fingerprint, sigs, trusted) > 0
 }
 
+// TrustedKeys parses the keys of a trusted-public-keys setting (separated by
+// whitespace), telling warn of each malformed one and leaving it out, as Nix
+// does.
+func TrustedKeys(setting string, warn func(string)) []PublicKey {
+	var keys []PublicKey
+	for _, s := range strings.Fields(setting) {
+		k, err := ParsePublicKey(s)
+		if err != nil {
+			warn(fmt.Sprintf("ignoring malformed public key '%s': %v", s, err))
+			continue
+		}
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// ParseSignatures parses signatures in Nix's "name:base64" form, leaving out
+// the malformed ones (Nix ignores them where it checks signatures).
+func ParseSignatures(ss []string) []Signature {
+	var out []Signature
+	for _, s := range ss {
+		if sig, err := ParseSignature(s); err == nil {
+			out = append(out, sig)
+		}
+	}
+	return out
+}
+
 // CountValid returns how many of sigs (counted once per distinct key name) are
 // valid signatures of the fingerprint by a trusted key of that name; callers
 // enforcing a minimum such as Nix's --sigs-needed compare against it.

@@ -200,3 +200,26 @@ func flockWait(ctx context.Context, f *os.File) error {
 		delay = min(delay*2, 50*time.Millisecond)
 	}
 }
+
+// UploadLock takes the lock that keeps two builds from copying to one
+// machine at once (current-load/<uri>.upload-lock, as Nix's hook names it),
+// waiting at most wait. hogged says the wait ran out: the copy goes ahead
+// without the lock, as Nix's does.
+func UploadLock(ctx context.Context, stateDir, uri string, wait time.Duration) (release func(), hogged bool, err error) {
+	dir := filepath.Join(stateDir, "current-load")
+	os.MkdirAll(dir, 0o777) // an error shows when the lock is opened
+	f, err := openLock(filepath.Join(dir, escapeURI(uri)+".upload-lock"))
+	if err != nil {
+		return nil, false, fmt.Errorf("lock the upload to '%s': %w", uri, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := flockWait(wctx, f); err != nil {
+		if ctx.Err() != nil || wctx.Err() == nil {
+			f.Close()
+			return nil, false, fmt.Errorf("lock the upload to '%s': %w", uri, err)
+		}
+		hogged = true
+	}
+	return func() { f.Close() }, hogged, nil
+}

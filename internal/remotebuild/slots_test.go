@@ -304,3 +304,30 @@ func TestChooseStateDirErrors(t *testing.T) {
 		t.Error("Choose with a file as state dir succeeded")
 	}
 }
+
+func TestUploadLock(t *testing.T) {
+	state := t.TempDir()
+	uri := "ssh://host?remote-store=/x"
+	release, hogged, err := UploadLock(context.Background(), state, uri, time.Second)
+	if err != nil || hogged {
+		t.Fatalf("free lock: hogged %v, %v", hogged, err)
+	}
+	if _, err := os.Stat(filepath.Join(state, "current-load", "ssh:__host?remote-store=_x.upload-lock")); err != nil {
+		t.Errorf("lock file: %v", err)
+	}
+	// Held: the wait runs out and the copy goes ahead.
+	r2, hogged, err := UploadLock(context.Background(), state, uri, 50*time.Millisecond)
+	if err != nil || !hogged {
+		t.Fatalf("held lock: hogged %v, %v", hogged, err)
+	}
+	r2()
+	release()
+	// Cancelled while waiting: an error.
+	release, _, _ = UploadLock(context.Background(), state, uri, time.Second)
+	defer release()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := UploadLock(ctx, state, uri, time.Second); err == nil {
+		t.Error("a cancelled wait took the lock")
+	}
+}

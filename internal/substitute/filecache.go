@@ -198,11 +198,7 @@ func (f *CacheWriter) AddNar(ctx context.Context, info *store.PathInfo, r io.Rea
 	}
 	ni := &narinfo.NarInfo{StorePath: info.Path, URL: name, Compression: f.compression, FileHash: fh, FileSize: file.n,
 		NarHash: info.NarHash, NarSize: info.NarSize, References: info.References, Deriver: info.Deriver, CA: info.CA}
-	for _, s := range info.Signatures {
-		if sig, err := narinfo.ParseSignature(s); err == nil {
-			ni.Sigs = append(ni.Sigs, sig)
-		}
-	}
+	ni.Sigs = narinfo.ParseSignatures(info.Signatures)
 	if !f.key.IsZero() {
 		if err := ni.Sign(f.key); err != nil {
 			return err

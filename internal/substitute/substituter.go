@@ -65,14 +65,7 @@ func ConfigFrom(s Getter, warn func(string)) Config {
 	if s.Get("substitute") == "false" {
 		return cfg
 	}
-	for _, k := range strings.Fields(s.Get("trusted-public-keys")) {
-		pk, err := narinfo.ParsePublicKey(k)
-		if err != nil {
-			warn(fmt.Sprintf("ignoring malformed public key '%s': %v", k, err))
-			continue
-		}
-		cfg.Keys = append(cfg.Keys, pk)
-	}
+	cfg.Keys = narinfo.TrustedKeys(s.Get("trusted-public-keys"), warn)
 	o := OptionsFrom(s)
 	for _, u := range strings.Fields(s.Get("substituters")) {
 		c, err := Open(u, o)
