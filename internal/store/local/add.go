@@ -847,7 +847,7 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize);
 // (Flat or Recursive, any algorithm) do. No symlink is followed, src included;
 // Flat needs a regular file, and keeps its execute bit as Nix does.
 func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, algo nixhash.Algorithm) (*store.PathInfo, error) {
-	p, err := b.s.preparePath(ctx, 0, src, method, algo)
+	p, err := b.s.preparePath(ctx, 0, src, -1, nil, method, algo)
 	if err != nil {
 		return nil, err
 	}
@@ -855,16 +855,24 @@ func (b *Batch) AddPath(ctx context.Context, src string, method nixhash.Method, 
 }
 
 // preparePath is AddPath up to the batch: it may run alongside others.
-func (s *Store) preparePath(ctx context.Context, lane int, src string, method nixhash.Method, algo nixhash.Algorithm) (*preparedCA, error) {
+func (s *Store) preparePath(ctx context.Context, lane int, src string, fd int, opener *sourceOpener, method nixhash.Method, algo nixhash.Algorithm) (*preparedCA, error) {
 	name := filepath.Base(filepath.Clean(src))
 	switch method {
 	case nixhash.Flat, nixhash.Recursive:
 	default:
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		return nil, fmt.Errorf("add %s: %w: method %v", src, store.ErrInvalid, method)
 	}
 	// A regular file is read directly: one pass, no NAR parsing. Flat (as
-	// nix-store --add-fixed) needs one, and keeps its execute bit.
-	fd, err := openat(unix.AT_FDCWD, src, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
+	// nix-store --add-fixed) needs one, and keeps its execute bit. fd, when
+	// not -1, is src opened already (by opener).
+	var err error
+	opened := fd >= 0
+	if !opened {
+		fd, err = openat(unix.AT_FDCWD, src, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
+	}
 	if err == nil {
 		defer unix.Close(fd)
 		var st unix.Stat_t
@@ -872,6 +880,9 @@ func (s *Store) preparePath(ctx context.Context, lane int, src string, method ni
 			return nil, &os.PathError{Op: "add", Path: src, Err: err}
 		}
 		if st.Mode&unix.S_IFMT == unix.S_IFREG {
+			if !opened {
+				opener.probe(fd, st.Size)
+			}
 			// O_NONBLOCK (so that a FIFO could not hang the open) means
 			// nothing for a regular file.
 			return s.prepareCA(lane, name, method, algo, nil, source{r: fdFile{fd: fd}, size: st.Size, exec: st.Mode&0o100 != 0, file: true})
@@ -1408,19 +1419,32 @@ func (s *Store) preparePaths(ctx context.Context, srcs []string, method nixhash.
 	}
 	pp.stopAt.Store(int64(len(srcs)))
 	var next atomic.Int64
-	for lane := range min(addPathWorkers, len(srcs)) {
+	workers := min(addPathWorkers, len(srcs))
+	var running atomic.Int32
+	running.Store(int32(workers))
+	opener := startOpeners(srcs)
+	for lane := range workers {
 		go func() {
+			defer func() {
+				if running.Add(-1) == 0 {
+					opener.finish()
+				}
+			}()
 			for {
 				<-pp.tokens
 				i := int(next.Add(1) - 1)
 				if i >= len(srcs) {
 					return
 				}
+				fd := opener.claim(i)
 				if int64(i) >= pp.stopAt.Load() {
+					if fd >= 0 {
+						unix.Close(fd)
+					}
 					pp.out[i] <- preparedResult{err: errors.New("not prepared: an earlier source failed")}
 					continue
 				}
-				p, err := s.preparePath(ctx, lane, srcs[i], method, algo)
+				p, err := s.preparePath(ctx, lane, srcs[i], fd, opener, method, algo)
 				if err != nil {
 					pp.stop(i + 1)
 				}
