@@ -170,12 +170,20 @@ type walker struct {
 	ring   *ring // nil until a directory has a run of files, and without io_uring
 	noRing bool  // io_uring is unavailable or failed: use plain system calls
 	ringState
+
+	// Fetching ahead (prefetch.go).
+	rootPath string
+	progress progress
+	probed   bool // this directory's first file was checked
+	fetching bool // a fetcher runs
 }
 
 var errCanceled = errors.New("canceled")
 
 func (w *walker) run(root string) {
 	defer close(w.full)
+	defer w.progress.done.Store(true)
+	w.rootPath = root
 	err := w.root(root)
 	if w.ring != nil {
 		w.closeRing()
@@ -288,6 +296,7 @@ func (w *walker) dir(dirfd int, name, path, rel string) error {
 	if err := w.emit(nar.Header{Path: rel, Type: nar.TypeDirectory}); err != nil {
 		return err
 	}
+	w.probed = false
 	entries, err := w.readDir(fd)
 	if err != nil {
 		return fmt.Errorf("dump %s: %w", path, &os.PathError{Op: "getdents", Path: path, Err: err})
@@ -366,26 +375,13 @@ func (w *walker) readDir(fd int) ([]dirent, error) {
 		if n <= 0 {
 			break
 		}
-		for b := w.direntBuf[:n]; len(b) > 0; {
-			// struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, d_name
-			if len(b) < 19 {
-				return nil, errBadDirent
-			}
-			reclen := int(binary.NativeEndian.Uint16(b[16:]))
-			if reclen < 19 || reclen > len(b) {
-				return nil, errBadDirent
-			}
-			typ, name := b[18], b[19:reclen]
-			if i := bytes.IndexByte(name, 0); i >= 0 {
-				name = name[:i]
-			}
-			b = b[reclen:]
-			if len(name) == 0 || string(name) == "." || string(name) == ".." {
-				continue
-			}
+		err = parseDirents(w.direntBuf[:n], func(name []byte, typ uint8) {
 			spans = append(spans, span{len(names), len(name), typ})
 			names = append(names, name...)
 			names = append(names, 0)
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	w.nameBuf = names
@@ -398,6 +394,38 @@ func (w *walker) readDir(fd int) ([]dirent, error) {
 }
 
 var errBadDirent = errors.New("malformed directory entry")
+
+// parseDirents calls fn for each entry of a getdents64 buffer but "." and "..".
+func parseDirents(b []byte, fn func(name []byte, typ uint8)) error {
+	for len(b) > 0 {
+		// struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, d_name
+		if len(b) < 19 {
+			return errBadDirent
+		}
+		reclen := int(binary.NativeEndian.Uint16(b[16:]))
+		if reclen < 19 || reclen > len(b) {
+			return errBadDirent
+		}
+		typ, name := b[18], b[19:reclen]
+		if i := bytes.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		b = b[reclen:]
+		if len(name) == 0 || string(name) == "." || string(name) == ".." {
+			continue
+		}
+		fn(name, typ)
+	}
+	return nil
+}
+
+// appendDirents appends the entries of a getdents64 buffer to entries.
+func appendDirents(entries []dirent, b []byte) ([]dirent, error) {
+	err := parseDirents(b, func(name []byte, typ uint8) {
+		entries = append(entries, dirent{name: string(name), typ: typ})
+	})
+	return entries, err
+}
 
 // entryType maps a directory entry's type to S_IFMT bits, asking the file system
 // only when the listing did not say.
@@ -467,6 +495,7 @@ func (w *walker) contents(fd int, dir, name, rel string) error {
 	if err := fstatRegular(fd, dir, name, &st); err != nil {
 		return err
 	}
+	w.seen(fd, &st)
 	return w.stream(fd, &st, rel, dir, name)
 }
 

@@ -331,6 +331,7 @@ func (w *walker) ringFile(dirfd int, fd int32, dir, name, rel string, i int, ent
 		unix.Close(int(fd))
 		return err
 	}
+	w.seen(int(fd), &st)
 	b := w.cur
 	if st.Size == 0 || st.Size > int64(cap(b.buf)-len(b.buf)) || len(b.events) == cap(b.events) {
 		// stream may flush the batch, which the round's reads are filling.
