@@ -135,20 +135,38 @@ func TestRestoreCanonical(t *testing.T) {
 }
 
 // TestSpareLocks: a path locked through a spare lock file is locked for the
-// Nix protocol (a plain locker waits, then gets a fresh lock file), spares
-// are reused, and a spare that another process still has open is not.
+// Nix protocol (a plain locker waits, then gets a fresh lock file); a spare
+// nobody else opened is reused, still locked, and one that a waiter or a
+// straggler opened is marked stale for them and never reused.
 func TestSpareLocks(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := context.Background()
+	lockedThrough := func(base string) unix.Stat_t {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(s.RealStoreDir(), base+".lock"), &st); err != nil || st.Nlink != 2 || st.Size != 0 {
+			t.Fatalf("lock file of %s %+v, %v: want an empty hard link to a spare", base, st, err)
+		}
+		return st
+	}
 	l, err := s.lockStorePaths(ctx, []string{"aaa-x"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	held := lockedThrough("aaa-x")
 	lockFile := filepath.Join(s.RealStoreDir(), "aaa-x.lock")
-	var held unix.Stat_t
-	if err := unix.Stat(lockFile, &held); err != nil || held.Nlink != 2 || held.Size != 0 {
-		t.Fatalf("lock file %+v, %v: want an empty hard link to a spare", held, err)
+	// Pin the inodes compared below, so that a deleted spare's number is not
+	// given to the next file (an O_PATH descriptor opens nothing for reading
+	// or writing, so a lease still sees the spare as unshared).
+	pin := func(base string) {
+		t.Helper()
+		fd, err := unix.Open(filepath.Join(s.RealStoreDir(), base+".lock"), unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
 	}
+	pin("aaa-x")
 	got := make(chan *PathLocks)
 	go func() {
 		pl, err := LockPaths(ctx, []string{filepath.Join(s.RealStoreDir(), "aaa-x")})
@@ -174,38 +192,49 @@ func TestSpareLocks(t *testing.T) {
 		t.Errorf("after release the waiter holds %+v (%v), want a fresh lock file", fresh, err)
 	}
 	pl.Unlock(true)
-	// The waiter has closed the spare (it found it stale): it is reused.
+	// The waiter had the spare open: it is gone, not reused.
 	l2, err := s.lockStorePaths(ctx, []string{"bbb-y"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st2 unix.Stat_t
-	unix.Stat(filepath.Join(s.RealStoreDir(), "bbb-y.lock"), &st2)
-	if st2.Ino != held.Ino {
-		t.Errorf("spare not reused: inode %d, spare %d", st2.Ino, held.Ino)
+	st2 := lockedThrough("bbb-y")
+	pin("bbb-y")
+	if st2.Ino == held.Ino {
+		t.Errorf("bbb-y locked through the spare a waiter had open")
 	}
-	// A straggler opens it under its name, then the path is released: the
-	// spare must not serve the next path while the straggler has it open.
-	straggler, err := unix.Open(filepath.Join(s.RealStoreDir(), "bbb-y.lock"), unix.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Nobody else opened this one: it serves the next path as it is.
 	l2.Unlock(true)
 	l3, err := s.lockStorePaths(ctx, []string{"ccc-z"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st3 unix.Stat_t
-	unix.Stat(filepath.Join(s.RealStoreDir(), "ccc-z.lock"), &st3)
-	if st3.Ino == held.Ino {
-		t.Errorf("ccc-z locked through a spare a straggler still has open")
+	if st3 := lockedThrough("ccc-z"); st3.Ino != st2.Ino {
+		t.Errorf("spare not reused: inode %d, spare %d", st3.Ino, st2.Ino)
+	}
+	// A straggler opens it under its name, then the path is released: the
+	// spare must not serve the next path, and the straggler must find it
+	// stale.
+	straggler, err := unix.Open(filepath.Join(s.RealStoreDir(), "ccc-z.lock"), unix.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l3.Unlock(true)
+	l4, err := s.lockStorePaths(ctx, []string{"ddd-w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st4 := lockedThrough("ddd-w"); st4.Ino == st2.Ino {
+		t.Errorf("ddd-w locked through a spare a straggler still has open")
+	}
+	if err := unix.Flock(straggler, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Errorf("the straggler cannot take the released lock: %v", err)
 	}
 	var sst unix.Stat_t
 	if unix.Fstat(straggler, &sst); sst.Size == 0 {
 		t.Errorf("the straggler's lock file is not marked stale")
 	}
 	unix.Close(straggler)
-	l3.Unlock(true)
+	l4.Unlock(true)
 	ents, _ := os.ReadDir(s.RealStoreDir())
 	for _, e := range ents {
 		if strings.HasSuffix(e.Name(), ".lock") {

@@ -122,8 +122,13 @@ func (l *PathLocks) Unlock(remove bool) {
 	}
 	for _, h := range l.held {
 		if h.spare != nil {
-			unix.Unlinkat(l.dirfd, h.name, 0)
-			l.s.putSpare(h.spare)
+			if err := unix.Unlinkat(l.dirfd, h.name, 0); err != nil && err != unix.ENOENT {
+				// Still linked under the path's name: left there as
+				// an ordinary free lock file (empty), never reused.
+				l.s.dropSpare(h.spare, true)
+				continue
+			}
+			l.s.putSpare(h.spare, true)
 			continue
 		}
 		if remove {
@@ -144,17 +149,18 @@ func (l *PathLocks) Unlock(remove bool) {
 // slows down quadratically. A store instead keeps a pool of lock files in its
 // add temporary and hard-links one to "<path>.lock" to lock a path: the same
 // protocol for every other process (Nix's included), no inode allocated or
-// freed. Two rules make the reuse safe:
+// freed. A spare in the pool is flock'ed and empty, as a lock file its
+// holder has just created; the rules that make the reuse safe:
 //
-//   - A spare's size is 0 only while its owner holds its flock: it is
-//     flock'ed before it is emptied and linked, and unlinked and marked stale
-//     (size 1) before it is unlocked. A process that opened it under an
-//     earlier name and gets the lock later finds it stale and starts over,
-//     as the protocol says.
-//   - A spare is reused only when no other process has it open (a write
-//     lease can be taken on it, which the kernel grants only then). Once
-//     unlinked from the store dir it cannot be opened anew, so nobody who
-//     waited for an earlier path can end up waiting for the next one, which
+//   - Once its "<path>.lock" name is unlinked, nobody can open the spare
+//     anew. If then no other process has it open (a write lease can be
+//     taken on it, which the kernel grants only then), nobody waits for it
+//     or learns of it: it goes back to the pool as it is, still locked, so
+//     reusing it costs no system call but the link.
+//   - Otherwise someone opened it under its last name and waits for its
+//     lock: it is marked stale (size 1) and unlocked, so that they start
+//     over as the protocol says, and deleted. Reused, it could make a
+//     writer that waited for an earlier path wait for the next one, which
 //     could deadlock two writers that lock their paths in sorted order.
 
 // maxSpareLocks bounds the pool; a batch that locks more paths at once
@@ -208,7 +214,7 @@ func (s *Store) lockStorePath(ctx context.Context, name string) (heldLock, error
 		}
 		// Someone's lock file is there (or no hard links here): the
 		// protocol's way.
-		s.putSpare(sp)
+		s.putSpare(sp, false)
 	} else if ctx.Err() != nil {
 		return heldLock{}, fmt.Errorf("lock %s: %w", name, ctx.Err())
 	}
@@ -219,49 +225,32 @@ func (s *Store) lockStorePath(ctx context.Context, name string) (heldLock, error
 	return heldLock{fd: fd, name: name}, nil
 }
 
-// getSpare returns a spare lock file, locked and empty.
+// getSpare returns a spare lock file, locked and empty: one of the pool, or
+// a new one.
 func (s *Store) getSpare(ctx context.Context) (*spareLock, error) {
 	t, err := s.addTemp()
 	if err != nil {
 		return nil, err
 	}
-	var sp *spareLock
-	for sp == nil {
-		s.tempMu.Lock()
-		if n := len(s.spares); n > 0 {
-			sp = s.spares[n-1]
-			s.spares = s.spares[:n-1]
-		} else {
-			s.spareSeq++
-			sp = &spareLock{fd: -1, name: sparePrefix + strconv.Itoa(s.spareSeq), t: t}
-		}
+	s.tempMu.Lock()
+	if n := len(s.spares); n > 0 {
+		sp := s.spares[n-1]
+		s.spares = s.spares[:n-1]
 		s.tempMu.Unlock()
-		if sp.fd >= 0 && !unshared(sp.fd) {
-			// Someone who opened it under its last name has not
-			// closed it yet.
-			s.dropSpare(sp, true)
-			sp = nil
-		}
+		return sp, nil
 	}
-	fresh := sp.fd < 0
-	if fresh {
-		fd, err := unix.Openat(t.fd, sp.name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if err != nil {
-			return nil, err
-		}
-		sp.fd = fd
+	s.spareSeq++
+	sp := &spareLock{fd: -1, name: sparePrefix + strconv.Itoa(s.spareSeq), t: t}
+	s.tempMu.Unlock()
+	fd, err := unix.Openat(t.fd, sp.name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
 	}
-	// A process that opened it under an earlier name may hold it for a
-	// moment, until it has seen that it is stale.
+	sp.fd = fd
+	// Nobody else knows of it yet: the lock is free.
 	if err := flock(ctx, sp.fd, unix.LOCK_EX); err != nil {
 		s.dropSpare(sp, false)
 		return nil, err
-	}
-	if !fresh { // a new one is empty
-		if err := unix.Ftruncate(sp.fd, 0); err != nil {
-			s.dropSpare(sp, false)
-			return nil, err
-		}
 	}
 	return sp, nil
 }
@@ -276,21 +265,15 @@ func unshared(fd int) bool {
 	return true
 }
 
-// putSpare marks sp stale, unlocks it and returns it to the pool (or deletes
-// it when the pool is full). Its only name must be its own in the temporary.
-func (s *Store) putSpare(sp *spareLock) {
-	if unix.Ftruncate(sp.fd, 1) != nil {
+// putSpare returns sp, still locked and empty, to the pool when nobody else
+// has it open, and otherwise (or when the pool is full) marks it stale and
+// deletes it. Its only name must be its own in the temporary: linked is
+// whether it had another, which others may have opened.
+func (s *Store) putSpare(sp *spareLock, linked bool) {
+	if linked && !unshared(sp.fd) {
 		s.dropSpare(sp, false)
 		return
 	}
-	s.tempMu.Lock()
-	full := s.temp == nil || sp.t != s.temp || len(s.spares) >= maxSpareLocks
-	s.tempMu.Unlock()
-	if full {
-		s.dropSpare(sp, true)
-		return
-	}
-	unix.Flock(sp.fd, unix.LOCK_UN)
 	s.tempMu.Lock()
 	if s.temp != nil && sp.t == s.temp && len(s.spares) < maxSpareLocks {
 		s.spares = append(s.spares, sp)
@@ -298,7 +281,7 @@ func (s *Store) putSpare(sp *spareLock) {
 	}
 	s.tempMu.Unlock()
 	if sp != nil {
-		s.dropSpare(sp, true)
+		s.dropSpare(sp, false)
 	}
 }
 
