@@ -19,6 +19,10 @@
 # deleting a 12,800-entry store just before the next round's add makes that
 # add pay for the deletion; which tool pays more depends on where each
 # allocates (docs/benchmarks.md). STORE_KEEP=1 measures the tools without it.
+#
+# With STORE_COLD=1 (as root) every run starts with the page, dentry and inode
+# caches dropped (after the sync), as when adding files written long ago:
+# both tools read their inputs, and the store's metadata, from the disk.
 set -eu
 ROUNDS=${1:-7}
 want() { [ -z "${ONLY:-}" ] || case ",$ONLY," in *",$1,"*) ;; *) return 1 ;; esac; }
@@ -51,6 +55,9 @@ FRESH="chmod -R u+w $W/s 2>/dev/null; rm -rf $W/s; sync"
 if [ "${STORE_KEEP:-}" = 1 ]; then
   mkdir -p "$W/old"
   FRESH="[ -e $W/s ] && mv $W/s $W/old/\$(date +%s%N); sync"
+fi
+if [ "${STORE_COLD:-}" = 1 ]; then
+  FRESH="$FRESH; echo 3 > /proc/sys/vm/drop_caches"
 fi
 
 GOSRC=$(go env GOROOT)/src
