@@ -36,6 +36,41 @@ type Recursion struct {
 	isAdded map[storepath.StorePath]bool
 	// materialise makes an added path appear in the sandbox.
 	materialise func(p storepath.StorePath) error
+	// outer is the logger of the request that runs the build.
+	outer Logger
+}
+
+// Logger is where the builds the builder asks for log: the logger of the
+// request that runs the build, as in Nix 2.8, whose recursive daemon leaves
+// the global logger alone, so that "building '…'" and the nested build's
+// log reach the outer client and not the builder's own client. The outer
+// request's progress counts only its own builds.
+func (r *Recursion) Logger() Logger { return nestedLogger{r.outer} }
+
+type nestedLogger struct{ outer Logger }
+
+func (l nestedLogger) BuildStarted(drv storepath.StorePath) BuildLog { return l.outer.BuildStarted(drv) }
+func (l nestedLogger) Progress(done, expected, running, failed int) {}
+func (l nestedLogger) Error(msg string)                             { l.outer.Error(msg) }
+
+func (l nestedLogger) BuildStartedMode(drv storepath.StorePath, m Mode, round, rounds int) BuildLog {
+	if ml, ok := l.outer.(ModeLogger); ok {
+		return ml.BuildStartedMode(drv, m, round, rounds)
+	}
+	return l.outer.BuildStarted(drv)
+}
+
+func (l nestedLogger) Print(msg string, info bool) {
+	if ml, ok := l.outer.(ModeLogger); ok {
+		ml.Print(msg, info)
+	}
+}
+
+func (l nestedLogger) BuildStartedOn(drv storepath.StorePath, machine string) BuildLog {
+	if rl, ok := l.outer.(RemoteLogger); ok {
+		return rl.BuildStartedOn(drv, machine)
+	}
+	return l.BuildStartedMode(drv, Normal, 1, 1)
 }
 
 // Allowed reports whether the build may see p.
@@ -87,14 +122,14 @@ func usesRecursiveNix(features []string) bool { return slices.Contains(features,
 
 // startRecursive listens on the build dir's socket and has the daemon serve
 // it; the returned stop ends the serving once the builder is gone.
-func (b *Builder) startRecursive(ctx context.Context, opts Options, dirs *buildDirs, sandboxed bool, inputs []storepath.StorePath) (*Recursion, func(), error) {
+func (b *Builder) startRecursive(ctx context.Context, opts Options, log Logger, dirs *buildDirs, sandboxed bool, inputs []storepath.StorePath) (*Recursion, func(), error) {
 	if !slices.Contains(opts.ExperimentalFeatures, "recursive-nix") {
 		return nil, nil, errors.New("experimental Nix feature 'recursive-nix' is disabled; use '--extra-experimental-features recursive-nix' to override")
 	}
 	if b.cfg.ServeRecursive == nil {
 		return nil, nil, errors.New("recursive Nix is not available here: no daemon serves this store")
 	}
-	rec := &Recursion{inputs: make(map[storepath.StorePath]bool, len(inputs)), isAdded: map[storepath.StorePath]bool{}}
+	rec := &Recursion{inputs: make(map[storepath.StorePath]bool, len(inputs)), isAdded: map[storepath.StorePath]bool{}, outer: log}
 	for _, p := range inputs {
 		rec.inputs[p] = true
 	}

@@ -269,7 +269,7 @@ func (b *Builder) runBuild(g *goal, r *request, sl *slot, onHost bool) (status S
 	stopRecursive := func() {}
 	if usesRecursiveNix(requiredFeatures(drv)) {
 		var stop func()
-		if rec, stop, err = b.startRecursive(ctx, opts, dirs, sandboxed, inputs); err != nil {
+		if rec, stop, err = b.startRecursive(ctx, opts, r.log, dirs, sandboxed, inputs); err != nil {
 			return MiscFailure, err
 		}
 		var once sync.Once

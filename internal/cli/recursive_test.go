@@ -38,6 +38,25 @@ func TestRecursiveAgainstNix(t *testing.T) {
 		t.Errorf("cairn build made:\n%s\nnix-build:\n%s", a, b)
 	}
 
+	// A nested build: its activity and its log reach the outer command's
+	// stderr, as nix-build's own recursive daemon logs through its logger.
+	nested := filepath.Join(dir, "nested.nix")
+	os.WriteFile(nested, []byte(`derivation {
+  name = "cli-nested"; system = builtins.currentSystem; builder = "/bin/sh";
+  requiredSystemFeatures = [ "recursive-nix" ];
+  PATH = "/usr/bin:/bin";
+  args = [ "-c" ''
+    p=$(nix-build --no-out-link -E 'derivation { name = "cli-inner"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo inner log line; echo inner > $out" ]; }' 2>$TMPDIR/log) || cat $TMPDIR/log
+    cat $p > $out
+  '' ];
+}`), 0o644)
+	wantOut, wantErr, wantCode := cmds.run("nix-build", "--store", nixStore, "--no-out-link", nested)
+	ndrv := cmds.must("nix-instantiate", "--store", cairnStore, nested)
+	gotOut, gotErr, gotCode := cmds.run(bin, "--store", cairnStore, "build", ndrv)
+	if gotOut != wantOut || gotErr != wantErr || gotCode != wantCode || !strings.Contains(gotErr, "inner log line") {
+		t.Errorf("nested build: cairn build printed %q, %q, exit %d; nix-build %q, %q, exit %d", gotOut, gotErr, gotCode, wantOut, wantErr, wantCode)
+	}
+
 	// Rootless: the same build by an unprivileged user on a store of its
 	// own (the builder maps to it in a user namespace; added files are
 	// copied into the sandbox, not linked).

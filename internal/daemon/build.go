@@ -277,7 +277,7 @@ func jsonFields(raw []json.RawMessage) []protocol.Field {
 
 // buildFailure is the error BuildPaths ends with (build.Failure), after
 // logging the first failure's own when there are several.
-func (c *conn) buildFailure(log *buildLogger, results []build.Result) error {
+func (c *conn) buildFailure(log build.Logger, results []build.Result) error {
 	failed, status, err := build.Failure(results)
 	if err == nil {
 		return nil

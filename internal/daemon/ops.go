@@ -1162,11 +1162,19 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 		if err != nil {
 			return err
 		}
-		log := newBuildLogger(c)
+		// A recursive build's builds log to the build that runs it.
+		var log build.Logger
+		stop := func() {}
+		if c.rec != nil {
+			log = c.rec.Logger()
+		} else {
+			bl := newBuildLogger(c)
+			log, stop = bl, bl.stop
+		}
 		opts := c.buildOptions()
 		opts.Mode = build.Mode(q.Mode)
 		built, err := b.Build(c.ctx, targets, opts, log)
-		log.stop()
+		stop()
 		if err != nil {
 			return err
 		}

@@ -107,6 +107,14 @@ func sandboxedRef(t *testing.T, options ...string) (*storetest.Daemon, []string)
 // It returns the output path and what each daemon's output holds.
 func buildBoth(t *testing.T, td *testDaemon, ref *storetest.Daemon, refEnv []string, args ...string) (out, ours, theirs string) {
 	t.Helper()
+	out, ours, theirs, _, _ = buildBothLogs(t, td, ref, refEnv, args...)
+	return out, ours, theirs
+}
+
+// buildBothLogs is buildBoth that also returns what each nix-build wrote to
+// stderr.
+func buildBothLogs(t *testing.T, td *testDaemon, ref *storetest.Daemon, refEnv []string, args ...string) (out, ours, theirs, oursLog, theirsLog string) {
+	t.Helper()
 	a, b := runNix(td.nixEnv(), "nix-build", args...), runNix(refEnv, "nix-build", args...)
 	if a.code != 0 {
 		if strings.Contains(a.stderr, "setting up the build environment") {
@@ -122,5 +130,5 @@ func buildBoth(t *testing.T, td *testDaemon, ref *storetest.Daemon, refEnv []str
 	}
 	got, _ := os.ReadFile(filepath.Join(td.cfg.Root, a.stdout))
 	want, _ := os.ReadFile(filepath.Join(ref.Root, b.stdout))
-	return a.stdout, string(got), string(want)
+	return a.stdout, string(got), string(want), a.stderr, b.stderr
 }

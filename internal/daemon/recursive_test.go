@@ -10,8 +10,9 @@ import (
 )
 
 // recursiveNix's builder uses Nix 2.8's own client inside the sandbox (its
-// /usr bound in): it adds a file, builds a derivation with nix-build, and
-// tries to read a valid path that is not among its inputs.
+// /usr bound in): it adds a file, builds a derivation with nix-build (whose
+// stderr, what the nested client was told, goes to the output), and tries to
+// read a valid path that is not among its inputs.
 const recursiveNix = `{ salt, secret }: derivation {
   name = "recursive-${salt}"; system = builtins.currentSystem; builder = "/bin/sh";
   requiredSystemFeatures = [ "recursive-nix" ];
@@ -20,9 +21,11 @@ const recursiveNix = `{ salt, secret }: derivation {
   args = [ "-c" ''
     echo hello > $TMPDIR/f
     added=$(nix-store --add $TMPDIR/f)
-    inner=$(nix-build --no-out-link -E 'derivation { name = "inner-${salt}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo inner > $out" ]; }' 2>$TMPDIR/log) || cat $TMPDIR/log
+    inner=$(nix-build --no-out-link -E 'derivation { name = "inner-${salt}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo inner log line; echo inner > $out" ]; }' 2>$TMPDIR/log) || cat $TMPDIR/log
     echo "added $added: $(cat $added)" > $out
     echo "inner $inner: $(cat $inner)" >> $out
+    echo "nested client:" >> $out
+    cat $TMPDIR/log >> $out
     nix-store -q --hash $secret >> $out 2>&1 || echo "secret refused" >> $out
     nix-store --dump $secret > /dev/null 2>&1 || echo "dump refused" >> $out
   '' ];
@@ -31,8 +34,9 @@ const recursiveNix = `{ salt, secret }: derivation {
 // TestNixRecursive: a recursive-nix build through cairn daemon and through
 // nix-daemon 2.8: what the builder adds and builds through its own daemon
 // is there for it (and becomes a reference of its output), what is not
-// among its inputs stays hidden, and without the experimental feature the
-// build fails with Nix's message.
+// among its inputs stays hidden, the nested build's activity and log reach
+// the outer client and not the nested one, and without the experimental
+// feature the build fails with Nix's message.
 func TestNixRecursive(t *testing.T) {
 	nixtest.Require(t, "nix-build", "nix-daemon", "nix-store")
 	if _, err := os.Stat("/bin/busybox"); err != nil {
@@ -61,7 +65,7 @@ func TestNixRecursive(t *testing.T) {
 		t.Fatalf("the secret is %s here, %s there", sec[0], sec[1])
 	}
 	args := []string{"--no-out-link", file, "--argstr", "salt", "a", "--argstr", "secret", sec[0]}
-	out, ours, theirs := buildBoth(t, td, ref, refEnv, args...)
+	out, ours, theirs, oursLog, theirsLog := buildBothLogs(t, td, ref, refEnv, args...)
 	for _, want := range []string{"added /nix/store/", ": hello\n", "-inner-a: inner\n", "secret refused\n", "dump refused\n"} {
 		if !strings.Contains(ours, want) {
 			t.Errorf("the builder wrote %q, no %q", ours, want)
@@ -70,9 +74,22 @@ func TestNixRecursive(t *testing.T) {
 	if ours != theirs {
 		t.Errorf("the builder wrote %q, under nix-daemon %q", ours, theirs)
 	}
+	if strings.Contains(ours, "building '") {
+		t.Errorf("the nested client was told of the nested build:\n%s", ours)
+	}
+	for _, want := range []string{"-inner-a.drv'...\n", "inner log line\n"} {
+		if !strings.Contains(oursLog, want) {
+			t.Errorf("the outer client was not told %q:\n%s", want, oursLog)
+		}
+	}
+	if oursLog != theirsLog {
+		t.Errorf("the outer client's stderr:\n%s\nwith nix-daemon:\n%s", oursLog, theirsLog)
+	}
 	refsOurs := runNix(td.nixEnv(), "nix-store", "-q", "--references", strings.TrimSpace(out))
 	refsTheirs := runNix(refEnv, "nix-store", "-q", "--references", strings.TrimSpace(out))
-	if refsOurs.stdout != refsTheirs.stdout || len(strings.Fields(refsOurs.stdout)) != 2 {
+	// The added file, the inner output, and the inner .drv that the nested
+	// client's "will be built" names in the output.
+	if refsOurs.stdout != refsTheirs.stdout || len(strings.Fields(refsOurs.stdout)) != 3 {
 		t.Errorf("references %q, with nix-daemon %q", refsOurs.stdout, refsTheirs.stdout)
 	}
 
