@@ -49,7 +49,9 @@ func (r *Recursion) Logger() Logger { return nestedLogger{r.outer} }
 
 type nestedLogger struct{ outer Logger }
 
-func (l nestedLogger) BuildStarted(drv storepath.StorePath) BuildLog { return l.outer.BuildStarted(drv) }
+func (l nestedLogger) BuildStarted(drv storepath.StorePath) BuildLog {
+	return l.outer.BuildStarted(drv)
+}
 func (l nestedLogger) Progress(done, expected, running, failed int) {}
 func (l nestedLogger) Error(msg string)                             { l.outer.Error(msg) }
 
