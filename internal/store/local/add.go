@@ -996,11 +996,15 @@ func (s *Store) commitLocked(ctx context.Context, b *Batch, syncFirst bool) erro
 		if err != nil {
 			return err
 		}
-		if err := b.register(ctx, tx); err != nil {
-			tx.Rollback()
-			return err
+		// The renames run beside the inserts: the store dir's work and
+		// SQLite's need nothing from each other once the batch's valid
+		// paths are known.
+		var moved []*pending
+		var moveErr error
+		err = b.register(ctx, tx, func() { moved, moveErr = b.moveIntoPlace() })
+		if err == nil {
+			err = moveErr
 		}
-		moved, err := b.moveIntoPlace()
 		if err != nil {
 			b.undo(moved)
 			tx.Rollback()
@@ -1041,7 +1045,11 @@ func (b *Batch) repairs() bool {
 // of statements whatever the batch's size: each step is one statement over a
 // JSON array (json_each), since SQLite parses a statement in about as long as
 // it takes to run a point lookup.
-func (b *Batch) register(ctx context.Context, sqltx *sql.Tx) error {
+//
+// alongside, when not nil, runs on another goroutine once it is known which
+// paths are valid already (Pending.skip), and has returned when register
+// does.
+func (b *Batch) register(ctx context.Context, sqltx *sql.Tx, alongside func()) error {
 	tx := newWriteCache(sqltx, b.s.wstmts)
 	defer tx.Close()
 	b.cacheStamp = b.s.infos.writeStamp()
@@ -1055,12 +1063,23 @@ func (b *Batch) register(ctx context.Context, sqltx *sql.Tx) error {
 	if err != nil {
 		return err
 	}
+	for _, it := range b.items {
+		_, valid := ids[it.info.Path.String()]
+		it.skip = valid && !it.repair
+	}
+	if alongside != nil {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			alongside()
+		}()
+		defer func() { <-done }()
+	}
 	var fresh []any
 	for _, it := range b.items {
 		id, valid := ids[it.info.Path.String()]
 		switch {
-		case valid && !it.repair:
-			it.skip = true
+		case it.skip:
 		case valid:
 			it.id = id
 			if _, err := tx.ExecContext(ctx, sqlUpdatePathInfo, updateArgs(it.info)...); err != nil {
@@ -1566,7 +1585,7 @@ func (s *Store) RegisterValidPaths(ctx context.Context, infos []*store.PathInfo)
 	if err := s.syncBeforeRegister(ctx, infos); err != nil {
 		return fmt.Errorf("register valid paths: %w", err)
 	}
-	err := s.writeTx(ctx, func(tx *sql.Tx) error { return b.register(ctx, tx) })
+	err := s.writeTx(ctx, func(tx *sql.Tx) error { return b.register(ctx, tx, nil) })
 	if err != nil {
 		return fmt.Errorf("register valid paths: %w", err)
 	}
