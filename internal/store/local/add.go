@@ -16,7 +16,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -1087,12 +1086,11 @@ func (b *Batch) register(ctx context.Context, sqltx *sql.Tx, alongside func()) e
 			}
 		default:
 			args := registerArgs(it.info)
-			if len(b.items) > pointMax && jsonSafe(args) {
-				fresh = append(fresh, args)
+			if len(b.items) > pointMax {
+				fresh = append(fresh, args...)
 				continue
 			}
-			// A small batch, or JSON would change these bytes: a
-			// statement of its own.
+			// A small batch: a statement of its own.
 			res, err := tx.ExecContext(ctx, sqlRegisterPath, args...)
 			if err != nil {
 				return fmt.Errorf("register %s: %w", it.info.Path, err)
@@ -1103,22 +1101,12 @@ func (b *Batch) register(ctx context.Context, sqltx *sql.Tx, alongside func()) e
 		}
 	}
 	if len(fresh) > 0 {
-		rows, err := tx.QueryContext(ctx, sqlRegisterPaths, jsonArg(fresh))
-		if err != nil {
-			return fmt.Errorf("register paths: %w", err)
-		}
-		for rows.Next() {
-			var id int64
-			var path string
-			if err := rows.Scan(&id, &path); err != nil {
-				rows.Close()
-				return fmt.Errorf("register paths: %w", err)
+		for len(fresh) > 0 {
+			n := min(len(fresh)/registerColumns, registerRows)
+			if err := insertPaths(ctx, tx, fresh[:n*registerColumns], ids); err != nil {
+				return err
 			}
-			ids[path] = id
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("register paths: %w", err)
+			fresh = fresh[n*registerColumns:]
 		}
 		for _, it := range b.items {
 			if !it.skip && it.id == 0 {
@@ -1200,6 +1188,28 @@ func (b *Batch) register(ctx context.Context, sqltx *sql.Tx, alongside func()) e
 	return nil
 }
 
+// insertPaths inserts the ValidPaths rows whose registerArgs are args, one
+// after another, in one statement, and records their ids.
+func insertPaths(ctx context.Context, tx queryer, args []any, ids map[string]int64) error {
+	rows, err := tx.QueryContext(ctx, sqlRegisterValues(len(args)/registerColumns), args...)
+	if err != nil {
+		return fmt.Errorf("register paths: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var path string
+		if err := rows.Scan(&id, &path); err != nil {
+			return fmt.Errorf("register paths: %w", err)
+		}
+		ids[path] = id
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("register paths: %w", err)
+	}
+	return nil
+}
+
 // pointMax is the most rows register handles with one prepared point
 // statement each rather than one statement over a JSON array: for a few rows
 // the JSON costs more than it saves.
@@ -1241,23 +1251,12 @@ func queryIDs(ctx context.Context, q queryer, paths []string) (map[string]int64,
 	return ids, nil
 }
 
-// jsonArg encodes v, made of strings that pass jsonSafe, integers, nil and
-// slices of these, as JSON for json_each. Nothing else goes in, so encoding
-// cannot fail.
+// jsonArg encodes v, made of store paths, output names, integers, nil and
+// slices of these (all of which JSON and SQLite's ->> pass unchanged), as
+// JSON for json_each. Nothing else goes in, so encoding cannot fail.
 func jsonArg(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
-}
-
-// jsonSafe reports whether every string among args goes through JSON and
-// SQLite's ->> unchanged: valid UTF-8, no NUL.
-func jsonSafe(args []any) bool {
-	for _, a := range args {
-		if s, ok := a.(string); ok && (!utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0) {
-			return false
-		}
-	}
-	return true
 }
 
 func registerArgs(info *store.PathInfo) []any {

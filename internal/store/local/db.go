@@ -25,6 +25,39 @@ const (
 	maxReadConns = 8
 )
 
+// Rows of ValidPaths are inserted registerRows at a time by one statement
+// with a VALUES list: binding registerColumns values a row costs less than
+// the statement over a JSON array it replaced (64 rows: 0.43 against 0.68 ms
+// a transaction, modernc.org/sqlite), and binds every byte as it is.
+const (
+	registerColumns = 8 // registerArgs
+	registerRows    = maxSpareLocks
+)
+
+var sqlRegisterFull = sqlRegisterValuesText(registerRows)
+
+// sqlRegisterValues is the statement that inserts n rows of registerArgs and
+// returns their ids and paths.
+func sqlRegisterValues(n int) string {
+	if n == registerRows {
+		return sqlRegisterFull
+	}
+	return sqlRegisterValuesText(n)
+}
+
+func sqlRegisterValuesText(n int) string {
+	var b strings.Builder
+	b.WriteString("insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) values ")
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?,?,?,?)")
+	}
+	b.WriteString(" returning id, path")
+	return b.String()
+}
+
 // openDB opens the database at path twice: a pool of read connections and one
 // write connection whose transactions begin IMMEDIATE, so a writer takes the
 // write lock up front and never fails to upgrade a read lock midway.
@@ -114,10 +147,6 @@ const (
   (select group_concat(r.path, ' ') from Refs join ValidPaths r on r.id = Refs.reference where Refs.referrer = v.id)
   from json_each(?) j join ValidPaths v on v.path = j.value`
 	sqlQueryPathIDs = `select v.id, v.path from json_each(?) j join ValidPaths v on v.path = j.value`
-	// sqlRegisterPaths inserts the rows of a JSON array of registerArgs arrays.
-	sqlRegisterPaths = `insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca)
-  select value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7 from json_each(?)
-  returning id, path`
 	sqlAddReferences   = `insert or replace into Refs (referrer, reference) select value->>0, value->>1 from json_each(?)`
 	sqlAddDrvOutputs   = `insert or replace into DerivationOutputs (drv, id, path) select value->>0, value->>1, value->>2 from json_each(?)`
 	sqlQueryPathID     = `select id from ValidPaths where path = ?`

@@ -927,3 +927,44 @@ func TestAddPathsStopsAtBadSource(t *testing.T) {
 		t.Errorf("%d entries in the store dir, want %d", len(paths), bad)
 	}
 }
+
+// TestBatchRegisterBytes: a batch registered by the many-row statement keeps
+// every byte of its metadata, signatures that are not UTF-8 or hold a NUL
+// included, and gives each path its own row and references.
+func TestBatchRegisterBytes(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	src := t.TempDir()
+	b := s.NewBatch()
+	var infos []*store.PathInfo
+	n := registerRows + pointMax + 3 // one full statement and a shorter one
+	for i := range n {
+		p := filepath.Join(src, fmt.Sprintf("p%d", i))
+		writeTree(t, p, map[string]string{"f": fmt.Sprintf("file %d", i)})
+		narBytes := narOf(t, p)
+		var refs []storepath.StorePath
+		if i > 0 {
+			refs = append(refs, infos[i-1].Path)
+		}
+		info := infoFor(t, s.StoreDir(), fmt.Sprintf("p%d", i), narBytes, refs...)
+		info.Signatures = []string{fmt.Sprintf("key-%d:\xff\xfe\x00sig", i)}
+		info.Ultimate = i%2 == 0
+		if err := b.AddNar(ctx, info, bytes.NewReader(narBytes), store.AddNarOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		infos = append(infos, info)
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range infos {
+		got, err := s.QueryPathInfo(ctx, want.Path)
+		if err != nil {
+			t.Fatalf("path %d: %v", i, err)
+		}
+		if !slices.Equal(got.Signatures, want.Signatures) || got.Ultimate != want.Ultimate || got.NarHash != want.NarHash ||
+			!slices.Equal(got.References, want.References) {
+			t.Errorf("path %d: registered %+v, want %+v", i, got, want)
+		}
+	}
+}

@@ -80,7 +80,7 @@ type preparedWrites struct {
 }
 
 // writeQueries are the statements a Commit runs.
-var writeQueries = []string{sqlQueryPathIDs, sqlQueryPathID, sqlRegisterPaths, sqlRegisterPath, sqlUpdatePathInfo,
+var writeQueries = []string{sqlQueryPathIDs, sqlQueryPathID, sqlRegisterFull, sqlRegisterPath, sqlUpdatePathInfo,
 	sqlAddReferences, sqlAddReference, sqlAddDrvOutputs, sqlAddDrvOutput}
 
 func newPreparedWrites(db *sql.DB) *preparedWrites { return &preparedWrites{db: db} }
