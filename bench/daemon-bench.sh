@@ -3,6 +3,8 @@
 #
 #   1. loadgen, QueryPathInfo only, 16 clients, 20 s   (target: cairn ≥ 50,000 ops/s)
 #   2. loadgen, mixed, 64 clients, 60 s                 (target: zero errors, bounded RSS)
+#   4. metrics: loadgen as in 1 (8 s), cairn daemon without and with --metrics-listen,
+#      alternating ROUNDS times: what counting every operation costs (not in the default STEPS)
 #   3. sbs.py --only add-tree,add-2000-small,query-4000,add-1GiB-file
 #      (targets: add-2000-small and query-4000 ≤ 0.5 × nix-daemon; add-tree and
 #      add-1GiB-file ≤ 1 ×; cairn daemon peak RSS while adding 1 GiB ≤ 64 MB)
@@ -27,6 +29,15 @@ for step in $STEPS; do
   mixed)
     for d in nix-daemon "$BIN/cairn daemon"; do
       "$BIN/loadgen" -daemon "$d" -mix mixed -clients 64 -duration 60s || true
+    done ;;
+  metrics)
+    i=0
+    while [ $i -lt "$ROUNDS" ]; do
+      for d in "$BIN/cairn daemon" "$BIN/cairn daemon --metrics-listen 127.0.0.1:0"; do
+        echo "== $d"
+        "$BIN/loadgen" -daemon "$d" -mix query -clients 16 -duration 8s
+      done
+      i=$((i+1))
     done ;;
   sbs)
     python3 "$SBS" --a nix-daemon --b "$BIN/cairn daemon" --rounds "$ROUNDS" \

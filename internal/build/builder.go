@@ -65,6 +65,18 @@ const (
 // Success reports whether s means the outputs are valid.
 func (s Status) Success() bool { return s == Built || s == Substituted || s == AlreadyValid }
 
+var statusNames = [...]string{"Built", "Substituted", "AlreadyValid", "PermanentFailure", "InputRejected",
+	"OutputRejected", "TransientFailure", "CachedFailure", "TimedOut", "MiscFailure", "DependencyFailed",
+	"LogLimitExceeded", "NotDeterministic"}
+
+// String is the status's name in Nix's BuildResult.
+func (s Status) String() string {
+	if s >= 0 && int(s) < len(statusNames) {
+		return statusNames[s]
+	}
+	return fmt.Sprintf("Status(%d)", int(s))
+}
+
 // Options are one request's build settings (nix.conf and the client's).
 type Options struct {
 	MaxJobs       int // builds at once; 0: none (Nix then needs remote builders)

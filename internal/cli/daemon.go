@@ -17,6 +17,7 @@ import (
 	"cairn/internal/daemon"
 	"cairn/internal/gc"
 	"cairn/internal/gcroots"
+	"cairn/internal/metrics"
 	"cairn/internal/store/local"
 )
 
@@ -34,6 +35,9 @@ Serve a store over the Nix worker protocol, as nix-daemon does (everything but b
   --force-untrusted       trust no client (--stdio trusts its client by default)
   --spin-wait DURATION    after a reply, poll the socket this long for the client's next operation
                           while the daemon is otherwise idle (default 50µs; 0: sleep at once)
+  --metrics-listen ADDR   serve Prometheus metrics at http://ADDR/metrics (connections, operations
+                          by name, result and duration, builds by result); port 0 picks one, and
+                          the address is logged
   --version               print the version (as nix-daemon's: field 3 is the Nix release reproduced)
 
 The socket is $NIX_DAEMON_SOCKET_PATH, else $NIX_STATE_DIR/daemon-socket/socket, or the one systemd
@@ -43,6 +47,7 @@ passes (LISTEN_FDS=1, LISTEN_PID).
 // daemonArgs are the parsed arguments of `cairn daemon`.
 type daemonArgs struct {
 	store          string
+	metricsListen  string
 	options        [][2]string
 	stdio          bool
 	forceTrusted   bool
@@ -93,6 +98,12 @@ func parseDaemonArgs(args []string) (*daemonArgs, error) {
 				return nil, fmt.Errorf("--spin-wait: invalid duration '%s'", v[0])
 			}
 			a.spinWait = d
+		case arg == "--metrics-listen":
+			v, err := need(1)
+			if err != nil {
+				return nil, err
+			}
+			a.metricsListen = v[0]
 		case arg == "--daemon": // ignored, as by nix-daemon
 		case arg == "--force-trusted":
 			a.forceTrusted = true
@@ -191,6 +202,14 @@ func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stde
 		SpinWait: a.spinWait,
 	}
 	srv.AutoGC = gc.NewAuto(st, srv.Roots, settings, logf)
+	if a.metricsListen != "" {
+		srv.Metrics = metrics.New()
+		addr, err := srv.Metrics.Serve(ctx, a.metricsListen)
+		if err != nil {
+			return err
+		}
+		logf(fmt.Sprintf("serving metrics at http://%s/metrics", addr))
+	}
 	if a.stdio {
 		d := daemon.Decision{Allowed: true, Trusted: !a.forceUntrusted, UID: uint32(os.Geteuid())}
 		d.User = strconv.Itoa(os.Geteuid())

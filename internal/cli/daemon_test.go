@@ -41,6 +41,8 @@ func TestDaemonArgs(t *testing.T) {
 		{[]string{"--option", "sandbox"}, "requires 2 argument"},
 		{[]string{"--bogus"}, "unrecognised flag '--bogus'"},
 		{[]string{"--force-trusted", "--force-untrusted"}, "mutually exclusive"},
+		{[]string{"--metrics-listen", "127.0.0.1:0"}, ""},
+		{[]string{"--metrics-listen"}, "requires 1 argument"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			_, err := parseDaemonArgs(tc.args)

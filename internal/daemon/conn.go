@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"cairn/internal/build"
 	"cairn/internal/gcroots"
@@ -22,6 +23,7 @@ import (
 type conn struct {
 	ctx      context.Context
 	s        *Server
+	failed   bool // the operation being served failed (for Server.Metrics)
 	r        *wire.Reader
 	w        *wire.Writer
 	p        protocol.Params
@@ -156,6 +158,17 @@ func (c *conn) run() error {
 // operation reads, performs and answers one operation whose code is read.
 // done means the connection ends, with err.
 func (c *conn) operation(op protocol.Op) (done bool, err error) {
+	if c.s.Metrics != nil {
+		start := time.Now()
+		defer func() {
+			name := "unknown"
+			if op.Known() {
+				name = op.String()
+			}
+			c.s.Metrics.Operation(name, time.Since(start), err != nil || c.failed)
+		}()
+		c.failed = false
+	}
 	req, err := protocol.NewRequest(op, c.p)
 	if err != nil {
 		return true, c.fatal(fmt.Errorf("invalid operation %s", hl(fmt.Sprint(uint64(op)))))
@@ -182,6 +195,7 @@ func (c *conn) operation(op protocol.Op) (done bool, err error) {
 	if !c.log.working() || errors.As(err, &be) {
 		return true, c.fatal(err)
 	}
+	c.failed = true
 	if ferr := c.log.fail(nixError(err)); ferr != nil {
 		return true, ferr
 	}

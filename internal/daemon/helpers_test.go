@@ -13,6 +13,7 @@ import (
 
 	"cairn/internal/config"
 	"cairn/internal/gc"
+	"cairn/internal/metrics"
 	"cairn/internal/gcroots"
 	"cairn/internal/nar"
 	"cairn/internal/nixhash"
@@ -91,6 +92,7 @@ func newTestDaemonAt(t *testing.T, url func(dir string) string, settings ...[2]s
 		},
 	}
 	td.srv.AutoGC = gc.NewAuto(st, td.srv.Roots, s, td.srv.ErrorLog)
+	td.srv.Metrics = metrics.New() // counted in every test; checked in TestMetrics
 	ln, err := Listen(td.sock)
 	if err != nil {
 		t.Fatal(err)

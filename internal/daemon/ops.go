@@ -1178,6 +1178,9 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 		if err != nil {
 			return err
 		}
+		for _, r := range built {
+			c.s.Metrics.Build(r.Status.String())
+		}
 		for j, r := range built {
 			results[index[j]].BuildResult = r.Wire()
 		}
@@ -1239,6 +1242,7 @@ func (c *conn) buildDerivation(q *protocol.BuildDerivationRequest) error {
 	opts := c.buildOptions()
 	opts.Mode = build.Mode(q.Mode)
 	r := b.BuildDerivation(c.ctx, q.DrvPath, q.Drv, opts, log)
+	c.s.Metrics.Build(r.Status.String())
 	log.stop()
 	res := r.Wire()
 	if r.Status.Success() {

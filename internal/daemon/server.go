@@ -16,6 +16,7 @@ import (
 	"cairn/internal/config"
 	"cairn/internal/gc"
 	"cairn/internal/gcroots"
+	"cairn/internal/metrics"
 	"cairn/internal/protocol"
 	"cairn/internal/store"
 )
@@ -66,6 +67,9 @@ type Server struct {
 	// AutoGC collects garbage when free space runs low (min-free); nil
 	// never does.
 	AutoGC *gc.Auto
+	// Metrics counts connections, operations and builds; nil counts
+	// nothing.
+	Metrics *metrics.Daemon
 
 	nextID  atomic.Uint64
 	wg      sync.WaitGroup
@@ -172,6 +176,8 @@ func (s *Server) serve(ctx context.Context, r io.Reader, w io.Writer, d Decision
 	c := newConn(ctx, s, r, w)
 	c.spin = sr
 	defer c.close()
+	s.Metrics.ConnOpened()
+	defer s.Metrics.ConnClosed()
 	return c.run()
 }
 
