@@ -13,8 +13,8 @@ import (
 
 	"cairn/internal/config"
 	"cairn/internal/gc"
-	"cairn/internal/metrics"
 	"cairn/internal/gcroots"
+	"cairn/internal/metrics"
 	"cairn/internal/nar"
 	"cairn/internal/nixhash"
 	"cairn/internal/protocol"

@@ -146,7 +146,7 @@ const (
 	sqlQueryPathInfos = `select j.key, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca,
   (select group_concat(r.path, ' ') from Refs join ValidPaths r on r.id = Refs.reference where Refs.referrer = v.id)
   from json_each(?) j join ValidPaths v on v.path = j.value`
-	sqlQueryPathIDs = `select v.id, v.path from json_each(?) j join ValidPaths v on v.path = j.value`
+	sqlQueryPathIDs    = `select v.id, v.path from json_each(?) j join ValidPaths v on v.path = j.value`
 	sqlAddReferences   = `insert or replace into Refs (referrer, reference) select value->>0, value->>1 from json_each(?)`
 	sqlAddDrvOutputs   = `insert or replace into DerivationOutputs (drv, id, path) select value->>0, value->>1, value->>2 from json_each(?)`
 	sqlQueryPathID     = `select id from ValidPaths where path = ?`
