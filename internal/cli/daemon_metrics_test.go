@@ -35,6 +35,9 @@ func (l *lockedBuffer) String() string {
 // are and serves them there until it stops.
 func TestDaemonMetrics(t *testing.T) {
 	dir := t.TempDir()
+	// The daemon changes to / before it serves: the other tests need the
+	// package's directory back.
+	t.Chdir(dir)
 	t.Setenv("NIX_CONF_DIR", dir)
 	t.Setenv("NIX_USER_CONF_FILES", filepath.Join(dir, "none"))
 	t.Setenv("NIX_DAEMON_SOCKET_PATH", filepath.Join(dir, "socket"))
