@@ -36,8 +36,8 @@ Serve a store over the Nix worker protocol, as nix-daemon does (everything but b
   --spin-wait DURATION    after a reply, poll the socket this long for the client's next operation
                           while the daemon is otherwise idle (default 50µs; 0: sleep at once)
   --metrics-listen ADDR   serve Prometheus metrics at http://ADDR/metrics (connections, operations
-                          by name, result and duration, builds by result); port 0 picks one, and
-                          the address is logged
+                          by name, result and duration, builds by result, what collections
+                          deleted); port 0 picks one, and the address is logged
   --version               print the version (as nix-daemon's: field 3 is the Nix release reproduced)
 
 The socket is $NIX_DAEMON_SOCKET_PATH, else $NIX_STATE_DIR/daemon-socket/socket, or the one systemd

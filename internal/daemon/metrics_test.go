@@ -43,7 +43,7 @@ func gathered(t *testing.T, td *testDaemon) map[string]float64 {
 
 // TestMetrics: what Nix's clients do through the daemon shows in its
 // metrics: connections, operations by name and result with their
-// durations, and builds by result.
+// durations, builds by result, and what a collection deleted.
 func TestMetrics(t *testing.T) {
 	nixtest.Require(t, "nix-store", "nix-build")
 	if _, err := os.Stat("/bin/busybox"); err != nil {
@@ -53,8 +53,12 @@ func TestMetrics(t *testing.T) {
 	env := td.nixEnv()
 	src := filepath.Join(t.TempDir(), "f")
 	os.WriteFile(src, []byte("metrics\n"), 0o644)
-	if r := runNix(env, "nix-store", "--add", src); r.code != 0 {
+	r := runNix(env, "nix-store", "--add", src)
+	if r.code != 0 {
 		t.Fatalf("nix-store --add: %+v", r)
+	}
+	if r := runNix(env, "nix-store", "--delete", strings.TrimSpace(r.stdout)); r.code != 0 {
+		t.Fatalf("nix-store --delete: %+v", r)
 	}
 	invalid := "/nix/store/00000000000000000000000000000000-missing"
 	if r := runNix(env, "nix-store", "--realise", invalid); r.code == 0 {
@@ -75,7 +79,9 @@ func TestMetrics(t *testing.T) {
 		key string
 		min float64
 	}{
-		{"cairn_daemon_connections_total{}", 3},
+		{"cairn_daemon_connections_total{}", 4},
+		{"cairn_daemon_gc_deleted_paths_total{}", 1},
+		{"cairn_daemon_gc_freed_bytes_total{}", 1},
 		{"cairn_daemon_operations_total{op=AddToStore,result=ok}", 1},
 		{"cairn_daemon_operations_total{op=BuildPaths,result=error}", 1},
 		{"cairn_daemon_operations_total{op=BuildPaths,result=ok}", 1},

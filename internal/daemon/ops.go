@@ -821,6 +821,9 @@ func (c *conn) collectGarbage(q *protocol.CollectGarbageRequest) error {
 	if err != nil {
 		return err
 	}
+	if q.Action == protocol.GCDeleteDead || q.Action == protocol.GCDeleteSpecific {
+		c.s.Metrics.Collected(len(res.Paths), res.BytesFreed)
+	}
 	return c.reply(&protocol.GCReply{Paths: res.Paths, BytesFreed: res.BytesFreed})
 }
 

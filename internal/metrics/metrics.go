@@ -27,6 +27,8 @@ type Daemon struct {
 	ops       *prometheus.CounterVec
 	opSeconds *prometheus.HistogramVec
 	builds    *prometheus.CounterVec
+	gcPaths   prometheus.Counter
+	gcBytes   prometheus.Counter
 	// series keeps each operation's three series, so that counting one
 	// looks up no labels, which hashes them and takes a lock (38 against
 	// 100 ns an operation, BenchmarkOperation).
@@ -64,8 +66,16 @@ func New() *Daemon {
 			Name: "cairn_daemon_builds_total",
 			Help: "Derivations clients asked to build, by result (Nix's BuildResult status).",
 		}, []string{"status"}),
+		gcPaths: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cairn_daemon_gc_deleted_paths_total",
+			Help: "Store paths deleted by the collections clients asked for.",
+		}),
+		gcBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cairn_daemon_gc_freed_bytes_total",
+			Help: "Bytes freed by the collections clients asked for.",
+		}),
 	}
-	d.reg.MustRegister(d.conns, d.connsOpen, d.ops, d.opSeconds, d.builds,
+	d.reg.MustRegister(d.conns, d.connsOpen, d.ops, d.opSeconds, d.builds, d.gcPaths, d.gcBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return d
 }
@@ -115,6 +125,14 @@ func (d *Daemon) Operation(op string, dur time.Duration, failed bool) {
 func (d *Daemon) Build(status string) {
 	if d != nil {
 		d.builds.WithLabelValues(status).Inc()
+	}
+}
+
+// Collected counts what a collection deleted.
+func (d *Daemon) Collected(paths int, bytes uint64) {
+	if d != nil {
+		d.gcPaths.Add(float64(paths))
+		d.gcBytes.Add(float64(bytes))
 	}
 }
 
