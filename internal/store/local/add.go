@@ -870,7 +870,7 @@ func (s *Store) preparePath(ctx context.Context, lane int, src string, fd int, o
 	var err error
 	opened := fd >= 0
 	if !opened {
-		fd, err = openat(unix.AT_FDCWD, src, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
+		fd, err = openat(unix.AT_FDCWD, src, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY)
 	}
 	if err == nil {
 		defer unix.Close(fd)

@@ -81,11 +81,17 @@ func (o *sourceOpener) run() {
 		if o.fds[i].Load() != slotEmpty {
 			continue // a worker has it
 		}
-		fd, err := unix.Open(o.srcs[i], unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		// Only regular files: opening a device can do things (a tape
+		// rewinds when closed), and a source the add never reaches is
+		// opened all the same. The worker deals with the others.
+		var st unix.Stat_t
+		if unix.Lstat(o.srcs[i], &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		fd, err := unix.Open(o.srcs[i], unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			continue // the worker opens it and reports the error
 		}
-		var st unix.Stat_t
 		if unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size > 0 && st.Size <= fetchMaxSize {
 			unix.Fadvise(fd, 0, st.Size, unix.FADV_WILLNEED)
 		}
