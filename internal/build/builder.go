@@ -289,6 +289,16 @@ type ModeLogger interface {
 	Print(msg string, info bool)
 }
 
+// ActivityLogger is a Logger that shows Nix's activities other than builds
+// as Nix's logger does (protocol.ActCopyPaths: copying paths to and from a
+// remote builder). A ModeLogger that is not one prints the text with "...",
+// as Nix's plain logger shows an activity.
+type ActivityLogger interface {
+	Logger
+	// StartActivity starts an activity of typ with text; stop ends it.
+	StartActivity(typ protocol.ActivityType, text string) (stop func())
+}
+
 // RemoteLogger is a Logger told which remote builder a build runs on (Nix's
 // "building '…' on '…'").
 type RemoteLogger interface {

@@ -2,6 +2,7 @@ package build
 
 import (
 	"bytes"
+	"cairn/internal/protocol"
 	"context"
 	"errors"
 	"fmt"
@@ -46,6 +47,24 @@ func (g *goal) logf(info bool, format string, args ...any) {
 			ml.Print(msg, info)
 		}
 	})
+}
+
+// activity starts an activity of typ with text for every request following
+// g (ActivityLogger); stop ends them.
+func (g *goal) activity(typ protocol.ActivityType, text string) (stop func()) {
+	var stops []func()
+	g.forEach(func(r *request) {
+		if al, ok := r.log.(ActivityLogger); ok {
+			stops = append(stops, al.StartActivity(typ, text))
+		} else if ml, ok := r.log.(ModeLogger); ok {
+			ml.Print(text+"...", true)
+		}
+	})
+	return func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}
 }
 
 // buildStarted opens r's log of g's build, telling a ModeLogger the mode.

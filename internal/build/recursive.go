@@ -1,6 +1,7 @@
 package build
 
 import (
+	"cairn/internal/protocol"
 	"context"
 	"errors"
 	"fmt"
@@ -66,6 +67,14 @@ func (l nestedLogger) Print(msg string, info bool) {
 	if ml, ok := l.outer.(ModeLogger); ok {
 		ml.Print(msg, info)
 	}
+}
+
+func (l nestedLogger) StartActivity(typ protocol.ActivityType, text string) func() {
+	if al, ok := l.outer.(ActivityLogger); ok {
+		return al.StartActivity(typ, text)
+	}
+	l.Print(text+"...", true)
+	return func() {}
 }
 
 func (l nestedLogger) BuildStartedOn(drv storepath.StorePath, machine string) BuildLog {

@@ -291,9 +291,11 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 	if hogged {
 		g.logf(false, "somebody is hogging the upload lock for '%s', continuing...", m.StoreURI)
 	}
-	// Nix's copyPaths activity, as its text shows.
-	copying := func(n int) { g.logf(true, "copying %d paths...", n) }
+	// Nix's copyPaths activity, for as long as the copy lasts.
+	copied := func() {}
+	copying := func(n int) { copied = g.activity(protocol.ActCopyPaths, fmt.Sprintf("copying %d paths", n)) }
 	_, err = remotebuild.CopyTo(ctx, conn, st, inputs, opts.BuildersUseSubstitutes, copying)
+	copied()
 	release()
 	if err != nil {
 		return failed(err.Error())
@@ -345,6 +347,7 @@ func (b *Builder) buildRemote(g *goal, r *request, m *remotebuild.Machine) (stat
 				}
 			}
 		})
+		copied()
 		if err != nil {
 			return failed(err.Error())
 		}

@@ -173,6 +173,13 @@ func (l *buildLogger) BuildStartedOn(drv storepath.StorePath, machine string) bu
 	return &buildActivity{c: l.c, id: id, children: map[uint64]uint64{}}
 }
 
+// StartActivity starts one of Nix's activities other than a build (copying
+// paths to or from a remote builder), at the info level as Nix's.
+func (l *buildLogger) StartActivity(typ protocol.ActivityType, text string) func() {
+	id := l.c.log.StartActivity(protocol.LvlInfo, typ, text)
+	return func() { l.c.log.StopActivity(id) }
+}
+
 // Print logs a message as Nix's printError or printInfo.
 func (l *buildLogger) Print(msg string, info bool) {
 	lvl := protocol.LvlError

@@ -1,12 +1,16 @@
 package daemon
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"cairn/internal/protocol"
 	"cairn/internal/testutil/nixtest"
 )
 
@@ -16,6 +20,7 @@ let mk = name: script: deps: derivation { inherit name deps; system = builtins.c
 in {
   top = mk "daemon-remote-top" "echo top $deps > $out" [ dep ];
   fails = mk "daemon-remote-fails" "echo going to fail; exit 3" [];
+  again = mk "daemon-remote-again" "echo again $deps > $out" [ dep ];
 }
 `
 
@@ -56,6 +61,29 @@ func TestNixRemoteBuild(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, name, out)); err != nil {
 			t.Errorf("not built on the machine %s: %v", name, err)
 		}
+	}
+	// In the log's JSON, the copies are Nix's CopyPaths activities (the
+	// input is on the machine already: "copying 0 paths" there, then the
+	// output back).
+	copies := func(stderr string) []string {
+		var acts []string
+		for _, line := range strings.Split(stderr, "\n") {
+			var m struct {
+				Action string `json:"action"`
+				Type   int    `json:"type"`
+				Level  int    `json:"level"`
+				Text   string `json:"text"`
+			}
+			if j, ok := strings.CutPrefix(line, "@nix "); ok && json.Unmarshal([]byte(j), &m) == nil && m.Action == "start" && m.Type == int(protocol.ActCopyPaths) && m.Text != "" {
+				acts = append(acts, fmt.Sprintf("%d %s", m.Level, m.Text))
+			}
+		}
+		return acts
+	}
+	a, b = runNix(td.nixEnv(), "nix-build", "--log-format", "internal-json", "--no-out-link", file, "-A", "again"),
+		runNix(refEnv, "nix-build", "--log-format", "internal-json", "--no-out-link", file, "-A", "again")
+	if x, y := copies(a.stderr), copies(b.stderr); a.code != 0 || b.code != 0 || !slices.Equal(x, y) || len(x) != 2 {
+		t.Errorf("CopyPaths activities %q, with nix-daemon %q (exit %d, %d)", x, y, a.code, b.code)
 	}
 	ours, theirs := runNix(td.nixEnv(), "nix-build", "--no-out-link", file, "-A", "fails"), runNix(refEnv, "nix-build", "--no-out-link", file, "-A", "fails")
 	x, y := norm(ours.stderr, "ours"), norm(theirs.stderr, "theirs")
