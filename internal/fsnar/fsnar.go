@@ -364,25 +364,13 @@ func (w *walker) readDir(fd int) ([]dirent, error) {
 	}
 	var spans []span
 	names := w.nameBuf[:0]
-	for {
-		n, err := unix.Getdents(fd, w.direntBuf[:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			break
-		}
-		err = parseDirents(w.direntBuf[:n], func(name []byte, typ uint8) {
-			spans = append(spans, span{len(names), len(name), typ})
-			names = append(names, name...)
-			names = append(names, 0)
-		})
-		if err != nil {
-			return nil, err
-		}
+	err := readDirents(fd, w.direntBuf[:], func(name []byte, typ uint8) {
+		spans = append(spans, span{len(names), len(name), typ})
+		names = append(names, name...)
+		names = append(names, 0)
+	})
+	if err != nil {
+		return nil, err
 	}
 	w.nameBuf = names
 	all := string(names)
@@ -419,12 +407,24 @@ func parseDirents(b []byte, fn func(name []byte, typ uint8)) error {
 	return nil
 }
 
-// appendDirents appends the entries of a getdents64 buffer to entries.
-func appendDirents(entries []dirent, b []byte) ([]dirent, error) {
-	err := parseDirents(b, func(name []byte, typ uint8) {
-		entries = append(entries, dirent{name: string(name), typ: typ})
-	})
-	return entries, err
+// readDirents calls fn for each entry of the directory open as fd but "."
+// and "..", reading it with getdents64 into buf.
+func readDirents(fd int, buf []byte, fn func(name []byte, typ uint8)) error {
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return nil
+		}
+		if err := parseDirents(buf[:n], fn); err != nil {
+			return err
+		}
+	}
 }
 
 // entryType maps a directory entry's type to S_IFMT bits, asking the file system

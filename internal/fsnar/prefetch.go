@@ -149,20 +149,11 @@ func (f *fetcher) file(dirfd int, name string) bool {
 // list reads the directory open as fd, in the walker's order.
 func (f *fetcher) list(fd int) ([]dirent, error) {
 	var entries []dirent
-	for {
-		n, err := unix.Getdents(fd, f.buf[:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			break
-		}
-		if entries, err = appendDirents(entries, f.buf[:n]); err != nil {
-			return nil, err
-		}
+	err := readDirents(fd, f.buf[:], func(name []byte, typ uint8) {
+		entries = append(entries, dirent{name: string(name), typ: typ})
+	})
+	if err != nil {
+		return nil, err
 	}
 	slices.SortFunc(entries, func(a, b dirent) int { return strings.Compare(a.name, b.name) })
 	return entries, nil
