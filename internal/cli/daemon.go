@@ -37,7 +37,7 @@ Serve a store over the Nix worker protocol, as nix-daemon does (everything but b
                           while the daemon is otherwise idle (default 50µs; 0: sleep at once)
   --metrics-listen ADDR   serve Prometheus metrics at http://ADDR/metrics (connections, operations
                           by name, result and duration, builds by result, what collections
-                          deleted); port 0 picks one, and the address is logged
+                          deleted, min-free's included); port 0 picks one, and the address is logged
   --version               print the version (as nix-daemon's: field 3 is the Nix release reproduced)
 
 The socket is $NIX_DAEMON_SOCKET_PATH, else $NIX_STATE_DIR/daemon-socket/socket, or the one systemd
@@ -204,6 +204,9 @@ func runDaemon(ctx context.Context, a *daemonArgs, stdin io.Reader, stdout, stde
 	srv.AutoGC = gc.NewAuto(st, srv.Roots, settings, logf)
 	if a.metricsListen != "" {
 		srv.Metrics = metrics.New()
+		if srv.AutoGC != nil {
+			srv.AutoGC.Collected = srv.Metrics.Collected
+		}
 		addr, err := srv.Metrics.Serve(ctx, a.metricsListen)
 		if err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"cairn/internal/gc"
 	"cairn/internal/store/storetest"
@@ -66,5 +67,16 @@ func TestAutoGCAgainstNix(t *testing.T) {
 	}
 	if ours.gcMessage != theirs.gcMessage {
 		t.Errorf("the client told of the collection: %v, by nix-daemon %v", ours.gcMessage, theirs.gcMessage)
+	}
+	// The metrics count what the collection deleted: the two dead paths.
+	var deleted float64
+	for range 500 {
+		if deleted = gathered(t, td)["cairn_daemon_gc_deleted_paths_total{}"]; deleted >= 2 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if deleted != 2 {
+		t.Errorf("%v paths deleted in the metrics, want 2", deleted)
 	}
 }

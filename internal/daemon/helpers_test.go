@@ -93,6 +93,9 @@ func newTestDaemonAt(t *testing.T, url func(dir string) string, settings ...[2]s
 	}
 	td.srv.AutoGC = gc.NewAuto(st, td.srv.Roots, s, td.srv.ErrorLog)
 	td.srv.Metrics = metrics.New() // counted in every test; checked in TestMetrics
+	if td.srv.AutoGC != nil {
+		td.srv.AutoGC.Collected = td.srv.Metrics.Collected
+	}
 	ln, err := Listen(td.sock)
 	if err != nil {
 		t.Fatal(err)

@@ -36,6 +36,8 @@ type Auto struct {
 	// discards them. (The collection's own messages, a line per path
 	// deleted, go where Options says.)
 	Log func(string)
+	// Collected, when not nil, is told what each collection deleted.
+	Collected func(paths int, bytes uint64)
 
 	mu         sync.Mutex
 	lastCheck  time.Time
@@ -129,8 +131,12 @@ func (a *Auto) start(ctx context.Context, tell func(string)) chan struct{} {
 	// detached thread does.
 	ctx = context.WithoutCancel(ctx)
 	go func() {
-		if _, err := Collect(ctx, a.Store, a.Roots, opts); err != nil {
+		res, err := Collect(ctx, a.Store, a.Roots, opts)
+		if err != nil {
 			a.log(fmt.Sprintf("warning: auto-GC: %v", err))
+		}
+		if res != nil && a.Collected != nil {
+			a.Collected(len(res.Paths), res.BytesFreed)
 		}
 		after, err := a.avail()
 		a.mu.Lock()

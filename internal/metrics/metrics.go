@@ -68,11 +68,11 @@ func New() *Daemon {
 		}, []string{"status"}),
 		gcPaths: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cairn_daemon_gc_deleted_paths_total",
-			Help: "Store paths deleted by the collections clients asked for.",
+			Help: "Store paths deleted by the collections clients asked for and the automatic ones (min-free).",
 		}),
 		gcBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cairn_daemon_gc_freed_bytes_total",
-			Help: "Bytes freed by the collections clients asked for.",
+			Help: "Bytes freed by the collections clients asked for and the automatic ones (min-free).",
 		}),
 	}
 	d.reg.MustRegister(d.conns, d.connsOpen, d.ops, d.opSeconds, d.builds, d.gcPaths, d.gcBytes,
