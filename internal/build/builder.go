@@ -262,6 +262,15 @@ type Result struct {
 	Outputs map[string]storepath.StorePath
 }
 
+// Ran is how long a successful build took: 0 for any other result (valid
+// already, substituted, failed).
+func (r Result) Ran() time.Duration {
+	if r.Status != Built || r.Start.IsZero() || r.Stop.Before(r.Start) {
+		return 0
+	}
+	return r.Stop.Sub(r.Start)
+}
+
 // Logger receives a request's progress. Its methods may be called from
 // several goroutines at once.
 type Logger interface {

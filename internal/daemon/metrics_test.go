@@ -87,6 +87,7 @@ func TestMetrics(t *testing.T) {
 		{"cairn_daemon_operations_total{op=BuildPaths,result=ok}", 1},
 		{"cairn_daemon_operation_duration_seconds{op=AddToStore}", 1},
 		{"cairn_daemon_builds_total{status=Built}", 1},
+		{"cairn_daemon_build_duration_seconds{}", 1},
 	}
 	for _, c := range checks {
 		if got[c.key] < c.min {

@@ -1182,7 +1182,7 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 			return err
 		}
 		for _, r := range built {
-			c.s.Metrics.Build(r.Status.String())
+			c.s.Metrics.Build(r.Status.String(), r.Ran())
 		}
 		for j, r := range built {
 			results[index[j]].BuildResult = r.Wire()
@@ -1245,7 +1245,7 @@ func (c *conn) buildDerivation(q *protocol.BuildDerivationRequest) error {
 	opts := c.buildOptions()
 	opts.Mode = build.Mode(q.Mode)
 	r := b.BuildDerivation(c.ctx, q.DrvPath, q.Drv, opts, log)
-	c.s.Metrics.Build(r.Status.String())
+	c.s.Metrics.Build(r.Status.String(), r.Ran())
 	log.stop()
 	res := r.Wire()
 	if r.Status.Success() {

@@ -27,6 +27,7 @@ type Daemon struct {
 	ops       *prometheus.CounterVec
 	opSeconds *prometheus.HistogramVec
 	builds    *prometheus.CounterVec
+	buildSecs prometheus.Histogram
 	gcPaths   prometheus.Counter
 	gcBytes   prometheus.Counter
 	// series keeps each operation's three series, so that counting one
@@ -66,6 +67,12 @@ func New() *Daemon {
 			Name: "cairn_daemon_builds_total",
 			Help: "Derivations clients asked to build, by result (Nix's BuildResult status).",
 		}, []string{"status"}),
+		buildSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "cairn_daemon_build_duration_seconds",
+			Help: "How long the derivations clients asked for took to build, those that built.",
+			// From a trivial build (tens of ms) to hours.
+			Buckets: prometheus.ExponentialBuckets(0.01, 4, 12),
+		}),
 		gcPaths: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cairn_daemon_gc_deleted_paths_total",
 			Help: "Store paths deleted by the collections clients asked for and the automatic ones (min-free).",
@@ -75,7 +82,7 @@ func New() *Daemon {
 			Help: "Bytes freed by the collections clients asked for and the automatic ones (min-free).",
 		}),
 	}
-	d.reg.MustRegister(d.conns, d.connsOpen, d.ops, d.opSeconds, d.builds, d.gcPaths, d.gcBytes,
+	d.reg.MustRegister(d.conns, d.connsOpen, d.ops, d.opSeconds, d.builds, d.buildSecs, d.gcPaths, d.gcBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return d
 }
@@ -121,10 +128,15 @@ func (d *Daemon) Operation(op string, dur time.Duration, failed bool) {
 	se.seconds.Observe(dur.Seconds())
 }
 
-// Build counts a derivation a client asked for, by its result's status.
-func (d *Daemon) Build(status string) {
-	if d != nil {
-		d.builds.WithLabelValues(status).Inc()
+// Build counts a derivation a client asked for, by its result's status,
+// and how long it took to build (0: it did not build).
+func (d *Daemon) Build(status string, ran time.Duration) {
+	if d == nil {
+		return
+	}
+	d.builds.WithLabelValues(status).Inc()
+	if ran > 0 {
+		d.buildSecs.Observe(ran.Seconds())
 	}
 }
 

@@ -16,7 +16,8 @@ func TestServe(t *testing.T) {
 	d.ConnOpened()
 	d.Operation("QueryPathInfo", 30*time.Microsecond, false)
 	d.Operation("QueryPathInfo", 2*time.Millisecond, true)
-	d.Build("Built")
+	d.Build("Built", 1500*time.Millisecond)
+	d.Build("AlreadyValid", 0)
 	d.ConnClosed()
 	ctx, cancel := context.WithCancel(context.Background())
 	addr, err := d.Serve(ctx, "127.0.0.1:0")
@@ -37,6 +38,9 @@ func TestServe(t *testing.T) {
 		`cairn_daemon_operation_duration_seconds_count{op="QueryPathInfo"} 2` + "\n",
 		`cairn_daemon_operation_duration_seconds_bucket{op="QueryPathInfo",le="0.0001"} 1` + "\n",
 		`cairn_daemon_builds_total{status="Built"} 1` + "\n",
+		`cairn_daemon_builds_total{status="AlreadyValid"} 1` + "\n",
+		"cairn_daemon_build_duration_seconds_count 1\n",
+		"cairn_daemon_build_duration_seconds_sum 1.5\n",
 		"go_goroutines ",
 	} {
 		if !strings.Contains(string(body), want) {
@@ -58,7 +62,7 @@ func TestNil(t *testing.T) {
 	var d *Daemon
 	d.ConnOpened()
 	d.Operation("QueryPathInfo", time.Millisecond, false)
-	d.Build("Built")
+	d.Build("Built", time.Second)
 	d.ConnClosed()
 }
 
