@@ -2,7 +2,6 @@ package build
 
 import (
 	"bytes"
-	"cairn/internal/protocol"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 
 	"cairn/internal/fsnar"
 	"cairn/internal/nixhash"
+	"cairn/internal/protocol"
 	"cairn/internal/store"
 	"cairn/internal/storepath"
 )

@@ -1,7 +1,6 @@
 package build
 
 import (
-	"cairn/internal/protocol"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"cairn/internal/protocol"
 	"cairn/internal/storepath"
 )
 

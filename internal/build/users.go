@@ -1,13 +1,11 @@
 package build
 
 import (
-	"cairn/internal/substitute"
-	"net"
-
 	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"cairn/internal/sandbox"
+	"cairn/internal/substitute"
 )
 
 // Build identities. A daemon that is not root builds as itself (mapped to

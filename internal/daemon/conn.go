@@ -23,7 +23,6 @@ import (
 type conn struct {
 	ctx      context.Context
 	s        *Server
-	failed   bool // the operation being served failed (for Server.Metrics)
 	r        *wire.Reader
 	w        *wire.Writer
 	p        protocol.Params
@@ -158,6 +157,7 @@ func (c *conn) run() error {
 // operation reads, performs and answers one operation whose code is read.
 // done means the connection ends, with err.
 func (c *conn) operation(op protocol.Op) (done bool, err error) {
+	failed := false // an error the client was told of, the connection going on
 	if c.s.Metrics != nil {
 		start := time.Now()
 		defer func() {
@@ -165,9 +165,8 @@ func (c *conn) operation(op protocol.Op) (done bool, err error) {
 			if op.Known() {
 				name = op.String()
 			}
-			c.s.Metrics.Operation(name, time.Since(start), err != nil || c.failed)
+			c.s.Metrics.Operation(name, time.Since(start), err != nil || failed)
 		}()
-		c.failed = false
 	}
 	req, err := protocol.NewRequest(op, c.p)
 	if err != nil {
@@ -195,7 +194,7 @@ func (c *conn) operation(op protocol.Op) (done bool, err error) {
 	if !c.log.working() || errors.As(err, &be) {
 		return true, c.fatal(err)
 	}
-	c.failed = true
+	failed = true
 	if ferr := c.log.fail(nixError(err)); ferr != nil {
 		return true, ferr
 	}

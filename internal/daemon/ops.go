@@ -1181,11 +1181,9 @@ func (c *conn) buildPaths(q *protocol.BuildPathsRequest) error {
 		if err != nil {
 			return err
 		}
-		for _, r := range built {
-			c.s.Metrics.Build(r.Status.String(), r.Ran())
-		}
 		for j, r := range built {
 			results[index[j]].BuildResult = r.Wire()
+			c.s.Metrics.Build(r.Status.String(), r.Ran())
 		}
 		if q.Code != protocol.OpBuildPathsWithResults {
 			if err := c.buildFailure(log, built); err != nil {

@@ -1041,12 +1041,13 @@ func (b *Batch) repairs() bool {
 
 // register writes the batch's rows inside tx: paths first, then references
 // (which may point into the batch) and derivation outputs. It takes a handful
-// of statements whatever the batch's size: each step is one statement over a
+// of statements whatever the batch's size: new paths one statement per
+// registerRows (a VALUES list), references and outputs one statement over a
 // JSON array (json_each), since SQLite parses a statement in about as long as
 // it takes to run a point lookup.
 //
 // alongside, when not nil, runs on another goroutine once it is known which
-// paths are valid already (Pending.skip), and has returned when register
+// paths are valid already (pending.skip), and has returned when register
 // does.
 func (b *Batch) register(ctx context.Context, sqltx *sql.Tx, alongside func()) error {
 	tx := newWriteCache(sqltx, b.s.wstmts)
@@ -1100,19 +1101,17 @@ func (b *Batch) register(ctx context.Context, sqltx *sql.Tx, alongside func()) e
 			}
 		}
 	}
-	if len(fresh) > 0 {
-		for len(fresh) > 0 {
-			n := min(len(fresh)/registerColumns, registerRows)
-			if err := insertPaths(ctx, tx, fresh[:n*registerColumns], ids); err != nil {
-				return err
-			}
-			fresh = fresh[n*registerColumns:]
+	for len(fresh) > 0 {
+		n := min(len(fresh)/registerColumns, registerRows)
+		if err := insertPaths(ctx, tx, fresh[:n*registerColumns], ids); err != nil {
+			return err
 		}
-		for _, it := range b.items {
-			if !it.skip && it.id == 0 {
-				if it.id = ids[it.info.Path.String()]; it.id == 0 {
-					return fmt.Errorf("register %s: no row id", it.info.Path)
-				}
+		fresh = fresh[n*registerColumns:]
+	}
+	for _, it := range b.items {
+		if !it.skip && it.id == 0 {
+			if it.id = ids[it.info.Path.String()]; it.id == 0 {
+				return fmt.Errorf("register %s: no row id", it.info.Path)
 			}
 		}
 	}
