@@ -168,7 +168,7 @@ func runBuild(ctx context.Context, stdout, stderr io.Writer, a *buildArgs) error
 	if cfg.Scheme != store.SchemeLocal {
 		return fmt.Errorf("%s: %w: cairn build needs a local store", cfg.URL, store.ErrUnsupported)
 	}
-	st, err := local.Open(ctx, cfg, localOptions(settings))
+	st, err := local.Open(ctx, cfg, commandOptions(ctx, settings))
 	if err != nil {
 		return err
 	}

@@ -43,6 +43,7 @@ func NewRoot() *cobra.Command {
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ctx = context.WithValue(ctx, syncBehindKey{}, true)
 	return execute(ctx, args, os.Stdout, stderrWriter())
 }
 

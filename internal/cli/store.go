@@ -92,7 +92,7 @@ func openLocalStore(cmd *cobra.Command) (*local.Store, error) {
 	if cfg.Scheme != store.SchemeLocal {
 		return nil, fmt.Errorf("%s: %w: this command needs a local store", cfg.URL, store.ErrUnsupported)
 	}
-	return local.Open(cmd.Context(), cfg, localOptions(settings))
+	return local.Open(cmd.Context(), cfg, commandOptions(cmd.Context(), settings))
 }
 
 // anyStore is what the verbs that work on a local store and through a daemon

@@ -300,7 +300,7 @@ func openStoreConfig(ctx context.Context, cfg *store.Config, settings *config.Se
 		}
 		return sshNGStore{c.Store(), c}, nil
 	}
-	return local.Open(ctx, cfg, localOptions(settings))
+	return local.Open(ctx, cfg, commandOptions(ctx, settings))
 }
 
 // copySource is what copying reads from a store.

@@ -361,24 +361,36 @@ type syncer struct {
 func newSyncer(s *Store, m *markerFile, boot string) (*syncer, error) {
 	sy := &syncer{s: s, marker: m, boot: boot, dbFD: -1, delay: syncDelay,
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	dbFD, err := openDBFileSystem(s.realFD, s.cfg.RealStoreDir, filepath.Join(s.cfg.StateDir, "db"))
+	if err != nil {
+		return nil, err
+	}
 	sy.fds = []int{s.realFD}
-	dbDir := filepath.Join(s.cfg.StateDir, "db")
-	var st, dst unix.Stat_t
-	if err := unix.Fstat(s.realFD, &st); err != nil {
-		return nil, &os.PathError{Op: "stat", Path: s.cfg.RealStoreDir, Err: err}
-	}
-	if err := unix.Stat(dbDir, &dst); err != nil {
-		return nil, &os.PathError{Op: "stat", Path: dbDir, Err: err}
-	}
-	if st.Dev != dst.Dev {
-		fd, err := openat(unix.AT_FDCWD, dbDir, unix.O_RDONLY|unix.O_DIRECTORY)
-		if err != nil {
-			return nil, &os.PathError{Op: "open", Path: dbDir, Err: err}
-		}
-		sy.dbFD = fd
-		sy.fds = append(sy.fds, fd)
+	if dbFD >= 0 {
+		sy.dbFD = dbFD
+		sy.fds = append(sy.fds, dbFD)
 	}
 	return sy, nil
+}
+
+// openDBFileSystem opens dbDir when it is on another file system than the
+// store dir open at storeFD, for a round to sync both; else it returns -1.
+func openDBFileSystem(storeFD int, storeDir, dbDir string) (int, error) {
+	var st, dst unix.Stat_t
+	if err := unix.Fstat(storeFD, &st); err != nil {
+		return -1, &os.PathError{Op: "stat", Path: storeDir, Err: err}
+	}
+	if err := unix.Stat(dbDir, &dst); err != nil {
+		return -1, &os.PathError{Op: "stat", Path: dbDir, Err: err}
+	}
+	if st.Dev == dst.Dev {
+		return -1, nil
+	}
+	fd, err := openat(unix.AT_FDCWD, dbDir, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: dbDir, Err: err}
+	}
+	return fd, nil
 }
 
 // syncItem is a path a commit of this process moved into place, for a
@@ -578,21 +590,28 @@ func (sy *syncer) syncItems(cur markerRecord, slot int, n int64, items []syncIte
 // next open's check.
 func (sy *syncer) syncLocked(cur markerRecord, slot int, ok bool, n int64) error {
 	sy.rounds++
-	for _, fd := range sy.fds {
-		if err := unix.Syncfs(fd); err != nil {
-			err = fmt.Errorf("sync %s: %w", sy.s.cfg.RealStoreDir, err)
-			// Written data may be lost: the marker says so (keeping its
-			// synced), and the next open checks every row above it.
-			sy.marker.write(markerRecord{seq: cur.seq + 1, boot: markerFailed, synced: cur.synced}, slot)
-			return sy.fail(err)
-		}
-	}
-	if !ok || cur.seq == 0 || cur.boot == sy.boot {
-		if err := sy.marker.write(markerRecord{seq: cur.seq + 1, boot: sy.boot, synced: n}, slot); err != nil {
-			return sy.fail(err)
-		}
+	if err := syncAndMark(sy.marker, sy.fds, sy.boot, cur, slot, ok, n, sy.s.cfg.RealStoreDir); err != nil {
+		return sy.fail(err)
 	}
 	sy.synced = n
+	return nil
+}
+
+// syncAndMark (marker m locked, cur read from it) syncs the file systems of
+// fds and records n in m, unless m says a sync failed or names another boot:
+// that stays for the next open's check. storeDir names the store in errors.
+func syncAndMark(m *markerFile, fds []int, boot string, cur markerRecord, slot int, ok bool, n int64, storeDir string) error {
+	for _, fd := range fds {
+		if err := unix.Syncfs(fd); err != nil {
+			// Written data may be lost: the marker says so (keeping its
+			// synced), and the next open checks every row above it.
+			m.write(markerRecord{seq: cur.seq + 1, boot: markerFailed, synced: cur.synced}, slot)
+			return fmt.Errorf("sync %s: %w", storeDir, err)
+		}
+	}
+	if !ok || cur.seq == 0 || cur.boot == boot {
+		return m.write(markerRecord{seq: cur.seq + 1, boot: boot, synced: n}, slot)
+	}
 	return nil
 }
 
@@ -616,6 +635,10 @@ func (sy *syncer) close() error {
 	close(sy.quit)
 	if running {
 		<-sy.done
+	}
+	if sy.s.opts.SyncBehind != nil && sy.handOff() {
+		sy.release()
+		return nil
 	}
 	err := sy.syncRound()
 	if err != nil {

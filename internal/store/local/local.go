@@ -57,6 +57,12 @@ type Options struct {
 	// IgnoredACLs, when not nil, are the extended attributes canonicalisation
 	// keeps (ignored-acls), set for the whole process at Open (SetIgnoredACLs).
 	IgnoredACLs []string
+	// SyncBehind, when not nil, lets Close hand its last sync to another
+	// process, so that a command returns once its adds are committed, as
+	// nix-store does, rather than once they are on disk (syncbehind.go). It
+	// must start a process that runs the round (SyncRound.Run); when it
+	// fails, Close syncs itself.
+	SyncBehind func(SyncRound) error
 	// Warnings receives the store's warnings (a path invalidated at open
 	// because a crash left its contents incomplete, a failed sync), one per
 	// line; nil means standard error.
