@@ -77,6 +77,9 @@ type slot struct {
 	dirfd   int      // dir's descriptor
 	dirName string   // dir's name in t
 	name    string   // the entry's name in it
+	// fd is the slot's unnamed file (tmpfile.go), or -1: then the slot
+	// holds whatever is at name.
+	fd int
 }
 
 // newSlot returns a fresh entry name in the store's add temporary.
@@ -92,7 +95,7 @@ func (s *Store) newSlot(lane int) (*slot, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &slot{t: t, dir: d, dirfd: d.fd, dirName: d.name, name: s.newSlotName()}, nil
+	return &slot{t: t, dir: d, dirfd: d.fd, dirName: d.name, name: s.newSlotName(), fd: -1}, nil
 }
 
 // contentPath is the slot's path on disk.
@@ -105,6 +108,7 @@ func (t *slot) remove() error {
 	if t == nil {
 		return nil
 	}
+	t.closeFD()
 	err := removeTree(t.dirfd, t.name)
 	t.release()
 	return err
@@ -387,6 +391,9 @@ func hashFile(t *slot, a nixhash.Algorithm) (nixhash.Hash, error) {
 // stats says what it holds.
 func (b *Batch) finish(t *slot, info *store.PathInfo, stats restoreStats, canonical bool) (*pending, error) {
 	if !canonical {
+		if err := t.link(); err != nil {
+			return nil, err
+		}
 		rootDir, err := canonicalise(t.dirfd, t.name, true)
 		if err != nil {
 			return nil, err
@@ -649,15 +656,24 @@ func writeFile(t *slot, src source, algo nixhash.Algorithm, overNar bool) (ca, n
 		mode = modeExec
 	}
 	// A file created read-only is still writable through this descriptor.
-	fd, err := unix.Openat(t.dirfd, t.name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
+	fd, unnamed, err := t.create(mode)
 	if err != nil {
-		return ca, narHash, 0, &os.PathError{Op: "create", Path: t.contentPath(), Err: err}
+		return ca, narHash, 0, err
 	}
 	f := io.ReadWriter(fdFile{fd: fd})
 	if !t.t.s.opts.NoFsync {
 		f = &writeBehind{fdFile: fdFile{fd: fd}}
 	}
-	defer unix.Close(fd)
+	defer func() {
+		if unnamed && err == nil {
+			t.keep(fd)
+			return
+		}
+		unix.Close(fd)
+		if unnamed {
+			t.t.s.tmpfiles.open.Add(-1)
+		}
+	}()
 	sha := nixhash.NewHasher(nixhash.SHA256)
 	cah := sha
 	narOut := io.Writer(sha)
@@ -1315,6 +1331,15 @@ func (b *Batch) moveIntoPlace() ([]*pending, error) {
 			continue
 		}
 		base := it.info.Path.Base()
+		if it.temp.placeFD(s.realFD, base) {
+			it.emptied = true
+			moved = append(moved, it)
+			continue
+		}
+		// Named, or its name taken (an invalid leftover).
+		if err := it.temp.link(); err != nil {
+			return moved, err
+		}
 		err := unix.Renameat2(it.temp.dirfd, it.temp.name, s.realFD, base, unix.RENAME_NOREPLACE)
 		it.emptied = err == nil
 		if errors.Is(err, unix.EEXIST) {

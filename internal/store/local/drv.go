@@ -16,6 +16,18 @@ import (
 // statically known outputs (input-addressed and fixed), which registration puts
 // into DerivationOutputs. Floating and deferred outputs have no path yet.
 func (s *Store) readDrvOutputs(t *slot, p storepath.StorePath) (map[string]storepath.StorePath, error) {
+	if t.fd >= 0 {
+		// Unnamed (tmpfile.go): read from the start through a copy of its
+		// descriptor (nothing else reads or writes through it).
+		fd, err := unix.FcntlInt(uintptr(t.fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err == nil {
+			_, err = unix.Seek(fd, 0, io.SeekStart)
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read derivation", Path: t.contentPath(), Err: err}
+		}
+		return s.parseDrvOutputs(os.NewFile(uintptr(fd), t.contentPath()), p)
+	}
 	fd, err := openat(t.dirfd, t.name, unix.O_RDONLY|unix.O_NOFOLLOW)
 	if err != nil {
 		return nil, &os.PathError{Op: "open derivation", Path: t.contentPath(), Err: err}

@@ -101,6 +101,9 @@ func (b *Batch) syncSlots(intent *intentFile) error {
 		if it.temp == nil {
 			continue
 		}
+		if err = it.temp.link(); err != nil {
+			break
+		}
 		if err = fs.tree(it.temp.dirfd, it.temp.name, it.temp.contentPath()); err != nil {
 			break
 		}

@@ -118,6 +118,7 @@ type Store struct {
 	syncer   *syncer
 	gcShared gcShared // this process's shared hold on the GC lock (gc.go)
 	deferred atomic.Bool
+	tmpfiles tmpfiles // unnamed files (tmpfile.go)
 	// What the last check of suspects at open did (suspects.go).
 	suspectsChecked, suspectsInvalidated atomic.Int64
 
