@@ -56,6 +56,9 @@ type Batch struct {
 	// held are paths whose locks the caller holds (LockStorePaths), which
 	// Commit must not take again: a flock is per open file.
 	held map[string]bool
+	// sole says Commit runs with the store to itself (Store.trySole), so
+	// it takes no path locks.
+	sole bool
 }
 
 // HoldingLocks tells the batch that the caller holds the path locks of
@@ -957,9 +960,11 @@ func (b *Batch) Commit(ctx context.Context) error {
 	if len(b.held) > 0 {
 		toLock = slices.DeleteFunc(slices.Clone(bases), func(base string) bool { return b.held[base] })
 	}
-	locks, err := s.lockStorePaths(ctx, toLock)
-	if err != nil {
-		return fmt.Errorf("commit: %w", err)
+	var locks *PathLocks
+	if !b.sole {
+		if locks, err = s.lockStorePaths(ctx, toLock); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
 	}
 	ok := false
 	defer func() { locks.Unlock(ok) }()
@@ -1553,7 +1558,12 @@ func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Meth
 			}
 			out = append(out, info)
 		}
-		if err := b.Commit(ctx); err != nil {
+		b.sole = s.trySole()
+		err := b.Commit(ctx)
+		if b.sole {
+			s.endSole()
+		}
+		if err != nil {
 			return out[:n], err
 		}
 		skipped = append(skipped, b.skipped...)

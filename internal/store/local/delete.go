@@ -239,7 +239,7 @@ func (s *Store) deleteBatch(ctx context.Context, ps []storepath.StorePath, wasVa
 	for i, p := range ps {
 		if !collector {
 			var err error
-			if locks[i], err = LockPaths(ctx, []string{s.RealPath(p)}); err != nil {
+			if locks[i], err = s.lockRealPath(ctx, p); err != nil {
 				return nil, err
 			}
 		}

@@ -180,7 +180,7 @@ func (s *Store) recoverIntent(dirfd int, name string) {
 		if fstatat(s.realFD, base, &st) != nil {
 			continue // nothing there
 		}
-		locks, err := LockPaths(ctx, []string{s.RealPath(p)})
+		locks, err := s.lockRealPath(ctx, p)
 		if err != nil {
 			continue
 		}

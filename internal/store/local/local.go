@@ -91,7 +91,10 @@ type Store struct {
 	// wmu serialises this process's write transactions, so they queue here
 	// rather than in SQLite's busy handler.
 	wmu     sync.Mutex
-	bigLock *os.File // shared flock held while open
+	bigLock *os.File // shared flock held while open (exclusive for a sole batch: lock.go)
+	// pathMu is held shared by each path lock of this process, exclusively
+	// by a sole batch (lock.go).
+	pathMu sync.RWMutex
 	realFD  int      // the real store dir, for *at calls and syncfs
 	tmpFD   int      // realStoreDir/TempDirName
 	ca      caSchema // whether the realisation tables exist

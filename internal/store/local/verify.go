@@ -236,7 +236,7 @@ func (v *verifier) repair(ctx context.Context, p storepath.StorePath) error {
 // missing from disk, and no other valid path refers to it. It holds p's lock,
 // so a writer putting p in place meanwhile is not undone.
 func (s *Store) invalidateMissing(ctx context.Context, p storepath.StorePath) error {
-	locks, err := LockPaths(ctx, []string{s.RealPath(p)})
+	locks, err := s.lockRealPath(ctx, p)
 	if err != nil {
 		return err
 	}
