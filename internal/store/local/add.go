@@ -287,7 +287,7 @@ func restoreNar(t *slot, r io.Reader, extra nixhash.Algorithm, scanner *refscan.
 func restoreSlot(t *slot, r io.Reader) (stats restoreStats, canonical bool, err error) {
 	bufp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bufp)
-	stats, err = restoreCanonical(nar.NewReader(r), t.dirfd, t.name, t.contentPath(), t.t.s.umask, *bufp, !t.t.s.opts.NoFsync)
+	stats, err = restoreCanonical(nar.NewReader(r), t.dirfd, t.name, t.contentPath(), t.t.s.umask, *bufp, t.t.s.writesBehind())
 	return stats, !t.t.inherits, err
 }
 
@@ -544,6 +544,7 @@ func (s *Store) prepareCA(lane int, name string, method nixhash.Method, algo nix
 				t.remove()
 				return fail(err)
 			}
+			stats.bytes = int64(info.NarSize) // the contents and their framing
 			break
 		}
 		var res narResult
@@ -585,6 +586,7 @@ func (s *Store) prepareCA(lane int, name string, method nixhash.Method, algo nix
 			t.remove()
 			return fail(err)
 		}
+		stats.bytes = int64(info.NarSize)
 	default:
 		t.remove()
 		return fail(fmt.Errorf("%w: unknown ingestion method %v", store.ErrInvalid, method))
@@ -664,7 +666,7 @@ func writeFile(t *slot, src source, algo nixhash.Algorithm, overNar bool) (ca, n
 		return ca, narHash, 0, err
 	}
 	f := io.ReadWriter(fdFile{fd: fd})
-	if !t.t.s.opts.NoFsync {
+	if t.t.s.writesBehind() {
 		f = &writeBehind{fdFile: fdFile{fd: fd}}
 	}
 	defer func() {
@@ -778,6 +780,14 @@ func (w *writeBehind) Write(p []byte) (int, error) {
 		w.started = w.written
 	}
 	return n, err
+}
+
+// writesBehind says whether big files start their write-out as they are
+// written (writeBehind): not without syncing, nor when the store's last
+// sync runs behind the command (Options.SyncBehind), which then need not
+// wait for the disk at all.
+func (s *Store) writesBehind() bool {
+	return !s.opts.NoFsync && s.opts.SyncBehind == nil
 }
 
 // smallFile is the largest file writeFile reads in one go into a stack buffer.
@@ -1048,6 +1058,18 @@ func (s *Store) commitLocked(ctx context.Context, b *Batch, syncFirst bool) erro
 	}
 	s.infos.registered(b.cacheStamp, b.items)
 	return nil
+}
+
+// commitSole is Commit with the store to itself (Store.trySole), without
+// path locks, when it can have it without waiting; else Commit.
+func (b *Batch) commitSole(ctx context.Context) error {
+	b.sole = b.s.trySole()
+	err := b.Commit(ctx)
+	if b.sole {
+		b.sole = false
+		b.s.endSole()
+	}
+	return err
 }
 
 // repairs reports whether the batch replaces the files of some path.
@@ -1558,12 +1580,7 @@ func (s *Store) AddPaths(ctx context.Context, srcs []string, method nixhash.Meth
 			}
 			out = append(out, info)
 		}
-		b.sole = s.trySole()
-		err := b.Commit(ctx)
-		if b.sole {
-			s.endSole()
-		}
-		if err != nil {
+		if err := b.commitSole(ctx); err != nil {
 			return out[:n], err
 		}
 		skipped = append(skipped, b.skipped...)

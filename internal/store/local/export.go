@@ -134,7 +134,7 @@ func (s *Store) Import(ctx context.Context, r io.Reader) ([]storepath.StorePath,
 		}
 		out = append(out, p)
 	}
-	if err := b.Commit(ctx); err != nil {
+	if err := b.commitSole(ctx); err != nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
 	return out, nil

@@ -95,10 +95,10 @@ type Store struct {
 	// pathMu is held shared by each path lock of this process, exclusively
 	// by a sole batch (lock.go).
 	pathMu sync.RWMutex
-	realFD  int      // the real store dir, for *at calls and syncfs
-	tmpFD   int      // realStoreDir/TempDirName
-	ca      caSchema // whether the realisation tables exist
-	umask   uint32   // this process's umask, read once at Open
+	realFD int      // the real store dir, for *at calls and syncfs
+	tmpFD  int      // realStoreDir/TempDirName
+	ca     caSchema // whether the realisation tables exist
+	umask  uint32   // this process's umask, read once at Open
 
 	// The temporary for adds (temp.go), its slot names and intent files.
 	tempMu    sync.Mutex

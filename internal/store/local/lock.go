@@ -251,11 +251,11 @@ func (s *Store) lockRealPath(ctx context.Context, p storepath.StorePath) (*PathL
 // the store open, and waits for it ("waiting for the big Nix store lock...");
 // it takes it exclusive only to migrate the schema. So does Cairn. A process
 // that holds it exclusively has the store to itself: no other process can
-// add, delete or even read a path meanwhile. AddPaths takes it so, when it
-// can without waiting, for one batch at a time, and then registers the batch
-// without path locks: a link, an unlink and a lease check fewer per path, all
-// on the store dir (a fifth of adding 2000 small files; docs/benchmarks.md,
-// session 11). Between batches the lock goes back to shared, so a Nix
+// add, delete or even read a path meanwhile. AddPaths and Import take it so,
+// when they can without waiting, for one batch at a time (commitSole), and
+// then register the batch without path locks: a link, an unlink and a
+// lease check fewer per path, all on the store dir (a quarter of adding 2000
+// small files; docs/benchmarks.md, session 11). Between batches the lock goes back to shared, so a Nix
 // starting meanwhile waits for one batch at most. Within the process, pathMu
 // does the same: every path lock holds it shared, a sole batch exclusively.
 

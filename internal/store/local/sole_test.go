@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"cairn/internal/nixhash"
+	"cairn/internal/store"
 	"cairn/internal/storepath"
 	"cairn/internal/testutil/nixtest"
 )
@@ -173,4 +174,53 @@ func TestNixWaitsForSoleAdds(t *testing.T) {
 		all[p] = true
 	}
 	checkRegisteredOnce(t, root, slices.Collect(maps.Keys(all)))
+}
+
+// TestSoleImport: an import into a store nobody else has open registers its
+// batch without path locks; beside another open store it locks every path.
+// Both give the same valid paths.
+func TestSoleImport(t *testing.T) {
+	ctx := context.Background()
+	from, _ := newStore(t)
+	infos, err := from.AddPaths(ctx, sources(t, "f", maxSpareLocks+10), nixhash.Recursive, nixhash.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	if err := from.Export(ctx, &stream, pathsOf(infos)); err != nil {
+		t.Fatal(err)
+	}
+	for _, shared := range []bool{false, true} {
+		s, root := newStore(t)
+		if shared {
+			openRoot(t, root)
+		}
+		got, err := s.Import(ctx, bytes.NewReader(stream.Bytes()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := pathStrings(pathsOf(infos))
+		slices.Sort(want)
+		imported := pathStrings(got)
+		slices.Sort(imported)
+		if !slices.Equal(imported, want) {
+			t.Errorf("imported %d paths, not the %d exported", len(imported), len(want))
+		}
+		for _, p := range got {
+			if valid, err := s.IsValidPath(ctx, p); err != nil || !valid {
+				t.Errorf("%s: valid %v, %v", p, valid, err)
+			}
+		}
+		if made := sparesMade(s); (made == 0) == shared {
+			t.Errorf("shared %v: %d spare lock files made", shared, made)
+		}
+	}
+}
+
+func pathsOf(infos []*store.PathInfo) []storepath.StorePath {
+	ps := make([]storepath.StorePath, len(infos))
+	for i, info := range infos {
+		ps[i] = info.Path
+	}
+	return ps
 }

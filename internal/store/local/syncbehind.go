@@ -22,8 +22,14 @@ import (
 // for a process killed before its last round: the next open in this boot
 // syncs them, the first after a crash rehashes them.
 //
-// A small round (fsyncs of at most fsyncEachMax entries) costs less than
-// starting a process, and stays in Close.
+// A small round (fsyncs of at most fsyncEachMax entries holding at most
+// smallRoundBytes) costs less than starting a process, and stays in Close.
+// Such a store does not start the write-out of big files as they are
+// written (writesBehind): the command returns once its files are in the page
+// cache, as nix-store does, and the disk catches up behind it.
+
+// smallRoundBytes bounds the data of a round Close runs itself.
+const smallRoundBytes = writeBehindChunk
 
 // SyncRound is a store's last round, for another process to run.
 type SyncRound struct {
@@ -119,17 +125,18 @@ func (sy *syncer) handOff() bool {
 }
 
 // smallRound reports whether a round of items would fsync each of them
-// (fsyncEach) because they are few.
+// (fsyncEach) because they are few, and they hold little data.
 func smallRound(items []syncItem) bool {
 	if len(items) == 0 {
 		return false
 	}
-	entries := 0
+	entries, bytes := 0, int64(0)
 	for _, it := range items {
 		if it.stats.symlinks {
 			return false
 		}
 		entries += it.stats.entries
+		bytes += it.stats.bytes
 	}
-	return entries <= fsyncEachMax
+	return entries <= fsyncEachMax && bytes <= smallRoundBytes
 }

@@ -13,14 +13,14 @@ import (
 // and .drv) is written into a file without a name (O_TMPFILE, in its slot
 // directory, so its inode lands where a named one would) and linked into the
 // store dir at commit. A named slot entry costs an entry made in the slot
-// directory and, at the rename, one removed: on ext4 that is a third of
-// writing a small file and a quarter of placing it (docs/benchmarks.md,
+// directory and, at the rename, one removed: on ext4 about a third of
+// creating and writing a small file, and of placing it (docs/benchmarks.md,
 // session 11). A file nobody links goes away when it is closed, a crashed
 // writer's included. Whatever needs the slot by name (a repair's sync, a
 // path already there) names it first (slot.link).
 
-// tmpfileState says whether this store's file system takes unnamed files and
-// links them: tmpfileUnknown until the first try.
+// The states of tmpfiles.state: whether this store's file system takes
+// unnamed files and links them, unknown until the first try.
 const (
 	tmpfileUnknown int32 = iota
 	tmpfileYes
