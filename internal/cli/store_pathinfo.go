@@ -42,14 +42,16 @@ func newStorePathInfoCmd() *cobra.Command {
 			}
 			w := bufio.NewWriter(cmd.OutOrStdout())
 			if !asJSON {
-				// Nix prints the paths referenced first (a reversed topological sort).
-				infos, err := s.QueryPathInfos(ctx, paths)
+				// Nix prints the paths referenced first (a reversed
+				// topological sort): only the references are needed.
+				refs, err := s.QueryReferencesOf(ctx, paths)
 				if err != nil {
 					return err
 				}
-				refs := make(map[storepath.StorePath][]storepath.StorePath, len(infos))
-				for _, info := range infos {
-					refs[info.Path] = info.References
+				for _, p := range paths {
+					if _, valid := refs[p]; !valid {
+						return store.NotValid(p)
+					}
 				}
 				sorted, err := store.TopoSort(paths, func(p storepath.StorePath) []storepath.StorePath { return refs[p] })
 				if err != nil {

@@ -160,7 +160,7 @@ const (
 	sqlQueryFromHash   = `select path from ValidPaths where path >= ? limit 1`
 	sqlQueryAllPaths   = `select path from ValidPaths`
 	sqlQueryValidPaths = `select v.path from json_each(?) j join ValidPaths v on v.path = j.value`
-	sqlQueryRefsOf     = `select a.path, b.path from json_each(?) j join ValidPaths a on a.path = j.value
+	sqlQueryRefsOf     = `select j.key, b.path from json_each(?) j join ValidPaths a on a.path = j.value
   left join Refs on Refs.referrer = a.id left join ValidPaths b on b.id = Refs.reference`
 	sqlQueryClosureFwd = `with recursive closure(id) as (
   select v.id from json_each(?) j join ValidPaths v on v.path = j.value

@@ -717,6 +717,19 @@ func TestQueries(t *testing.T) {
 	if !errors.As(err, &nv) || err.Error() != fmt.Sprintf("path '%s' is not valid", d0(dir)) {
 		t.Errorf("QueryPathInfo of an invalid path: %v", err)
 	}
+	refsOf, err := s.QueryReferencesOf(ctx, []storepath.StorePath{a.Path, d0(dir), e.Path, a.Path, d.Path})
+	wantRefs := map[storepath.StorePath][]storepath.StorePath{a.Path: sorted(b.Path, c.Path), e.Path: nil, d.Path: sorted(a.Path, d.Path)}
+	if err == nil && len(refsOf) == len(wantRefs) {
+		for p, want := range wantRefs {
+			got, ok := refsOf[p]
+			storepath.SortPaths(got)
+			if !ok || !slices.Equal(got, want) {
+				t.Errorf("QueryReferencesOf: %s → %v (%v), want %v", p, got, ok, want)
+			}
+		}
+	} else {
+		t.Errorf("QueryReferencesOf (a path twice, one invalid) = %v, %v; want %v", refsOf, err, wantRefs)
+	}
 	infos, err := s.QueryPathInfos(ctx, []storepath.StorePath{a.Path, c.Path})
 	if err != nil || len(infos) != 2 || !slices.Equal(infos[0].References, sorted(b.Path, c.Path)) {
 		t.Errorf("QueryPathInfos = %v, %v", infos, err)

@@ -3,7 +3,6 @@ package local
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -222,11 +221,22 @@ func isValid(ctx context.Context, q queryer, p storepath.StorePath) (bool, error
 
 // jsonPaths encodes paths as a JSON array for json_each.
 func jsonPaths(paths []storepath.StorePath) string {
-	ss := make([]string, len(paths))
-	for i, p := range paths {
-		ss[i] = p.String()
+	// A store path holds nothing JSON escapes (nixbase32 and name characters).
+	n := 2
+	for _, p := range paths {
+		n += len(p.String()) + 3
 	}
-	b, _ := json.Marshal(ss)
+	b := make([]byte, 0, n)
+	b = append(b, '[')
+	for i, p := range paths {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, p.String()...)
+		b = append(b, '"')
+	}
+	b = append(b, ']')
 	return string(b)
 }
 
@@ -405,6 +415,13 @@ func (s *Store) NarFromPath(ctx context.Context, p storepath.StorePath, w io.Wri
 // one query; invalid paths are missing from the map.
 func (s *Store) QueryReferencesOf(ctx context.Context, paths []storepath.StorePath) (map[storepath.StorePath][]storepath.StorePath, error) {
 	out := make(map[storepath.StorePath][]storepath.StorePath, len(paths))
+	// Rows name their path by its index in paths, counted once.
+	first := make(map[storepath.StorePath]int, len(paths))
+	for i, p := range paths {
+		if _, dup := first[p]; !dup {
+			first[p] = i
+		}
+	}
 	err := retryBusy(ctx, func() error {
 		clear(out)
 		rows, err := s.reads.QueryContext(ctx, sqlQueryRefsOf, jsonPaths(paths))
@@ -413,14 +430,17 @@ func (s *Store) QueryReferencesOf(ctx context.Context, paths []storepath.StorePa
 		}
 		defer rows.Close()
 		for rows.Next() {
-			var from string
+			var i int
 			var to sql.NullString
-			if err := rows.Scan(&from, &to); err != nil {
+			if err := rows.Scan(&i, &to); err != nil {
 				return err
 			}
-			p, err := s.dir.Parse(from)
-			if err != nil {
-				return fmt.Errorf("invalid-path entry %q: %w", from, err)
+			if i < 0 || i >= len(paths) {
+				return fmt.Errorf("row for index %d of %d", i, len(paths))
+			}
+			p := paths[i]
+			if first[p] != i {
+				continue
 			}
 			refs := out[p]
 			if to.Valid {
