@@ -1,12 +1,14 @@
 package nar
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -25,7 +27,14 @@ type DumpOptions struct {
 // file below the root is opened relative to its directory's descriptor without
 // following symlinks. Memory use does not depend on file sizes.
 func Dump(w io.Writer, path string, opts DumpOptions) error {
-	nw := NewWriter(w)
+	// The write buffer is reused: an export dumps thousands of small paths.
+	bw := dumpBuffers.Get().(*bufio.Writer)
+	bw.Reset(w)
+	defer func() {
+		bw.Reset(nil)
+		dumpBuffers.Put(bw)
+	}()
+	nw := &Writer{w: bw, dst: w}
 	d := &dumper{w: nw, opts: opts}
 	var st syscall.Stat_t
 	if err := syscall.Lstat(path, &st); err != nil {
@@ -39,6 +48,8 @@ func Dump(w io.Writer, path string, opts DumpOptions) error {
 	}
 	return nil
 }
+
+var dumpBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufferSize) }}
 
 type dumper struct {
 	w    *Writer
