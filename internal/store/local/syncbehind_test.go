@@ -115,6 +115,26 @@ func TestSyncBehind(t *testing.T) {
 			t.Errorf("marker synced %d after Close, want %d", rec.synced, id)
 		}
 	})
+	t.Run("one big file", func(t *testing.T) {
+		rounds = nil
+		s := openBehind(t, root, func(r SyncRound) error {
+			rounds = append(rounds, r)
+			return nil
+		})
+		big := strings.Repeat("x", smallRoundBytes+1)
+		if _, err := s.AddText(ctx, "big", big, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if len(rounds) != 1 {
+			t.Fatalf("rounds handed off %+v, want the one of a file over %d bytes", rounds, smallRoundBytes)
+		}
+		if err := rounds[0].Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("hand-off fails", func(t *testing.T) {
 		cfg, err := store.ParseURL("local?root="+root, func(string) string { return "" })
 		if err != nil {
