@@ -96,7 +96,10 @@ func newStorePathInfoCmd() *cobra.Command {
 // and SRI hashes; a nil info prints as {"path":…,"valid":false}. Like Nix, no
 // newline follows.
 func writePathInfoJSON(w io.Writer, paths []storepath.StorePath, infos []*store.PathInfo) {
-	b := []byte{'['}
+	// Room for a path's line without references or signatures, so that the
+	// buffer grows by whole multiples rather than line by line.
+	b := make([]byte, 0, 1+300*len(infos))
+	b = append(b, '[')
 	for i, info := range infos {
 		if i > 0 {
 			b = append(b, ',')
@@ -155,6 +158,15 @@ func writePathInfoJSON(w io.Writer, paths []storepath.StorePath, infos []*store.
 func appendJSONString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
+	// Paths, hashes and content addresses need no escaping: copy them whole.
+	plain := true
+	for i := 0; i < len(s) && plain; i++ {
+		plain = s[i] >= 0x20 && s[i] != '"' && s[i] != '\\'
+	}
+	if plain {
+		b = append(b, s...)
+		return append(b, '"')
+	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
