@@ -323,7 +323,8 @@ func dirtyBytes() int64 {
 // wait for the next round. One syncfs serves every commit of a round, of
 // every process on the store (Nix's included): a round that finds the marker
 // at N already skips its syncfs. Close runs a last round, so a process that
-// exits normally leaves its adds durable. Batches that replace the files of a
+// exits normally leaves its adds durable (or hands it to a process that
+// outlives it: syncbehind.go). Batches that replace the files of a
 // path that is already valid (repairs) keep the synchronous order above,
 // since their rows keep their old ids.
 
