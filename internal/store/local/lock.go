@@ -255,9 +255,12 @@ func (s *Store) lockRealPath(ctx context.Context, p storepath.StorePath) (*PathL
 // when they can without waiting, for one batch at a time (commitSole), and
 // then register the batch without path locks: a link, an unlink and a
 // lease check fewer per path, all on the store dir (a quarter of adding 2000
-// small files; docs/benchmarks.md, session 11). Between batches the lock goes back to shared, so a Nix
-// starting meanwhile waits for one batch at most. Within the process, pathMu
-// does the same: every path lock holds it shared, a sole batch exclusively.
+// small files; docs/benchmarks.md, session 11). Between batches the lock
+// goes back to shared, so a Nix starting meanwhile waits for one batch at
+// most. Within the process, pathMu does the same: every path lock holds it
+// shared, a sole batch exclusively. It is only ever TryLock'ed exclusively,
+// so no writer waits on it and read locks may nest (a build holding its
+// outputs' locks while it registers paths).
 
 // trySole takes the store to itself (see above), without waiting: it reports
 // whether it did. endSole gives it back.
@@ -271,17 +274,17 @@ func (s *Store) trySole() bool {
 	}
 	// A refused conversion leaves no lock at all: take the shared one again
 	// (waiting only behind a schema migration).
-	s.relockShared(fd)
+	flockShared(fd)
 	s.pathMu.Unlock()
 	return false
 }
 
 func (s *Store) endSole() {
-	s.relockShared(int(s.bigLock.Fd()))
+	flockShared(int(s.bigLock.Fd()))
 	s.pathMu.Unlock()
 }
 
-func (s *Store) relockShared(fd int) {
+func flockShared(fd int) {
 	for {
 		if err := unix.Flock(fd, unix.LOCK_SH); err != unix.EINTR {
 			return
