@@ -504,22 +504,16 @@ func (sy *syncer) syncRound() error {
 // and be few, or much other data must be waiting to be written (which syncfs
 // would write too). The rule is Commit's of before the syncer (syncSlots).
 func (sy *syncer) fsyncEach(ctx context.Context, cur markerRecord, n int64, items []syncItem) bool {
-	if len(items) == 0 {
+	entries, size, symlinks := roundSize(items)
+	if len(items) == 0 || symlinks {
 		return false
-	}
-	var entries int
-	var size int64
-	bases := make(map[string]bool, len(items))
-	for _, it := range items {
-		if it.stats.symlinks {
-			return false
-		}
-		entries += it.stats.entries
-		size += it.stats.bytes
-		bases[it.base] = true
 	}
 	if entries > fsyncEachMax && dirtyBytes()-size <= int64(entries)*otherDirtyPerEntry {
 		return false
+	}
+	bases := make(map[string]bool, len(items))
+	for _, it := range items {
+		bases[it.base] = true
 	}
 	rows, err := sy.s.rdb.QueryContext(ctx, `select path from ValidPaths where id > ? and id <= ?`, cur.synced, n)
 	if err != nil {
@@ -537,6 +531,16 @@ func (sy *syncer) fsyncEach(ctx context.Context, cur markerRecord, n int64, item
 		}
 	}
 	return rows.Err() == nil
+}
+
+// roundSize sums what a round's items hold.
+func roundSize(items []syncItem) (entries int, bytes int64, symlinks bool) {
+	for _, it := range items {
+		entries += it.stats.entries
+		bytes += it.stats.bytes
+		symlinks = symlinks || it.stats.symlinks
+	}
+	return entries, bytes, symlinks
 }
 
 // syncItems (marker locked) fsyncs every entry of items side by side, then

@@ -125,19 +125,29 @@ type markerFile struct {
 // durable and renamed into place without replacing one another process made
 // meanwhile.
 func openMarker(dbDir string, first markerRecord) (*markerFile, error) {
-	path := filepath.Join(dbDir, markerName)
 	for {
-		fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err == nil {
-			return &markerFile{fd: fd, path: path}, nil
+		m, err := openExistingMarker(dbDir)
+		if m != nil || err != nil {
+			return m, err
 		}
-		if !errors.Is(err, unix.ENOENT) {
-			return nil, &os.PathError{Op: "open", Path: path, Err: err}
-		}
-		if err := createMarker(dbDir, path, first); err != nil {
+		if err := createMarker(dbDir, filepath.Join(dbDir, markerName), first); err != nil {
 			return nil, err
 		}
 	}
+}
+
+// openExistingMarker opens the marker in dbDir; nil, and no error, if there
+// is none.
+func openExistingMarker(dbDir string) (*markerFile, error) {
+	path := filepath.Join(dbDir, markerName)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return &markerFile{fd: fd, path: path}, nil
 }
 
 func createMarker(dbDir, path string, first markerRecord) error {

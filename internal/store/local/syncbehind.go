@@ -2,7 +2,6 @@ package local
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -60,15 +59,10 @@ func ParseSyncRound(args []string) (SyncRound, error) {
 // without a marker has nothing to record: Run does nothing there.
 func (r SyncRound) Run(ctx context.Context) error {
 	dbDir := filepath.Join(r.StateDir, "db")
-	path := filepath.Join(dbDir, markerName)
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.ENOENT) {
-		return nil
+	m, err := openExistingMarker(dbDir)
+	if m == nil || err != nil {
+		return err
 	}
-	if err != nil {
-		return &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	m := &markerFile{fd: fd, path: path}
 	defer m.close()
 	storeFD, err := openat(unix.AT_FDCWD, r.RealStoreDir, unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
@@ -127,16 +121,6 @@ func (sy *syncer) handOff() bool {
 // smallRound reports whether a round of items would fsync each of them
 // (fsyncEach) because they are few, and they hold little data.
 func smallRound(items []syncItem) bool {
-	if len(items) == 0 {
-		return false
-	}
-	entries, bytes := 0, int64(0)
-	for _, it := range items {
-		if it.stats.symlinks {
-			return false
-		}
-		entries += it.stats.entries
-		bytes += it.stats.bytes
-	}
-	return entries <= fsyncEachMax && bytes <= smallRoundBytes
+	entries, bytes, symlinks := roundSize(items)
+	return len(items) > 0 && !symlinks && entries <= fsyncEachMax && bytes <= smallRoundBytes
 }

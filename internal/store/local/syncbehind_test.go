@@ -15,16 +15,20 @@ import (
 )
 
 // openBehind opens the store at root with SyncBehind set to behind, and no
-// round but Close's.
-func openBehind(t *testing.T, root string, behind func(SyncRound) error) *Store {
+// round but Close's. Its warnings go to warn, or, when that is nil, must be
+// none.
+func openBehind(t *testing.T, root string, behind func(SyncRound) error, warn *bytes.Buffer) *Store {
 	t.Helper()
 	cfg, err := store.ParseURL("local?root="+root, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts := DefaultOptions()
-	var warn bytes.Buffer
-	opts.Warnings = &warn
+	none := warn == nil
+	if none {
+		warn = new(bytes.Buffer)
+	}
+	opts.Warnings = warn
 	opts.SyncBehind = behind
 	s, err := Open(context.Background(), cfg, opts)
 	if err != nil {
@@ -33,7 +37,7 @@ func openBehind(t *testing.T, root string, behind func(SyncRound) error) *Store 
 	s.syncer.delay = time.Hour
 	t.Cleanup(func() {
 		s.Close()
-		if warn.Len() != 0 {
+		if none && warn.Len() != 0 {
 			t.Errorf("warnings: %s", warn.String())
 		}
 	})
@@ -67,7 +71,7 @@ func TestSyncBehind(t *testing.T) {
 	s := openBehind(t, root, func(r SyncRound) error {
 		rounds = append(rounds, r)
 		return nil
-	})
+	}, nil)
 	id := addTexts(t, s, "big", fsyncEachMax+1)
 	before, _, _ := readMarker(t, root)
 	if err := s.Close(); err != nil {
@@ -103,7 +107,7 @@ func TestSyncBehind(t *testing.T) {
 		s := openBehind(t, root, func(r SyncRound) error {
 			rounds = append(rounds, r)
 			return nil
-		})
+		}, nil)
 		id := addTexts(t, s, "small", 3)
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
@@ -120,7 +124,7 @@ func TestSyncBehind(t *testing.T) {
 		s := openBehind(t, root, func(r SyncRound) error {
 			rounds = append(rounds, r)
 			return nil
-		})
+		}, nil)
 		big := strings.Repeat("x", smallRoundBytes+1)
 		if _, err := s.AddText(ctx, "big", big, nil); err != nil {
 			t.Fatal(err)
@@ -136,19 +140,8 @@ func TestSyncBehind(t *testing.T) {
 		}
 	})
 	t.Run("hand-off fails", func(t *testing.T) {
-		cfg, err := store.ParseURL("local?root="+root, func(string) string { return "" })
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts := DefaultOptions()
 		var warn bytes.Buffer
-		opts.Warnings = &warn
-		opts.SyncBehind = func(SyncRound) error { return errors.New("no process") }
-		s, err := Open(ctx, cfg, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.syncer.delay = time.Hour
+		s := openBehind(t, root, func(SyncRound) error { return errors.New("no process") }, &warn)
 		id := addTexts(t, s, "failed", fsyncEachMax+1)
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
@@ -163,7 +156,7 @@ func TestSyncBehind(t *testing.T) {
 	t.Run("never run", func(t *testing.T) {
 		// A round handed off and lost (the process killed): the next
 		// open in this boot syncs the rows.
-		s := openBehind(t, root, func(SyncRound) error { return nil })
+		s := openBehind(t, root, func(SyncRound) error { return nil }, nil)
 		id := addTexts(t, s, "lost", fsyncEachMax+1)
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
